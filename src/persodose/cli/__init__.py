@@ -1,0 +1,1 @@
+"""persodose.cli"""
