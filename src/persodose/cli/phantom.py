@@ -21,12 +21,13 @@ def phantom(
 ) -> None:
     """Write a virtual adult patient: CT, labels, emission images and the truth."""
     from persodose.errors import InputError
-    from persodose.phantoms import make_virtual_patient, write_virtual_patient
 
     if tracer not in TRACERS:
         raise InputError(f"unknown tracer {tracer!r}; choose one of {', '.join(TRACERS)}")
     if not (1.0 <= voxel_mm <= 12.0):
         raise InputError(f"--voxel-mm must be between 1 and 12 mm, got {voxel_mm}")
+    from persodose.phantoms import make_virtual_patient, write_virtual_patient
+
     vp = make_virtual_patient(tracer=tracer, voxel_mm=voxel_mm, seed=seed)
     manifest = write_virtual_patient(vp, out)
     typer.echo(f"virtual patient ({tracer}, {voxel_mm} mm, seed {seed}): {manifest}")

@@ -97,19 +97,48 @@ def write_image(grid: Grid, path: str | os.PathLike) -> Path:
 
 
 def _tag_from_metadata(img) -> tuple[Kind | None, str | None]:
+    """The persodose tag of an MHA/NRRD image read by SimpleITK, if any."""
     keys = set(img.GetMetaDataKeys())
     if "persodose_kind" in keys:
-        return Kind(img.GetMetaData("persodose_kind")), img.GetMetaData("persodose_unit")
-    if "descrip" in keys:
-        text = img.GetMetaData("descrip")
-        if text.startswith("persodose kind="):
-            parts = dict(p.split("=", 1) for p in text.split()[1:] if "=" in p)
-            rest = text.split("unit=", 1)[1] if "unit=" in text else ""
-            try:
-                return Kind(parts.get("kind", "scalar")), rest
-            except ValueError:
-                return None, None
+        try:
+            return Kind(img.GetMetaData("persodose_kind")), img.GetMetaData("persodose_unit")
+        except ValueError:
+            return None, None
     return None, None
+
+
+def _read_nifti(path: Path) -> tuple[Grid, Kind | None, str | None]:
+    """Read a NIfTI file with nibabel into a SCALAR grid (LPS), plus the persodose tag if any."""
+    import nibabel as nib
+
+    try:
+        nii = nib.load(str(path))
+        data = np.asanyarray(nii.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"cannot read image {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path} is {data.ndim}-D; expected a 3-D image")
+    aff = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(nii.affine, dtype=float)[:3, :]  # RAS -> LPS
+    m = aff[:, :3]
+    spacing_xyz = np.linalg.norm(m, axis=0)
+    direction = m / spacing_xyz[None, :]
+    # Orthonormalise (nibabel affines carry float32 rounding).
+    u, _, vt = np.linalg.svd(direction)
+    direction = u @ vt
+    grid = Grid(np.ascontiguousarray(data.transpose(2, 1, 0)), tuple(spacing_xyz[::-1]), tuple(aff[:, 3]),
+                direction, Kind.SCALAR)
+    descrip = nii.header["descrip"].tobytes().split(b"\0", 1)[0].decode("ascii", "replace")
+    kind = unit = None
+    if descrip.startswith("persodose kind="):
+        parts = dict(p.split("=", 1) for p in descrip.split()[1:3] if "=" in p)
+        try:
+            kind = Kind(parts.get("kind", ""))
+            unit = descrip.split("unit=", 1)[1] if "unit=" in descrip else None
+        except ValueError:
+            kind = None
+    return grid, kind, unit
 
 
 def read_image(path: str | os.PathLike, kind: Kind | str | None = None,
@@ -131,17 +160,22 @@ def read_image(path: str | os.PathLike, kind: Kind | str | None = None,
         raise InputError(f"file does not exist: {path}")
     if not path.is_file() or not is_image_file(path):
         raise InputError(f"not an image file (.nii, .nii.gz, .mha, .mhd, .nrrd): {path}")
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"cannot read image {path}: {str(exc).strip().splitlines()[-1][:200]}") from None
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
-    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
-        img = img[:, :, :, 0]
-    if img.GetDimension() != 3:
-        raise InputError(f"{path} is {img.GetDimension()}-D; expected a 3-D image")
-    tag_kind, tag_unit = _tag_from_metadata(img)
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        # nibabel: SimpleITK's NIfTI reader turns NaN into 0, which would hide bad input.
+        base, tag_kind, tag_unit = _read_nifti(path)
+    else:
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"cannot read image {path}: {str(exc).strip().splitlines()[-1][:200]}") from None
+        if img.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+        if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+            img = img[:, :, :, 0]
+        if img.GetDimension() != 3:
+            raise InputError(f"{path} is {img.GetDimension()}-D; expected a 3-D image")
+        tag_kind, tag_unit = _tag_from_metadata(img)
+        base = Grid.from_sitk(img)
     factor = 1.0
     if unit is not None:
         unit_kind, factor = parse_unit(unit)
@@ -156,7 +190,7 @@ def read_image(path: str | os.PathLike, kind: Kind | str | None = None,
         final_kind = Kind(kind)
     else:
         raise UnitsError(f"say what {path} holds: give its unit (e.g. --units Bq/mL)")
-    grid = Grid.from_sitk(img, final_kind)
+    grid = base.with_array(base.array, kind=final_kind)
     arr = grid.array
     if final_kind in (Kind.LABELS, Kind.MATERIAL):
         if arr.dtype.kind == "f":

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+
+from persodose.grid import Grid, Kind
+from persodose.io.image import write_image
+
+
+def assert_clean_error(proc, *words):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("persodose: error:")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_help_lists_commands(cli):
+    proc = cli("--help")
+    assert proc.returncode == 0
+    for name in ("info", "series", "density", "phantom", "demo"):
+        assert name in proc.stdout
+
+
+def test_info_json(cli):
+    proc = cli("info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["versions"]["pydicom"] and data["cpu_count"] >= 1
+    assert isinstance(data["gpus"], list)
+
+
+def test_missing_input_is_exit_2_and_writes_nothing(cli, tmp_path):
+    out = tmp_path / "dens.nii.gz"
+    proc = cli("density", "--ct", tmp_path / "nope", "--out", out)
+    assert_clean_error(proc, "does not exist", "nope")
+    assert not out.exists()
+
+
+def test_not_dicom_is_exit_2(cli, tmp_path):
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"hello, not a DICOM file" * 10)
+    proc = cli("density", "--ct", junk, "--out", tmp_path / "d.nii.gz")
+    assert_clean_error(proc, "junk.dcm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.dcm"]
+
+
+def test_nan_ct_is_exit_2(cli, tmp_path):
+    arr = np.zeros((4, 4, 4), np.float32)
+    arr[1, 1, 1] = np.nan
+    path = write_image(Grid(arr, kind=Kind.CT), tmp_path / "ct.nii.gz")
+    proc = cli("density", "--ct", path, "--out", tmp_path / "d.nii.gz")
+    assert_clean_error(proc, "NaN")
+    assert not (tmp_path / "d.nii.gz").exists()
+
+
+def test_density_from_nifti(cli, tmp_path):
+    arr = np.full((4, 5, 6), -1000.0, np.float32)
+    arr[1:3, 1:4, 1:5] = 40.0
+    arr[2, 2, 2] = 1200.0
+    src = write_image(Grid(arr, (2, 2, 2), kind=Kind.CT), tmp_path / "ct.nii.gz")
+    before = src.read_bytes()
+    proc = cli("density", "--ct", src, "--out", tmp_path / "d.nii.gz", "--materials-out", tmp_path / "m.nii.gz")
+    assert proc.returncode == 0, proc.stderr
+    from persodose.io.image import read_image
+
+    d = read_image(tmp_path / "d.nii.gz")
+    assert d.kind is Kind.DENSITY
+    assert d.array[0, 0, 0] < 0.01 and 1.0 < d.array[1, 1, 1] < 1.07 and 1.6 < d.array[2, 2, 2] < 2.0
+    table = json.loads((tmp_path / "m.nii.gz.json").read_text())
+    assert len(table) >= 10
+    assert src.read_bytes() == before  # the input is never modified
+
+
+def test_unknown_tracer_and_voxel(cli, tmp_path):
+    assert_clean_error(cli("phantom", "--out", tmp_path / "p", "--tracer", "xyz"), "tracer")
+    assert_clean_error(cli("phantom", "--out", tmp_path / "p", "--voxel-mm", "0.1"), "voxel")
+    assert not (tmp_path / "p").exists()
