@@ -65,7 +65,7 @@ def _read_frames(patient_dir: Path, manifest: dict):
 
     out = []
     for frame in manifest["frames"]:
-        path = patient_dir / frame["dicom"]
+        path = patient_dir / frame["dicom_path"]
         if frame["modality"] == "NM":
             series = read_nm(path, calibration_cps_per_mbq=frame["calibration_cps_per_mbq"])
         else:
@@ -94,7 +94,7 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
 
     # Read the CT back through DICOM, as a real patient's would be.
     t0 = time.perf_counter()
-    ct, ct_info = load_ct(patient_dir / manifest["ct"]["dicom"])
+    ct, ct_info = load_ct(patient_dir / manifest["paths"]["ct"])
     labels = vp.labels
     if not ct.same_geometry(labels):
         raise RuntimeError("the CT read back from DICOM does not sit on the phantom's geometry")
@@ -106,10 +106,18 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
     write_image(density, out / "density.nii.gz")
     write_image(materials, out / "materials.nii.gz")
     (out / "materials.json").write_text(json.dumps(materials_table(mats), indent=2))
+    # The organ labels as a DICOM SEG on the CT series, read back to check the round trip.
+    from persodose.io.seg import read_seg, write_seg
+
+    seg_path = write_seg(labels, dict(vp.label_names), out / "labels_seg.dcm", ct_info.files)
+    seg_back, _ = read_seg(seg_path, reference=ct)
+    seg_ok = bool(np.array_equal(seg_back.array, labels.array))
 
     res = TracerResult(tracer, vp.nuclide, patient_dir, ct, labels, dict(vp.label_names), density, materials,
                        [m.name for m in mats], timings_s=timings)
     res.checks.append(["CT read back from DICOM: max |HU error|", f"{hu_err:.2f} HU", "< 1 HU (int16 storage)"])
+    res.checks.append(["labels written as DICOM SEG and read back", "identical" if seg_ok else "DIFFERENT",
+                       "identical"])
 
     # Organ masses: CT-derived density x volume against the phantom's nominal masses.
     mass_g = np.bincount(labels.array.ravel().astype(np.int64),
@@ -208,20 +216,28 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
         rep.figure(figures.mip_row(frames, unit="kBq/mL",
                                    vmax=float(np.percentile(np.concatenate([f.array.max(axis=1).ravel() for _, f in frames]), 99.5))),
                    caption="Emission images on the CT grid (coronal maximum-intensity projections)")
-        organs = [n for n in res.organ_true_bq if max(res.organ_true_bq[n]) > 0]
-        organs.sort(key=lambda n: -max(res.organ_true_bq[n]))
+        # Organs with specific uptake: rank by the highest true mean concentration.
+        counts = np.bincount(res.labels.array.ravel().astype(np.int64), minlength=max(res.label_names) + 1)
+        n_vox = {name: int(counts[k]) for k, name in res.label_names.items()}
+        organs = [n for n in res.organ_true_bq if max(res.organ_true_bq[n]) > 0 and n_vox.get(n, 0) > 0]
+        organs.sort(key=lambda n: -max(res.organ_true_bq[n]) / n_vox[n])
         show = organs[:8]
         rep.figure(figures.curves_figure(hours, {n: (np.array(res.organ_measured_bq[n]) / 1e6,
                                                      np.array(res.organ_true_bq[n]) / 1e6) for n in show},
                                          "organ activity (MBq)", log=True),
-                   caption="Organ activity measured in the images (markers) and true (lines); "
-                           "the difference is the partial-volume loss of the scanner's resolution")
+                   caption="Organ activity measured in the images (markers) and true (lines) for the organs "
+                           "with the highest uptake; the difference is the partial-volume effect of the "
+                           "scanner's resolution")
+        totals = [sum(res.organ_true_bq[n][i] for n in res.organ_true_bq) for i in range(len(hours))]
         rows = []
         for n in organs:
-            m, t = np.array(res.organ_measured_bq[n]), np.array(res.organ_true_bq[n])
-            rows.append([n] + [100.0 * (mi / ti - 1.0) if ti > 0 else float("nan") for mi, ti in zip(m, t)])
-        rep.table(["organ"] + [f"{h:.1f} h" for h in hours], rows,
-                  caption="Measured / true organ activity - 1 (%) at each time point")
+            m, t = res.organ_measured_bq[n], res.organ_true_bq[n]
+            rows.append([n] + [100.0 * (mi / ti - 1.0) if ti > 1e-3 * tot else "n/a"
+                               for mi, ti, tot in zip(m, t, totals)])
+        rep.table(["organ"] + [f"{h:.2f} h" for h in hours], rows,
+                  caption="Measured / true organ activity - 1 (%) at each time point, organs by uptake; "
+                          "n/a where the organ holds under 0.1% of the activity. Low-uptake organs next to "
+                          "hot ones (bone, lungs) gain activity by spill-in.")
         rep.table(["radionuclide data (ICRP-107)", "value"], _nuclide_rows(res.nuclide))
         rep.table(["check", "result", "expected"], res.checks, caption="Checks")
         rep.table(["step", "seconds"], [[k, round(v, 2)] for k, v in res.timings_s.items()])

@@ -68,8 +68,8 @@ def slices_figure(grids: list[tuple[str, Grid, dict]], z_index: int | None = Non
             edges = _label_edges(_coronal(lab, yi))
             ax_c.imshow(np.ma.masked_where(~edges, edges), extent=_extent_coronal(grid), cmap="autumn",
                         interpolation="nearest", alpha=0.9)
-        ax_a.set_title(f"{title}: axial z={zi}")
-        ax_c.set_title(f"{title}: coronal y={yi}")
+        ax_a.set_title(f"{title}, axial {zi}", fontsize=9)
+        ax_c.set_title(f"{title}, coronal {yi}", fontsize=9)
         for ax in (ax_a, ax_c):
             ax.set_xlabel("mm")
         fig.colorbar(im, ax=[ax_a, ax_c], shrink=0.8, label=label)
@@ -134,6 +134,8 @@ def curves_figure(times_h: np.ndarray, curves: dict[str, tuple[np.ndarray, np.nd
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
+        top = max(float(np.nanmax(np.concatenate([np.ravel(m) for m, _ in curves.values()]))), 1e-30)
+        ax.set_ylim(top * 1e-4, top * 2.0)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     return fig

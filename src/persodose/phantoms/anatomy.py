@@ -1,0 +1,478 @@
+"""Analytic anatomy of the built-in adult male patient (labels only).
+
+The patient is built from analytic solids (ellipsoids, elliptic cylinders, capsules,
+thin elliptic shells) evaluated at voxel centres, each on its own bounding box so that
+the whole model costs a few array operations per structure and no loop over voxels.
+
+Geometry
+    Internal anatomical coordinates are ``x`` (mm, + towards the patient's left),
+    ``y`` (mm, + posterior) and ``H`` (mm above the soles of an upright patient, vertex
+    at :data:`VERTEX_H_MM`). They map onto DICOM LPS by ``x_LPS = x``, ``y_LPS = y`` and
+    ``z_LPS = H - VERTEX_H_MM`` (the vertex lies at z = 0, the feet at negative z; head at
+    high z as in LPS). The field of view runs from the upper thighs to just above the
+    vertex (about 1.06 m) and is 512 mm wide, i.e. 128 x 128 x 264 voxels at 4 mm.
+
+Sizes
+    Body outline and organ positions are typical of an adult male of 1.76 m / 73 kg, the
+    ICRP Publication 89 reference male (ICRP 89, 2002, Table 2.8 organ masses). Organ
+    semi-axes are chosen so that the voxelised organ masses, computed with the nominal
+    densities of :data:`NOMINAL_DENSITY_G_CM3`, lie within a few per cent of the
+    reference masses in :data:`REFERENCE_MASS_G` at 4 mm voxels. Arms are not modelled
+    (as if raised out of the field of view, as in most SPECT/CT and PET/CT acquisitions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Height of the vertex above the soles, mm (ICRP 89 reference male height 176 cm).
+VERTEX_H_MM = 1760.0
+#: Lowest anatomical height in the field of view (upper thighs), mm above the soles.
+FOV_BOTTOM_H_MM = 716.0
+#: Extent of the field of view along z and across (x, y), mm.
+FOV_LENGTH_MM = 1056.0
+FOV_WIDTH_MM = 512.0
+
+#: Fixed label numbering. 0 is air (outside the patient and the airway lumen).
+LABELS: dict[int, str] = {
+    1: "body",               # remaining soft tissue (viscera, mediastinum, vessels, cord)
+    2: "skin_fat",           # skin and subcutaneous fat
+    3: "muscle",             # chest/abdominal wall, paraspinal, psoas, gluteal, thigh, neck
+    4: "lung_left",
+    5: "lung_right",
+    6: "heart",              # whole heart: wall and blood contents
+    7: "liver",
+    8: "spleen",
+    9: "kidney_left",
+    10: "kidney_right",
+    11: "bladder",           # whole bladder: wall and 200 mL urine
+    12: "stomach",           # whole stomach: wall and contents
+    13: "brain",
+    14: "skull",
+    15: "spine",             # cortical shell of the vertebrae and posterior elements
+    16: "pelvis",            # cortical shell of ilia, sacrum, pubis, ischia, acetabula
+    17: "femoral_head_left",  # proximal femur in the FOV: head, neck, trochanter, shaft
+    18: "femoral_head_right",
+    19: "red_marrow",        # trabecular interior of vertebral bodies, ilia and sacrum
+    20: "lesion_liver",      # liver metastasis, ~40 mL
+    21: "lesion_bone",       # vertebral (L2) metastasis, ~3 mL
+    22: "lesion_lymph_node",  # para-aortic lymph node, ~7 mL
+    23: "lesion_pancreas",   # pancreatic primary (neuroendocrine tumour), ~20 mL
+    30: "ribs",              # 12 pairs of ribs and the sternum
+    31: "shoulder_girdle",   # clavicles and scapulae
+}
+
+LESION_LABELS = (20, 21, 22, 23)
+BONE_LABELS = (14, 15, 16, 17, 18, 19, 21, 30, 31)
+
+#: Nominal mass densities, g/cm3, used for organ masses only (not for dosimetry: the
+#: materials module derives density from the CT). Soft tissues from ICRU Report 46
+#: (1992) / ICRP 89 (2002) rounded: soft tissue 1.03, adipose 0.95, skeletal muscle 1.05,
+#: inflated lung 0.26, blood-filled heart 1.06, liver 1.06, spleen 1.06, kidney 1.05,
+#: brain 1.04, urinary bladder (filled) 1.04, GI tract 1.04, cortical bone 1.92, whole
+#: cranium 1.61, spongiosa (red marrow + trabeculae) 1.18, rib (whole) 1.41, femur
+#: (whole) 1.33. Lesions are taken as soft tissue 1.04 (the sclerotic bone lesion 1.18).
+NOMINAL_DENSITY_G_CM3: dict[str, float] = {
+    "body": 1.03, "skin_fat": 0.95, "muscle": 1.05, "lung_left": 0.26, "lung_right": 0.26,
+    "heart": 1.06, "liver": 1.06, "spleen": 1.06, "kidney_left": 1.05, "kidney_right": 1.05,
+    "bladder": 1.04, "stomach": 1.04, "brain": 1.04, "skull": 1.61, "spine": 1.92,
+    "pelvis": 1.92, "femoral_head_left": 1.33, "femoral_head_right": 1.33,
+    "red_marrow": 1.18, "lesion_liver": 1.04, "lesion_bone": 1.18, "lesion_lymph_node": 1.04,
+    "lesion_pancreas": 1.04, "ribs": 1.41, "shoulder_girdle": 1.41,
+}
+
+#: Reference masses, g, of the organs the model is tuned to. ICRP Publication 89 (2002),
+#: Table 2.8, adult male: liver 1800, spleen 150, kidneys 310 (both), lungs with blood 1200
+#: (both; split 55 % right / 45 % left), heart 840 (330 tissue + 510 blood), brain 1450.
+#: Whole organs with contents: urinary bladder 50 g wall + 200 mL urine, stomach 150 g
+#: wall + 250 g contents (content masses as in the ICRP 89/110 reference male).
+REFERENCE_MASS_G: dict[str, float] = {
+    "liver": 1800.0, "spleen": 150.0, "kidneys": 310.0, "lungs": 1200.0, "heart": 840.0,
+    "brain": 1450.0, "bladder": 250.0, "stomach": 400.0,
+}
+
+# ----------------------------------------------------------------------------- outline
+# Trunk cross-section (elliptic) as a function of height H: lateral semi-axis a, AP
+# semi-axis b and AP centre yc (mm). Typical adult male proportions (chest breadth
+# ~33 cm and depth ~23 cm, waist breadth ~30 cm, hip breadth ~36 cm).
+_TRUNK_H = np.array([866, 900, 960, 1000, 1060, 1100, 1160, 1220, 1300, 1380, 1420, 1450, 1472.0])
+_TRUNK_A = np.array([165, 180, 178, 170, 160, 152, 158, 162, 166, 176, 188, 172, 110.0])
+_TRUNK_B = np.array([100, 108, 110, 108, 105, 104, 108, 114, 116, 112, 104, 92, 66.0])
+_TRUNK_YC = np.array([10, 10, 8, 5, 0, 0, 0, 2, 5, 8, 12, 15, 18.0])
+
+# Vertebral body centre line (AP position), mm, and semi-axes (lateral, AP).
+_SPINE_H = np.array([1000, 1040, 1100, 1170, 1300, 1440, 1500, 1590.0])
+_SPINE_Y = np.array([40, 38, 42, 52, 60, 48, 30, 22.0])
+_SPINE_SA = np.array([25, 25, 24, 21, 18, 16, 14, 13.0])
+_SPINE_SB = np.array([18, 18, 17, 16, 14, 12, 10, 10.0])
+
+
+def trunk_outline(h: np.ndarray, shrink_mm: float = 0.0):
+    """Trunk semi-axes and AP centre at heights ``h`` (mm), optionally shrunk."""
+    a = np.interp(h, _TRUNK_H, _TRUNK_A) - shrink_mm
+    b = np.interp(h, _TRUNK_H, _TRUNK_B) - shrink_mm
+    yc = np.interp(h, _TRUNK_H, _TRUNK_YC)
+    return a, b, yc
+
+
+def spine_centre(h):
+    """AP centre (mm) and lateral/AP semi-axes (mm) of the vertebral bodies at ``h``."""
+    return (np.interp(h, _SPINE_H, _SPINE_Y), np.interp(h, _SPINE_H, _SPINE_SA),
+            np.interp(h, _SPINE_H, _SPINE_SB))
+
+
+def _rot(axis: str, deg: float) -> np.ndarray:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    if axis == "x":
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    if axis == "y":
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+@dataclass
+class Anatomy:
+    """Result of :func:`build_anatomy`.
+
+    Attributes:
+        labels: uint16 label map, shape (nz, ny, nx).
+        x_mm, y_mm, h_mm: voxel-centre coordinates along x, y and height H (1-D).
+        voxel_mm: isotropic voxel size, mm.
+        aux: boolean helper masks used by the CT model (aorta, spinal canal, femoral shaft).
+        lesion_centres_mm: lesion centres (x, y, H).
+    """
+
+    labels: np.ndarray
+    x_mm: np.ndarray
+    y_mm: np.ndarray
+    h_mm: np.ndarray
+    voxel_mm: float
+    aux: dict[str, np.ndarray]
+    lesion_centres_mm: dict[str, tuple[float, float, float]]
+
+
+class _Canvas:
+    """Label array with bounding-box painting of analytic solids."""
+
+    def __init__(self, x, y, h):
+        self.x, self.y, self.h = x, y, h
+        self.lab = np.zeros((h.size, y.size, x.size), dtype=np.uint16)
+
+    def box(self, xlim, ylim, hlim):
+        def sl(c, lo, hi):
+            return slice(int(np.searchsorted(c, lo, "left")), int(np.searchsorted(c, hi, "right")))
+        s = (sl(self.h, *hlim), sl(self.y, *ylim), sl(self.x, *xlim))
+        return s, self.x[s[2]][None, None, :], self.y[s[1]][None, :, None], self.h[s[0]][:, None, None]
+
+    def paint(self, s, mask, label, only=None, exclude=None, target=None):
+        arr = self.lab if target is None else target
+        view = arr[s]
+        if view.size == 0:
+            return
+        m = np.broadcast_to(mask, view.shape)
+        if only is not None:
+            m = m & np.isin(view, only)
+        if exclude is not None:
+            m = m & ~np.isin(view, exclude)
+        view[m] = label
+
+    # ---- solids -------------------------------------------------------------------
+    def ellipsoid(self, c, semi, rot=None, grow=0.0):
+        """(slice, mask) of an ellipsoid centre ``c`` (x, y, H), semi-axes, rotation."""
+        semi = np.asarray(semi, float) + grow
+        r = float(np.max(semi)) + 1.0
+        s, X, Y, H = self.box((c[0] - r, c[0] + r), (c[1] - r, c[1] + r), (c[2] - r, c[2] + r))
+        dx, dy, dh = X - c[0], Y - c[1], H - c[2]
+        if rot is not None:  # body-frame coordinates q = R^T p
+            q = [rot[0, i] * dx + rot[1, i] * dy + rot[2, i] * dh for i in range(3)]
+        else:
+            q = [dx, dy, dh]
+        return s, (q[0] / semi[0]) ** 2 + (q[1] / semi[1]) ** 2 + (q[2] / semi[2]) ** 2 <= 1.0
+
+    def capsule(self, p0, p1, radius):
+        """(slice, mask) of the points within ``radius`` of the segment p0-p1."""
+        p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+        lo, hi = np.minimum(p0, p1) - radius - 1, np.maximum(p0, p1) + radius + 1
+        s, X, Y, H = self.box((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))
+        d = p1 - p0
+        t = ((X - p0[0]) * d[0] + (Y - p0[1]) * d[1] + (H - p0[2]) * d[2]) / float(d @ d)
+        t = np.clip(t, 0.0, 1.0)
+        return s, ((X - p0[0] - t * d[0]) ** 2 + (Y - p0[1] - t * d[1]) ** 2
+                   + (H - p0[2] - t * d[2]) ** 2) <= radius ** 2
+
+
+def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None) -> Anatomy:
+    """Voxelise the reference male.
+
+    Args:
+        voxel_mm: isotropic voxel size, mm.
+        rng: when given (seed != 0), organ volumes are scaled by a factor drawn uniformly
+            in [0.95, 1.05] and lesion centres are shifted by a few mm; ``None`` gives the
+            canonical patient.
+
+    Returns:
+        :class:`Anatomy`.
+    """
+    v = float(voxel_mm)
+    nxy = int(round(FOV_WIDTH_MM / v))
+    nz = int(round(FOV_LENGTH_MM / v))
+    x = (np.arange(nxy) - (nxy - 1) / 2.0) * v
+    y = x.copy()
+    h = FOV_BOTTOM_H_MM + (np.arange(nz) + 0.5) * v
+    cv = _Canvas(x, y, h)
+    aux_aorta = np.zeros(cv.lab.shape, bool)
+    aux_canal = np.zeros(cv.lab.shape, bool)
+
+    def scale(semi):
+        if rng is None:
+            return tuple(semi)
+        f = rng.uniform(0.95, 1.05) ** (1.0 / 3.0)
+        return tuple(float(s) * f for s in semi)
+
+    def jitter(c, mm):
+        if rng is None:
+            return tuple(c)
+        return tuple(float(ci) + float(d) for ci, d in zip(c, rng.uniform(-mm, mm, 3)))
+
+    # ---- outline: trunk, neck, head, thighs with skin/fat and muscle layers -----------
+    def trunk_mask(shrink, hlim=(866, 1472)):
+        s, X, Y, H = cv.box((-200, 200), (-130, 140), hlim)
+        a, b, yc = trunk_outline(H, shrink)
+        return s, (X / a) ** 2 + ((Y - yc) / b) ** 2 <= 1.0
+
+    def thigh_masks(shrink):
+        out = []
+        for side in (-1, 1):
+            s, X, Y, H = cv.box((-190, 190), (-100, 110), (FOV_BOTTOM_H_MM - 10, 905))
+            f = (H - FOV_BOTTOM_H_MM) / (905 - FOV_BOTTOM_H_MM)
+            a, b, xc = 68 + 17 * f - shrink, 74 + 14 * f - shrink, side * (88 + 6 * f)
+            out.append((s, ((X - xc) / a) ** 2 + ((Y - 6) / b) ** 2 <= 1.0))
+        return out
+
+    def neck_mask(shrink):
+        s, X, Y, H = cv.box((-70, 70), (-60, 80), (1440, 1600))
+        return s, (X / (58 - shrink)) ** 2 + ((Y - 12) / (62 - shrink)) ** 2 <= 1.0
+
+    head_c, head_semi = (0.0, 0.0, 1660.0), (80.0, 100.0, 102.0)
+    cv.paint(*trunk_mask(0.0), 2)
+    for s, m in thigh_masks(0.0):
+        cv.paint(s, m, 2)
+    cv.paint(*neck_mask(0.0), 2)
+    cv.paint(*cv.ellipsoid(head_c, head_semi), 2)
+    # muscle layer under the fat, then remaining soft tissue inside it
+    cv.paint(*trunk_mask(15.0, (900, 1462)), 3)
+    cv.paint(*trunk_mask(27.0, (900, 1450)), 1)
+    s, m = trunk_mask(15.0, (866, 900))
+    cv.paint(s, m, 1)
+    for s, m in thigh_masks(11.0):
+        cv.paint(s, m, 3)
+    cv.paint(*neck_mask(7.0), 3)
+    cv.paint(*cv.ellipsoid(head_c, head_semi, grow=-5.0), 1)
+    # shoulders (deltoid / trapezius region)
+    s, X, Y, H = cv.box((-200, 200), (-130, 140), (1360, 1472))
+    cv.paint(s, np.abs(X) > 118, 3, only=[1])
+    # paraspinal muscles, psoas, gluteal muscles
+    for side in (-1, 1):
+        s, X, Y, H = cv.box((-100, 100), (-50, 130), (930, 1445))
+        ys, _, sb = spine_centre(H)
+        cv.paint(s, ((X - side * 38) / 27) ** 2 + ((Y - ys - sb - 30) / 22) ** 2 <= 1, 3, only=[1, 2])
+        s, X, Y, H = cv.box((-110, 110), (-60, 110), (925, 1165))
+        ys, _, _ = spine_centre(H)
+        r = 8 + (1165 - H) * 0.085
+        cv.paint(s, (X - side * (34 + (1165 - H) * 0.12)) ** 2 + (Y - ys) ** 2 <= r ** 2, 3, only=[1])
+        s, X, Y, H = cv.box((-190, 190), (-20, 130), (866, 1000))
+        cv.paint(s, ((X - side * 88) / 72) ** 2 + ((Y - 68) / 42) ** 2 <= 1, 3, only=[1])
+
+    # ---- airway (label 0), aorta (body) ---------------------------------------------------
+    airway = [cv.capsule((0, -12, 1575), (0, 8, 1335), 9.0),
+              cv.capsule((0, 8, 1335), (-38, 18, 1300), 6.0),
+              cv.capsule((0, 8, 1335), (36, 20, 1305), 6.0)]
+
+    # ---- thoracic organs --------------------------------------------------------------
+    rib_in = 30.0  # rib ring lies this far inside the body outline
+
+    def in_thorax(s, X, Y, H, extra=0.0):
+        a, b, yc = trunk_outline(H, rib_in + 7 + extra)
+        return (X / a) ** 2 + ((Y - yc) / b) ** 2 <= 1.0
+
+    lung_semi = {4: scale((62.0, 92.0, 150.0)), 5: scale((66.0, 94.0, 150.0))}
+    for lab, xc in ((4, 82.0), (5, -82.0)):
+        s, m = cv.ellipsoid((xc, 14.0, 1335.0), lung_semi[lab])
+        X, Y, H = _coords(cv, s)
+        m = m & in_thorax(s, X, Y, H) & (H >= 1185 + (12 if lab == 4 else 0) - 0.25 * (Y - 14))
+        cv.paint(s, m, lab, only=[1])
+    cv.paint(*cv.ellipsoid((22.0, -24.0, 1250.0), scale((60.0, 49.0, 64.0)), rot=_rot("z", -35) @ _rot("y", 25)), 6,
+             only=[1, 4, 5])
+    # aorta: ascending, arch, descending (blood; label body)
+    aorta = [cv.capsule((-8, -22, 1290), (-12, -18, 1378), 14.0),
+             cv.capsule((-12, -18, 1378), (16, 40, 1372), 12.5)]
+    for s, m in aorta:
+        aux_aorta[s] |= m & np.isin(cv.lab[s], [1, 4, 5])
+        cv.paint(s, m, 1, only=[1, 4, 5])
+    s, X, Y, H = cv.box((-40, 60), (-80, 120), (990, 1372))
+    ys, _, sb = spine_centre(H)
+    xc = 6 + (H - 990) * 0.03
+    m = (X - xc) ** 2 + (Y - (ys - sb - 14)) ** 2 <= 12.0 ** 2
+    aux_aorta[s] |= m & np.isin(cv.lab[s], [1, 3, 4, 5])
+    cv.paint(s, m, 1, only=[1, 3, 4, 5])
+
+    # ---- abdominal organs ---------------------------------------------------------------
+    s, m = cv.ellipsoid((-52.0, 2.0, 1125.0), scale((101.0, 76.0, 74.0)), rot=_rot("y", -18))
+    X, Y, H = _coords(cv, s)
+    m = m & (X < 55 - 0.5 * (Y + 20)) & in_thorax(s, X, Y, H, -14)
+    cv.paint(s, m, 7, only=[1, 5])
+    cv.paint(*cv.ellipsoid((62.0, -30.0, 1138.0), scale((40.0, 35.0, 64.0)), rot=_rot("y", 35)), 12, only=[1, 4, 7])
+    cv.paint(*cv.ellipsoid((86.0, 42.0, 1140.0), scale((26.0, 54.0, 24.0)), rot=_rot("z", 35) @ _rot("x", 10)), 8,
+             only=[1, 3, 4, 7, 12])
+    kid_semi = scale((28.0, 23.0, 55.0))
+    cv.paint(*cv.ellipsoid((76.0, 52.0, 1082.0), kid_semi, rot=_rot("y", -14)), 9, only=[1, 3, 7, 8])
+    kid_semi = scale((28.0, 23.0, 55.0))
+    cv.paint(*cv.ellipsoid((-74.0, 54.0, 1064.0), kid_semi, rot=_rot("y", 14)), 10, only=[1, 3, 7])
+    cv.paint(*cv.ellipsoid((0.0, -32.0, 936.0), scale((45.0, 36.5, 35.5))), 11, only=[1, 3])
+
+    # ---- head -------------------------------------------------------------------------
+    brain_c, brain_semi = (0.0, 4.0, 1680.0), scale((63.0, 84.0, 64.0))
+    cv.paint(*cv.ellipsoid(brain_c, brain_semi, grow=9.0), 14, only=[1, 2])
+    cv.paint(*cv.ellipsoid(brain_c, brain_semi, grow=2.0), 1, only=[14])  # CSF / meninges
+    cv.paint(*cv.ellipsoid(brain_c, brain_semi), 13, only=[1])
+
+    # ---- spine -------------------------------------------------------------------------
+    levels = ([(1590 - i * 20.0, 1590 - (i + 1) * 20.0) for i in range(7)]        # C1-C7
+              + [(1450 - i * 23.3, 1450 - (i + 1) * 23.3) for i in range(12)]     # T1-T12
+              + [(1170 - i * 28.0, 1170 - (i + 1) * 28.0) for i in range(5)])     # L1-L5
+    bone_like = [0, 1, 2, 3, 4, 5, 6, 7, 12]
+    for top, bot in levels:
+        hgt = top - bot
+        hb0, hb1 = bot + 0.18 * hgt, top  # lower 18 % is the intervertebral disc
+        hm = 0.5 * (hb0 + hb1)
+        ys, sa, sb = (float(v_) for v_ in spine_centre(hm))
+        s, X, Y, H = cv.box((-sa - 2, sa + 2), (ys - sb - 2, ys + sb + 2), (hb0, hb1))
+        cv.paint(s, (X / sa) ** 2 + ((Y - ys) / sb) ** 2 <= 1, 15, only=bone_like)
+        s, X, Y, H = cv.box((-sa, sa), (ys - sb, ys + sb), (hb0 + 2.5, hb1 - 2.5))
+        cv.paint(s, (X / (sa - 3)) ** 2 + ((Y - ys) / (sb - 3)) ** 2 <= 1, 19, only=[15])
+        # neural arch, spinal canal, spinous and transverse processes
+        rc = 7.0 if top > 1450 else 8.5
+        yc_c = ys + sb + rc
+        s, X, Y, H = cv.box((-rc - 8, rc + 8), (yc_c - rc - 8, yc_c + rc + 8), (bot + 0.1 * hgt, top - 0.1 * hgt))
+        r2 = X ** 2 + (Y - yc_c) ** 2
+        cv.paint(s, (r2 <= (rc + 6) ** 2) & (r2 > rc ** 2), 15, only=bone_like)
+        aux_canal[s] |= r2 <= rc ** 2
+        cv.paint(s, r2 <= rc ** 2, 1, only=bone_like)
+        ln = 28.0 if top < 1170 else 22.0
+        s, X, Y, H = cv.box((-4, 4), (yc_c + rc, yc_c + rc + ln), (bot + 0.25 * hgt, top - 0.15 * hgt))
+        cv.paint(s, np.ones((1, 1, 1), bool), 15, only=bone_like)
+        tl = 35.0 if top < 1450 else 28.0
+        s, X, Y, H = cv.box((-tl, tl), (yc_c - 5, yc_c + 4), (hm - 4, hm + 4))
+        cv.paint(s, np.ones((1, 1, 1), bool), 15, only=bone_like)
+
+    # ---- ribs, sternum, shoulder girdle -------------------------------------------------
+    s, X, Y, H = cv.box((-200, 200), (-130, 140), (1110, 1462))
+    a, b, yc = trunk_outline(H, rib_in)
+    rho = np.sqrt((X / a) ** 2 + ((Y - yc) / b) ** 2)
+    dist = (rho - 1.0) * np.sqrt(a * b)
+    theta = np.degrees(np.arctan2(np.abs(X) / a, (Y - yc) / b))  # 0 posterior, 180 anterior
+    ribs = np.zeros(np.broadcast(X, Y, H).shape, bool)
+    for i in range(12):
+        hp = 1442.0 - i * 23.5
+        drop = 35.0 + 4.0 * i
+        hc = hp - drop * (1 - np.cos(np.radians(theta))) / 2
+        tmax = 165.0 if i < 7 else (140.0 if i < 10 else 95.0)
+        ribs |= (np.abs(H - hc) <= 6.0) & (theta >= 18) & (theta <= tmax)
+    ribs &= np.abs(dist) <= 4.5
+    cv.paint(s, ribs, 30, only=[1, 2, 3, 4, 5, 7, 8])
+    s, X, Y, H = cv.box((-16, 16), (-140, 0), (1265, 1432))
+    a, b, yc = trunk_outline(H, rib_in - 2)
+    cv.paint(s, np.abs(Y - (yc - b)) <= 6.0, 30, only=[1, 2, 3, 6])
+    for side in (-1, 1):
+        cv.paint(*cv.capsule((side * 18, -80, 1436), (side * 150, -28, 1462), 7.0), 31, only=[1, 2, 3])
+        s, X, Y, H = cv.box((-170, 170), (-20, 140), (1300, 1450))
+        a, b, yc = trunk_outline(H, rib_in - 14)
+        rho = np.sqrt((X / a) ** 2 + ((Y - yc) / b) ** 2)
+        th = np.degrees(np.arctan2(side * X / a, (Y - yc) / b))
+        scap = (np.abs((rho - 1.0) * np.sqrt(a * b)) <= 4.0) & (th >= 28) & (th <= 62 + 0.15 * (H - 1300))
+        cv.paint(s, scap, 31, only=[1, 3])
+
+    # ---- pelvis (label 16 cortical, 19 trabecular interior) -----------------------------
+    def shell(s, dist, outer=6.5, inner=3.0, sel=None):
+        sel = np.ones_like(dist, bool) if sel is None else sel
+        cv.paint(s, (np.abs(dist) <= outer) & sel, 16, only=[1, 3])
+        cv.paint(s, (np.abs(dist) <= inner) & sel, 19, only=[16])
+
+    s, X, Y, H = cv.box((-160, 160), (-80, 120), (930, 1088))
+    ai, bi, yi = 80 + (H - 930) * 0.33, 68 + (H - 930) * 0.12, 22.0
+    rho = np.sqrt((X / ai) ** 2 + ((Y - yi) / bi) ** 2)
+    phi = np.degrees(np.arctan2(Y - yi, np.abs(X)))
+    tmin = -8 - (H - 930) * 0.2
+    shell(s, (rho - 1) * np.sqrt(ai * bi), sel=(phi >= tmin) & (phi <= 62) & (np.abs(X) > 38))
+    s, X, Y, H = cv.box((-150, 150), (-110, 60), (880, 935))
+    rho = np.sqrt((X / 86) ** 2 + ((Y + 2) / 76) ** 2)
+    phi = np.degrees(np.arctan2(Y + 2, np.abs(X)))
+    shell(s, (rho - 1) * 80.0, outer=6.0, inner=2.5, sel=(phi <= -15) & (phi >= -92))
+    sac_rot = _rot("x", -28)
+    s, m = cv.ellipsoid((0.0, 68.0, 985.0), (46.0, 20.0, 62.0), rot=sac_rot)
+    cv.paint(s, m, 16, only=[1, 3, 15])
+    cv.paint(*cv.ellipsoid((0.0, 68.0, 985.0), (40.0, 14.0, 56.0), rot=sac_rot), 19, only=[16])
+    for side in (-1, 1):
+        cv.paint(*cv.ellipsoid((side * 58.0, 42.0, 884.0), (16.0, 26.0, 30.0)), 16, only=[1, 3])
+        cv.paint(*cv.ellipsoid((side * 58.0, 42.0, 884.0), (11.0, 20.0, 25.0)), 19, only=[16])
+        s, m_out = cv.ellipsoid((side * 95.0, 0.0, 915.0), (34.0, 34.0, 34.0))
+        X, Y, H = _coords(cv, s)
+        r2 = (X - side * 95.0) ** 2 + Y ** 2 + (H - 915.0) ** 2
+        cv.paint(s, m_out & (r2 > 27 ** 2) & ((H > 908) | (side * X < 95)), 16, only=[1, 3])
+
+    # ---- femora (labels 17 left = +x, 18 right) -----------------------------------------
+    for side, lab in ((1, 17), (-1, 18)):
+        head = (side * 95.0, 0.0, 915.0)
+        cv.paint(*cv.ellipsoid(head, (24.0, 24.0, 24.0)), lab, only=[1, 2, 3, 16])
+        cv.paint(*cv.capsule(head, (side * 128.0, 6.0, 888.0), 15.0), lab, only=[1, 2, 3, 16])
+        cv.paint(*cv.ellipsoid((side * 136.0, 10.0, 888.0), (18.0, 22.0, 26.0)), lab, only=[1, 2, 3])
+        cv.paint(*cv.capsule((side * 126.0, 10.0, 880.0), (side * 108.0, 4.0, FOV_BOTTOM_H_MM - 30), 14.0), lab,
+                 only=[1, 2, 3])
+
+    # ---- lesions -----------------------------------------------------------------------
+    def r_of(ml):
+        return (3.0 * ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+    centres = {
+        "lesion_liver": jitter((-78.0, -12.0, 1112.0), 6.0),
+        "lesion_pancreas": jitter((34.0, 14.0, 1100.0), 4.0),
+        "lesion_lymph_node": jitter((-24.0, 10.0, 1045.0), 4.0),
+    }
+    hb = 1170 - 1.5 * 28.0 if rng is None else 1170 - 1.5 * 28.0 + float(rng.uniform(-4, 4))
+    centres["lesion_bone"] = (0.0, float(spine_centre(hb)[0]), float(hb))
+    soft = [1, 3, 7, 8, 12]
+    cv.paint(*cv.ellipsoid(centres["lesion_liver"], (r_of(40),) * 3), 20, only=[7])
+    cv.paint(*cv.ellipsoid(centres["lesion_pancreas"], (r_of(20),) * 3), 23, only=soft)
+    cv.paint(*cv.ellipsoid(centres["lesion_lymph_node"], (r_of(7),) * 3), 22, only=soft)
+    cv.paint(*cv.ellipsoid(centres["lesion_bone"], (r_of(3),) * 3), 21, only=[15, 19])
+
+    for s, m in airway:
+        cv.paint(s, m, 0, only=[1, 3])
+
+    # femoral shaft medullary canal (yellow marrow) for the CT model
+    shaft = np.zeros(cv.lab.shape, bool)
+    for side in (-1, 1):
+        s, m = cv.capsule((side * 126.0, 10.0, 870.0), (side * 108.0, 4.0, FOV_BOTTOM_H_MM - 30), 8.0)
+        shaft[s] |= m
+    shaft &= np.isin(cv.lab, [17, 18])
+    return Anatomy(cv.lab, x, y, h, v, {"aorta": aux_aorta, "canal": aux_canal, "femoral_canal": shaft},
+                   centres)
+
+
+def _coords(cv: _Canvas, s):
+    return cv.x[s[2]][None, None, :], cv.y[s[1]][None, :, None], cv.h[s[0]][:, None, None]
+
+
+def label_volumes_ml(labels: np.ndarray, voxel_mm: float) -> dict[str, float]:
+    """Volume of each named label, mL."""
+    counts = np.bincount(labels.ravel(), minlength=max(LABELS) + 1)
+    vox_ml = voxel_mm ** 3 / 1000.0
+    return {name: float(counts[k]) * vox_ml for k, name in LABELS.items()}
+
+
+def organ_masses_g(labels: np.ndarray, voxel_mm: float) -> dict[str, float]:
+    """Mass of each label, g, with :data:`NOMINAL_DENSITY_G_CM3`."""
+    return {n: v * NOMINAL_DENSITY_G_CM3[n] for n, v in label_volumes_ml(labels, voxel_mm).items()}
