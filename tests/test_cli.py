@@ -78,3 +78,43 @@ def test_unknown_tracer_and_voxel(cli, tmp_path):
     assert_clean_error(cli("phantom", "--out", tmp_path / "p", "--tracer", "xyz"), "tracer")
     assert_clean_error(cli("phantom", "--out", tmp_path / "p", "--voxel-mm", "0.1"), "voxel")
     assert not (tmp_path / "p").exists()
+
+
+def test_nuclide_command(cli):
+    proc = cli("nuclide", "177Lu", "--json", "--lines")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["name"] == "Lu-177"
+    assert doc["half_life_s"] == pytest.approx(6.647 * 86400, rel=1e-4)
+    energies = [round(p["energy_mev"] * 1000) for p in doc["photon_lines"]]
+    assert 208 in energies and 113 in energies
+    assert_clean_error(cli("nuclide", "Xx-999"), "Xx-999")
+
+
+def test_phantom_series_density_on_dicom(cli, tmp_path):
+    """The CLI path a physicist takes: write a patient, list its series, convert its CT."""
+    patient = tmp_path / "patient"
+    proc = cli("phantom", "--out", patient, "--voxel-mm", "10", "--seed", "2")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("series", patient)
+    assert proc.returncode == 0, proc.stderr
+    assert "CT" in proc.stdout and "NM" in proc.stdout and "MISSING" not in proc.stdout
+    proc = cli("density", "--ct", patient / "ct", "--out", tmp_path / "density.nii.gz",
+               "--materials-out", tmp_path / "materials.nii.gz")
+    assert proc.returncode == 0, proc.stderr
+    from persodose.io.image import read_image
+
+    dens = read_image(tmp_path / "density.nii.gz")
+    lab = read_image(patient / "nifti" / "labels.nii.gz")
+    assert dens.same_geometry(lab)
+    names = json.loads((patient / "manifest.json").read_text())["label_names"]
+    inv = {v: int(k) for k, v in names.items()}
+    lung = np.median(dens.array[lab.array == inv["lung_left"]])
+    liver = np.median(dens.array[lab.array == inv["liver"]])
+    assert 0.15 < lung < 0.5 and 1.0 < liver < 1.1
+    prov = json.loads((tmp_path / "density.nii.gz.provenance.json").read_text())
+    assert prov["command"] == "density" and prov["inputs"]["series_uid"]
+    # the whole patient directory holds one CT series among the SPECT ones: that one is used
+    proc = cli("density", "--ct", patient, "--out", tmp_path / "whole.nii.gz")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(read_image(tmp_path / "whole.nii.gz").array, dens.array)
