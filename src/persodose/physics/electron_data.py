@@ -63,7 +63,7 @@ from typing import Mapping
 import numpy as np
 
 from persodose.errors import InputError
-from persodose.physics.materials import Material
+from persodose.physics.materials import Material, element_z_a, known_elements
 
 #: Electron rest energy, MeV (CODATA 2018).
 ELECTRON_MASS_MEV = 0.51099895
@@ -93,16 +93,8 @@ ICRU37_I_EV = {"water": 75.0}
 #: ESTAR); other media use the Sternheimer-Peierls 1971 general formula.
 STERNHEIMER84_WATER = (3.5017, 0.2400, 2.8004, 0.09116, 3.4773)
 
-# Z and standard atomic weight (g/mol, CIAAW: T. Prohaska et al., Pure Appl. Chem. 94 (2022)
-# 573) of the elements persodose.physics.materials knows (materials.py keeps its table private).
-_ELEMENT_Z_A: dict[str, tuple[int, float]] = {
-    "H": (1, 1.008), "C": (6, 12.011), "N": (7, 14.007), "O": (8, 15.999),
-    "F": (9, 18.998403163), "Na": (11, 22.98976928), "Mg": (12, 24.305),
-    "Al": (13, 26.9815384), "Si": (14, 28.085), "P": (15, 30.973761998), "S": (16, 32.06),
-    "Cl": (17, 35.45), "Ar": (18, 39.948), "K": (19, 39.0983), "Ca": (20, 40.078),
-    "Ti": (22, 47.867), "Fe": (26, 55.845), "Cu": (29, 63.546), "Zn": (30, 65.38),
-    "Ag": (47, 107.8682), "Sn": (50, 118.71), "I": (53, 126.90447),
-}
+# Z and standard atomic weight (g/mol, CIAAW 2022) from persodose.physics.materials.
+_ELEMENT_Z_A: dict[str, tuple[int, float]] = {el: element_z_a(el) for el in known_elements()}
 
 # Scaled radiative energy-loss cross section of liquid water,
 # phi_rad = S_rad / (alpha r_e^2 N_A (T + m c^2) sum w Z(Z+1)/A), computed from the ESTAR

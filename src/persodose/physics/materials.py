@@ -116,6 +116,18 @@ GAS_DENSITY_LIMIT_G_CM3 = 0.1
 SCHNEIDER_ELEMENTS = ("H", "C", "N", "O", "Na", "Mg", "P", "S", "Cl", "Ar", "K", "Ca")
 
 
+def element_z_a(symbol: str) -> tuple[int, float]:
+    """Atomic number and standard atomic weight (g/mol, CIAAW 2022) of an element.
+
+    Raises:
+        MaterialError: for an element persodose has no data for.
+    """
+    if symbol not in _ELEMENTS:
+        raise MaterialError(f"unknown element {symbol!r}; known: {', '.join(_ELEMENTS)}")
+    z, a, _ = _ELEMENTS[symbol]
+    return z, a
+
+
 def known_elements() -> tuple[str, ...]:
     """Element symbols for which Z, atomic weight and I value are tabulated here."""
     return tuple(_ELEMENTS)

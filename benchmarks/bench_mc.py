@@ -1,0 +1,82 @@
+"""Monte Carlo throughput: decays per second for Lu-177, Y-90 and F-18.
+
+The issue's reference problem: a 128 x 128 x 128 phantom of 4 mm voxels with lung, soft
+tissue and bone (a soft-tissue block with two lungs and a spine-like bone column), the
+activity spread uniformly in the soft tissue. Prints the median of several runs, the
+machine, and a same-run baseline (the photon-only throughput of the same kernel), and
+never fails on time.
+
+    python benchmarks/bench_mc.py [--quick] [--decays N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+
+def phantom(n: int, voxel_mm: float):
+    from persodose.grid import Grid, Kind
+    from persodose.mc import VoxelPhantom
+    from persodose.physics.materials import get_material
+
+    mats = (get_material("soft_tissue"), get_material("lung"), get_material("bone"))
+    m = np.zeros((n, n, n), np.uint8)
+    zz, yy, xx = np.indices((n, n, n))
+    c = (n - 1) / 2
+    m[((xx - c * 0.55) ** 2 + (yy - c) ** 2) < (0.22 * n) ** 2] = 1
+    m[((xx - c * 1.45) ** 2 + (yy - c) ** 2) < (0.22 * n) ** 2] = 1
+    m[((xx - c) ** 2 + (yy - c * 1.5) ** 2) < (0.07 * n) ** 2] = 2
+    dens = np.array([mt.density_g_cm3 for mt in mats])[m].astype(np.float32)
+    sp = (voxel_mm,) * 3
+    return (VoxelPhantom(Grid(dens, sp, kind=Kind.DENSITY), Grid(m, sp, kind=Kind.MATERIAL), mats),
+            Grid((m == 0).astype(np.float32), sp, kind=Kind.ACTIVITY))
+
+
+def main() -> None:
+    import numba
+
+    from persodose.mc import MCSettings, build_tables, simulate_decays, simulate_point_source
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="64^3 phantom, fewer decays")
+    ap.add_argument("--decays", type=int, default=400_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    n = 64 if args.quick else 128
+    decays = args.decays // (8 if args.quick else 1)
+    ph, src = phantom(n, 4.0)
+    settings = MCSettings(n_batches=4)
+    tables = build_tables(ph.material_list, settings.transport)
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, numba threads {numba.get_num_threads()}")
+    print(f"phantom: {n}^3 voxels of 4 mm (soft tissue, lung, bone); {decays} decays per run, "
+          f"median of {args.repeats}")
+    # warm-up (compilation)
+    simulate_decays(ph, src, "Lu-177", 1000, settings, tables=tables)
+    simulate_point_source(ph, "photon", 0.2, 1000, settings=settings, tables=tables)
+    rows = []
+    for nuc in ("Lu-177", "Y-90", "F-18"):
+        rates = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            simulate_decays(ph, src, nuc, decays, settings, tables=tables)
+            rates.append(decays / (time.perf_counter() - t0))
+        rows.append((nuc, statistics.median(rates)))
+    base = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        simulate_point_source(ph, "photon", 0.208, decays // 4, settings=settings, tables=tables)
+        base.append(decays // 4 / (time.perf_counter() - t0))
+    for nuc, rate in rows:
+        print(f"{nuc:7s} {rate:12.3e} decays/s")
+    print(f"baseline: 208 keV photons from a point, {statistics.median(base):.3e} photons/s (same run)")
+
+
+if __name__ == "__main__":
+    main()

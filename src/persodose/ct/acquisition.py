@@ -1,0 +1,441 @@
+"""CT acquisition parameters from DICOM headers (with user overrides).
+
+What is taken from where (DICOM PS3.3 C.8.2.1 CT Image module, C.8.15.3 CT Acquisition
+Details), as read by :func:`persodose.io.dicom.read_ct` into ``SeriesInfo.extra``:
+
+=====================  =======================================  =====================
+Acquisition field       DICOM attribute                           override key
+=====================  =======================================  =====================
+kvp                     KVP (0018,0060)                           ``kvp``
+pitch                   Spiral Pitch Factor (0018,9311)           ``pitch``
+total_collimation_mm    Total Collimation Width (0018,9307)       ``total_collimation_mm``
+rotation_time_s         Revolution Time (0018,9305)               ``rotation_time_s``
+bowtie                  Filter Type (0018,1160), mapped           ``bowtie``
+tube current per slice  X-Ray Tube Current (0018,1151) [in uA     ``tube_current_ma``
+                        (0018,8151)]; else Exposure (0018,1152) /  (scalar: fixed mA)
+                        Exposure Time (0018,1150); else CTDIvol
+                        (0018,9345) per slice (relative only)
+ctdivol_mgy             CTDIvol (0018,9345), mean over slices     ``ctdivol_mgy``
+mode                    helical when a pitch is known             ``mode``
+=====================  =======================================  =====================
+
+The tube current along z is the per-slice value at each slice position; it is interpolated
+linearly between slices and held beyond the end slices. With none of the tube-current tags
+the scan is taken as fixed tube current (FTC) and a warning says so. The Exposure /
+Exposure Time fallback gives the correct *shape* of mA(z); some vendors write the
+effective mAs (mA x rotation time / pitch) in Exposure, so the absolute mA of that fallback
+can be off by the pitch factor. The CTDIvol fallback gives the shape only (CTDIvol is
+proportional to mA at fixed kVp, bowtie, collimation, pitch and rotation time; IEC
+60601-2-44) and no absolute mA.
+
+The irradiated range is the range of the slice positions extended by ``overrange_mm`` at
+each end; by default half the total collimation, the least needed for the beam to cover
+the end slices. Real helical over-ranging is scanner-specific and often longer (e.g.
+E. Tzedakis et al., Med. Phys. 32 (2005) 1621-1629); override ``overrange_mm`` when known.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from persodose.ct.bowtie import GENERIC_BOWTIES
+from persodose.errors import DicomError, InputError
+
+__all__ = ["Acquisition", "CTAcquisitionWarning", "DEFAULT_FILTER_TYPE_MAP", "acquisition_from_dicom",
+           "bowtie_for_filter_type", "OVERRIDE_KEYS"]
+
+
+class CTAcquisitionWarning(UserWarning):
+    """A CT acquisition parameter was assumed (e.g. fixed tube current)."""
+
+
+#: Vendor Filter Type (0018,1160) words -> generic bowtie, tried in this order on the
+#: upper-cased value (first match wins). GE writes e.g. "BODY FILTER" / "HEAD FILTER",
+#: Toshiba/Canon "LARGE" / "MEDIUM" / "SMALL"; Siemens "WEDGE_x" / "FLAT" values are not
+#: documented per bowtie and map to the scanner's default through "unknown" (a warning).
+DEFAULT_FILTER_TYPE_MAP: tuple[tuple[str, str], ...] = (
+    ("PED", "medium"), ("MEDIUM", "medium"), ("CARDIAC", "medium"),
+    ("HEAD", "head"), ("SMALL", "head"),
+    ("BODY", "body"), ("LARGE", "body"),
+    ("FLAT", "flat"), ("NONE", "flat"),
+)
+
+#: Keys accepted in ``overrides``.
+OVERRIDE_KEYS = ("kvp", "pitch", "total_collimation_mm", "rotation_time_s", "bowtie", "tube_current_ma",
+                 "ctdivol_mgy", "mode", "overrange_mm", "table_increment_mm", "isocentre_xy_mm",
+                 "scan_range_mm")
+
+
+@dataclass(frozen=True, eq=False)
+class Acquisition:
+    """What the source model needs to know about one CT acquisition.
+
+    Attributes:
+        kvp: tube potential, kV.
+        mode: ``"helical"`` or ``"axial"``.
+        pitch: spiral pitch factor (table feed per rotation / total collimation); for axial
+            scans the table increment / total collimation.
+        total_collimation_mm: nominal beam width at isocentre (N x T), mm.
+        rotation_time_s: time of one gantry rotation, s.
+        bowtie: generic bowtie name (or a scanner's custom bowtie name).
+        slice_z_mm: z (table axis, LPS) of the reconstructed slices, mm, increasing, shape (n,).
+        relative_current: tube current at each slice divided by its mean, shape (n,).
+        tube_current_ma: absolute mA per slice, shape (n,), or ``None`` when unknown.
+        tube_current_source: ``"XRayTubeCurrent"``, ``"Exposure/ExposureTime"``,
+            ``"CTDIvol"``, ``"override"`` or ``"fixed"`` (FTC).
+        ctdivol_mgy: mean CTDIvol, mGy, or ``None``.
+        overrange_mm: extension of the irradiated range beyond the end slices, each end, mm.
+        isocentre_xy_mm: (x, y) LPS of the rotation axis, mm.
+        filter_type: the DICOM Filter Type as written ("" if absent).
+        slice_range_mm: (first, last) reconstructed slice z, mm (or the ``scan_range_mm``
+            override); ``None`` means the range of ``slice_z_mm``.
+        provenance: field -> ``"dicom"``, ``"override"``, ``"derived"`` or ``"default"``.
+    """
+
+    kvp: float
+    mode: str
+    pitch: float
+    total_collimation_mm: float
+    rotation_time_s: float
+    bowtie: str
+    slice_z_mm: np.ndarray
+    relative_current: np.ndarray
+    tube_current_ma: np.ndarray | None = None
+    tube_current_source: str = "fixed"
+    ctdivol_mgy: float | None = None
+    overrange_mm: float = 0.0
+    isocentre_xy_mm: tuple[float, float] = (0.0, 0.0)
+    filter_type: str = ""
+    slice_range_mm: tuple[float, float] | None = None
+    provenance: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def table_feed_per_rotation_mm(self) -> float:
+        """Table advance per rotation (helical) or per axial step, mm."""
+        return self.pitch * self.total_collimation_mm
+
+    @property
+    def scan_range_mm(self) -> tuple[float, float]:
+        """Irradiated z range (slice range extended by the over-range), mm."""
+        lo, hi = self.slice_range_mm or (float(self.slice_z_mm[0]), float(self.slice_z_mm[-1]))
+        return (float(lo - self.overrange_mm), float(hi + self.overrange_mm))
+
+    def relative_current_at(self, z_mm) -> np.ndarray:
+        """Relative tube current at table positions ``z_mm`` (linear, held at the ends)."""
+        return np.interp(np.asarray(z_mm, dtype=np.float64), self.slice_z_mm, self.relative_current)
+
+    def tube_current_ma_at(self, z_mm) -> np.ndarray | None:
+        """Absolute tube current at ``z_mm``, mA, or ``None`` when unknown."""
+        if self.tube_current_ma is None:
+            return None
+        return np.interp(np.asarray(z_mm, dtype=np.float64), self.slice_z_mm, self.tube_current_ma)
+
+
+def bowtie_for_filter_type(filter_type: str | None,
+                           mapping: Mapping[str, str] | tuple[tuple[str, str], ...] | None = None) -> str | None:
+    """Generic bowtie for a DICOM Filter Type value, or ``None`` when no word matches.
+
+    Args:
+        filter_type: the value as written (any case).
+        mapping: word -> bowtie (a dict or ordered pairs); exact matches of the whole
+            value are tried first, then words contained in it. Default
+            :data:`DEFAULT_FILTER_TYPE_MAP`.
+    """
+    if not filter_type:
+        return None
+    pairs = list(mapping.items()) if isinstance(mapping, Mapping) else list(mapping or DEFAULT_FILTER_TYPE_MAP)
+    text = str(filter_type).strip().upper()
+    for word, bowtie in pairs:
+        if text == str(word).strip().upper():
+            return bowtie
+    for word, bowtie in pairs:
+        if str(word).strip().upper() in text:
+            return bowtie
+    return None
+
+
+def _positive(value: Any, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InputError(f"{what} must be finite and > 0, got {value!r}")
+    return v
+
+
+def _slice_geometry(series: Any) -> tuple[np.ndarray, tuple[float, float] | None, list[list[str]]]:
+    """Slice z positions, centre (x, y) of the image and ImageType of each slice.
+
+    From the grid when ``series`` is a :class:`~persodose.io.dicom.Series`; else from the
+    headers of ``info.files`` (pixel data not read).
+    """
+    grid = getattr(series, "grid", None)
+    info = getattr(series, "info", series)
+    files = list(getattr(info, "files", []) or [])
+    image_types: list[list[str]] = []
+    if grid is not None:
+        nz, ny, nx = grid.shape
+        idx = np.array([[k, 0, 0] for k in range(nz)], dtype=np.float64)
+        z = grid.index_to_physical(idx)[:, 2]
+        centre = grid.index_to_physical(np.array([[0, (ny - 1) / 2.0, (nx - 1) / 2.0]]))[0]
+        return np.asarray(z, dtype=np.float64), (float(centre[0]), float(centre[1])), image_types
+    if not files:
+        return np.zeros(0), None, image_types
+    import pydicom
+
+    zs, centres = [], []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True,
+                                 specific_tags=["ImagePositionPatient", "ImageOrientationPatient",
+                                                "ImageType", "Rows", "Columns", "PixelSpacing"])
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
+            raise DicomError(f"cannot read CT header {f}: {exc}") from None
+        it = ds.get("ImageType", [])
+        image_types.append([str(v).upper() for v in ([it] if isinstance(it, str) else it)])
+        ipp = ds.get("ImagePositionPatient")
+        if ipp is None:
+            continue
+        zs.append(float(ipp[2]))
+        try:
+            iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+            ps = np.asarray(ds.PixelSpacing, dtype=float)  # row spacing, column spacing
+            c = (np.asarray(ipp, float) + iop[:3] * ps[1] * (int(ds.Columns) - 1) / 2.0
+                 + iop[3:] * ps[0] * (int(ds.Rows) - 1) / 2.0)
+            centres.append(c[:2])
+        except (AttributeError, ValueError, TypeError):
+            pass
+    centre = tuple(float(v) for v in np.mean(centres, axis=0)) if centres else None
+    return np.asarray(zs, dtype=np.float64), centre, image_types
+
+
+def _per_slice(extra: Mapping[str, Any], key: str, n: int) -> np.ndarray | None:
+    vals = extra.get(key)
+    if vals is None:
+        return None
+    if np.isscalar(vals):
+        vals = [vals] * n
+    arr = np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
+    if arr.size != n or not np.any(np.isfinite(arr)):
+        return None
+    return arr
+
+
+def _fill(arr: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Fill missing (NaN) slice values by linear interpolation along z (ends held)."""
+    ok = np.isfinite(arr)
+    if np.all(ok):
+        return arr
+    order = np.argsort(z[ok])
+    return np.interp(z, z[ok][order], arr[ok][order])
+
+
+def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = None, *,
+                           filter_type_map: Mapping[str, str] | None = None,
+                           default_bowtie: str = "body") -> Acquisition:
+    """Build an :class:`Acquisition` from a CT series read by :func:`persodose.io.dicom.read_ct`.
+
+    Args:
+        series: a :class:`~persodose.io.dicom.Series` (slice positions and isocentre from
+            its grid) or its :class:`~persodose.io.dicom.SeriesInfo` (slice positions read
+            from the headers of ``info.files``).
+        overrides: values that replace or complete the DICOM ones; keys in
+            :data:`OVERRIDE_KEYS`. ``tube_current_ma`` as a number means fixed tube current
+            (or a sequence with one value per slice); ``scan_range_mm`` = (z_min, z_max)
+            replaces the slice range (e.g. when no slice positions are available);
+            ``mode`` is ``"helical"`` or ``"axial"``.
+        filter_type_map: Filter Type word -> bowtie (default :data:`DEFAULT_FILTER_TYPE_MAP`).
+        default_bowtie: bowtie used, with a warning, when the filter type is absent or unknown.
+
+    Returns:
+        The acquisition.
+
+    Raises:
+        InputError: a required value (kVp, collimation, pitch for helical, rotation time) is
+            neither in DICOM nor in ``overrides`` (the message names the tag), unknown
+            override keys, bad values.
+        DicomError: the series holds localizer (scout) images.
+    """
+    ov = dict(overrides or {})
+    unknown = set(ov) - set(OVERRIDE_KEYS)
+    if unknown:
+        raise InputError(f"unknown CT acquisition override(s) {sorted(unknown)}; known: {', '.join(OVERRIDE_KEYS)}")
+    info = getattr(series, "info", series)
+    extra: Mapping[str, Any] = dict(getattr(info, "extra", {}) or {})
+    label = info.label() if hasattr(info, "label") else "CT series"
+    modality = getattr(info, "modality", "CT")
+    if modality and modality != "CT":
+        raise InputError(f"{label} is not a CT series (modality {modality})")
+    prov: dict[str, str] = {}
+
+    z, centre, image_types = _slice_geometry(series)
+    if any("LOCALIZER" in t for t in image_types):
+        raise DicomError(f"{label} holds localizer (scout) images; give the axial CT series")
+    slice_range = None
+    if ov.get("scan_range_mm") is not None:
+        try:
+            lo, hi = (float(v) for v in ov["scan_range_mm"])
+        except (TypeError, ValueError):
+            raise InputError(f"scan_range_mm must be (z_min, z_max) in mm, got {ov['scan_range_mm']!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise InputError(f"scan_range_mm must be (z_min, z_max) with z_max > z_min, got {ov['scan_range_mm']!r}")
+        slice_range = (lo, hi)
+        if z.size == 0:
+            z = np.array([lo, hi])
+        prov["scan_range"] = "override"
+    elif z.size == 0:
+        raise InputError(f"{label}: no slice positions (ImagePositionPatient); give scan_range_mm")
+    else:
+        prov["scan_range"] = "dicom"
+    order = np.argsort(z, kind="stable")
+    z_sorted = z[order]
+    if z_sorted.size == 1:
+        z_sorted = np.array([z_sorted[0], z_sorted[0]])
+        order = np.array([0, 0])
+
+    def pick(key: str, ext_key: str, tag: str, required: bool = True):
+        if ov.get(key) is not None:
+            prov[key] = "override"
+            return _positive(ov[key], key)
+        if extra.get(ext_key) is not None:
+            prov[key] = "dicom"
+            return _positive(extra[ext_key], f"{label} {tag}")
+        if required:
+            raise InputError(f"{label} has no {tag}; give the '{key}' override")
+        return None
+
+    kvp = pick("kvp", "kvp", "KVP (0018,0060)")
+    coll = pick("total_collimation_mm", "total_collimation_mm", "TotalCollimationWidth (0018,9307)")
+    rot = pick("rotation_time_s", "rotation_time_s", "RevolutionTime (0018,9305)")
+    mode = str(ov.get("mode") or "").strip().lower()
+    if mode and mode not in ("helical", "axial"):
+        raise InputError(f"mode must be 'helical' or 'axial', got {ov['mode']!r}")
+    if mode == "axial":
+        if ov.get("table_increment_mm") is not None:
+            pitch = _positive(ov["table_increment_mm"], "table_increment_mm") / coll
+            prov["pitch"] = "override"
+        elif ov.get("pitch") is not None:
+            pitch = _positive(ov["pitch"], "pitch")
+            prov["pitch"] = "override"
+        else:
+            pitch = 1.0
+            prov["pitch"] = "default"
+        prov["mode"] = "override"
+    else:
+        pitch = pick("pitch", "spiral_pitch_factor", "SpiralPitchFactor (0018,9311)")
+        prov["mode"] = "override" if mode else "derived"
+        mode = "helical"
+
+    # bowtie
+    filter_type = str(extra.get("filter_type") or "")
+    if ov.get("bowtie") is not None:
+        bowtie = str(ov["bowtie"])
+        prov["bowtie"] = "override"
+    else:
+        bowtie = bowtie_for_filter_type(filter_type, filter_type_map)
+        if bowtie is None:
+            bowtie = default_bowtie
+            why = f"unknown FilterType {filter_type!r}" if filter_type else "no FilterType (0018,1160)"
+            warnings.warn(f"{label}: {why}; using the {bowtie!r} bowtie (override 'bowtie')",
+                          CTAcquisitionWarning, stacklevel=2)
+            prov["bowtie"] = "default"
+        else:
+            prov["bowtie"] = "dicom"
+    if bowtie.lower() in GENERIC_BOWTIES:
+        bowtie = bowtie.lower()
+
+    # tube current along z (in the original slice order, then sorted)
+    n = len(order) if z.size >= 2 else 1
+    n_slices = z.size
+    ma = None
+    source = "fixed"
+    ov_ma = ov.get("tube_current_ma")
+    if ov_ma is not None:
+        arr = np.asarray(ov_ma, dtype=np.float64).reshape(-1)
+        if arr.size == 1:
+            arr = np.repeat(arr, n_slices)
+        if arr.size != n_slices or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise InputError(f"tube_current_ma override needs one positive value or one per slice "
+                             f"({n_slices}), got {arr.size}")
+        ma, source = arr, "override"
+    else:
+        cur = _per_slice(extra, "xray_tube_current_ma", n_slices)
+        if cur is not None and np.all(cur[np.isfinite(cur)] > 0):
+            ma, source = _fill(cur, z), "XRayTubeCurrent"
+        else:
+            mas = _per_slice(extra, "exposure_mas", n_slices)
+            t_ms = _per_slice(extra, "exposure_time_ms", n_slices)
+            if mas is not None and t_ms is not None:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    derived = mas / (t_ms / 1000.0)
+                derived[~(derived > 0)] = np.nan
+                if np.any(np.isfinite(derived)):
+                    ma, source = _fill(derived, z), "Exposure/ExposureTime"
+    relative = None
+    if ma is not None:
+        ma_sorted = ma[order] if z.size >= 2 else np.repeat(ma, 2)
+        relative = ma_sorted / ma_sorted.mean()
+        ma_out = ma_sorted
+    else:
+        ma_out = None
+        ctdi = _per_slice(extra, "ctdivol_mgy", n_slices)
+        if ctdi is not None and np.all(ctdi[np.isfinite(ctdi)] > 0) and np.nanmax(ctdi) > 0:
+            c = _fill(ctdi, z)
+            c = c[order] if z.size >= 2 else np.repeat(c, 2)
+            relative = c / c.mean()
+            source = "CTDIvol"
+        else:
+            warnings.warn(f"{label}: no tube current (XRayTubeCurrent, Exposure/ExposureTime, CTDIvol) "
+                          "per slice; assuming fixed tube current (FTC)", CTAcquisitionWarning,
+                          stacklevel=2)
+            relative = np.ones(z_sorted.size)
+            source = "fixed"
+    prov["tube_current"] = "override" if source == "override" else ("default" if source == "fixed" else "dicom")
+
+    if ov.get("ctdivol_mgy") is not None:
+        ctdivol = _positive(ov["ctdivol_mgy"], "ctdivol_mgy")
+        prov["ctdivol_mgy"] = "override"
+    else:
+        c = _per_slice(extra, "ctdivol_mgy", n_slices)
+        ctdivol = float(np.nanmean(c)) if c is not None else None
+        prov["ctdivol_mgy"] = "dicom" if ctdivol is not None else "absent"
+
+    if ov.get("overrange_mm") is not None:
+        overrange = float(ov["overrange_mm"])
+        if not (math.isfinite(overrange) and overrange >= 0):
+            raise InputError(f"overrange_mm must be >= 0, got {ov['overrange_mm']!r}")
+        prov["overrange_mm"] = "override"
+    else:
+        overrange = 0.5 * coll
+        prov["overrange_mm"] = "default"
+
+    if ov.get("isocentre_xy_mm") is not None:
+        iso = tuple(float(v) for v in ov["isocentre_xy_mm"])
+        if len(iso) != 2 or not all(math.isfinite(v) for v in iso):
+            raise InputError(f"isocentre_xy_mm must be (x, y) in mm, got {ov['isocentre_xy_mm']!r}")
+        prov["isocentre_xy_mm"] = "override"
+    elif centre is not None:
+        iso = centre
+        prov["isocentre_xy_mm"] = "derived"  # the reconstruction centre
+    else:
+        iso = (0.0, 0.0)
+        prov["isocentre_xy_mm"] = "default"
+
+    for arr in (z_sorted, relative):
+        arr.setflags(write=False)
+    if ma_out is not None:
+        ma_out.setflags(write=False)
+    del n
+    if slice_range is None:
+        slice_range = (float(z_sorted[0]), float(z_sorted[-1]))
+    return Acquisition(kvp=kvp, mode=mode, pitch=pitch, total_collimation_mm=coll, rotation_time_s=rot,
+                       bowtie=bowtie, slice_z_mm=z_sorted, relative_current=relative, tube_current_ma=ma_out,
+                       tube_current_source=source, ctdivol_mgy=ctdivol, overrange_mm=overrange,
+                       isocentre_xy_mm=(float(iso[0]), float(iso[1])), filter_type=filter_type,
+                       slice_range_mm=slice_range, provenance=prov)

@@ -1,0 +1,663 @@
+"""Coupled photon-electron-positron transport in a voxel grid (Numba kernels).
+
+The physics, in the spirit of DPM (J. Sempau, S. J. Wilderman, A. F. Bielajew, Phys. Med.
+Biol. 45 (2000) 2263):
+
+Photons (Woodcock / delta tracking, E. R. Woodcock et al., ANL-7050 (1965)):
+  * photoelectric absorption: the photoelectron takes the whole photon energy (binding
+    energy and fluorescence are deposited at the same point, a sub-voxel approximation)
+    and leaves isotropically;
+  * incoherent scattering: Klein-Nishina sampled with the Butcher-Messel method
+    (J. C. Butcher, H. Messel, Nucl. Phys. 20 (1960) 15) and rejected with the material's
+    incoherent scattering function S(x)/Z (binding correction, Hubbell et al. 1975); the
+    Compton electron's direction follows from momentum conservation;
+  * coherent scattering: x^2 sampled from the cumulative of the squared form factor and
+    rejected with (1 + cos^2)/2 (PENELOPE 2018 manual, section 2.1);
+  * pair production above 2 m c^2: electron and positron share the kinetic energy
+    uniformly and keep the photon direction (pair production is < 1 % of mu below 3 MeV).
+
+Electrons and positrons (class II condensed history, M. J. Berger, Methods Comput. Phys.
+1 (1963) 135):
+  * continuous slowing down with the restricted stopping power (collision losses below
+    the hard-collision cut and bremsstrahlung below the photon cut);
+  * explicit hard collisions: Moller (e-) or Bhabha (e+) sampled by rejection from the
+    1/W^2 envelope, kinematics of free-electron scattering;
+  * explicit hard bremsstrahlung with the complete-screening Bethe-Heitler spectral shape
+    (k dsigma/dk ~ 4/3 - 4/3 y + y^2); the photon leaves at the angle of an isotropic
+    dipole boosted to the electron's speed (an approximation adequate at mm scale);
+  * multiple elastic scattering: exact Lewis moments <P1>, <P2> of the screened
+    Rutherford cross section over the step, sampled from the two-uniform artificial
+    distribution of PENELOPE (Baro et al., NIM B 100 (1995) 31) at a random hinge point
+    along the step (Kawrakow & Bielajew, NIM B 134 (1998) 325), which reproduces the
+    spatial moments to second order in the step length;
+  * steps end at voxel boundaries (exact boundary crossing), at hard events, after losing
+    ``max_eloss_fraction`` of the energy or ``max_step_lambda1`` transport mean free paths;
+  * below the absorption energy, or when the CSDA range cannot reach the nearest voxel
+    face (range rejection), the energy is deposited where the particle is;
+  * positrons annihilate at rest into two back-to-back 511 keV photons.
+
+All kernels use the generator of :mod:`persodose.mc.rng` on a per-chunk state, so a run
+is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from persodose.mc.rng import seed_state, uniform
+
+MC2 = 0.51099895  # electron rest energy, MeV (CODATA 2018)
+HC_KEV_A = 12.398419843  # hc, keV Angstrom
+
+# particle types on the stack
+PHOTON, ELECTRON, POSITRON = 0, 1, 2
+# counters (per thread)
+C_EMITTED, C_DEPOSITED, C_ESCAPED, C_ANNIHILATION, C_BELOW_CUT, C_OVERFLOW, C_STEPS, C_UNCOLLIDED = 0, 1, 2, 3, 4, 5, 6, 7
+C_N = 8
+STACK_SIZE = 512
+
+
+@njit(inline="always", cache=True)
+def _eidx(e, log_emin, inv_dlog, n):
+    f = (math.log(e) - log_emin) * inv_dlog
+    if f < 0.0:
+        f = 0.0
+    top = n - 1.000001
+    if f > top:
+        f = top
+    i = int(f)
+    return i, f - i
+
+
+@njit(inline="always", cache=True)
+def _lerp(row, i, fr):
+    return row[i] + (row[i + 1] - row[i]) * fr
+
+
+@njit(inline="always", cache=True)
+def _search(arr, value):
+    """Largest j with arr[j] <= value (arr increasing), clipped to [0, len-2]."""
+    lo = 0
+    hi = arr.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if arr[mid] <= value:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always", cache=True)
+def _isotropic(rng):
+    w = 2.0 * uniform(rng) - 1.0
+    phi = 2.0 * math.pi * uniform(rng)
+    s = math.sqrt(max(0.0, 1.0 - w * w))
+    return s * math.cos(phi), s * math.sin(phi), w
+
+
+@njit(inline="always", cache=True)
+def _rotate(u, v, w, cos_t, phi):
+    """Direction after a deflection of polar cosine cos_t and azimuth phi."""
+    sin_t = math.sqrt(max(0.0, 1.0 - cos_t * cos_t))
+    cp = math.cos(phi)
+    sp = math.sin(phi)
+    if abs(w) > 0.99999999:
+        un = sin_t * cp
+        vn = sin_t * sp
+        wn = cos_t if w > 0 else -cos_t
+    else:
+        tmp = math.sqrt(1.0 - w * w)
+        un = u * cos_t + sin_t * (u * w * cp - v * sp) / tmp
+        vn = v * cos_t + sin_t * (v * w * cp + u * sp) / tmp
+        wn = w * cos_t - tmp * sin_t * cp
+    norm = 1.0 / math.sqrt(un * un + vn * vn + wn * wn)
+    return un * norm, vn * norm, wn * norm
+
+
+@njit(inline="always", cache=True)
+def _push(stk, sp, kind, e, x, y, z, u, v, w, ctr, edep, vox):
+    if sp >= stk.shape[0]:
+        # Stack full (never seen in practice): deposit locally and count it.
+        edep[vox] += e
+        ctr[C_DEPOSITED] += e
+        ctr[C_OVERFLOW] += e
+        return sp
+    stk[sp, 0] = kind
+    stk[sp, 1] = e
+    stk[sp, 2] = x
+    stk[sp, 3] = y
+    stk[sp, 4] = z
+    stk[sp, 5] = u
+    stk[sp, 6] = v
+    stk[sp, 7] = w
+    return sp + 1
+
+
+@njit(cache=True)
+def _voxel_of(x, y, z, nz, ny, nx, sz, sy, sx):
+    ix = int(math.floor(x / sx))
+    iy = int(math.floor(y / sy))
+    iz = int(math.floor(z / sz))
+    if ix < 0 or iy < 0 or iz < 0 or ix >= nx or iy >= ny or iz >= nz:
+        return -1
+    return (iz * ny + iy) * nx + ix
+
+
+# ----------------------------------------------------------------------------- photons
+@njit(cache=True)
+def _sample_compton(e, m, compton_sf, x_nodes, rng):
+    """Returns (epsilon = E'/E, 1 - cos theta) from Klein-Nishina x S(x)/Z."""
+    k = e / MC2
+    eps0 = 1.0 / (1.0 + 2.0 * k)
+    a1 = -math.log(eps0)
+    a2 = 0.5 * (1.0 - eps0 * eps0)
+    e_kev = e * 1000.0
+    while True:
+        if uniform(rng) * (a1 + a2) < a1:
+            eps = math.exp(-a1 * uniform(rng))
+        else:
+            eps = math.sqrt(eps0 * eps0 + (1.0 - eps0 * eps0) * uniform(rng))
+        onecost = (1.0 - eps) / (k * eps)
+        sin2 = onecost * (2.0 - onecost)
+        g = 1.0 - eps * sin2 / (1.0 + eps * eps)
+        if uniform(rng) > g:
+            continue
+        xq = e_kev * math.sqrt(0.5 * onecost) / HC_KEV_A
+        if xq >= x_nodes[x_nodes.shape[0] - 1]:
+            return eps, onecost
+        j = _search(x_nodes, xq)
+        f = (xq - x_nodes[j]) / (x_nodes[j + 1] - x_nodes[j])
+        s = compton_sf[m, j] + (compton_sf[m, j + 1] - compton_sf[m, j]) * f
+        if uniform(rng) < s:
+            return eps, onecost
+
+
+@njit(cache=True)
+def _sample_rayleigh(e, m, rayleigh_cum, x_nodes, rng):
+    """Cosine of the coherent scattering angle."""
+    e_kev = e * 1000.0
+    xmax = e_kev / HC_KEV_A
+    n = x_nodes.shape[0]
+    if xmax >= x_nodes[n - 1]:
+        cmax = rayleigh_cum[m, n - 1]
+    else:
+        j = _search(x_nodes, xmax)
+        x2a = x_nodes[j] * x_nodes[j]
+        x2b = x_nodes[j + 1] * x_nodes[j + 1]
+        f = (xmax * xmax - x2a) / (x2b - x2a)
+        cmax = rayleigh_cum[m, j] + (rayleigh_cum[m, j + 1] - rayleigh_cum[m, j]) * f
+    x2max = xmax * xmax
+    for _ in range(1000):
+        target = uniform(rng) * cmax
+        row = rayleigh_cum[m]
+        j = _search(row, target)
+        c0 = row[j]
+        c1 = row[j + 1]
+        x2a = x_nodes[j] * x_nodes[j]
+        x2b = x_nodes[j + 1] * x_nodes[j + 1]
+        x2 = x2a + (x2b - x2a) * ((target - c0) / (c1 - c0) if c1 > c0 else 0.0)
+        cos_t = 1.0 - 2.0 * x2 / x2max
+        if cos_t < -1.0:
+            cos_t = -1.0
+        if uniform(rng) * 2.0 < 1.0 + cos_t * cos_t:
+            return cos_t
+    return 1.0
+
+
+@njit(cache=True)
+def transport_photon(e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
+                     log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes,
+                     photon_cut, edep, ctr, stk, sp, rng):
+    collided = False
+    while True:
+        if e < photon_cut:
+            vox = _voxel_of(x, y, z, nz, ny, nx, sz, sy, sx)
+            if vox >= 0:
+                edep[vox] += e
+                ctr[C_DEPOSITED] += e
+                ctr[C_BELOW_CUT] += e
+            else:
+                ctr[C_ESCAPED] += e
+            return sp
+        i, fr = _eidx(e, log_emin, inv_dlog, n_e)
+        mumax = majorant[i]
+        s = -math.log(uniform(rng)) / mumax
+        x += s * u
+        y += s * v
+        z += s * w
+        vox = _voxel_of(x, y, z, nz, ny, nx, sz, sy, sx)
+        if vox < 0:
+            ctr[C_ESCAPED] += e
+            if not collided:
+                ctr[C_UNCOLLIDED] += e
+            return sp
+        m = mat[vox]
+        rho01 = dens[vox] * 0.1
+        mu_ph = _lerp(photon[m, 0], i, fr) * rho01
+        mu_co = _lerp(photon[m, 1], i, fr) * rho01
+        mu_ra = _lerp(photon[m, 2], i, fr) * rho01
+        mu_pa = _lerp(photon[m, 3], i, fr) * rho01
+        r = uniform(rng) * mumax
+        if r >= mu_ph + mu_co + mu_ra + mu_pa:
+            continue  # fictitious interaction
+        collided = True
+        if r < mu_ph:
+            eu, ev, ew = _isotropic(rng)
+            sp = _push(stk, sp, ELECTRON, e, x, y, z, eu, ev, ew, ctr, edep, vox)
+            return sp
+        if r < mu_ph + mu_co:
+            eps, onecost = _sample_compton(e, m, compton_sf, x_nodes, rng)
+            e_new = eps * e
+            phi = 2.0 * math.pi * uniform(rng)
+            nu, nv, nw = _rotate(u, v, w, 1.0 - onecost, phi)
+            te = e - e_new
+            # electron momentum = incoming photon momentum - outgoing photon momentum
+            px = e * u - e_new * nu
+            py = e * v - e_new * nv
+            pz = e * w - e_new * nw
+            pn = math.sqrt(px * px + py * py + pz * pz)
+            if pn > 0.0 and te > 0.0:
+                sp = _push(stk, sp, ELECTRON, te, x, y, z, px / pn, py / pn, pz / pn, ctr, edep, vox)
+            e = e_new
+            u, v, w = nu, nv, nw
+            continue
+        if r < mu_ph + mu_co + mu_ra:
+            cos_t = _sample_rayleigh(e, m, rayleigh_cum, x_nodes, rng)
+            u, v, w = _rotate(u, v, w, cos_t, 2.0 * math.pi * uniform(rng))
+            continue
+        # pair production
+        t_kin = e - 2.0 * MC2
+        f = uniform(rng)
+        sp = _push(stk, sp, ELECTRON, f * t_kin, x, y, z, u, v, w, ctr, edep, vox)
+        sp = _push(stk, sp, POSITRON, (1.0 - f) * t_kin, x, y, z, u, v, w, ctr, edep, vox)
+        # the rest energy of the pair reappears as annihilation photons
+        ctr[C_ANNIHILATION] -= 2.0 * MC2
+        return sp
+
+
+# ----------------------------------------------------------------------------- electrons
+@njit(cache=True)
+def _sample_moller_fraction(t, xmin, rng):
+    """Energy fraction x = W/T of the delta ray, in [xmin, 1/2] (Moller, e-)."""
+    xmax = 0.5
+    gam = t / MC2 + 1.0
+    gg = (2.0 * gam - 1.0) / (gam * gam)
+    while True:
+        q = uniform(rng)
+        x = xmin * xmax / (xmin * (1.0 - q) + xmax * q)  # density ~ 1/x^2
+        y = 1.0 - x
+        f = 1.0 - gg * x + x * x * (1.0 - gg + (1.0 - gg * y) / (y * y))
+        if uniform(rng) * 2.25 <= f:
+            return x
+
+
+@njit(cache=True)
+def _sample_bhabha_fraction(t, xmin, rng):
+    """Energy fraction x = W/T given to the atomic electron, in [xmin, 1] (Bhabha, e+)."""
+    gam = t / MC2 + 1.0
+    beta2 = 1.0 - 1.0 / (gam * gam)
+    yy = 1.0 / (1.0 + gam)
+    y2 = yy * yy
+    y12 = 1.0 - 2.0 * yy
+    b1 = 2.0 - y2
+    b2 = y12 * (3.0 + y2)
+    y122 = y12 * y12
+    b4 = y122 * y12
+    b3 = b4 + y122
+    while True:
+        q = uniform(rng)
+        x = xmin / (1.0 - q * (1.0 - xmin))  # density ~ 1/x^2 on [xmin, 1]
+        # Bhabha bracket 1 - beta^2 x (B1 - x (B2 - x (B3 - x B4))) lies in [0, 1] on [0, 1]
+        f = 1.0 - beta2 * x * (b1 - x * (b2 - x * (b3 - x * b4)))
+        if uniform(rng) <= f:
+            return x
+
+
+@njit(cache=True)
+def _sample_brems_fraction(yc, rng):
+    """Photon energy fraction y = k/T in [yc, 1], k dsigma/dk ~ 4/3 - 4/3 y + y^2."""
+    while True:
+        y = yc ** (1.0 - uniform(rng))
+        if uniform(rng) * (4.0 / 3.0) <= 4.0 / 3.0 - 4.0 / 3.0 * y + y * y:
+            return y
+
+
+@njit(inline="always", cache=True)
+def _ms_cosine(g1, g2, rng):
+    """Deflection cosine with the Lewis moments exp(-g1), exp(-g2) (two-uniform model)."""
+    mu1 = math.exp(-g1)
+    mu2 = (2.0 * math.exp(-g2) + 1.0) / 3.0
+    m1 = 0.5 * (1.0 - mu1)
+    m2 = 0.25 * (1.0 - 2.0 * mu1 + mu2)
+    if m1 > 0.4999:
+        return 2.0 * uniform(rng) - 1.0
+    b = (2.0 * m1 - 3.0 * m2) / (1.0 - 2.0 * m1)
+    if b < 0.0:
+        b = 0.0
+    if b > 1.0:
+        b = 1.0
+    a = 1.0 - 2.0 * m1 + b
+    if uniform(rng) < a:
+        uu = b * uniform(rng)
+    else:
+        uu = b + (1.0 - b) * uniform(rng)
+    return 1.0 - 2.0 * uu
+
+
+@njit(inline="always", cache=True)
+def _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx):
+    """Distance along (u,v,w) to the voxel's boundary and the axis crossed (0 x, 1 y, 2 z)."""
+    big = 1e30
+    tx = big
+    ty = big
+    tz = big
+    if u > 0.0:
+        tx = ((ix + 1) * sx - x) / u
+    elif u < 0.0:
+        tx = (ix * sx - x) / u
+    if v > 0.0:
+        ty = ((iy + 1) * sy - y) / v
+    elif v < 0.0:
+        ty = (iy * sy - y) / v
+    if w > 0.0:
+        tz = ((iz + 1) * sz - z) / w
+    elif w < 0.0:
+        tz = (iz * sz - z) / w
+    if tx <= ty and tx <= tz:
+        return max(tx, 0.0), 0
+    if ty <= tz:
+        return max(ty, 0.0), 1
+    return max(tz, 0.0), 2
+
+
+@njit(cache=True)
+def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
+                      log_emin, inv_dlog, n_e, electron, electron_cut, wcc, kc,
+                      f_eloss, f_lambda1, range_rejection, edep, ctr, stk, sp, rng):
+    p = 1 if positron else 0
+    ix = int(math.floor(x / sx))
+    iy = int(math.floor(y / sy))
+    iz = int(math.floor(z / sz))
+    if ix < 0 or iy < 0 or iz < 0 or ix >= nx or iy >= ny or iz >= nz:
+        ctr[C_ESCAPED] += e
+        return sp
+    vox = (iz * ny + iy) * nx + ix
+    while True:
+        absorbed = False
+        if e < electron_cut:
+            absorbed = True
+        m = mat[vox]
+        rho = dens[vox]
+        rho01 = rho * 0.1
+        i, fr = _eidx(max(e, 1e-3), log_emin, inv_dlog, n_e)
+        if not absorbed and range_rejection:
+            r_mm = _lerp(electron[p, m, 3], i, fr) / rho * 10.0
+            dmin = min(x - ix * sx, (ix + 1) * sx - x, y - iy * sy, (iy + 1) * sy - y,
+                       z - iz * sz, (iz + 1) * sz - z)
+            if r_mm < dmin:
+                absorbed = True
+        if absorbed:
+            edep[vox] += e
+            ctr[C_DEPOSITED] += e
+            ctr[C_BELOW_CUT] += e
+            if positron:
+                a_u, a_v, a_w = _isotropic(rng)
+                sp = _push(stk, sp, PHOTON, MC2, x, y, z, a_u, a_v, a_w, ctr, edep, vox)
+                sp = _push(stk, sp, PHOTON, MC2, x, y, z, -a_u, -a_v, -a_w, ctr, edep, vox)
+                ctr[C_ANNIHILATION] += 2.0 * MC2
+            return sp
+        ctr[C_STEPS] += 1.0
+        stop = _lerp(electron[p, m, 0], i, fr) * rho01  # MeV/mm
+        sig_c = _lerp(electron[p, m, 1], i, fr) * rho01  # 1/mm
+        sig_b = _lerp(electron[p, m, 2], i, fr) * rho01
+        tr1 = _lerp(electron[p, m, 4], i, fr) * rho01
+        tr2 = _lerp(electron[p, m, 5], i, fr) * rho01
+        # hard collisions only possible above 2 wcc (e-) or wcc (e+); brems above kc
+        if (not positron and e <= 2.0 * wcc) or (positron and e <= wcc):
+            sig_c = 0.0
+        if e <= kc:
+            sig_b = 0.0
+        sig_h = sig_c + sig_b
+        s_hard = -math.log(uniform(rng)) / sig_h if sig_h > 0.0 else 1e30
+        s = min(s_hard, f_eloss * e / stop, f_lambda1 / tr1)
+        hard = s_hard <= s
+        # first segment to the random hinge
+        s1 = uniform(rng) * s
+        tb, axis = _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx)
+        crossed = False
+        travelled = 0.0
+        if s1 >= tb:
+            travelled = tb
+            crossed = True
+        else:
+            travelled = s1
+            x += s1 * u
+            y += s1 * v
+            z += s1 * w
+            cos_t = _ms_cosine(s * tr1, s * tr2, rng)
+            u, v, w = _rotate(u, v, w, cos_t, 2.0 * math.pi * uniform(rng))
+            s2 = s - s1
+            tb, axis = _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx)
+            if s2 >= tb:
+                travelled += tb
+                crossed = True
+            else:
+                travelled += s2
+                x += s2 * u
+                y += s2 * v
+                z += s2 * w
+        if crossed:
+            x += tb * u
+            y += tb * v
+            z += tb * w
+        de = stop * travelled
+        if de > e:
+            de = e
+        edep[vox] += de
+        ctr[C_DEPOSITED] += de
+        e -= de
+        if crossed:
+            if axis == 0:
+                ix += 1 if u > 0.0 else -1
+                x = ix * sx if u > 0.0 else (ix + 1) * sx
+            elif axis == 1:
+                iy += 1 if v > 0.0 else -1
+                y = iy * sy if v > 0.0 else (iy + 1) * sy
+            else:
+                iz += 1 if w > 0.0 else -1
+                z = iz * sz if w > 0.0 else (iz + 1) * sz
+            if ix < 0 or iy < 0 or iz < 0 or ix >= nx or iy >= ny or iz >= nz:
+                ctr[C_ESCAPED] += e
+                if positron:
+                    # annihilation outside the phantom: its photons escape too
+                    ctr[C_ANNIHILATION] += 2.0 * MC2
+                    ctr[C_ESCAPED] += 2.0 * MC2
+                return sp
+            vox = (iz * ny + iy) * nx + ix
+            continue
+        if hard and e > electron_cut:
+            if uniform(rng) * sig_h < sig_c:
+                if positron:
+                    if e <= wcc:
+                        continue
+                    xf = _sample_bhabha_fraction(e, wcc / e, rng)
+                else:
+                    if e <= 2.0 * wcc:
+                        continue
+                    xf = _sample_moller_fraction(e, wcc / e, rng)
+                wd = xf * e
+                tp = e - wd
+                cos_d = math.sqrt(min(1.0, wd * (e + 2.0 * MC2) / (e * (wd + 2.0 * MC2))))
+                cos_p = math.sqrt(min(1.0, tp * (e + 2.0 * MC2) / (e * (tp + 2.0 * MC2))))
+                phi = 2.0 * math.pi * uniform(rng)
+                du, dv, dw = _rotate(u, v, w, cos_d, phi)
+                sp = _push(stk, sp, ELECTRON, wd, x, y, z, du, dv, dw, ctr, edep, vox)
+                u, v, w = _rotate(u, v, w, cos_p, phi + math.pi)
+                e = tp
+            else:
+                if e <= kc:
+                    continue
+                yk = _sample_brems_fraction(kc / e, rng)
+                k = yk * e
+                gam = e / MC2 + 1.0
+                beta = math.sqrt(1.0 - 1.0 / (gam * gam))
+                c0 = 2.0 * uniform(rng) - 1.0
+                cos_k = (c0 + beta) / (1.0 + beta * c0)
+                ku, kv, kw = _rotate(u, v, w, cos_k, 2.0 * math.pi * uniform(rng))
+                sp = _push(stk, sp, PHOTON, k, x, y, z, ku, kv, kw, ctr, edep, vox)
+                e -= k
+
+
+# ----------------------------------------------------------------------------- histories
+@njit(cache=True)
+def _sample_cdf(cdf_e, cdf, rng):
+    r = uniform(rng) * cdf[cdf.shape[0] - 1]
+    j = _search(cdf, r)
+    c0 = cdf[j]
+    c1 = cdf[j + 1]
+    f = (r - c0) / (c1 - c0) if c1 > c0 else 0.0
+    return cdf_e[j] + (cdf_e[j + 1] - cdf_e[j]) * f
+
+
+@njit(cache=True)
+def _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
+                   compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng):
+    photon_cut = settings_f[0]
+    electron_cut = settings_f[1]
+    wcc = settings_f[2]
+    kc = settings_f[3]
+    f_eloss = settings_f[4]
+    f_lambda1 = settings_f[5]
+    while sp > 0:
+        sp -= 1
+        kind = int(stk[sp, 0])
+        e = stk[sp, 1]
+        x = stk[sp, 2]
+        y = stk[sp, 3]
+        z = stk[sp, 4]
+        u = stk[sp, 5]
+        v = stk[sp, 6]
+        w = stk[sp, 7]
+        if kind == PHOTON:
+            sp = transport_photon(e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog,
+                                  n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, photon_cut,
+                                  edep, ctr, stk, sp, rng)
+        else:
+            sp = transport_charged(kind == POSITRON, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
+                                   log_emin, inv_dlog, n_e, electron, electron_cut, wcc, kc, f_eloss,
+                                   f_lambda1, range_rejection, edep, ctr, stk, sp, rng)
+    return sp
+
+
+@njit(parallel=True, cache=True)
+def run_decays(seed, stream0, decays_per_chunk, src_index, src_cdf, nz, ny, nx, sz, sy, sx, dens, mat,
+               local_mev, beta_yields, beta_minus_e, beta_minus_cdf, beta_plus_e, beta_plus_cdf,
+               line_kind, line_e, line_cum, line_total,
+               log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+               settings_f, range_rejection, edep, ctr, stacks):
+    """Simulate radionuclide decays, chunk by chunk in parallel.
+
+    Each chunk has its own random stream ``(seed, stream0 + chunk)``, so results do not
+    depend on how chunks are spread over threads (up to the order of floating-point sums).
+    ``edep`` (n_threads, n_vox) and ``ctr`` (n_threads, C_N) receive the tallies.
+    """
+    n_chunks = decays_per_chunk.shape[0]
+    for c in prange(n_chunks):
+        tid = numba.get_thread_id()
+        rng = np.empty(2, dtype=np.uint64)
+        seed_state(rng, seed, stream0 + c)
+        ed = edep[tid]
+        ct = ctr[tid]
+        stk = stacks[tid]
+        for _ in range(decays_per_chunk[c]):
+            # decay position: a voxel by its activity, uniform inside it
+            r = uniform(rng) * src_cdf[src_cdf.shape[0] - 1]
+            lo = 0
+            hi = src_cdf.shape[0] - 1
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if src_cdf[mid] > r:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            vox = src_index[lo]
+            ix = vox % nx
+            iy = (vox // nx) % ny
+            iz = vox // (nx * ny)
+            x = (ix + uniform(rng)) * sx
+            y = (iy + uniform(rng)) * sy
+            z = (iz + uniform(rng)) * sz
+            ed[vox] += local_mev
+            ct[C_DEPOSITED] += local_mev
+            ct[C_BELOW_CUT] += local_mev
+            ct[C_EMITTED] += local_mev
+            sp = 0
+            for b in range(2):
+                yb = beta_yields[b]
+                if yb <= 0.0:
+                    continue
+                nb = int(yb)
+                if uniform(rng) < yb - nb:
+                    nb += 1
+                for _k in range(nb):
+                    if b == 0:
+                        eb = _sample_cdf(beta_minus_e, beta_minus_cdf, rng)
+                    else:
+                        eb = _sample_cdf(beta_plus_e, beta_plus_cdf, rng)
+                    du, dv, dw = _isotropic(rng)
+                    ct[C_EMITTED] += eb
+                    sp = _push(stk, sp, ELECTRON if b == 0 else POSITRON, eb, x, y, z, du, dv, dw, ct, ed, vox)
+            if line_total > 0.0:
+                nl = int(line_total)
+                if uniform(rng) < line_total - nl:
+                    nl += 1
+                for _k in range(nl):
+                    j = _search(line_cum, uniform(rng) * line_cum[line_cum.shape[0] - 1])
+                    el = line_e[j]
+                    du, dv, dw = _isotropic(rng)
+                    ct[C_EMITTED] += el
+                    sp = _push(stk, sp, line_kind[j], el, x, y, z, du, dv, dw, ct, ed, vox)
+            _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
+                           compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, ed, ct, rng)
+
+
+@njit(parallel=True, cache=True)
+def run_particles(seed, stream0, per_chunk, kind, energy_e, energy_cdf, origin_xyz, direction_xyz, isotropic,
+                  nz, ny, nx, sz, sy, sx, dens, mat,
+                  log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                  settings_f, range_rejection, edep, ctr, stacks):
+    """Simulate primary particles of one kind from a point (monoenergetic or a spectrum).
+
+    ``origin_xyz`` is in mm from the grid corner, (x, y, z); ``direction_xyz`` is used when
+    ``isotropic`` is False (a pencil beam).
+    """
+    n_chunks = per_chunk.shape[0]
+    for c in prange(n_chunks):
+        tid = numba.get_thread_id()
+        rng = np.empty(2, dtype=np.uint64)
+        seed_state(rng, seed, stream0 + c)
+        ed = edep[tid]
+        ct = ctr[tid]
+        stk = stacks[tid]
+        for _ in range(per_chunk[c]):
+            if energy_e.shape[0] == 1:
+                e0 = energy_e[0]
+            else:
+                e0 = _sample_cdf(energy_e, energy_cdf, rng)
+            if isotropic:
+                du, dv, dw = _isotropic(rng)
+            else:
+                du = direction_xyz[0]
+                dv = direction_xyz[1]
+                dw = direction_xyz[2]
+            ct[C_EMITTED] += e0
+            vox = _voxel_of(origin_xyz[0], origin_xyz[1], origin_xyz[2], nz, ny, nx, sz, sy, sx)
+            sp = _push(stk, 0, kind, e0, origin_xyz[0], origin_xyz[1], origin_xyz[2], du, dv, dw, ct, ed,
+                       max(vox, 0))
+            _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
+                           compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, ed, ct, rng)
