@@ -193,7 +193,7 @@ def test_bowtie_csv_table(tmp_path):
         bowtie_from_table("x", [0], [0], "al")
 
 
-def test_scanner_custom_bowtie(scanner, tmp_path):
+def test_scanner_custom_bowtie(scanner):
     b = bowtie_from_table("meas", [0, 30], [0, 10], "graphite")
     sc = scanner.with_bowtie("meas", b)
     assert sc.bowtie("meas") is b and "meas" in sc.bowtie_names
@@ -357,8 +357,10 @@ def test_helical_positions_advance_count_angles(acq, scanner):
     to_axis = np.stack([xc - sp.position_xyz_mm[:, 0], yc - sp.position_xyz_mm[:, 1]], 1) / r[:, None]
     np.testing.assert_allclose(sp.direction_xyz[:, :2], to_axis, atol=1e-12)
     np.testing.assert_allclose(sp.position_xyz_mm[:, 2], z)
-    # angle 0 is anterior (-y)
-    assert sp.position_xyz_mm[0, 1] < yc or sp.gantry_angle_rad[0] != 0
+    # angle 0 is anterior (-y), 90 degrees the patient's left (+x)
+    sp0 = helical_positions(acq, scanner, n_per_rotation=4, start_angle_rad=0.0)
+    np.testing.assert_allclose(sp0.position_xyz_mm[0, :2], (xc, yc - scanner.source_to_isocentre_mm), atol=1e-9)
+    np.testing.assert_allclose(sp0.position_xyz_mm[1, :2], (xc + scanner.source_to_isocentre_mm, yc), atol=1e-9)
 
 
 def test_start_angle_average_and_random(acq, scanner):

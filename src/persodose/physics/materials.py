@@ -620,3 +620,33 @@ def materials_table(materials: Iterable[Material] | None = None) -> list[dict]:
         }
         for m in mats
     ]
+
+
+def materials_from_table(rows: Iterable[Mapping], where: str = "materials table") -> list[Material]:
+    """Materials back from :func:`materials_table` rows (e.g. a ``--materials-out`` JSON).
+
+    Mass fractions are renormalised (the table rounds them to 6 digits).
+
+    Raises:
+        MaterialError: a row without a name or composition, or indices that are not 0..n-1.
+    """
+    mats: list[Material] = []
+    for k, row in enumerate(rows):
+        try:
+            fractions = {str(el): float(w) for el, w in dict(row["mass_fractions"]).items()}
+            total = sum(fractions.values())
+            fractions = {el: w / total for el, w in fractions.items()}
+            hu_min = row.get("hu_min")
+            hu_max = row.get("hu_max")
+            mats.append(Material(
+                index=int(row.get("index", k)), name=str(row["name"]),
+                hu_min=-math.inf if hu_min is None else float(hu_min),
+                hu_max=math.inf if hu_max is None else float(hu_max),
+                density_g_cm3=float(row["density_g_cm3"]), mass_fractions=fractions,
+                source=str(row.get("source", "")),
+            ))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise MaterialError(f"{where}: row {k} is not a material ({exc})") from None
+    if [m.index for m in mats] != list(range(len(mats))):
+        raise MaterialError(f"{where}: material indices must be 0..{len(mats) - 1} in order")
+    return mats
