@@ -1,7 +1,7 @@
 """Benchmark: persodose FFT convolution vs scipy.signal.fftconvolve ("same" mode, float32).
 
 Times both on the same random volume and kernel in one run (median of ``--repeats``, 3 by
-default), prints the machine, the speed-up, the agreement, and the peak memory of each
+default, after ``--warmup`` untimed runs of each), prints the machine, the speed-up, the agreement, and the peak memory of each
 method (numpy allocations traced with :mod:`tracemalloc` in a separate, untimed run; plus the
 process's peak resident set size from ``resource.getrusage``). No assertions on time.
 
@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, metavar=("NZ", "NY", "NX"), default=None)
     ap.add_argument("--kernel", type=int, default=None, help="kernel size (odd)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed runs of each method first (first-touch page faults of a fresh process)")
     ap.add_argument("--workers", type=int, default=-1, help="scipy.fft workers for persodose (-1: all)")
     ap.add_argument("--torch", action="store_true", help="also time the torch backend")
     ap.add_argument("--no-memory", action="store_true", help="skip the traced-memory runs")
@@ -111,6 +113,10 @@ def main(argv=None) -> int:
     print(f"transform shape, persodose: {transform_shape(shape, ker.shape)}; scipy pads to "
           f"{tuple(scipy.fft.next_fast_len(n + ksize - 1, True) for n in shape)}")
 
+    for _ in range(args.warmup):
+        del_me = scipy.signal.fftconvolve(vol, ker, mode="same")
+        del_me = fft_convolve(vol, ker, workers=args.workers, cache=False)
+        del del_me
     t_scipy, all_scipy, ref = timed(lambda: scipy.signal.fftconvolve(vol, ker, mode="same"), args.repeats)
     t_cold, all_cold, ours = timed(lambda: fft_convolve(vol, ker, workers=args.workers, cache=True),
                                    args.repeats, before=clear_kernel_cache)

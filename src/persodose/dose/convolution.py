@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Upper bound on the memory held by cached kernel transforms, bytes.
-KERNEL_CACHE_MAX_BYTES = 1_500_000_000
+KERNEL_CACHE_MAX_BYTES = 1 << 30
 
 _CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()

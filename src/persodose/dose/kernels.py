@@ -49,8 +49,9 @@ __all__ = [
 MGY_PER_MBQ_S_TO_GY_PER_BQ_S = 1e-9
 #: 1 MeV in joule (CODATA 2018: e = 1.602176634e-19 C, exact).
 MEV_TO_J = 1.602176634e-13
-#: Density of ICRU soft tissue used for soft-tissue voxel S values, g/cm3 (ICRU Report 44,
-#: 1989, "soft tissue (ICRU-44)": 1.04 g/cm3 (as in NIST's ESTAR/PSTAR material list).
+#: Density of the soft tissue of soft-tissue voxel S-value kernels, g/cm3: the ICRU soft-tissue
+#: density named in the persodose issue (DSV scales from it). Check the density stated with any
+#: published table you load and pass it as ``density_g_cm3`` (or a ``# density_g_cm3:`` header).
 ICRU_SOFT_TISSUE_DENSITY_G_CM3 = 1.04
 #: Reference densities of the four MSV media (g/cm3): ICRU Report 44 lung (inflated) 0.26,
 #: ICRU-44 soft tissue 1.04, and two bone densities: 1.4 (a trabecular/spongiosa-like mix, an
@@ -274,7 +275,7 @@ def read_octant_table(path: str | Path, voxel_mm: float | Sequence[float], *, me
         raise InputError(f"kernel table {p} holds no 'i j k S' entries")
     info = _parse_header(comments, p)
     units = info.get("units")
-    if units is not None and units.strip().lower().replace(" ", " ") not in _UNIT_OK:
+    if units is not None and " ".join(units.lower().split()) not in _UNIT_OK:
         raise UnitsError(f"kernel table {p} is in {units!r}; persodose reads mGy/(MBq s)")
     if "voxel_mm" in info:
         declared = (info["voxel_mm"],) * 3

@@ -58,7 +58,7 @@ def msv_bins(kernels: KernelSet, settings: DoseSettings | None = None) -> tuple[
         media = sorted(kernels.media(), key=lambda m: kernels[m].density_g_cm3)
     rhos = [kernels[m].density_g_cm3 for m in media]
     if any(b <= a for a, b in zip(rhos, rhos[1:])):
-        raise InputError(f"MSV media must have increasing reference densities, got "
+        raise InputError("MSV media must have increasing reference densities, got "
                          + ", ".join(f"{m} {r:g}" for m, r in zip(media, rhos)))
     if s.msv_bin_edges_g_cm3 is not None:
         edges = list(s.msv_bin_edges_g_cm3)
