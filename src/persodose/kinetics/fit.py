@@ -187,7 +187,7 @@ def _starts(name: str, tau: np.ndarray, y: np.ndarray, kp: float) -> list[np.nda
 
 
 # ----------------------------------------------------------------------------- organ level
-def fit_tac(t_s, a_bq, model="mono", half_life_s: float = None, sigma=None) -> FitResult:  # type: ignore[assignment]
+def fit_tac(t_s, a_bq, model, half_life_s: float, sigma=None) -> FitResult:
     """Fit one time-activity curve.
 
     Args:
@@ -381,7 +381,7 @@ def _mono_lm(tau: np.ndarray, y: np.ndarray, n_iter: int) -> tuple[np.ndarray, n
         return np.einsum("ij,ij->j", r, r)
 
     cost = cost_of(u, k)
-    mu = np.full(u.shape, 1e-3)
+    mu = np.full(u.shape, 1e-8)
     for _ in range(n_iter):
         f = np.exp(u - k * tt - ly)  # fitted / measured
         r = f - 1.0
@@ -458,7 +458,8 @@ def fit_voxels(t_s, a_bq, half_life_s: float, model: str = "mono", first_segment
             mono-exponential start; voxels whose fit is not better than the mono fit keep
             the mono result).
         first_segment: trapezoid first segment, ``"zero"`` (default) or ``"constant"``.
-        n_iter: LM iterations (default 4 for mono, 40 for bi-exponential models).
+        n_iter: LM iterations (default 6 for mono, which converges linearly to about 1e-7 relative
+            for curves that a mono-exponential does not fit exactly; 40 for bi-exponential models).
         chunk_voxels: voxels processed at once (memory bound).
 
     Returns:
@@ -504,7 +505,7 @@ def fit_voxels(t_s, a_bq, half_life_s: float, model: str = "mono", first_segment
                 y = blk[:, idx]
                 scale = y.max(axis=0)
                 y = y / scale
-                u, k, _ = _mono_lm(tau, y, 4 if n_iter is None or model != "mono" else n_iter)
+                u, k, _ = _mono_lm(tau, y, 6 if n_iter is None or model != "mono" else n_iter)
                 with np.errstate(all="ignore"):
                     mono_tia = np.exp(u) * scale / (k / t_scale)
                 ok = np.isfinite(mono_tia) & (k >= kp)
@@ -513,13 +514,13 @@ def fit_voxels(t_s, a_bq, half_life_s: float, model: str = "mono", first_segment
                 sel_tia = np.where(ok, mono_tia, tr[idx])
                 sel_code = np.where(ok, 1, 2).astype(np.uint8)
                 sel_r2 = np.where(ok, rr, np.nan)
-                if model in ("biexp_uptake", "biexp") and np.any(ok):
-                    j = np.flatnonzero(ok)
-                    b_tia, b_ok, b_r2 = _biexp_voxels(model, half_life_s, tau, y[:, j].T, u[j], k[j], kp,
+                if model in ("biexp_uptake", "biexp"):
+                    b_tia, b_ok, b_r2 = _biexp_voxels(model, half_life_s, tau, y.T, u, k, ok, kp,
                                                       40 if n_iter is None else n_iter)
-                    sel_tia[j] = np.where(b_ok, b_tia * scale[j] * t_scale, sel_tia[j])
-                    sel_code[j] = np.where(b_ok, 5 if model == "biexp_uptake" else 6, 7)
-                    sel_r2[j] = np.where(b_ok, b_r2, sel_r2[j])
+                    sel_tia = np.where(b_ok, b_tia * scale * t_scale, sel_tia)
+                    sel_code = np.where(b_ok, 5 if model == "biexp_uptake" else 6,
+                                        np.where(ok, 7, sel_code)).astype(np.uint8)
+                    sel_r2 = np.where(b_ok, b_r2, sel_r2)
                 t_tia[idx] = sel_tia
                 t_code[idx] = sel_code
                 t_r2[idx] = sel_r2
@@ -537,20 +538,30 @@ def _r2(y: np.ndarray, fitted: np.ndarray) -> np.ndarray:
         return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
 
 
-def _biexp_voxels(name, half_life_s, tau, y, u, k, kp, n_iter):
+def _biexp_voxels(name, half_life_s, tau, y, u, k, mono_ok, kp, n_iter):
     """Vectorised bi-exponential fits (dimensionless units) from a mono start.
 
     Returns (TIA in dimensionless units, accepted mask, R^2); a voxel is accepted when the
-    fit is finite and its relative SSR is below the mono fit's.
+    fit is finite and positive and, where the mono fit is valid (``mono_ok``), its relative
+    SSR is below the mono fit's.
     """
     mdl = get_model(name, half_life_s)
     a0 = np.exp(u)
-    k1 = np.maximum(k, kp * 1.0001)
+    # slow term from a log-linear fit of the later half of the points
+    m = max(2, int(math.ceil(tau.size / 2)))
+    tt = tau[-m:]
+    tc = tt - tt.mean()
+    ly = np.log(y[:, -m:])
+    k_tail = -(ly @ tc) / float(tc @ tc)
+    a_tail = np.exp(ly.mean(axis=1) + k_tail * tt.mean())
+    k1 = np.maximum(k_tail, kp * 1.0001)
+    a_tail = np.where(k_tail > kp, a_tail, y[:, -1] * np.exp(k1 * tau[-1]))
     first = float(tau[tau > 0][0]) if np.any(tau > 0) else 0.1
     if name == "biexp_uptake":
-        p0 = np.stack([a0, k1, np.maximum(3.0 / first - k1, k1)], axis=1)
-    else:  # start: slow term from the mono fit, a small fast term
-        p0 = np.stack([0.8 * a0, k1, 0.2 * a0, np.maximum(3.0 * k1, 1.0)], axis=1)
+        p0 = np.stack([a_tail, k1, np.maximum(3.0 / first - k1, k1)], axis=1)
+    else:  # start: slow term from the tail, a fast term carrying the early excess
+        a2 = np.maximum(y[:, 0] - a_tail * np.exp(-k1 * tau[0]), 0.1 * y[:, 0])
+        p0 = np.stack([a_tail, k1, a2, np.maximum(3.0 * k1, 1.0)], axis=1)
     lo = np.zeros(mdl.n_params)
     lo[1] = kp
     mono_cost = np.einsum("ij,ij->i", a0[:, None] * np.exp(-np.outer(k, tau)) / y - 1.0,
@@ -558,7 +569,7 @@ def _biexp_voxels(name, half_life_s, tau, y, u, k, kp, n_iter):
     p, cost = _lm_batch(mdl, tau, y, p0, lo, n_iter)
     with np.errstate(all="ignore"):
         tia = mdl.integral_0_inf(p)
-    ok = np.isfinite(tia) & (cost < mono_cost) & (tia > 0)
+    ok = np.isfinite(tia) & (tia > 0) & np.isfinite(cost) & (~mono_ok | (cost < mono_cost))
     return tia, ok, _r2(y.T, mdl.evaluate(tau, p).T)
 
 
@@ -568,7 +579,7 @@ class DynamicIntegral:
     """Parts of the time integral of dynamic frames, Bq s (arrays of the voxel shape).
 
     Attributes:
-        before_first_s: injection to the first frame start (linear rise from zero).
+        before_first: injection to the first frame start (linear rise from zero).
         frames: sum of the frame integrals (frame-average activity x duration).
         gaps: gaps between frames (trapezoid between neighbouring frame averages).
         tail: after the last frame end.
@@ -614,7 +625,8 @@ def integrate_dynamic(frame_start_s, frame_duration_s, a_bq, half_life_s: float,
       under physical decay (``avg x lambda d e^{-lambda d} / (1 - e^{-lambda d})``);
     * ``tail="mono"``: a mono-exponential fitted (log-linear, per voxel) to the last
       ``n_tail_frames`` frame averages at their mid times, effective rate clipped to
-      ``>= lambda_phys``; voxels with a non-positive value among them use the physical tail.
+      ``>= lambda_phys``; voxels with a non-positive value among them (and a single-frame
+      series) use the physical tail.
 
     Args:
         frame_start_s: frame starts, s after injection, increasing, shape (n_frames,).

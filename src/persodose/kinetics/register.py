@@ -123,8 +123,12 @@ def _unwrap(tx):
     return tx.Downcast() if hasattr(tx, "Downcast") else tx
 
 
-def affine_of(transform) -> tuple[np.ndarray, np.ndarray]:
+def affine_of(transform, check_points_xyz_mm=None) -> tuple[np.ndarray, np.ndarray]:
     """``(M, b)`` with ``T(x) = M x + b`` (LPS mm) for an affine SimpleITK transform.
+
+    The matrix is read from the images of the origin and of three axis points; linearity is
+    then checked at ``check_points_xyz_mm`` (``(n, 3)``, e.g. voxel centres of the grids
+    involved) and at a few fixed points.
 
     Raises:
         InputError: the transform is not affine.
@@ -133,10 +137,20 @@ def affine_of(transform) -> tuple[np.ndarray, np.ndarray]:
     cols = [np.asarray(transform.TransformPoint(tuple(float(v) for v in e))) - p0
             for e in np.eye(3) * 100.0]
     mat = np.stack(cols, axis=1) / 100.0
-    for q in ((37.0, -81.0, 113.0), (-250.0, 190.0, -330.0)):
+    checks = [(37.0, -81.0, 113.0), (-250.0, 190.0, -330.0)]
+    if check_points_xyz_mm is not None:
+        checks += [tuple(float(v) for v in q) for q in np.asarray(check_points_xyz_mm, dtype=float).reshape(-1, 3)]
+    for q in checks:
         if not np.allclose(np.asarray(transform.TransformPoint(q)), mat @ np.asarray(q) + p0, atol=1e-4):
             raise InputError("apply_transform supports affine (rigid or linear) transforms only")
     return mat, p0
+
+
+def _probe_points(grid: Grid, n: int = 5) -> np.ndarray:
+    """An ``n^3`` lattice of points spanning ``grid``'s field of view, LPS mm."""
+    axes = [np.linspace(0.0, s - 1.0, n) for s in grid.shape]
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid.index_to_physical(idx)
 
 
 def rotation_angle_deg(matrix: np.ndarray) -> float:
@@ -160,7 +174,7 @@ def apply_transform(grid: Grid, transform, reference: Grid) -> Grid:
 
     if not isinstance(grid, Grid) or not isinstance(reference, Grid):
         raise InputError("apply_transform needs Grid inputs")
-    mat, b = affine_of(transform)
+    mat, b = affine_of(transform, _probe_points(reference))
     rigid = np.allclose(mat.T @ mat, np.eye(3), atol=1e-6) and np.linalg.det(mat) > 0
     if rigid:
         # The moving grid's voxel (index i) sits at fixed-space point T^-1(p(i)); for a rigid T
