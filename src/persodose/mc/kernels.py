@@ -22,8 +22,23 @@ from persodose.mc.engine import MCSettings, VoxelPhantom, simulate_decays
 
 #: Default kernel media and densities (g/cm3). Soft tissue: the ICRU four-component
 #: composition at 1.04 g/cm3, the density of published voxel S-value tables and of
-#: DblurDoseNet's density scaling; lung: ICRU 44 inflated lung; bone: ICRU 44 cortical bone.
-KERNEL_MEDIA = {"soft_tissue": 1.04, "water": 1.0, "lung": 0.26, "bone": 1.92}
+#: DblurDoseNet's density scaling; lung: ICRU 44 inflated lung; bone: ICRU 44 cortical bone;
+#: bone_low: the Schneider (2000) CT bone class whose nominal density is nearest 1.4 g/cm3
+#: (a second, lower calcium content for the multiple-VSV method of Lee et al. 2018).
+KERNEL_MEDIA = {"soft_tissue": 1.04, "water": 1.0, "lung": 0.26, "bone_low": 1.4, "bone": 1.92}
+
+
+def kernel_material(medium: str):
+    """The material (composition) and density of a kernel medium."""
+    from persodose.physics.materials import default_materials, get_material
+
+    if medium not in KERNEL_MEDIA:
+        raise InputError(f"unknown kernel medium {medium!r}; choose one of {', '.join(KERNEL_MEDIA)}")
+    if medium == "bone_low":
+        bones = [m for m in default_materials() if m.hu_min >= 100]
+        mat = min(bones, key=lambda m: abs(m.density_g_cm3 - 1.4))
+        return mat, float(mat.density_g_cm3)
+    return get_material(medium), KERNEL_MEDIA[medium]
 
 #: 1 Gy per decay = 1e9 mGy/(MBq s) (1 MBq s = 1e6 decays, 1 Gy = 1e3 mGy).
 GY_PER_DECAY_TO_MGY_PER_MBQ_S = 1e9
@@ -65,20 +80,18 @@ def generate_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", 
         of its central voxel.
     """
     from persodose.dose.kernels import VoxelKernel
-    from persodose.physics.materials import get_material
     from persodose.physics.radionuclides import get_nuclide
 
     nuc = get_nuclide(nuclide)
-    if medium not in KERNEL_MEDIA:
-        raise InputError(f"unknown kernel medium {medium!r}; choose one of {', '.join(KERNEL_MEDIA)}")
+    material, default_rho = kernel_material(medium)
     if int(size) < 1 or int(size) % 2 == 0:
         raise InputError(f"kernel size must be an odd number of voxels, got {size}")
     if not (math.isfinite(voxel_mm) and 0.1 <= voxel_mm <= 20.0):
         raise InputError(f"voxel size must lie within 0.1-20 mm, got {voxel_mm}")
-    rho = KERNEL_MEDIA[medium] if density_g_cm3 is None else float(density_g_cm3)
+    rho = default_rho if density_g_cm3 is None else float(density_g_cm3)
     margin = max(3, int(size) // 4) if margin is None else int(margin)
     n = int(size) + 2 * margin
-    phantom = VoxelPhantom.homogeneous((n, n, n), float(voxel_mm), get_material(medium), density_g_cm3=rho)
+    phantom = VoxelPhantom.homogeneous((n, n, n), float(voxel_mm), material, density_g_cm3=rho)
     src = phantom.density.with_array(np.zeros(phantom.density.shape), "tia")
     c = n // 2
     src.array[c, c, c] = 1.0
@@ -92,3 +105,59 @@ def generate_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", 
                          nuclide=nuc.name,
                          source=f"persodose Monte Carlo, {res.tally.n_primaries} decays, seed {res.settings.seed}")
     return kernel, unc
+
+
+def default_kernel_size(nuclide: str, voxel_mm: float) -> int:
+    """Kernel width (odd, voxels) that covers the nuclide's radiations usefully.
+
+    Pure electron emitters: twice the CSDA range in soft tissue of the highest beta energy
+    (plus one voxel); nuclides with photons: 100 mm radius (annihilation and gamma photons
+    deposit dose tens of centimetres away; SINFONIA's FDG kernels span 64 x 3 mm), capped at
+    101 voxels.
+    """
+    from persodose.physics.electron_data import csda_range_g_cm2
+    from persodose.physics.materials import get_material
+    from persodose.physics.radionuclides import get_nuclide
+
+    nuc = get_nuclide(nuclide)
+    photons = sum(nuc.lines[k].energy_per_decay_mev for k in ("gamma", "xray", "annihilation"))
+    if photons > 0.01 * max(nuc.electron_energy_per_decay_mev(), 1e-12):
+        radius_mm = 100.0
+    else:
+        e_max = 0.0
+        for kind in ("beta-", "beta+"):
+            if nuc.lines[kind].total_yield > 0:
+                e, d = nuc.beta_spectrum(kind)
+                e_max = max(e_max, float(np.asarray(e)[np.asarray(d) > 0].max()))
+        radius_mm = float(csda_range_g_cm2(get_material("soft_tissue"), min(max(e_max, 0.01), 3.0))) / 1.04 * 10.0
+    half = int(math.ceil(radius_mm / voxel_mm))
+    return int(min(2 * half + 1, 101))
+
+
+def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", size: int | None = None,
+                  n_decays: int = 1_000_000, cache_dir=None, seed: int = 12345, log=None):
+    """A kernel from the on-disk cache, computed and stored on first use.
+
+    The cache directory is ``cache_dir``, else ``$PERSODOSE_CACHE``, else
+    ``~/.cache/persodose``; kernels are octant text tables named by nuclide, medium, voxel
+    size, width, decays and seed, so a cached kernel is exactly the one that would be computed.
+    """
+    import os
+    from pathlib import Path
+
+    from persodose.dose.kernels import read_octant_table, write_octant_table
+    from persodose.physics.radionuclides import get_nuclide
+
+    name = get_nuclide(nuclide).name
+    size = int(size or default_kernel_size(name, voxel_mm))
+    root = Path(cache_dir or os.environ.get("PERSODOSE_CACHE") or Path.home() / ".cache" / "persodose") / "kernels"
+    path = root / f"{name}_{medium}_{voxel_mm:.4g}mm_{size}_{int(n_decays)}_{int(seed)}.txt"
+    material, rho = kernel_material(medium)
+    if path.exists():
+        return read_octant_table(path, voxel_mm, medium=medium, density_g_cm3=rho, nuclide=name)
+    if log:
+        log(f"computing the {name} {medium} kernel ({size}^3 voxels of {voxel_mm:g} mm, {n_decays:.2g} decays)")
+    kernel, _ = generate_kernel(name, voxel_mm, medium, size, n_decays, settings=MCSettings(seed=seed))
+    root.mkdir(parents=True, exist_ok=True)
+    write_octant_table(kernel, path)
+    return kernel

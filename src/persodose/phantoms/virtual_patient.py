@@ -271,7 +271,9 @@ def write_virtual_patient(vp: VirtualPatient, out_dir) -> Path:
                     dw.write_nm_tomo(fr.image, dpath, patient=info, study_uid=study_uid,
                                      frame_of_reference_uid=for_uid, acquisition_datetime=fr.start_datetime,
                                      frame_duration_s=fr.duration_s, radionuclide=vp.nuclide,
-                                     units="counts", series_description=f"SPECT {tag}")
+                                     units="counts", series_description=f"SPECT {tag}",
+                                     injected_activity_bq=vp.injected_activity_bq,
+                                     injection_datetime=vp.injection_datetime)
                     dpath = dpath.parent
                 else:
                     dpath = tmp / "pet" / tag

@@ -1,0 +1,109 @@
+"""``persodose internal``: dosimetry of a radiopharmaceutical from PET/CT or SPECT/CT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("internal")(internal)
+
+
+def internal(
+    ct: Path = typer.Option(..., "--ct", help="CT: DICOM series (or image in HU)."),
+    emission: List[Path] = typer.Option(..., "--emission", help="PET or SPECT series, one per time point (repeat)."),
+    nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide, e.g. Lu-177, F-18."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    method: List[str] = typer.Option(["led", "ssv", "dsv", "msv", "mc"], "--method",
+                                     help="led, ssv, dsv, msv, mc (repeat, or comma-separated)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Organ/lesion label map (NIfTI, DICOM SEG or RTSTRUCT)."),
+    label_names: Optional[Path] = typer.Option(None, "--label-names", help="JSON {label: name} for a NIfTI label map."),
+    injected_mbq: Optional[float] = typer.Option(None, "--injected-mbq", help="Injected activity (MBq), for the report."),
+    injection_time: Optional[str] = typer.Option(None, "--injection-time", help="ISO date-time of the injection if the images lack it."),
+    calibration_cps_per_mbq: Optional[float] = typer.Option(None, "--calibration-cps-per-mbq",
+                                                            help="SPECT sensitivity for images in counts."),
+    times_h: Optional[str] = typer.Option(None, "--times-h", help="Comma-separated hours after injection (image files)."),
+    units: Optional[str] = typer.Option(None, "--units", help="Unit of image files, e.g. Bq/mL."),
+    tia_method: str = typer.Option("auto", "--tia-method", help="auto, mono, biexp, trapezoid, hanscheid, ..."),
+    dose_voxel_mm: Optional[float] = typer.Option(None, "--dose-voxel-mm", help="Cubic dose voxel (default: the emission image's)."),
+    decays: int = typer.Option(2_000_000, "--decays", help="Monte Carlo decays."),
+    dose_rate: bool = typer.Option(False, "--dose-rate", help="Also write dose-rate maps at each time point."),
+    seed: int = typer.Option(12345, "--seed", help="Random seed."),
+) -> None:
+    """Time-integrated activity, voxel dose by every method, organ doses, DVHs and a report."""
+    import datetime as dt
+    import json
+
+    from persodose.errors import InputError
+    from persodose.io.load import load_ct
+    from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
+
+    methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
+    settings = InternalSettings(nuclide, methods=methods, tia_method=tia_method, dose_voxel_mm=dose_voxel_mm,
+                                mc_decays=decays, seed=seed, dose_rate=dose_rate)
+    injection = None
+    if injection_time:
+        try:
+            injection = dt.datetime.fromisoformat(injection_time)
+        except ValueError:
+            raise InputError(f"--injection-time {injection_time!r} is not an ISO date-time") from None
+    hours = None
+    if times_h:
+        try:
+            hours = [float(x) for x in times_h.split(",")]
+        except ValueError:
+            raise InputError(f"--times-h {times_h!r} must be comma-separated numbers") from None
+    ct_grid, ct_info = load_ct(ct)
+    points, injection = load_time_points(emission, settings.nuclide, calibration_cps_per_mbq=calibration_cps_per_mbq,
+                                         units=units, times_h=hours, injection=injection, ct_info=ct_info)
+    lab, names = None, None
+    if labels is not None:
+        lab, names = _read_labels(labels, ct_grid, label_names)
+    result = run_internal(ct_grid, points, settings, labels=lab, label_names=names, log=typer.echo)
+    report = write_outputs(result, out, ct_files=ct_info.files if ct_info else None,
+                           inputs={"ct": str(ct), "emission": [str(e) for e in emission],
+                                   "labels": str(labels) if labels else None, "injected_mbq": injected_mbq,
+                                   "injection": injection.isoformat() if injection else None})
+    typer.echo(f"report: {report}")
+    if "mc" in result.doses and result.comparison:
+        from persodose.workflows.internal import comparison_rows
+
+        cols, rows = comparison_rows(result)
+        typer.echo(json.dumps({r[0]: {c: (round(v, 2) if isinstance(v, float) else v) for c, v in zip(cols[1:4], r[1:4])}
+                               for r in rows}))
+
+
+def _read_labels(path: Path, ct, names_path: Optional[Path]):
+    import json
+
+    from persodose.errors import InputError
+    from persodose.grid import Kind
+    from persodose.io.image import is_image_file, read_image
+
+    if is_image_file(path):
+        lab = read_image(path, kind=Kind.LABELS)
+        names = None
+        if names_path is not None:
+            try:
+                names = {int(k): str(v) for k, v in json.loads(Path(names_path).read_text()).items()}
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read label names {names_path}: {exc}") from None
+        return lab, names
+    import pydicom
+
+    try:
+        modality = pydicom.dcmread(str(path), stop_before_pixels=True, force=True).get("Modality", "")
+    except Exception as exc:  # pydicom raises many types for junk
+        raise InputError(f"cannot read labels {path}: {exc}") from None
+    if modality == "SEG":
+        from persodose.io.seg import read_seg
+
+        return read_seg(path, reference=ct)
+    if modality == "RTSTRUCT":
+        from persodose.io.rtstruct import rtstruct_to_labels
+
+        return rtstruct_to_labels(path, ct)
+    raise InputError(f"{path} is neither a label image, a DICOM SEG nor an RTSTRUCT")

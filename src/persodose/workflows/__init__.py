@@ -1,0 +1,1 @@
+"""End-to-end workflows built from the package's pure functions."""

@@ -1,0 +1,450 @@
+"""Internal dosimetry workflow: emission images at several time points to dose maps and organ doses.
+
+Steps (each a call into the package's pure functions):
+
+1. Emission series (PET or SPECT, DICOM or images with stated times) become activity maps
+   (Bq per voxel) at the mid-frame time after injection, with the scanner's decay correction
+   undone (reference START, ADMIN or NONE, from the DICOM header).
+2. Everything goes onto one cubic dose grid covering the CT (default voxel: the emission
+   image's): the CT by linear interpolation, then density and materials (Schneider 2000);
+   activity by sum-preserving resampling; labels by nearest neighbour.
+3. Time-integrated activity per voxel (:func:`persodose.kinetics.tia.tia_map`) and per organ
+   (model selection by AICc).
+4. Absorbed dose by each requested method: ``led``, ``ssv``, ``dsv``, ``msv`` (kernels from the
+   Monte Carlo engine, cached) and ``mc`` (Monte Carlo on the patient's density and materials).
+5. Organ statistics, DVHs, organ-level MIRD, and the comparison of every method against
+   Monte Carlo when it was run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from persodose.errors import InputError
+from persodose.grid import Grid, Kind
+
+METHODS = ("led", "ssv", "dsv", "msv", "mc")
+#: Kernel media each convolution method needs.
+METHOD_MEDIA = {"ssv": ("soft_tissue",), "dsv": ("soft_tissue",), "msv": ("lung", "soft_tissue", "bone_low", "bone")}
+
+
+@dataclass
+class InternalSettings:
+    """Settings of an internal-dosimetry run (serialised into the provenance)."""
+
+    nuclide: str
+    methods: tuple[str, ...] = ("led", "ssv", "dsv", "msv", "mc")
+    tia_method: str = "auto"  #: see persodose.kinetics.tia.METHODS
+    dose_voxel_mm: float | None = None  #: cubic dose voxel; default the emission image's largest spacing
+    mc_decays: int = 2_000_000  #: decays of the Monte Carlo method
+    mc_batches: int = 8
+    seed: int = 12345
+    kernel_decays: int = 1_000_000  #: decays per kernel when a kernel is computed
+    kernel_size: int | None = None  #: default persodose.mc.kernels.default_kernel_size
+    kernel_cache: str | None = None  #: directory of cached kernels (default ~/.cache/persodose)
+    dose_rate: bool = False  #: also dose rate (Gy/s) at each time point for the convolution methods
+
+    def __post_init__(self) -> None:
+        from persodose.physics.radionuclides import get_nuclide
+
+        self.nuclide = get_nuclide(self.nuclide).name
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise InputError(f"unknown dose method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+        if self.dose_voxel_mm is not None and not (0.5 <= self.dose_voxel_mm <= 12.0):
+            raise InputError(f"dose voxel must lie within 0.5-12 mm, got {self.dose_voxel_mm}")
+        if int(self.mc_decays) <= 0:
+            raise InputError("mc_decays must be positive")
+
+
+@dataclass
+class TimePoint:
+    """One emission image as activity at a time after injection."""
+
+    time_s: float  #: mid-frame time after injection, s
+    activity: Grid  #: Bq per voxel, not decay corrected, on the image's own grid
+    label: str
+    info: object | None = None
+
+
+@dataclass
+class InternalResult:
+    settings: InternalSettings
+    ct: Grid
+    density: Grid
+    materials: Grid
+    labels: Grid | None
+    label_names: dict[int, str]
+    time_points: list[TimePoint]
+    activities: list[Grid]  #: on the dose grid
+    tia: Grid
+    tia_report: dict
+    organ_kinetics: dict
+    doses: dict[str, Grid] = field(default_factory=dict)
+    uncertainty_mc: Grid | None = None
+    dose_rates: dict[str, list[Grid]] = field(default_factory=dict)
+    organ_tables: dict[str, list[dict]] = field(default_factory=dict)
+    organ_mird: list[dict] = field(default_factory=list)
+    comparison: dict[str, dict] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    mc_info: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- input
+def _undo_decay_correction(grid: Grid, info, nuclide_half_life_s: float, mid: _dt.datetime,
+                           injection: _dt.datetime) -> Grid:
+    """Activity concentration present at mid-frame from a scanner image."""
+    dc = (getattr(info, "decay_correction", None) or "NONE").upper()
+    lam = math.log(2.0) / nuclide_half_life_s
+    if dc == "START":
+        ref = getattr(info, "decay_correction_datetime", None) or info.acquisition_datetime
+    elif dc == "ADMIN":
+        ref = getattr(info, "decay_correction_datetime", None) or injection
+    else:
+        return grid  # NONE: the frame-average activity, taken at mid-frame
+    dt = (mid - ref).total_seconds()
+    return grid.with_array(grid.array.astype(np.float64) * math.exp(-lam * dt))
+
+
+def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_cps_per_mbq: float | None = None,
+                     units: str | None = None, times_h: Sequence[float] | None = None,
+                     injection: _dt.datetime | None = None, ct_info=None) -> tuple[list[TimePoint], _dt.datetime | None]:
+    """Read emission images as activity at mid-frame times after injection.
+
+    DICOM series give their own times, injection time and decay correction; image files need
+    ``times_h`` (hours after injection, one per file) and ``units``.
+
+    Raises:
+        InputError: missing times, nuclide mismatch, other patient or frame of reference
+            than the CT, duplicated times.
+    """
+    from persodose.io.image import is_image_file, read_image
+    from persodose.physics.radionuclides import get_nuclide
+
+    nuc = get_nuclide(nuclide)
+    if not paths:
+        raise InputError("give at least one emission image")
+    if times_h is not None and len(times_h) != len(paths):
+        raise InputError(f"{len(times_h)} times for {len(paths)} emission images")
+    points: list[TimePoint] = []
+    for k, path in enumerate(paths):
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"path does not exist: {p}")
+        if p.is_file() and is_image_file(p):
+            if times_h is None:
+                raise InputError(f"{p} is an image file: give its time after injection (--times-h)")
+            grid = read_image(p, unit=units) if units else read_image(p)
+            if grid.kind is Kind.ACTIVITY_CONCENTRATION:
+                grid = grid.to_activity()
+            if grid.kind is not Kind.ACTIVITY:
+                raise InputError(f"{p} holds {grid.kind.value}; an emission image must be Bq/mL or Bq (--units)")
+            points.append(TimePoint(float(times_h[k]) * 3600.0, grid.check_finite(str(p)), p.name))
+            continue
+        from persodose.io.dicom import list_series, read_series, require_acquisition_time
+
+        candidates = [i for i in list_series(p) if i.modality in ("PT", "NM")]
+        if len(candidates) != 1:
+            raise InputError(f"{p} must hold exactly one PET or NM series, found {len(candidates)}")
+        series = read_series(p, series_uid=candidates[0].series_instance_uid,
+                             calibration_cps_per_mbq=calibration_cps_per_mbq)
+        info = series.info
+        start = require_acquisition_time(info)
+        if series.grid.kind is Kind.COUNTS:
+            raise InputError(f"{p} is in counts: give the camera's calibration (--calibration-cps-per-mbq)")
+        if info.radionuclide and info.radionuclide != nuc.name:
+            raise InputError(f"{p} is a {info.radionuclide} image, not {nuc.name}")
+        if ct_info is not None:
+            if info.patient_id and ct_info.patient_id and info.patient_id != ct_info.patient_id:
+                raise InputError(f"{p} belongs to patient {info.patient_id!r}, the CT to {ct_info.patient_id!r}")
+            if (info.frame_of_reference_uid and ct_info.frame_of_reference_uid
+                    and info.frame_of_reference_uid != ct_info.frame_of_reference_uid):
+                raise InputError(f"{p} is not in the CT's frame of reference (FrameOfReferenceUID differs); "
+                                 "register it to the CT first")
+        inj = injection or info.injection_datetime
+        if inj is None and times_h is None:
+            raise InputError(f"{p} has no injection time: give --injection-time")
+        injection = injection or inj
+        duration = info.frame_duration_s or 0.0
+        mid = start + _dt.timedelta(seconds=duration / 2.0)
+        t_s = float(times_h[k]) * 3600.0 if times_h is not None else (mid - injection).total_seconds()
+        if t_s <= 0:
+            raise InputError(f"{p} was acquired before the injection ({t_s / 3600:.2f} h)")
+        conc = _undo_decay_correction(series.grid, info, nuc.half_life_s, mid, injection) if injection else series.grid
+        points.append(TimePoint(t_s, conc.to_activity(), f"{info.modality} {t_s / 3600:.2f} h", info))
+    points.sort(key=lambda tp: tp.time_s)
+    times = [tp.time_s for tp in points]
+    if len(set(np.round(times, 3))) != len(times):
+        raise InputError("two emission images have the same time after injection")
+    return points, injection
+
+
+def dose_grid_for(ct: Grid, voxel_mm: float) -> Grid:
+    """A cubic grid of ``voxel_mm`` covering the CT's field of view, same orientation."""
+    sp_ct = np.asarray(ct.spacing_zyx_mm)
+    extent = np.asarray(ct.shape) * sp_ct
+    shape = np.maximum(1, np.ceil(extent / voxel_mm - 1e-6)).astype(int)
+    # corner of the CT field of view in index coordinates, then the new first voxel centre
+    shift_zyx = -0.5 * sp_ct + 0.5 * voxel_mm
+    origin = np.asarray(ct.origin_xyz_mm) + ct.direction_xyz @ shift_zyx[::-1]
+    return Grid(np.zeros(tuple(shape), np.float32), (voxel_mm,) * 3, tuple(origin), ct.direction_xyz, Kind.SCALAR)
+
+
+# --------------------------------------------------------------------------- run
+def kernel_set(nuclide: str, voxel_mm: float, media: Sequence[str], settings: InternalSettings, log=print):
+    from persodose.dose.kernels import KernelSet
+    from persodose.mc.kernels import cached_kernel
+
+    return KernelSet.of([cached_kernel(nuclide, voxel_mm, m, settings.kernel_size, settings.kernel_decays,
+                                       settings.kernel_cache, settings.seed, log=log) for m in media])
+
+
+def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalSettings,
+                 labels: Grid | None = None, label_names: dict[int, str] | None = None,
+                 tia_override: Grid | None = None, log=print) -> InternalResult:
+    """Run the whole internal-dosimetry chain; see the module docstring.
+
+    Args:
+        ct: the CT in HU (its geometry defines the dose grid's field of view).
+        time_points: emission images as activity (Bq per voxel) at times after injection.
+        settings: nuclide, methods and numerical settings.
+        labels: organ/lesion label map (any geometry; resampled by nearest neighbour).
+        label_names: label value -> name.
+        tia_override: use this time-integrated activity (Bq s) instead of fitting the images
+            (for example the virtual patient's true TIA, to compare dose methods alone).
+    """
+    from persodose.dose.registry import DoseSettings, get_method
+    from persodose.kinetics.tia import organ_tia, tia_map
+    from persodose.physics.materials import ct_to_density_and_materials
+    from persodose.physics.radionuclides import get_nuclide
+
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    nuc = get_nuclide(settings.nuclide)
+    if not time_points and tia_override is None:
+        raise InputError("no emission images and no TIA given")
+    voxel = settings.dose_voxel_mm or (max(time_points[0].activity.spacing_zyx_mm) if time_points else 4.0)
+    ref = dose_grid_for(ct, float(voxel))
+    t0 = time.perf_counter()
+    ct_d = ct.resample_to(ref)
+    density, materials, mats = ct_to_density_and_materials(ct_d)
+    lab = labels.resample_to(ref) if labels is not None else None
+    names = dict(label_names or {})
+    if lab is not None and not names:
+        names = {int(k): f"label_{int(k)}" for k in np.unique(lab.array) if k > 0}
+    timings["dose grid, density, materials"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    activities = [tp.activity.resample_to(ref) for tp in time_points]
+    times = [tp.time_s for tp in time_points]
+    organ_kin: dict = {}
+    if tia_override is not None:
+        tia = tia_override.resample_to(ref) if not tia_override.same_geometry(ref) else tia_override
+        tia_report = {"method": "given", "total_bq_s": tia.total()}
+    else:
+        tia, tia_report = tia_map(activities, times, nuc.half_life_s, method=settings.tia_method,
+                                  labels=lab, names=names or None)
+        if lab is not None and names and len(times) >= 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                organ_kin = organ_tia(activities, times, lab, names, nuc.half_life_s)
+    timings["time-integrated activity"] = time.perf_counter() - t0
+    result = InternalResult(settings, ct_d, density, materials, lab, names, list(time_points), activities, tia,
+                            tia_report, organ_kin)
+    dose_settings = DoseSettings()
+    for method in settings.methods:
+        t0 = time.perf_counter()
+        if method == "mc":
+            from persodose.mc import MCSettings, VoxelPhantom, simulate_decays
+
+            log(f"  Monte Carlo: {settings.mc_decays:.3g} {nuc.name} decays")
+            phantom = VoxelPhantom(density, materials, tuple(mats))
+            res = simulate_decays(phantom, tia, nuc.name, settings.mc_decays,
+                                  MCSettings(n_batches=settings.mc_batches, seed=settings.seed))
+            result.doses["mc"] = res.dose_gy
+            result.uncertainty_mc = res.relative_uncertainty
+            result.mc_info = {"decays": res.tally.n_primaries, "decays_per_second": res.primaries_per_second,
+                              "energy_balance_mev_per_decay": res.energy_balance, "seed": settings.seed}
+        else:
+            media = METHOD_MEDIA.get(method, ())
+            kernels = kernel_set(nuc.name, float(voxel), media, settings, log) if media else None
+            fn = get_method(method)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result.doses[method] = fn(tia, nuclide=nuc.name, density=density, kernels=kernels,
+                                          settings=dose_settings)
+            for w in caught:
+                log(f"  warning ({method}): {w.message}")
+            if settings.dose_rate:
+                # activity in Bq is a TIA per second: the same linear operator gives Gy/s
+                rates = []
+                for act in activities:
+                    d = fn(act.with_array(act.array, Kind.TIA), nuclide=nuc.name, density=density, kernels=kernels,
+                           settings=dose_settings)
+                    rates.append(d.with_array(d.array, Kind.DOSE_RATE))
+                result.dose_rates[method] = rates
+        timings[f"dose: {method}"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if lab is not None:
+        from persodose.metrics.organ import organ_table
+
+        for method, dose in result.doses.items():
+            result.organ_tables[method] = organ_table(dose, lab, names, density=density)
+        try:
+            from persodose.dose.organ_mird import organ_doses, organ_dose_rows
+
+            lesions = [k for k, v in names.items() if v.startswith("lesion")]
+            result.organ_mird = organ_dose_rows(organ_doses(tia, lab, density, nuc.name, label_names=names,
+                                                            lesion_labels=lesions))
+        except Exception as exc:  # the organ model is an extra; never lose the voxel results to it
+            log(f"  organ-level MIRD skipped: {exc}")
+    if "mc" in result.doses:
+        from persodose.metrics.compare import compare
+
+        for method, dose in result.doses.items():
+            if method != "mc":
+                result.comparison[method] = compare(result.doses["mc"], dose, lab, names or None)
+    timings["organ statistics and comparison"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    result.timings_s = timings
+    return result
+
+
+# --------------------------------------------------------------------------- outputs
+SUMMARY_ORGANS_MAX = 12
+
+
+def comparison_rows(result: InternalResult) -> tuple[list[str], list[list]]:
+    """Method comparison in the style of the SINFONIA FDG study: voxel MRAE and organ RE vs MC."""
+    organs = [r["name"] for r in result.organ_tables.get("mc", []) if r.get("n_voxels", 0) > 0]
+    rows = []
+    for method, comp in result.comparison.items():
+        voxel = comp.get("voxel", {})
+        org = {o["name"]: o for o in comp.get("organs", [])}
+        rows.append([method.upper(), voxel.get("mrae_percent"), voxel.get("nrmse"), voxel.get("ssim")]
+                    + [org.get(n, {}).get("re_percent") for n in organs[:SUMMARY_ORGANS_MAX]])
+    return ["method", "voxel MRAE (%)", "NRMSE", "SSIM"] + [f"{n} RE (%)" for n in organs[:SUMMARY_ORGANS_MAX]], rows
+
+
+def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] | None = None,
+                  inputs: dict | None = None, title: str = "persodose internal dosimetry") -> Path:
+    """Dose maps (NIfTI, RTDOSE), organ tables, DVHs, kinetics, comparison, provenance, report."""
+    import json
+
+    from persodose.io.image import write_image
+    from persodose.metrics.dvh import dvhs_for_labels, write_dvh_csv
+    from persodose.metrics.organ import write_organ_table_csv, write_organ_table_json
+    from persodose.outputs import _jsonable, atomic_dir, write_provenance
+
+    with atomic_dir(out) as work:
+        write_image(result.tia, work / "tia.nii.gz")
+        write_image(result.density, work / "density.nii.gz")
+        for method, dose in result.doses.items():
+            write_image(dose, work / f"dose_{method}.nii.gz")
+            if ct_files:
+                from persodose.io.rtdose import write_rtdose
+
+                write_rtdose(dose, work / f"dose_{method}_rtdose.dcm", reference_ct_files=list(ct_files),
+                             description=f"persodose {method.upper()} {result.settings.nuclide}",
+                             summation_type="RECORD")
+        for method, rates in result.dose_rates.items():
+            for tp, rate in zip(result.time_points, rates):
+                write_image(rate, work / f"dose_rate_{method}_{tp.time_s / 3600:.1f}h.nii.gz")
+        if result.uncertainty_mc is not None:
+            write_image(result.uncertainty_mc, work / "uncertainty_mc.nii.gz")
+        if result.labels is not None:
+            all_rows = []
+            for method, rows in result.organ_tables.items():
+                write_organ_table_csv(rows, work / f"organs_{method}.csv")
+                all_rows.extend({"method": method, **r} for r in rows)
+                dvhs = dvhs_for_labels(result.doses[method], result.labels, result.label_names)
+                write_dvh_csv(dvhs, work / f"dvh_{method}.csv")
+            write_organ_table_json(all_rows, work / "organs.json")
+            if result.organ_mird:
+                (work / "organ_mird.json").write_text(json.dumps(_jsonable(result.organ_mird), indent=2))
+        (work / "kinetics.json").write_text(json.dumps(_jsonable({
+            "tia_report": result.tia_report, "times_s": [tp.time_s for tp in result.time_points],
+            "organs": {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in result.organ_kinetics.items()},
+        }), indent=2, default=str))
+        if result.comparison:
+            (work / "comparison.json").write_text(json.dumps(_jsonable(
+                {m: {k: v for k, v in c.items() if k != "mask"} for m, c in result.comparison.items()}),
+                indent=2, default=str))
+        write_provenance(work / "provenance.json", "internal", settings=result.settings, inputs=inputs or {},
+                         timings_s=result.timings_s, monte_carlo=result.mc_info)
+        build_report(result, work / "report.html", title)
+    return Path(out) / "report.html"
+
+
+def build_report(result: InternalResult, path: Path, title: str) -> Path:
+    from persodose.report import figures
+    from persodose.report.html import Report
+
+    rep = Report(title)
+    s = result.settings
+    rep.table(["setting", "value"], [["nuclide", s.nuclide], ["methods", ", ".join(m.upper() for m in s.methods)],
+                                    ["dose grid", f"{result.density.shape} voxels of {result.density.spacing_zyx_mm[0]:g} mm"],
+                                    ["TIA", result.tia_report.get("method_used", result.tia_report.get("method"))],
+                                    ["total TIA (MBq h)", result.tia.total() / 3.6e9]])
+    if result.time_points:
+        rep.heading("Time points")
+        rep.table(["image", "time after injection (h)", "activity in FOV (MBq)"],
+                  [[tp.label, tp.time_s / 3600, a.total() / 1e6] for tp, a in zip(result.time_points, result.activities)])
+    if result.organ_kinetics:
+        rep.heading("Organ kinetics")
+        rows = []
+        curves = {}
+        t_h = np.array([tp.time_s / 3600 for tp in result.time_points])
+        for name, ok in list(result.organ_kinetics.items()):
+            d = ok.to_dict() if hasattr(ok, "to_dict") else dict(ok)
+            rows.append([name, d.get("model"), d.get("tia_bq_s", float("nan")) / 3.6e9,
+                         100 * d.get("tia_rel_uncertainty", float("nan")) if d.get("tia_rel_uncertainty") is not None else None,
+                         d.get("r2")])
+            act = d.get("activities_bq")
+            if act is not None and len(curves) < 8:
+                curves[name] = (np.asarray(act) / 1e6, None)
+        rep.table(["organ", "model (AICc)", "TIA (MBq h)", "TIA uncertainty (%)", "R2"], rows)
+        if curves:
+            rep.figure(figures.curves_figure(t_h, curves, "organ activity (MBq)", log=True),
+                       caption="Organ time-activity data")
+    rep.heading("Dose maps")
+    vmax = float(np.percentile(result.doses.get("mc", next(iter(result.doses.values()))).array, 99.9)) or 1.0
+    panels = [("CT", result.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000})]
+    panels += [(m.upper(), d, {"cmap": "inferno", "vmin": 0, "vmax": vmax}) for m, d in result.doses.items()]
+    rep.figure(figures.slices_figure(panels, overlay_labels=result.labels), caption="Absorbed dose (Gy), axial and coronal")
+    if result.organ_tables:
+        rep.heading("Organ doses (Gy)")
+        methods = list(result.organ_tables)
+        names = [r["name"] for r in result.organ_tables[methods[0]] if r.get("n_voxels", 0) > 0]
+        by = {m: {r["name"]: r for r in rows} for m, rows in result.organ_tables.items()}
+        rep.table(["organ", "mass (g)"] + [f"{m.upper()} mean" for m in methods] + ["D98", "D50", "D2"],
+                  [[n, by[methods[0]][n].get("mass_g")] + [by[m][n].get("mean_Gy") for m in methods]
+                   + [by[methods[-1]][n].get("D98_Gy"), by[methods[-1]][n].get("D50_Gy"), by[methods[-1]][n].get("D2_Gy")]
+                   for n in names])
+        from persodose.metrics.dvh import dvh_figure, dvhs_for_labels
+
+        ref_method = "mc" if "mc" in result.doses else methods[0]
+        dvhs = dvhs_for_labels(result.doses[ref_method], result.labels, result.label_names)
+        means = {r["name"]: r.get("mean_Gy") or 0.0 for r in result.organ_tables[ref_method]}
+        top = sorted(dvhs.values(), key=lambda d: -means.get(d.name, 0.0))[:10]
+        if top:
+            rep.figure(dvh_figure(top, "cumulative"), caption=f"Cumulative DVHs of the ten organs with the highest "
+                                                              f"mean dose ({ref_method.upper()})")
+    if result.organ_mird:
+        rep.heading("Organ-level MIRD (this patient's masses, sphere photon model)")
+        keys = [k for k in ("name", "mass_g", "tia_bq_s", "electron_dose_gy", "photon_dose_gy", "dose_gy") if k in result.organ_mird[0]]
+        rep.table(keys, [[r.get(k) for k in keys] for r in result.organ_mird if r.get("mass_g")])
+    if result.comparison:
+        rep.heading("Methods against Monte Carlo")
+        cols, rows = comparison_rows(result)
+        rep.table(cols, rows, caption="Voxel mean relative absolute error and organ relative errors of each method, "
+                                      "Monte Carlo as reference (as in the SINFONIA FDG study)")
+    rep.table(["step", "seconds"], [[k, v] for k, v in result.timings_s.items()], caption="Run time")
+    return rep.write(path)
