@@ -38,6 +38,24 @@ Electrons and positrons (class II condensed history, M. J. Berger, Methods Compu
 
 All kernels use the generator of :mod:`persodose.mc.rng` on a per-chunk state, so a run
 is reproducible from its seed.
+
+One description, two targets. Every physics function below (samplers, rotation, photon and
+charged-particle transport, the stack, and the per-chunk history loops :func:`decay_chunk` and
+:func:`particle_chunk`) is plain Python registered with :func:`_physics`: it is compiled here
+for the CPU with ``numba.njit(cache=True)`` and :mod:`persodose.mc.gpu` compiles the very same
+Python source for CUDA (``numba.cuda.jit(device=True)``). The functions reach the target
+through three things only:
+
+* the tally primitive :func:`deposit` (CPU: a plain add into the calling thread's own row of
+  ``edep``; GPU: ``cuda.atomic.add`` into one shared tally);
+* the random generator state ``rng`` (a 2-word uint64 array owned by the caller);
+* the per-thread arrays ``ctr`` (energy counters) and ``stk`` (the particle stack), which are
+  private to one work unit on both targets.
+
+What differs between the targets lives in the drivers: :func:`run_decays` and
+:func:`run_particles` here (``prange`` over chunks, per-thread rows) and the CUDA kernels of
+:mod:`persodose.mc.gpu` (one CUDA thread per chunk). A chunk consumes its random stream
+``(seed, stream0 + chunk)`` identically on both targets.
 """
 
 from __future__ import annotations
@@ -60,8 +78,47 @@ C_EMITTED, C_DEPOSITED, C_ESCAPED, C_ANNIHILATION, C_BELOW_CUT, C_OVERFLOW, C_ST
 C_N = 8
 STACK_SIZE = 512
 
+#: The target-independent physics functions (njit dispatchers), in definition order;
+#: :mod:`persodose.mc.gpu` compiles their ``py_func`` for CUDA.
+PHYSICS_FUNCTIONS: list = []
+
+
+def _physics(inline: bool = False):
+    """Compile a physics function for the CPU and register it for the other targets.
+
+    ``inline=True`` inlines it at Numba IR level on the CPU (small hot helpers), as before.
+    """
+
+    def wrap(fn):
+        disp = njit(inline="always", cache=True)(fn) if inline else njit(cache=True)(fn)
+        PHYSICS_FUNCTIONS.append(disp)
+        return disp
+
+    return wrap
+
 
 @njit(inline="always", cache=True)
+def deposit(edep, vox, de):
+    """Tally primitive, CPU version: ``edep`` is the calling thread's own row (no race).
+
+    :mod:`persodose.mc.gpu` replaces it with an atomic add into one shared tally.
+    """
+    edep[vox] += de
+
+
+@_physics(inline=True)
+def _fmax(a, b):
+    """``max(a, b)``: the builtin ``max``/``min`` do not compile for numba 0.68's CUDA target."""
+    return a if a >= b else b
+
+
+@_physics(inline=True)
+def _fmin(a, b):
+    """``min(a, b)`` (see :func:`_fmax`)."""
+    return a if a <= b else b
+
+
+@_physics(inline=True)
 def _eidx(e, log_emin, inv_dlog, n):
     f = (math.log(e) - log_emin) * inv_dlog
     if f < 0.0:
@@ -73,12 +130,12 @@ def _eidx(e, log_emin, inv_dlog, n):
     return i, f - i
 
 
-@njit(inline="always", cache=True)
+@_physics(inline=True)
 def _lerp(row, i, fr):
     return row[i] + (row[i + 1] - row[i]) * fr
 
 
-@njit(inline="always", cache=True)
+@_physics(inline=True)
 def _search(arr, value):
     """Largest j with arr[j] <= value (arr increasing), clipped to [0, len-2]."""
     lo = 0
@@ -92,18 +149,18 @@ def _search(arr, value):
     return lo
 
 
-@njit(inline="always", cache=True)
+@_physics(inline=True)
 def _isotropic(rng):
     w = 2.0 * uniform(rng) - 1.0
     phi = 2.0 * math.pi * uniform(rng)
-    s = math.sqrt(max(0.0, 1.0 - w * w))
+    s = math.sqrt(_fmax(0.0, 1.0 - w * w))
     return s * math.cos(phi), s * math.sin(phi), w
 
 
-@njit(inline="always", cache=True)
+@_physics(inline=True)
 def _rotate(u, v, w, cos_t, phi):
     """Direction after a deflection of polar cosine cos_t and azimuth phi."""
-    sin_t = math.sqrt(max(0.0, 1.0 - cos_t * cos_t))
+    sin_t = math.sqrt(_fmax(0.0, 1.0 - cos_t * cos_t))
     cp = math.cos(phi)
     sp = math.sin(phi)
     if abs(w) > 0.99999999:
@@ -119,11 +176,11 @@ def _rotate(u, v, w, cos_t, phi):
     return un * norm, vn * norm, wn * norm
 
 
-@njit(inline="always", cache=True)
+@_physics(inline=True)
 def _push(stk, sp, kind, e, x, y, z, u, v, w, ctr, edep, vox):
     if sp >= stk.shape[0]:
         # Stack full (never seen in practice): deposit locally and count it.
-        edep[vox] += e
+        deposit(edep, vox, e)
         ctr[C_DEPOSITED] += e
         ctr[C_OVERFLOW] += e
         return sp
@@ -138,7 +195,7 @@ def _push(stk, sp, kind, e, x, y, z, u, v, w, ctr, edep, vox):
     return sp + 1
 
 
-@njit(cache=True)
+@_physics()
 def _voxel_of(x, y, z, nz, ny, nx, sz, sy, sx):
     ix = int(math.floor(x / sx))
     iy = int(math.floor(y / sy))
@@ -149,7 +206,7 @@ def _voxel_of(x, y, z, nz, ny, nx, sz, sy, sx):
 
 
 # ----------------------------------------------------------------------------- photons
-@njit(cache=True)
+@_physics()
 def _sample_compton(e, m, compton_sf, x_nodes, rng):
     """Returns (epsilon = E'/E, 1 - cos theta) from Klein-Nishina x S(x)/Z."""
     k = e / MC2
@@ -177,7 +234,7 @@ def _sample_compton(e, m, compton_sf, x_nodes, rng):
             return eps, onecost
 
 
-@njit(cache=True)
+@_physics()
 def _sample_rayleigh(e, m, rayleigh_cum, x_nodes, rng):
     """Cosine of the coherent scattering angle."""
     e_kev = e * 1000.0
@@ -209,7 +266,7 @@ def _sample_rayleigh(e, m, rayleigh_cum, x_nodes, rng):
     return 1.0
 
 
-@njit(cache=True)
+@_physics()
 def transport_photon(e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
                      log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes,
                      photon_cut, edep, ctr, stk, sp, rng):
@@ -218,7 +275,7 @@ def transport_photon(e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
         if e < photon_cut:
             vox = _voxel_of(x, y, z, nz, ny, nx, sz, sy, sx)
             if vox >= 0:
-                edep[vox] += e
+                deposit(edep, vox, e)
                 ctr[C_DEPOSITED] += e
                 ctr[C_BELOW_CUT] += e
             else:
@@ -281,7 +338,7 @@ def transport_photon(e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
 
 
 # ----------------------------------------------------------------------------- electrons
-@njit(cache=True)
+@_physics()
 def _sample_moller_fraction(t, xmin, rng):
     """Energy fraction x = W/T of the delta ray, in [xmin, 1/2] (Moller, e-)."""
     xmax = 0.5
@@ -296,7 +353,7 @@ def _sample_moller_fraction(t, xmin, rng):
             return x
 
 
-@njit(cache=True)
+@_physics()
 def _sample_bhabha_fraction(t, xmin, rng):
     """Energy fraction x = W/T given to the atomic electron, in [xmin, 1] (Bhabha, e+)."""
     gam = t / MC2 + 1.0
@@ -318,7 +375,7 @@ def _sample_bhabha_fraction(t, xmin, rng):
             return x
 
 
-@njit(cache=True)
+@_physics()
 def _sample_brems_fraction(yc, rng):
     """Photon energy fraction y = k/T in [yc, 1], k dsigma/dk ~ 4/3 - 4/3 y + y^2."""
     while True:
@@ -327,7 +384,7 @@ def _sample_brems_fraction(yc, rng):
             return y
 
 
-@njit(inline="always", cache=True)
+@_physics(inline=True)
 def _ms_cosine(g1, g2, rng):
     """Deflection cosine with the Lewis moments exp(-g1), exp(-g2) (two-uniform model)."""
     mu1 = math.exp(-g1)
@@ -349,7 +406,7 @@ def _ms_cosine(g1, g2, rng):
     return 1.0 - 2.0 * uu
 
 
-@njit(inline="always", cache=True)
+@_physics(inline=True)
 def _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx):
     """Distance along (u,v,w) to the voxel's boundary and the axis crossed (0 x, 1 y, 2 z)."""
     big = 1e30
@@ -369,13 +426,13 @@ def _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx):
     elif w < 0.0:
         tz = (iz * sz - z) / w
     if tx <= ty and tx <= tz:
-        return max(tx, 0.0), 0
+        return _fmax(tx, 0.0), 0
     if ty <= tz:
-        return max(ty, 0.0), 1
-    return max(tz, 0.0), 2
+        return _fmax(ty, 0.0), 1
+    return _fmax(tz, 0.0), 2
 
 
-@njit(cache=True)
+@_physics()
 def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
                       log_emin, inv_dlog, n_e, electron, electron_cut, wcc, kc,
                       f_eloss, f_lambda1, range_rejection, edep, ctr, stk, sp, rng):
@@ -394,15 +451,15 @@ def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, 
         m = mat[vox]
         rho = dens[vox]
         rho01 = rho * 0.1
-        i, fr = _eidx(max(e, 1e-3), log_emin, inv_dlog, n_e)
+        i, fr = _eidx(_fmax(e, 1e-3), log_emin, inv_dlog, n_e)
         if not absorbed and range_rejection:
             r_mm = _lerp(electron[p, m, 3], i, fr) / rho * 10.0
-            dmin = min(x - ix * sx, (ix + 1) * sx - x, y - iy * sy, (iy + 1) * sy - y,
-                       z - iz * sz, (iz + 1) * sz - z)
+            dmin = _fmin(_fmin(_fmin(x - ix * sx, (ix + 1) * sx - x), _fmin(y - iy * sy, (iy + 1) * sy - y)),
+                         _fmin(z - iz * sz, (iz + 1) * sz - z))
             if r_mm < dmin:
                 absorbed = True
         if absorbed:
-            edep[vox] += e
+            deposit(edep, vox, e)
             ctr[C_DEPOSITED] += e
             ctr[C_BELOW_CUT] += e
             if positron:
@@ -424,7 +481,7 @@ def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, 
             sig_b = 0.0
         sig_h = sig_c + sig_b
         s_hard = -math.log(uniform(rng)) / sig_h if sig_h > 0.0 else 1e30
-        s = min(s_hard, f_eloss * e / stop, f_lambda1 / tr1)
+        s = _fmin(_fmin(s_hard, f_eloss * e / stop), f_lambda1 / tr1)
         hard = s_hard <= s
         # first segment to the random hinge
         s1 = uniform(rng) * s
@@ -458,7 +515,7 @@ def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, 
         de = stop * travelled
         if de > e:
             de = e
-        edep[vox] += de
+        deposit(edep, vox, de)
         ctr[C_DEPOSITED] += de
         e -= de
         if crossed:
@@ -492,8 +549,8 @@ def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, 
                     xf = _sample_moller_fraction(e, wcc / e, rng)
                 wd = xf * e
                 tp = e - wd
-                cos_d = math.sqrt(min(1.0, wd * (e + 2.0 * MC2) / (e * (wd + 2.0 * MC2))))
-                cos_p = math.sqrt(min(1.0, tp * (e + 2.0 * MC2) / (e * (tp + 2.0 * MC2))))
+                cos_d = math.sqrt(_fmin(1.0, wd * (e + 2.0 * MC2) / (e * (wd + 2.0 * MC2))))
+                cos_p = math.sqrt(_fmin(1.0, tp * (e + 2.0 * MC2) / (e * (tp + 2.0 * MC2))))
                 phi = 2.0 * math.pi * uniform(rng)
                 du, dv, dw = _rotate(u, v, w, cos_d, phi)
                 sp = _push(stk, sp, ELECTRON, wd, x, y, z, du, dv, dw, ctr, edep, vox)
@@ -514,7 +571,7 @@ def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, 
 
 
 # ----------------------------------------------------------------------------- histories
-@njit(cache=True)
+@_physics()
 def _sample_cdf(cdf_e, cdf, rng):
     r = uniform(rng) * cdf[cdf.shape[0] - 1]
     j = _search(cdf, r)
@@ -524,7 +581,7 @@ def _sample_cdf(cdf_e, cdf, rng):
     return cdf_e[j] + (cdf_e[j + 1] - cdf_e[j]) * f
 
 
-@njit(cache=True)
+@_physics()
 def _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
                    compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng):
     photon_cut = settings_f[0]
@@ -554,6 +611,95 @@ def _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlo
     return sp
 
 
+@_physics()
+def decay_chunk(rng, n_decays, src_index, src_cdf, nz, ny, nx, sz, sy, sx, dens, mat,
+                local_mev, beta_yields, beta_minus_e, beta_minus_cdf, beta_plus_e, beta_plus_cdf,
+                line_kind, line_e, line_cum, line_total,
+                log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                settings_f, range_rejection, edep, ctr, stk):
+    """``n_decays`` decays on one random stream ``rng``: the work of one chunk (any target).
+
+    ``edep`` (n_vox,) receives the energy through :func:`deposit`; ``ctr`` (C_N,) and
+    ``stk`` (depth, 8) belong to this work unit only.
+    """
+    for _ in range(n_decays):
+        # decay position: a voxel by its activity, uniform inside it
+        r = uniform(rng) * src_cdf[src_cdf.shape[0] - 1]
+        lo = 0
+        hi = src_cdf.shape[0] - 1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if src_cdf[mid] > r:
+                hi = mid
+            else:
+                lo = mid + 1
+        vox = src_index[lo]
+        ix = vox % nx
+        iy = (vox // nx) % ny
+        iz = vox // (nx * ny)
+        x = (ix + uniform(rng)) * sx
+        y = (iy + uniform(rng)) * sy
+        z = (iz + uniform(rng)) * sz
+        deposit(edep, vox, local_mev)
+        ctr[C_DEPOSITED] += local_mev
+        ctr[C_BELOW_CUT] += local_mev
+        ctr[C_EMITTED] += local_mev
+        sp = 0
+        for b in range(2):
+            yb = beta_yields[b]
+            if yb <= 0.0:
+                continue
+            nb = int(yb)
+            if uniform(rng) < yb - nb:
+                nb += 1
+            for _k in range(nb):
+                if b == 0:
+                    eb = _sample_cdf(beta_minus_e, beta_minus_cdf, rng)
+                else:
+                    eb = _sample_cdf(beta_plus_e, beta_plus_cdf, rng)
+                du, dv, dw = _isotropic(rng)
+                ctr[C_EMITTED] += eb
+                sp = _push(stk, sp, ELECTRON if b == 0 else POSITRON, eb, x, y, z, du, dv, dw, ctr, edep, vox)
+        if line_total > 0.0:
+            nl = int(line_total)
+            if uniform(rng) < line_total - nl:
+                nl += 1
+            for _k in range(nl):
+                j = _search(line_cum, uniform(rng) * line_cum[line_cum.shape[0] - 1])
+                el = line_e[j]
+                du, dv, dw = _isotropic(rng)
+                ctr[C_EMITTED] += el
+                sp = _push(stk, sp, line_kind[j], el, x, y, z, du, dv, dw, ctr, edep, vox)
+        _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
+                       compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng)
+
+
+@_physics()
+def particle_chunk(rng, n_particles, kind, energy_e, energy_cdf, origin_xyz, direction_xyz, isotropic,
+                   nz, ny, nx, sz, sy, sx, dens, mat,
+                   log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                   settings_f, range_rejection, edep, ctr, stk):
+    """``n_particles`` primaries from a point on one random stream: the work of one chunk (any target)."""
+    for _ in range(n_particles):
+        if energy_e.shape[0] == 1:
+            e0 = energy_e[0]
+        else:
+            e0 = _sample_cdf(energy_e, energy_cdf, rng)
+        if isotropic:
+            du, dv, dw = _isotropic(rng)
+        else:
+            du = direction_xyz[0]
+            dv = direction_xyz[1]
+            dw = direction_xyz[2]
+        ctr[C_EMITTED] += e0
+        vox = _voxel_of(origin_xyz[0], origin_xyz[1], origin_xyz[2], nz, ny, nx, sz, sy, sx)
+        sp = _push(stk, 0, kind, e0, origin_xyz[0], origin_xyz[1], origin_xyz[2], du, dv, dw, ctr, edep,
+                   _fmax(vox, 0))
+        _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
+                       compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng)
+
+
+# ----------------------------------------------------------------------------- CPU drivers
 @njit(parallel=True, cache=True)
 def run_decays(seed, stream0, decays_per_chunk, src_index, src_cdf, nz, ny, nx, sz, sy, sx, dens, mat,
                local_mev, beta_yields, beta_minus_e, beta_minus_cdf, beta_plus_e, beta_plus_cdf,
@@ -571,59 +717,11 @@ def run_decays(seed, stream0, decays_per_chunk, src_index, src_cdf, nz, ny, nx, 
         tid = numba.get_thread_id()
         rng = np.empty(2, dtype=np.uint64)
         seed_state(rng, seed, stream0 + c)
-        ed = edep[tid]
-        ct = ctr[tid]
-        stk = stacks[tid]
-        for _ in range(decays_per_chunk[c]):
-            # decay position: a voxel by its activity, uniform inside it
-            r = uniform(rng) * src_cdf[src_cdf.shape[0] - 1]
-            lo = 0
-            hi = src_cdf.shape[0] - 1
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if src_cdf[mid] > r:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            vox = src_index[lo]
-            ix = vox % nx
-            iy = (vox // nx) % ny
-            iz = vox // (nx * ny)
-            x = (ix + uniform(rng)) * sx
-            y = (iy + uniform(rng)) * sy
-            z = (iz + uniform(rng)) * sz
-            ed[vox] += local_mev
-            ct[C_DEPOSITED] += local_mev
-            ct[C_BELOW_CUT] += local_mev
-            ct[C_EMITTED] += local_mev
-            sp = 0
-            for b in range(2):
-                yb = beta_yields[b]
-                if yb <= 0.0:
-                    continue
-                nb = int(yb)
-                if uniform(rng) < yb - nb:
-                    nb += 1
-                for _k in range(nb):
-                    if b == 0:
-                        eb = _sample_cdf(beta_minus_e, beta_minus_cdf, rng)
-                    else:
-                        eb = _sample_cdf(beta_plus_e, beta_plus_cdf, rng)
-                    du, dv, dw = _isotropic(rng)
-                    ct[C_EMITTED] += eb
-                    sp = _push(stk, sp, ELECTRON if b == 0 else POSITRON, eb, x, y, z, du, dv, dw, ct, ed, vox)
-            if line_total > 0.0:
-                nl = int(line_total)
-                if uniform(rng) < line_total - nl:
-                    nl += 1
-                for _k in range(nl):
-                    j = _search(line_cum, uniform(rng) * line_cum[line_cum.shape[0] - 1])
-                    el = line_e[j]
-                    du, dv, dw = _isotropic(rng)
-                    ct[C_EMITTED] += el
-                    sp = _push(stk, sp, line_kind[j], el, x, y, z, du, dv, dw, ct, ed, vox)
-            _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
-                           compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, ed, ct, rng)
+        decay_chunk(rng, decays_per_chunk[c], src_index, src_cdf, nz, ny, nx, sz, sy, sx, dens, mat,
+                    local_mev, beta_yields, beta_minus_e, beta_minus_cdf, beta_plus_e, beta_plus_cdf,
+                    line_kind, line_e, line_cum, line_total,
+                    log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                    settings_f, range_rejection, edep[tid], ctr[tid], stacks[tid])
 
 
 @njit(parallel=True, cache=True)
@@ -641,23 +739,7 @@ def run_particles(seed, stream0, per_chunk, kind, energy_e, energy_cdf, origin_x
         tid = numba.get_thread_id()
         rng = np.empty(2, dtype=np.uint64)
         seed_state(rng, seed, stream0 + c)
-        ed = edep[tid]
-        ct = ctr[tid]
-        stk = stacks[tid]
-        for _ in range(per_chunk[c]):
-            if energy_e.shape[0] == 1:
-                e0 = energy_e[0]
-            else:
-                e0 = _sample_cdf(energy_e, energy_cdf, rng)
-            if isotropic:
-                du, dv, dw = _isotropic(rng)
-            else:
-                du = direction_xyz[0]
-                dv = direction_xyz[1]
-                dw = direction_xyz[2]
-            ct[C_EMITTED] += e0
-            vox = _voxel_of(origin_xyz[0], origin_xyz[1], origin_xyz[2], nz, ny, nx, sz, sy, sx)
-            sp = _push(stk, 0, kind, e0, origin_xyz[0], origin_xyz[1], origin_xyz[2], du, dv, dw, ct, ed,
-                       max(vox, 0))
-            _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
-                           compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, ed, ct, rng)
+        particle_chunk(rng, per_chunk[c], kind, energy_e, energy_cdf, origin_xyz, direction_xyz, isotropic,
+                       nz, ny, nx, sz, sy, sx, dens, mat,
+                       log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                       settings_f, range_rejection, edep[tid], ctr[tid], stacks[tid])
