@@ -1,0 +1,258 @@
+"""Monte Carlo batches on a Dask distributed cluster.
+
+The batches of a run (:func:`persodose.mc.engine.run_batch`) are independent and seeded by
+``(seed, batch)``, so they can run anywhere: this module sends them to the workers of a
+``dask.distributed`` cluster (a :class:`~distributed.LocalCluster` of processes on this
+machine by default) and adds the results into a :class:`~persodose.mc.engine.Tally` in
+batch order, so that the tally does not depend on which worker finished first and equals
+that of :func:`persodose.mc.engine.simulate_decays` with the same seed (bitwise with one
+Numba thread per batch, otherwise up to the rounding of per-thread sums).
+
+Needs the optional dependency ``dask[distributed]``.
+
+Threads: every worker process runs one batch at a time (a worker resource on the clusters
+started here, and a lock in :func:`run_batch` everywhere), with as many Numba threads as
+the worker has threads, so ``n_workers * threads_per_worker`` threads run in all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from persodose.errors import InputError
+from persodose.grid import Grid
+from persodose.mc.engine import (BatchResult, MCProblem, MCResult, MCSettings, Tally, VoxelPhantom, _finish,
+                                 decay_info, decay_problem, run_batch, warm_up)
+from persodose.mc.tables import TransportTables
+
+#: Worker resource held by a running batch on the clusters this module starts (one per worker).
+MC_RESOURCE = "persodose_mc"
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise InputError("Monte Carlo on a Dask cluster needs dask[distributed]: "
+                         "pip install 'dask[distributed]'") from None
+    return distributed
+
+
+def start_local_cluster(n_workers: int | None = None, threads_per_worker: int | None = None,
+                        **cluster_kwargs: Any):
+    """Start a :class:`distributed.LocalCluster` of worker processes set up for the engine.
+
+    Each worker gets one unit of the :data:`MC_RESOURCE` resource, so that it runs one
+    batch at a time; the batches it runs use ``threads_per_worker`` Numba threads
+    (``numba.set_num_threads`` in the task). ``NUMBA_NUM_THREADS`` is deliberately not
+    set through the nanny's ``env``: that is applied after the worker process has
+    started, and a script that imports Numba at module level (re-imported by the
+    ``spawn`` start method) would then see two pool sizes and fail.
+
+    Worker processes are spawned: a script calling this must guard its top level with
+    ``if __name__ == "__main__":``.
+
+    Args:
+        n_workers: worker processes (default: ``os.cpu_count() // threads_per_worker``).
+        threads_per_worker: threads of each worker, also its Numba threads (default 1).
+        **cluster_kwargs: passed on to ``LocalCluster`` (e.g. ``dashboard_address=":8787"``,
+            ``memory_limit``); the HTTP server takes a free port unless asked for.
+
+    Returns:
+        A connected ``distributed.Client``; close it with :func:`close_cluster`.
+    """
+    distributed = _distributed()
+    cpus = os.cpu_count() or 1
+    tpw = max(1, int(threads_per_worker or 1))
+    nw = max(1, int(n_workers or max(1, cpus // tpw)))
+    resources = dict(cluster_kwargs.pop("resources", None) or {})
+    resources.setdefault(MC_RESOURCE, 1)
+    cluster_kwargs.setdefault("dashboard_address", ":0")
+    cluster = distributed.LocalCluster(n_workers=nw, threads_per_worker=tpw, processes=True,
+                                       resources=resources, **cluster_kwargs)
+    try:
+        return distributed.Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def close_cluster(client) -> None:
+    """Close a client from :func:`start_local_cluster` and its cluster."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _batch_task(problem: MCProblem, batch_index: int, numba_threads: int | None) -> BatchResult:
+    """What a worker runs: :func:`run_batch` with the worker's share of Numba threads."""
+    import dataclasses
+
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # run outside a worker (tests, debugging)
+        worker = None
+    if numba_threads is None and worker is not None:
+        numba_threads = int(worker.state.nthreads)
+    res = run_batch(problem, batch_index, n_threads=numba_threads)
+    if worker is not None:
+        res = dataclasses.replace(res, host=f"{res.host} {worker.address}")
+    return res
+
+
+class _InOrder:
+    """Adds batch results into a tally in ascending batch order, whatever order they arrive in.
+
+    Results that arrive early wait (at most the ones ahead of the next expected batch),
+    so the floating-point sums of the tally are formed in the same order as in the
+    in-process loop.
+    """
+
+    def __init__(self, pending: list[int], tally: Tally, on_add: Callable[[BatchResult], Any] | None = None):
+        self.order = sorted(pending)
+        self.tally = tally
+        self.on_add = on_add
+        self.waiting: dict[int, BatchResult] = {}
+        self.next = 0
+
+    def put(self, batch_index: int, result: BatchResult) -> None:
+        if batch_index not in self.order[self.next:] or batch_index in self.waiting:
+            raise InputError(f"batch {batch_index} was not expected")
+        self.waiting[batch_index] = result
+        while self.next < len(self.order) and self.order[self.next] in self.waiting:
+            res = self.waiting.pop(self.order[self.next])
+            self.tally.add(res)
+            self.next += 1
+            if self.on_add is not None:
+                self.on_add(res)
+
+    @property
+    def complete(self) -> bool:
+        return self.next == len(self.order)
+
+
+def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=None, n_workers: int | None = None,
+                     threads_per_worker: int | None = None, checkpoint: str | Path | None = None,
+                     progress: Callable[[int, int], Any] | None = None) -> tuple[Tally, dict]:
+    """Run the batches of ``problem`` not yet in ``tally`` on a Dask cluster.
+
+    The problem is scattered to the workers once, one task per missing batch is
+    submitted, and results are gathered as they complete and added into the tally in
+    batch order (the tally is updated in place and saved to ``checkpoint`` after each
+    addition).
+
+    Args:
+        problem: from :func:`~persodose.mc.engine.decay_problem` or
+            :func:`~persodose.mc.engine.point_source_problem`.
+        tally: batches already done (resume); default an empty tally.
+        client: a ``distributed.Client``; default: start a local cluster for this run
+            (:func:`start_local_cluster` with ``n_workers`` and ``threads_per_worker``)
+            and close it afterwards.
+        n_workers, threads_per_worker: for the local cluster (defaults: one worker per
+            missing batch up to the CPU count; the cores shared among the workers).
+        checkpoint: ``.npz`` file for the tally after every batch.
+        progress: callable ``(batches_done, batches_total)``.
+
+    Returns:
+        ``(tally, run)``: ``run`` holds ``n_new`` (primaries simulated now), ``seconds``
+        (wall time from submission to the last result), ``records`` (one per batch run)
+        and ``backend`` (a description for provenance).
+    """
+    tally = problem.check_tally(tally if tally is not None else problem.empty_tally())
+    pending = problem.pending(tally)
+    backend: dict = {"name": "dask.distributed"}
+    run = {"n_new": 0, "seconds": 0.0, "records": [], "backend": backend}
+    if not pending:
+        backend["note"] = "all batches were already in the tally; no cluster was used"
+        return tally, run
+    distributed = _distributed()
+    backend["distributed_version"] = distributed.__version__
+    ckpt = Path(checkpoint) if checkpoint else None
+    # Compile (or load) the kernel here first: the workers then load it from Numba's cache
+    # instead of each compiling it from scratch.
+    backend["warm_up_s"] = warm_up(problem)
+    own = client is None
+    t_start = time.perf_counter()
+    numba_threads = None  # on a client's cluster: the threads of the worker that runs the batch
+    if own:
+        cpus = os.cpu_count() or 1
+        nw = int(n_workers or min(len(pending), cpus))
+        numba_threads = int(threads_per_worker or max(1, cpus // max(nw, 1)))
+        client = start_local_cluster(nw, numba_threads)
+    futures: dict = {}
+    try:
+        backend["cluster_start_s"] = time.perf_counter() - t_start if own else 0.0
+        workers = client.scheduler_info().get("workers", {})
+        use_resource = bool(workers) and all(MC_RESOURCE in (w.get("resources") or {}) for w in workers.values())
+        backend.update(scheduler=str(client.scheduler.address), local_cluster=own, n_workers=len(workers),
+                       threads_per_worker=sorted({int(w.get("nthreads", 0)) for w in workers.values()}),
+                       one_batch_per_worker=use_resource)
+        t0 = time.perf_counter()
+        shared = client.scatter(problem, broadcast=True, hash=False)
+        tag = uuid.uuid4().hex[:8]
+        extra = {"resources": {MC_RESOURCE: 1}} if use_resource else {}
+        for b in pending:
+            fut = client.submit(_batch_task, shared, b, numba_threads, key=f"persodose-mc-{problem.seed}-{b}-{tag}",
+                                pure=False, **extra)
+            futures[fut] = b
+
+        def added(res: BatchResult) -> None:
+            run["n_new"] += res.n_primaries
+            run["records"].append(res.record())
+            if ckpt is not None:
+                tally.save(ckpt)
+            if progress is not None:
+                progress(sum(1 for b in tally.batch_ids if int(b[0]) == problem.seed), problem.n_batches)
+
+        adder = _InOrder(pending, tally, added)
+        for fut in distributed.as_completed(list(futures)):
+            res = fut.result()  # re-raises a worker's exception here
+            adder.put(futures.pop(fut), res)
+            fut.release()
+        run["seconds"] = time.perf_counter() - t0
+        backend["numba_threads"] = sorted({r["n_threads"] for r in run["records"]})
+        return tally, run
+    finally:
+        for fut in futures:
+            fut.cancel()
+        if own:
+            close_cluster(client)
+
+
+def simulate_decays_dask(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays: int,
+                         settings: MCSettings | None = None, tables: TransportTables | None = None,
+                         resume: Tally | None = None, checkpoint: str | Path | None = None,
+                         progress: Callable[[int, int], Any] | None = None, *, client=None,
+                         n_workers: int | None = None, threads_per_worker: int | None = None) -> MCResult:
+    """:func:`persodose.mc.engine.simulate_decays` with the batches run on a Dask cluster.
+
+    Same arguments and result as ``simulate_decays``, plus:
+
+    Args:
+        client: a ``distributed.Client`` to use; default: a ``LocalCluster`` of
+            ``n_workers`` processes with ``threads_per_worker`` threads (and as many Numba
+            threads) each, started for this run and closed afterwards.
+        n_workers, threads_per_worker: see :func:`run_problem_dask`.
+
+    Returns:
+        :class:`~persodose.mc.engine.MCResult`; ``info["backend"]`` describes the cluster
+        and ``info["batches"]`` the batches it ran (worker, threads, seconds).
+
+    Raises:
+        InputError, GeometryError, MaterialError, NuclideError for bad input; InputError
+        when dask[distributed] is not installed; a worker's exception as raised there.
+    """
+    problem = decay_problem(phantom, source, nuclide, n_decays, settings, tables)
+    tally, run = run_problem_dask(problem, resume, client=client, n_workers=n_workers,
+                                  threads_per_worker=threads_per_worker, checkpoint=checkpoint, progress=progress)
+    info = decay_info(problem, tally)
+    info.update(backend=run["backend"], batches=run["records"])
+    return _finish(phantom, tally, problem.settings, run["seconds"], run["n_new"], problem.source.total_decays,
+                   info)
