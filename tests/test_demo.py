@@ -9,7 +9,9 @@ from persodose.demo import DemoSettings, run_demo
 
 def test_demo_runs_end_to_end_and_its_checks_hold(tmp_path):
     out = tmp_path / "demo"
-    report = run_demo(out, DemoSettings(voxel_mm=8.0, seed=1), log=lambda m: None)
+    fast = DemoSettings(voxel_mm=8.0, seed=1, mc_decays=200_000, kernel_decays=100_000,
+                        kernel_cache=str(tmp_path / "kernels"))
+    report = run_demo(out, fast, log=lambda m: None)
     html = report.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64") >= 8
     assert "DIFFERENT" not in html  # the SEG round trip
@@ -21,13 +23,21 @@ def test_demo_runs_end_to_end_and_its_checks_hold(tmp_path):
         table = json.loads((out / tracer / "materials.json").read_text())
         assert len(table) == 13
     # no temporary directories left beside the output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "kernels"]
+    # the internal-dosimetry outputs of both runs, with the method comparison against MC
+    for sub in ("internal_from_images", "internal_true_tia"):
+        d = out / "lu177-dotatate" / sub
+        for name in ("dose_mc.nii.gz", "dose_msv_rtdose.dcm", "organs.json", "comparison.json", "report.html"):
+            assert (d / name).exists(), (sub, name)
+    comp = json.loads((out / "lu177-dotatate" / "internal_true_tia" / "comparison.json").read_text())
+    assert set(comp) == {"led", "ssv", "dsv", "msv"}
 
 
 def test_demo_resampling_keeps_activity(tmp_path):
     from persodose.demo import run_tracer
 
-    res = run_tracer("lu177-dotatate", DemoSettings(voxel_mm=8.0), tmp_path, log=lambda m: None)
+    res = run_tracer("lu177-dotatate", DemoSettings(voxel_mm=8.0, mc_decays=100_000, kernel_decays=50_000,
+                                                    kernel_cache=str(tmp_path / "k")), tmp_path, log=lambda m: None)
     ratios = [float(r[1]) for r in res.checks if "kept by resampling" in r[0]]
     assert len(ratios) == 4
     np.testing.assert_allclose(ratios, 1.0, atol=1e-6)

@@ -31,6 +31,9 @@ class DemoSettings:
     voxel_mm: float = 4.0  #: isotropic voxel of the virtual patient's CT, mm
     seed: int = 0  #: random seed of the virtual patient and its noise
     tracers: tuple[str, ...] = TRACERS
+    mc_decays: int = 2_000_000  #: Monte Carlo decays of each dose calculation
+    kernel_decays: int = 1_000_000  #: decays per voxel S-value kernel (cached on disk)
+    kernel_cache: str | None = None  #: kernel cache directory (default ~/.cache/persodose)
 
 
 @dataclass
@@ -51,6 +54,8 @@ class TracerResult:
     checks: list[list] = field(default_factory=list)
     mass_rows: list[list] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    internal_images: object | None = None  #: InternalResult from the DICOM images
+    internal_truth: object | None = None  #: InternalResult on the true TIA (method comparison)
 
 
 def _organ_sums(activity: Grid, labels: Grid, names: dict[int, str]) -> dict[str, float]:
@@ -163,11 +168,75 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
                                 f"{hours:.2f}", info.units, f"{grid.total() * grid.voxel_volume_ml / 1e6:.1f}"
                                 if grid.kind is Kind.ACTIVITY_CONCENTRATION else "-"])
     timings["read emission, resample"] = time.perf_counter() - t0
+    # Internal dosimetry, twice: (1) the clinical chain from the DICOM images; (2) every
+    # method on the TRUE time-integrated activity with Monte Carlo as the reference, which
+    # isolates the dose-calculation error (the comparison of the SINFONIA FDG study).
+    from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
+
+    t0 = time.perf_counter()
+    nm_cal = next((f["calibration_cps_per_mbq"] for f in manifest["frames"] if f.get("calibration_cps_per_mbq")), None)
+    points, _ = load_time_points([patient_dir / f["dicom_path"] for f in manifest["frames"]], vp.nuclide,
+                                 calibration_cps_per_mbq=nm_cal, ct_info=ct_info)
+    isettings = InternalSettings(vp.nuclide, tia_method="trapezoid" if vp.nuclide == "F-18" else "auto",
+                                 mc_decays=settings.mc_decays, kernel_decays=settings.kernel_decays,
+                                 kernel_cache=settings.kernel_cache, seed=12345 + settings.seed)
+    quiet = lambda m: log(m) if "kernel" in m else None  # noqa: E731
+    res.internal_images = run_internal(ct, points, isettings, labels=labels, label_names=res.label_names, log=quiet)
+    write_outputs(res.internal_images, out / "internal_from_images", ct_files=ct_info.files,
+                  title=f"persodose internal dosimetry: {tracer}, from the DICOM images")
+    # same dose grid as the image run, so that the kernels are shared
+    isettings.dose_voxel_mm = float(res.internal_images.density.spacing_zyx_mm[0])
+    res.internal_truth = run_internal(ct, [], isettings, labels=labels, label_names=res.label_names,
+                                      tia_override=vp.truth_tia, log=quiet)
+    write_outputs(res.internal_truth, out / "internal_true_tia", ct_files=ct_info.files,
+                  title=f"persodose internal dosimetry: {tracer}, methods on the true TIA")
+    timings["internal dosimetry (2 runs)"] = time.perf_counter() - t0
+    log(f"  {tracer}: internal dosimetry done ({timings['internal dosimetry (2 runs)']:.0f} s)")
+    for line in method_comparison_lines(res.internal_truth):
+        log("    " + line)
     res.series_rows.insert(0, ["CT", ct_info.series_description if ct_info else "CT",
                                ct_info.acquisition_datetime.isoformat(sep=" ") if ct_info and ct_info.acquisition_datetime else "",
                                "", "HU", "-"])
     log(f"  {tracer}: {len(frames)} emission frames read back and resampled onto the CT grid")
     return res
+
+
+#: Organ groups of the method comparison (the issue asks for lung and bone apart from soft tissue).
+ORGAN_GROUPS = {
+    "soft tissue": ("liver", "spleen", "kidney_left", "kidney_right", "heart", "brain", "bladder", "stomach",
+                    "lesion_liver", "lesion_pancreas", "lesion_lymph_node"),
+    "lung": ("lung_left", "lung_right"),
+    "bone": ("spine", "pelvis", "skull", "ribs", "red_marrow", "lesion_bone"),
+}
+
+
+def method_comparison(result) -> tuple[list[str], list[list]]:
+    """Organ mean-dose errors (%) of each method against Monte Carlo, by organ group, with voxel MRAE."""
+    mc = {r["name"]: r for r in result.organ_tables.get("mc", [])}
+    cols = ["method", "voxel MRAE (%)"]
+    organs = [(g, o) for g, names in ORGAN_GROUPS.items() for o in names if mc.get(o, {}).get("n_voxels")]
+    cols += [f"{o} ({g})" for g, o in organs]
+    cols += [f"max |error| {g} (%)" for g in ORGAN_GROUPS]
+    rows = []
+    for method, comp in result.comparison.items():
+        tab = {r["name"]: r for r in result.organ_tables[method]}
+        errs = {o: 100.0 * (tab[o]["mean_Gy"] / mc[o]["mean_Gy"] - 1.0) for _, o in organs if mc[o]["mean_Gy"] > 0}
+        row = [method.upper(), comp["voxel"].get("mrae_percent")] + [errs.get(o) for _, o in organs]
+        for g, names in ORGAN_GROUPS.items():
+            vals = [abs(errs[o]) for o in names if o in errs]
+            row.append(max(vals) if vals else None)
+        rows.append(row)
+    return cols, rows
+
+
+def method_comparison_lines(result) -> list[str]:
+    cols, rows = method_comparison(result)
+    k = len(ORGAN_GROUPS)
+    out = [f"{'method':6s} {'voxel MRAE %':>12s} " + " ".join(f"{c.split(' ', 2)[-1]:>22s}" for c in cols[-k:])]
+    for r in rows:
+        out.append(f"{r[0]:6s} {r[1]:12.1f} " + " ".join(f"{v:22.1f}" if v is not None else f"{'-':>22s}"
+                                                          for v in r[-k:]))
+    return out
 
 
 def _nuclide_rows(name: str) -> list[list]:
@@ -238,6 +307,30 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
                   caption="Measured / true organ activity - 1 (%) at each time point, organs by uptake; "
                           "n/a where the organ holds under 0.1% of the activity. Low-uptake organs next to "
                           "hot ones (bone, lungs) gain activity by spill-in.")
+        if res.internal_truth is not None:
+            rep.heading(f"{res.tracer}: dose methods against Monte Carlo (true TIA)")
+            rep.text("Every method applied to the true time-integrated activity, Monte Carlo on the CT's "
+                     "densities and materials as the reference; organ mean-dose errors in % (the comparison of "
+                     "the SINFONIA FDG study). Full outputs: " f"{res.tracer}/internal_true_tia/report.html.")
+            cols, rows = method_comparison(res.internal_truth)
+            rep.table(cols, rows)
+            mc_rows = [r for r in res.internal_truth.organ_tables["mc"] if r.get("n_voxels")]
+            mc_rows.sort(key=lambda r: -r["mean_Gy"])
+            unc = res.internal_truth.uncertainty_mc
+            rep.table(["organ", "MC mean dose (Gy)", "D98 (Gy)", "D2 (Gy)"],
+                      [[r["name"], r["mean_Gy"], r.get("D98_Gy"), r.get("D2_Gy")] for r in mc_rows[:15]],
+                      caption=f"Monte Carlo organ doses, {res.internal_truth.mc_info.get('decays', 0):.3g} decays; "
+                              f"median voxel uncertainty in the body "
+                              f"{100 * float(np.median(unc.array[res.internal_truth.labels.array > 0])):.1f} %")
+        if res.internal_images is not None:
+            rep.heading(f"{res.tracer}: the clinical chain from the DICOM images")
+            img = {r["name"]: r["mean_Gy"] for r in res.internal_images.organ_tables["mc"]}
+            true = {r["name"]: r["mean_Gy"] for r in res.internal_truth.organ_tables["mc"]}
+            rep.table(["organ", "MC from images (Gy)", "MC on true TIA (Gy)", "difference (%)"],
+                      [[n, img[n], true[n], 100 * (img[n] / true[n] - 1) if true[n] else None]
+                       for g in ORGAN_GROUPS.values() for n in g if n in true and true[n] > 0],
+                      caption="Image-based TIA (partial-volume, noise, sampling) against the truth, "
+                              f"both with Monte Carlo dose. Full outputs: {res.tracer}/internal_from_images/report.html.")
         rep.table(["radionuclide data (ICRP-107)", "value"], _nuclide_rows(res.nuclide))
         rep.table(["check", "result", "expected"], res.checks, caption="Checks")
         rep.table(["step", "seconds"], [[k, round(v, 2)] for k, v in res.timings_s.items()])
