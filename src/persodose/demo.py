@@ -213,7 +213,7 @@ ORGAN_GROUPS = {
 def method_comparison(result) -> tuple[list[str], list[list]]:
     """Organ mean-dose errors (%) of each method against Monte Carlo, by organ group, with voxel MRAE."""
     mc = {r["name"]: r for r in result.organ_tables.get("mc", [])}
-    cols = ["method", "voxel MRAE (%)"]
+    cols = ["method", "voxel MRAE (%) above 10% of max"]
     organs = [(g, o) for g, names in ORGAN_GROUPS.items() for o in names if mc.get(o, {}).get("n_voxels")]
     cols += [f"{o} ({g})" for g, o in organs]
     cols += [f"max |error| {g} (%)" for g in ORGAN_GROUPS]
@@ -232,9 +232,9 @@ def method_comparison(result) -> tuple[list[str], list[list]]:
 def method_comparison_lines(result) -> list[str]:
     cols, rows = method_comparison(result)
     k = len(ORGAN_GROUPS)
-    out = [f"{'method':6s} {'voxel MRAE %':>12s} " + " ".join(f"{c.split(' ', 2)[-1]:>22s}" for c in cols[-k:])]
+    out = [f"{'method':6s} {'MRAE % >10%max':>14s} " + " ".join(f"{c.split(' ', 2)[-1]:>22s}" for c in cols[-k:])]
     for r in rows:
-        out.append(f"{r[0]:6s} {r[1]:12.1f} " + " ".join(f"{v:22.1f}" if v is not None else f"{'-':>22s}"
+        out.append(f"{r[0]:6s} {r[1]:14.1f} " + " ".join(f"{v:22.1f}" if v is not None else f"{'-':>22s}"
                                                           for v in r[-k:]))
     return out
 
