@@ -374,6 +374,39 @@ class PointSource:
     isotropic: bool
 
 
+@dataclass(frozen=True, eq=False)
+class BeamSource:
+    """Photons from external sources (a CT tube's focal-spot positions, any beam model).
+
+    Attributes:
+        sampler: a picklable object with ``sample(n, rng)`` returning at least
+            ``(origins (n, 3), directions (n, 3), energies_mev (n,))`` in LPS mm, photons of
+            equal weight (for example :class:`persodose.ct.trajectory.SourcePositions` in
+            ``"importance"`` mode, through :class:`persodose.ct.dose.ScanSampler`).
+        corner_xyz_mm: LPS position of the grid's corner (voxel [0, 0, 0]'s outer corner).
+        to_grid: 3x3 matrix taking LPS vectors to the grid's (x, y, z) index axes.
+    """
+
+    sampler: object
+    corner_xyz_mm: np.ndarray
+    to_grid: np.ndarray
+
+    def photons(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """n photons in grid coordinates (mm from the corner, index-axis directions)."""
+        out = self.sampler.sample(int(n), rng)
+        o = np.asarray(out[0], dtype=np.float64)
+        d = np.asarray(out[1], dtype=np.float64)
+        e = np.asarray(out[2], dtype=np.float64)
+        if o.shape != (n, 3) or d.shape != (n, 3) or e.shape != (n,):
+            raise InputError("a beam sampler must return origins (n, 3), directions (n, 3) and energies (n,)")
+        if not (np.all(np.isfinite(o)) and np.all(np.isfinite(d)) and np.all(e > 0)):
+            raise InputError("a beam sampler returned non-finite positions or directions, or energies <= 0")
+        local_o = (o - self.corner_xyz_mm) @ self.to_grid.T
+        local_d = d @ self.to_grid.T
+        local_d /= np.linalg.norm(local_d, axis=1, keepdims=True)
+        return (np.ascontiguousarray(local_o), np.ascontiguousarray(local_d), np.ascontiguousarray(e))
+
+
 _PARTICLES = {"photon": tr.PHOTON, "electron": tr.ELECTRON, "positron": tr.POSITRON}
 
 
@@ -475,6 +508,8 @@ class MCProblem:
                      arr(d.beta_plus_e), arr(d.beta_plus_cdf), arr(d.line_kind, np.int64), arr(d.line_e),
                      arr(d.line_cum), float(d.line_total))
             args = ("decays", source, geometry, decay, physics)
+        elif isinstance(src, BeamSource):
+            args = ("beam", (), geometry, (), physics)
         else:
             source = (int(_PARTICLES[src.particle]), arr(src.energy_nodes_mev), arr(src.energy_cdf),
                       arr(src.position_xyz_mm), arr(src.direction_xyz), bool(src.isotropic))
@@ -648,6 +683,15 @@ def _launch(problem: MCProblem, ws: _Workspace, stream0: int, per_chunk: np.ndar
     seed = np.uint64(problem.seed)
     if kind == "decays":
         tr.run_decays(seed, stream0, per_chunk, *source, *geometry, *decay, *physics, ws.edep, ws.ctr, ws.stacks)
+    elif kind == "beam":
+        # the photons of batch b come from numpy's generator seeded with (seed, b): the same
+        # batch gives the same photons wherever it runs
+        b = int(stream0) // int(problem.settings.chunks_per_batch)
+        n = int(per_chunk.sum())
+        o, d, e = problem.source.photons(n, np.random.default_rng([int(problem.seed), b, 0xBEA]))
+        starts = np.concatenate(([0], np.cumsum(per_chunk)[:-1])).astype(np.int64)
+        tr.run_beam(seed, stream0, starts, per_chunk.astype(np.int64), o, d, e, *geometry, *physics,
+                    ws.edep, ws.ctr, ws.stacks)
     else:
         tr.run_particles(seed, stream0, per_chunk, *source, *geometry, *physics, ws.edep, ws.ctr, ws.stacks)
 
@@ -864,6 +908,36 @@ def simulate_point_source(phantom: VoxelPhantom, particle: str, energy_mev: floa
     tally = problem.empty_tally()
     n_new, seconds, records = _run_problem(problem, tally)
     info = {"particle": particle, "n_particles": tally.n_primaries, "backend": _numba_backend(), "batches": records}
+    return _finish(phantom, tally, problem.settings, seconds, n_new, None, info)
+
+
+def beam_problem(phantom: VoxelPhantom, sampler, n_photons: int, settings: MCSettings | None = None,
+                 tables: TransportTables | None = None) -> MCProblem:
+    """A problem of photons from external sources (see :class:`BeamSource`)."""
+    settings = settings or MCSettings()
+    if not hasattr(sampler, "sample"):
+        raise InputError("the beam sampler needs a sample(n, rng) method")
+    g = phantom.density
+    d = g.direction_xyz
+    corner = np.asarray(g.origin_xyz_mm) - d @ (0.5 * np.asarray(g.spacing_xyz_mm))
+    per_batch = _primaries_per_batch(n_photons, settings, "photons")
+    tables = _tables_for(phantom, settings, tables)
+    return MCProblem(source=BeamSource(sampler, corner, d.T.copy()), settings=settings, primaries_per_batch=per_batch,
+                     **_phantom_arrays(phantom, tables))
+
+
+def simulate_beam(phantom: VoxelPhantom, sampler, n_photons: int, settings: MCSettings | None = None,
+                  tables: TransportTables | None = None, progress=None) -> MCResult:
+    """Transport photons from external sources through ``phantom``.
+
+    Returns:
+        :class:`MCResult` per source photon: ``energy_per_primary_mev`` and
+        ``dose_per_primary_gy`` (Gy per photon emitted by the sampler).
+    """
+    problem = beam_problem(phantom, sampler, n_photons, settings, tables)
+    tally = problem.empty_tally()
+    n_new, seconds, records = _run_problem(problem, tally, progress)
+    info = {"source": "beam", "n_photons": tally.n_primaries, "backend": _numba_backend(), "batches": records}
     return _finish(phantom, tally, problem.settings, seconds, n_new, None, info)
 
 

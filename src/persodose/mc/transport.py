@@ -699,6 +699,69 @@ def particle_chunk(rng, n_particles, kind, energy_e, energy_cdf, origin_xyz, dir
                        compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng)
 
 
+@_physics()
+def beam_chunk(start, n_particles, origins, directions, energies, nz, ny, nx, sz, sy, sx, dens, mat,
+               log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+               settings_f, range_rejection, edep, ctr, stk, rng):
+    """Photons ``start .. start+n-1`` of given origins, directions (grid axes, mm) and energies.
+
+    Outside the grid is vacuum: each photon goes straight to where its ray enters the grid
+    (slab method) and is transported from there; a photon whose ray misses escapes.
+    """
+    lx = nx * sx
+    ly = ny * sy
+    lz = nz * sz
+    for i in range(start, start + n_particles):
+        e0 = energies[i]
+        ox = origins[i, 0]
+        oy = origins[i, 1]
+        oz = origins[i, 2]
+        u = directions[i, 0]
+        v = directions[i, 1]
+        w = directions[i, 2]
+        ctr[C_EMITTED] += e0
+        t_in = -1e30
+        t_out = 1e30
+        hit = True
+        for a in range(3):
+            if a == 0:
+                o = ox
+                d = u
+                lo_b = 0.0
+                hi_b = lx
+            elif a == 1:
+                o = oy
+                d = v
+                lo_b = 0.0
+                hi_b = ly
+            else:
+                o = oz
+                d = w
+                lo_b = 0.0
+                hi_b = lz
+            if d == 0.0:
+                if o < lo_b or o > hi_b:
+                    hit = False
+            else:
+                t1 = (lo_b - o) / d
+                t2 = (hi_b - o) / d
+                t_in = _fmax(t_in, _fmin(t1, t2))
+                t_out = _fmin(t_out, _fmax(t1, t2))
+        t_in = _fmax(t_in, 0.0)
+        if not hit or t_out <= t_in:
+            ctr[C_ESCAPED] += e0
+            ctr[C_UNCOLLIDED] += e0
+            continue
+        t = t_in + 1e-7 * (t_out - t_in)
+        x = ox + t * u
+        y = oy + t * v
+        z = oz + t * w
+        vox = _voxel_of(x, y, z, nz, ny, nx, sz, sy, sx)
+        sp = _push(stk, 0, PHOTON, e0, x, y, z, u, v, w, ctr, edep, _fmax(vox, 0))
+        _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
+                       compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng)
+
+
 # ----------------------------------------------------------------------------- CPU drivers
 @njit(parallel=True, cache=True)
 def run_decays(seed, stream0, decays_per_chunk, src_index, src_cdf, nz, ny, nx, sz, sy, sx, dens, mat,
@@ -743,3 +806,18 @@ def run_particles(seed, stream0, per_chunk, kind, energy_e, energy_cdf, origin_x
                        nz, ny, nx, sz, sy, sx, dens, mat,
                        log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
                        settings_f, range_rejection, edep[tid], ctr[tid], stacks[tid])
+
+
+@njit(parallel=True, cache=True)
+def run_beam(seed, stream0, chunk_start, chunk_n, origins, directions, energies, nz, ny, nx, sz, sy, sx, dens, mat,
+             log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+             settings_f, range_rejection, edep, ctr, stacks):
+    """Photons from external sources (CT tube positions), chunk by chunk in parallel."""
+    n_chunks = chunk_start.shape[0]
+    for c in prange(n_chunks):
+        tid = numba.get_thread_id()
+        rng = np.empty(2, dtype=np.uint64)
+        seed_state(rng, seed, stream0 + c)
+        beam_chunk(chunk_start[c], chunk_n[c], origins, directions, energies, nz, ny, nx, sz, sy, sx, dens, mat,
+                   log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                   settings_f, range_rejection, edep[tid], ctr[tid], stacks[tid], rng)
