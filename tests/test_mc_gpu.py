@@ -79,12 +79,13 @@ def test_every_physics_function_is_registered_for_both_targets():
     from numba.core.registry import CPUDispatcher
 
     registered = {id(f) for f in tr.PHYSICS_FUNCTIONS}
-    drivers = {"run_decays", "run_particles", "deposit"}
+    drivers = {"run_decays", "run_particles", "run_beam", "deposit"}
     missing = [name for name, obj in vars(tr).items()
                if isinstance(obj, CPUDispatcher) and name not in drivers and id(obj) not in registered
                and obj.py_func.__module__ == tr.__name__]
     assert not missing, missing
     assert tr.transport_photon in tr.PHYSICS_FUNCTIONS and tr.decay_chunk in tr.PHYSICS_FUNCTIONS
+    assert tr.beam_chunk in tr.PHYSICS_FUNCTIONS
 
 
 def test_retarget_binds_cuda_twins_and_leaves_cpu_module_alone():
