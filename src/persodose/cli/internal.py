@@ -15,12 +15,17 @@ def register(app: typer.Typer) -> None:
 def internal(
     ct: Path = typer.Option(..., "--ct", help="CT: DICOM series (or image in HU)."),
     emission: List[Path] = typer.Option(..., "--emission", help="PET or SPECT series, one per time point (repeat)."),
+    emission_ct: Optional[List[Path]] = typer.Option(None, "--emission-ct",
+                                                     help="Each time point's own CT, in --emission order (repeat): "
+                                                          "registered to --ct and applied to the emission image."),
+    registration: str = typer.Option("rigid", "--registration", help="rigid or affine (with --emission-ct)."),
     nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide, e.g. Lu-177, F-18."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     method: List[str] = typer.Option(["led", "ssv", "dsv", "msv", "mc"], "--method",
                                      help="led, ssv, dsv, msv, mc (repeat, or comma-separated)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Organ/lesion label map (NIfTI, DICOM SEG or RTSTRUCT)."),
-    label_names: Optional[Path] = typer.Option(None, "--label-names", help="JSON {label: name} for a NIfTI label map."),
+    label_names: Optional[Path] = typer.Option(None, "--label-names",
+                                               help="JSON {label: name} for a NIfTI label map (default: FILE.json beside it)."),
     injected_mbq: Optional[float] = typer.Option(None, "--injected-mbq", help="Injected activity (MBq), for the report."),
     injection_time: Optional[str] = typer.Option(None, "--injection-time", help="ISO date-time of the injection if the images lack it."),
     calibration_cps_per_mbq: Optional[float] = typer.Option(None, "--calibration-cps-per-mbq",
@@ -43,7 +48,7 @@ def internal(
 
     methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
     settings = InternalSettings(nuclide, methods=methods, tia_method=tia_method, dose_voxel_mm=dose_voxel_mm,
-                                mc_decays=decays, seed=seed, dose_rate=dose_rate)
+                                mc_decays=decays, seed=seed, dose_rate=dose_rate, registration=registration)
     injection = None
     if injection_time:
         try:
@@ -58,7 +63,8 @@ def internal(
             raise InputError(f"--times-h {times_h!r} must be comma-separated numbers") from None
     ct_grid, ct_info = load_ct(ct)
     points, injection = load_time_points(emission, settings.nuclide, calibration_cps_per_mbq=calibration_cps_per_mbq,
-                                         units=units, times_h=hours, injection=injection, ct_info=ct_info)
+                                         units=units, times_h=hours, injection=injection, ct_info=ct_info,
+                                         ct_paths=emission_ct or None)
     lab, names = None, None
     if labels is not None:
         lab, names = _read_labels(labels, ct_grid, label_names)
@@ -86,6 +92,8 @@ def _read_labels(path: Path, ct, names_path: Optional[Path]):
     if is_image_file(path):
         lab = read_image(path, kind=Kind.LABELS)
         names = None
+        if names_path is None and Path(str(path) + ".json").exists():
+            names_path = Path(str(path) + ".json")
         if names_path is not None:
             try:
                 names = {int(k): str(v) for k, v in json.loads(Path(names_path).read_text()).items()}

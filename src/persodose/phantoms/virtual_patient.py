@@ -243,6 +243,9 @@ def write_virtual_patient(vp: VirtualPatient, out_dir) -> Path:
         nif.mkdir()
         _write_image(vp.ct, nif / "ct.nii.gz")
         _write_image(vp.labels, nif / "labels.nii.gz")
+        # label names beside the map (FILE.json), where persodose's commands look for them
+        (nif / "labels.nii.gz.json").write_text(json.dumps({str(k): v for k, v in sorted(vp.label_names.items())},
+                                                           indent=1))
         _write_image(vp.truth_tia, nif / "truth_tia.nii.gz")
         dicom_info: dict = {"written": dw is not None}
         if dw is not None:

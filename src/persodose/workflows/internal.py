@@ -53,6 +53,7 @@ class InternalSettings:
     kernel_size: int | None = None  #: default persodose.mc.kernels.default_kernel_size
     kernel_cache: str | None = None  #: directory of cached kernels (default ~/.cache/persodose)
     dose_rate: bool = False  #: also dose rate (Gy/s) at each time point for the convolution methods
+    registration: str = "rigid"  #: "rigid" or "affine": registration of time points that carry their own CT
 
     def __post_init__(self) -> None:
         from persodose.physics.radionuclides import get_nuclide
@@ -65,6 +66,8 @@ class InternalSettings:
             raise InputError(f"dose voxel must lie within 0.5-12 mm, got {self.dose_voxel_mm}")
         if int(self.mc_decays) <= 0:
             raise InputError("mc_decays must be positive")
+        if self.registration not in ("rigid", "affine"):
+            raise InputError(f"registration must be 'rigid' or 'affine', got {self.registration!r}")
 
 
 @dataclass
@@ -75,6 +78,7 @@ class TimePoint:
     activity: Grid  #: Bq per voxel, not decay corrected, on the image's own grid
     label: str
     info: object | None = None
+    ct: Grid | None = None  #: this time point's own CT (SPECT/CT or PET/CT at each visit), to register
 
 
 @dataclass
@@ -118,7 +122,8 @@ def _undo_decay_correction(grid: Grid, info, nuclide_half_life_s: float, mid: _d
 
 def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_cps_per_mbq: float | None = None,
                      units: str | None = None, times_h: Sequence[float] | None = None,
-                     injection: _dt.datetime | None = None, ct_info=None) -> tuple[list[TimePoint], _dt.datetime | None]:
+                     injection: _dt.datetime | None = None, ct_info=None,
+                     ct_paths: Sequence[str | Path] | None = None) -> tuple[list[TimePoint], _dt.datetime | None]:
     """Read emission images as activity at mid-frame times after injection.
 
     DICOM series give their own times, injection time and decay correction; image files need
@@ -136,6 +141,13 @@ def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_c
         raise InputError("give at least one emission image")
     if times_h is not None and len(times_h) != len(paths):
         raise InputError(f"{len(times_h)} times for {len(paths)} emission images")
+    if ct_paths is not None and len(ct_paths) != len(paths):
+        raise InputError(f"{len(ct_paths)} CTs for {len(paths)} emission images: give one CT per time point")
+    own_cts = []
+    if ct_paths is not None:
+        from persodose.io.load import load_ct
+
+        own_cts = [load_ct(c) for c in ct_paths]
     points: list[TimePoint] = []
     for k, path in enumerate(paths):
         p = Path(path)
@@ -149,7 +161,8 @@ def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_c
                 grid = grid.to_activity()
             if grid.kind is not Kind.ACTIVITY:
                 raise InputError(f"{p} holds {grid.kind.value}; an emission image must be Bq/mL or Bq (--units)")
-            points.append(TimePoint(float(times_h[k]) * 3600.0, grid.check_finite(str(p)), p.name))
+            points.append(TimePoint(float(times_h[k]) * 3600.0, grid.check_finite(str(p)), p.name,
+                                    ct=own_cts[k][0] if own_cts else None))
             continue
         from persodose.io.dicom import list_series, read_series, require_acquisition_time
 
@@ -164,13 +177,16 @@ def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_c
             raise InputError(f"{p} is in counts: give the camera's calibration (--calibration-cps-per-mbq)")
         if info.radionuclide and info.radionuclide != nuc.name:
             raise InputError(f"{p} is a {info.radionuclide} image, not {nuc.name}")
-        if ct_info is not None:
-            if info.patient_id and ct_info.patient_id and info.patient_id != ct_info.patient_id:
-                raise InputError(f"{p} belongs to patient {info.patient_id!r}, the CT to {ct_info.patient_id!r}")
-            if (info.frame_of_reference_uid and ct_info.frame_of_reference_uid
-                    and info.frame_of_reference_uid != ct_info.frame_of_reference_uid):
-                raise InputError(f"{p} is not in the CT's frame of reference (FrameOfReferenceUID differs); "
-                                 "register it to the CT first")
+        ref_info = own_cts[k][1] if own_cts else ct_info
+        if ct_info is not None and info.patient_id and ct_info.patient_id and info.patient_id != ct_info.patient_id:
+            raise InputError(f"{p} belongs to patient {info.patient_id!r}, the CT to {ct_info.patient_id!r}")
+        if ref_info is not None:
+            if info.patient_id and ref_info.patient_id and info.patient_id != ref_info.patient_id:
+                raise InputError(f"{p} belongs to patient {info.patient_id!r}, its CT to {ref_info.patient_id!r}")
+            if (info.frame_of_reference_uid and ref_info.frame_of_reference_uid
+                    and info.frame_of_reference_uid != ref_info.frame_of_reference_uid):
+                raise InputError(f"{p} is not in the frame of reference of its CT (FrameOfReferenceUID differs): "
+                                 "give each time point's own CT with --emission-ct, or register it first")
         inj = injection or info.injection_datetime
         if inj is None and times_h is None:
             raise InputError(f"{p} has no injection time: give --injection-time")
@@ -181,7 +197,8 @@ def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_c
         if t_s <= 0:
             raise InputError(f"{p} was acquired before the injection ({t_s / 3600:.2f} h)")
         conc = _undo_decay_correction(series.grid, info, nuc.half_life_s, mid, injection) if injection else series.grid
-        points.append(TimePoint(t_s, conc.to_activity(), f"{info.modality} {t_s / 3600:.2f} h", info))
+        points.append(TimePoint(t_s, conc.to_activity(), f"{info.modality} {t_s / 3600:.2f} h", info,
+                                ct=own_cts[k][0] if own_cts else None))
     points.sort(key=lambda tp: tp.time_s)
     times = [tp.time_s for tp in points]
     if len(set(np.round(times, 3))) != len(times):
@@ -244,7 +261,22 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
         names = {int(k): f"label_{int(k)}" for k in np.unique(lab.array) if k > 0}
     timings["dose grid, density, materials"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    activities = [tp.activity.resample_to(ref) for tp in time_points]
+    activities = []
+    registration = []
+    for tp in time_points:
+        if tp.ct is not None:
+            from persodose.kinetics.register import affine_of, apply_transform, register_ct, rotation_angle_deg
+
+            transform = register_ct(ct, tp.ct, kind=settings.registration, seed=settings.seed % 1000)
+            mat, shift = affine_of(transform)
+            registration.append({"time_point": tp.label, "kind": settings.registration,
+                                 "translation_mm": [float(v) for v in shift],
+                                 "rotation_deg": float(rotation_angle_deg(mat))})
+            activities.append(apply_transform(tp.activity, transform, ref))
+        else:
+            activities.append(tp.activity.resample_to(ref))
+    if registration:
+        timings["registration"] = time.perf_counter() - t0
     times = [tp.time_s for tp in time_points]
     organ_kin: dict = {}
     if tia_override is not None:
@@ -258,6 +290,7 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
                 warnings.simplefilter("ignore")
                 organ_kin = organ_tia(activities, times, lab, names, nuc.half_life_s)
     timings["time-integrated activity"] = time.perf_counter() - t0
+    tia_report["registration"] = registration
     result = InternalResult(settings, ct_d, density, materials, lab, names, list(time_points), activities, tia,
                             tia_report, organ_kin)
     dose_settings = DoseSettings()
