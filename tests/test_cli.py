@@ -155,3 +155,33 @@ def test_mc_command_end_to_end(cli, tmp_path):
     assert_clean_error(cli(*base, "--tia", tia_path, "--nuclide", "Lu-177", "--decays", "0"))
     assert_clean_error(cli(*base, "--tia", out / "dose.nii.gz", "--nuclide", "Lu-177", "--decays", "10"), "Bq s")
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_command(cli, tmp_path):
+    from persodose.grid import Grid, Kind
+
+    rng = np.random.default_rng(0)
+    ref = np.zeros((12, 16, 16), np.float32)
+    ref[3:9, 4:12, 4:12] = 2.0
+    ref += 0.1
+    paths = {}
+    for name, arr in {"ref": ref, "same": ref.copy(), "scaled": ref * 1.1,
+                      "r1": ref * rng.normal(1, 0.05, ref.shape), "r2": ref * rng.normal(1, 0.05, ref.shape)}.items():
+        paths[name] = write_image(Grid(arr.astype(np.float32), (4, 4, 4), kind=Kind.DOSE), tmp_path / f"{name}.nii.gz")
+    lab = np.zeros(ref.shape, np.uint16)
+    lab[3:9, 4:12, 4:12] = 1
+    lpath = write_image(Grid(lab, (4, 4, 4), kind=Kind.LABELS), tmp_path / "lab.nii.gz")
+    (tmp_path / "lab.nii.gz.json").write_text(json.dumps({"1": "liver"}))
+    proc = cli("compare", "--reference", paths["ref"], "--test", paths["same"], "--gamma")
+    assert proc.returncode == 0, proc.stderr
+    assert "MAE 0 " in proc.stdout and "pass rate: 100.0%" in proc.stdout
+    out = tmp_path / "cmp"
+    proc = cli("compare", "--reference", paths["ref"], "--test", paths["scaled"], "--labels", lpath,
+               "--realisation", paths["r1"], "--realisation", paths["r2"], "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["organs"][0]["name"] == "liver" and doc["organs"][0]["re_percent"] == pytest.approx(10.0, rel=1e-4)
+    assert 4.0 < doc["ensemble_noise_percent"] < 9.0  # 5 % multiplicative noise
+    assert (out / "joint_histogram.png").exists()
+    other = write_image(Grid(ref[:, :, :8].copy(), (4, 4, 4), kind=Kind.DOSE), tmp_path / "small.nii.gz")
+    assert_clean_error(cli("compare", "--reference", paths["ref"], "--test", other), "geometr")
