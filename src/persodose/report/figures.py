@@ -39,28 +39,34 @@ def _extent_axial(g: Grid):
 
 
 def slices_figure(grids: list[tuple[str, Grid, dict]], z_index: int | None = None,
-                  y_index: int | None = None, overlay_labels: Grid | None = None):
+                  y_index: int | None = None, overlay_labels: Grid | None = None,
+                  overlay_rows: str = "first", display_mask: np.ndarray | None = None):
     """One row per grid: an axial and a coronal slice.
 
     Args:
         grids: ``(title, grid, imshow_kwargs)`` triples on the same geometry.
         z_index, y_index: slices to show (default: the middle).
-        overlay_labels: label map whose boundaries are drawn on every panel.
+        overlay_labels: label map whose boundaries are drawn.
+        overlay_rows: ``"first"`` (only the first row, e.g. the CT) or ``"all"``.
+        display_mask: boolean (z, y, x) array; rows after the first show 0 outside it
+            (display only, e.g. to hide Monte Carlo noise in air voxels).
     """
     plt = _mpl()
     first = grids[0][1]
     nz, ny, _ = first.shape
     zi = nz // 2 if z_index is None else z_index
     yi = ny // 2 if y_index is None else y_index
-    fig, axes = plt.subplots(len(grids), 2, figsize=(9, 3.6 * len(grids)),
-                             gridspec_kw={"width_ratios": [1, 1]}, squeeze=False)
+    fig, axes = plt.subplots(len(grids), 2, figsize=(9, 3.6 * len(grids)), squeeze=False, layout="constrained")
     for row, (title, grid, kw) in enumerate(grids):
         kw = dict(kw)
         label = kw.pop("label", grid.unit)
         ax_a, ax_c = axes[row]
-        im = ax_a.imshow(grid.array[zi], extent=_extent_axial(grid), **kw)
-        ax_c.imshow(_coronal(grid.array, yi), extent=_extent_coronal(grid), **kw)
-        if overlay_labels is not None:
+        arr = grid.array
+        if display_mask is not None and row > 0:
+            arr = np.where(display_mask, arr, 0)
+        im = ax_a.imshow(arr[zi], extent=_extent_axial(grid), **kw)
+        ax_c.imshow(_coronal(arr, yi), extent=_extent_coronal(grid), **kw)
+        if overlay_labels is not None and (overlay_rows == "all" or row == 0):
             lab = overlay_labels.array
             ax_a.contour(lab[zi] > 0, levels=[0.5], colors="w", linewidths=0.4,
                          extent=(0, grid.shape[2] * grid.spacing_zyx_mm[2], 0, grid.shape[1] * grid.spacing_zyx_mm[1]),
@@ -136,6 +142,27 @@ def curves_figure(times_h: np.ndarray, curves: dict[str, tuple[np.ndarray, np.nd
         ax.set_yscale("log")
         top = max(float(np.nanmax(np.concatenate([np.ravel(m) for m, _ in curves.values()]))), 1e-30)
         ax.set_ylim(top * 1e-4, top * 2.0)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def fit_figure(times_h: np.ndarray, dense_h: np.ndarray, curves: dict, ylabel: str):
+    """Measured points at ``times_h`` and fitted curves on ``dense_h`` (None: points only), log scale."""
+    plt = _mpl()
+    fig, ax = plt.subplots(1, 1, figsize=(7, 4.2))
+    top = 0.0
+    for i, (name, (points, fitted)) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        ax.plot(times_h, points, "o", color=colour, label=name)
+        top = max(top, float(np.nanmax(points)))
+        if fitted is not None:
+            ax.plot(dense_h, fitted, "-", color=colour, alpha=0.7)
+    ax.set_yscale("log")
+    if top > 0:
+        ax.set_ylim(top * 1e-3, top * 2.0)
+    ax.set_xlabel("time after injection (h)")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     return fig

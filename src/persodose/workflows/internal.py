@@ -437,26 +437,39 @@ def build_report(result: InternalResult, path: Path, title: str) -> Path:
                   [[tp.label, tp.time_s / 3600, a.total() / 1e6] for tp, a in zip(result.time_points, result.activities)])
     if result.organ_kinetics:
         rep.heading("Organ kinetics")
+        from persodose.kinetics.models import get_model
+        from persodose.physics.radionuclides import get_nuclide
+
+        half_life = get_nuclide(s.nuclide).half_life_s
         rows = []
         curves = {}
         t_h = np.array([tp.time_s / 3600 for tp in result.time_points])
-        for name, ok in list(result.organ_kinetics.items()):
-            d = ok.to_dict() if hasattr(ok, "to_dict") else dict(ok)
-            rows.append([name, d.get("model"), d.get("tia_bq_s", float("nan")) / 3.6e9,
-                         100 * d.get("tia_rel_uncertainty", float("nan")) if d.get("tia_rel_uncertainty") is not None else None,
-                         d.get("r2")])
-            act = d.get("activities_bq")
-            if act is not None and len(curves) < 8:
-                curves[name] = (np.asarray(act) / 1e6, None)
+        t_dense = np.linspace(0.0, float(t_h.max()) * 1.15, 200)
+        for name, ok in sorted(result.organ_kinetics.items(), key=lambda kv: -kv[1].tia_bq_s):
+            r2 = ok.fit.r2 if ok.fit is not None else None
+            rel = ok.tia_sd_bq_s / ok.tia_bq_s if ok.tia_bq_s > 0 and math.isfinite(ok.tia_sd_bq_s) else None
+            rows.append([name, ok.chosen_model, ok.tia_bq_s / 3.6e9, 100 * rel if rel is not None else None, r2])
+            if len(curves) < 8 and ok.tia_bq_s > 0:
+                fitted = None
+                if ok.fit is not None:
+                    model = get_model(ok.fit.model, half_life)
+                    fitted = np.asarray(model.evaluate(t_dense * 3600.0, ok.fit.params)) / 1e6
+                curves[name] = (np.asarray(ok.activities_bq) / 1e6, fitted)
         rep.table(["organ", "model (AICc)", "TIA (MBq h)", "TIA uncertainty (%)", "R2"], rows)
         if curves:
-            rep.figure(figures.curves_figure(t_h, curves, "organ activity (MBq)", log=True),
-                       caption="Organ time-activity data")
+            rep.figure(figures.fit_figure(t_h, t_dense, curves, "organ activity (MBq)"),
+                       caption="Organ time-activity data (markers) and the fitted model chosen by AICc (lines)")
     rep.heading("Dose maps")
     vmax = float(np.percentile(result.doses.get("mc", next(iter(result.doses.values()))).array, 99.9)) or 1.0
     panels = [("CT", result.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000})]
     panels += [(m.upper(), d, {"cmap": "inferno", "vmin": 0, "vmax": vmax}) for m, d in result.doses.items()]
-    rep.figure(figures.slices_figure(panels, overlay_labels=result.labels), caption="Absorbed dose (Gy), axial and coronal")
+    # slices through the hottest voxel; Monte Carlo dose in air voxels (tiny mass) hidden in the display only
+    ref_dose = result.doses.get("mc", next(iter(result.doses.values()))).array
+    hot = np.unravel_index(int(np.argmax(np.where(result.density.array >= 0.1, ref_dose, 0))), ref_dose.shape)
+    rep.figure(figures.slices_figure(panels, z_index=int(hot[0]), y_index=int(hot[1]), overlay_labels=result.labels,
+                                     display_mask=result.density.array >= 0.1),
+               caption="CT with organ outlines, and absorbed dose (Gy) by each method through the hottest voxel; "
+                       "dose in air (density < 0.1 g/cm3) not displayed")
     if result.organ_tables:
         rep.heading("Organ doses (Gy)")
         methods = list(result.organ_tables)
