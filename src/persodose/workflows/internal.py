@@ -475,10 +475,14 @@ def build_report(result: InternalResult, path: Path, title: str) -> Path:
         methods = list(result.organ_tables)
         names = [r["name"] for r in result.organ_tables[methods[0]] if r.get("n_voxels", 0) > 0]
         by = {m: {r["name"]: r for r in rows} for m, rows in result.organ_tables.items()}
-        rep.table(["organ", "mass (g)"] + [f"{m.upper()} mean" for m in methods] + ["D98", "D50", "D2"],
-                  [[n, by[methods[0]][n].get("mass_g")] + [by[m][n].get("mean_Gy") for m in methods]
+        mird = {r["name"]: r.get("dose_gy") for r in result.organ_mird}
+        rep.table(["organ", "mass (g)"] + [f"{m.upper()} mean" for m in methods] + ["organ MIRD"]
+                  + ["D98", "D50", "D2"],
+                  [[n, by[methods[0]][n].get("mass_g")] + [by[m][n].get("mean_Gy") for m in methods] + [mird.get(n)]
                    + [by[methods[-1]][n].get("D98_Gy"), by[methods[-1]][n].get("D50_Gy"), by[methods[-1]][n].get("D2_Gy")]
-                   for n in names])
+                   for n in names],
+                  caption="Mean absorbed dose by each voxel method and by organ-level MIRD (self-dose only, this "
+                          f"patient's masses); D98/D50/D2 of {methods[-1].upper()}")
         from persodose.metrics.dvh import dvh_figure, dvhs_for_labels
 
         ref_method = "mc" if "mc" in result.doses else methods[0]
