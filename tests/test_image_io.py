@@ -72,3 +72,12 @@ def test_labels_become_integers(tmp_path):
     back = read_image(path)
     assert back.kind is Kind.LABELS and back.array.dtype == np.uint16
     np.testing.assert_array_equal(back.array, [[[0, 1, 2]]])
+
+
+def test_tagged_unit_is_converted_to_the_internal_unit(tmp_path):
+    """A dose map written in mGy reads back in Gy (a 1000x error otherwise)."""
+    g = Grid(np.full((2, 2, 2), 5.0, np.float32), kind=Kind.DOSE, unit="mGy")
+    for suffix in (".nii.gz", ".mha"):
+        back = read_image(write_image(g, tmp_path / f"d{suffix}"))
+        assert back.kind is Kind.DOSE and back.unit == "Gy"
+        np.testing.assert_allclose(back.array, 5e-3, rtol=1e-6)

@@ -186,6 +186,15 @@ def read_image(path: str | os.PathLike, kind: Kind | str | None = None,
         if kind is not None and Kind(kind) is not tag_kind:
             raise UnitsError(f"{path} holds {tag_kind.value} ({tag_unit}), not {Kind(kind).value}")
         final_kind = tag_kind
+        # a tagged file in another unit of its kind (e.g. a dose map written in mGy) is
+        # converted to persodose's internal unit, like a unit the user states
+        if tag_unit and tag_unit != tag_kind.default_unit:
+            try:
+                unit_kind, unit_factor = parse_unit(tag_unit)
+            except UnitsError:
+                unit_kind, unit_factor = None, 1.0
+            if unit_kind is tag_kind:
+                factor = unit_factor
     elif kind is not None:
         final_kind = Kind(kind)
     else:
