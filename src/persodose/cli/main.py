@@ -13,7 +13,7 @@ import warnings
 
 import typer
 
-from persodose.cli import compare, density, demo, info, internal, kernel, mc, nuclide, phantom, series
+from persodose.cli import compare, ct, density, demo, info, internal, kernel, mc, nuclide, phantom, series
 
 app = typer.Typer(
     name="persodose",
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (info, series, nuclide, density, internal, mc, kernel, compare, phantom, demo):
+for module in (info, series, nuclide, density, internal, ct, mc, kernel, compare, phantom, demo):
     module.register(app)
 
 

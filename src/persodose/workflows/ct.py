@@ -1,0 +1,379 @@
+"""Patient-specific CT dosimetry: a CT series (with its acquisition headers) to a whole-body dose map.
+
+Steps:
+
+1. Acquisition from the DICOM headers (:func:`persodose.ct.acquisition.acquisition_from_dicom`,
+   user overrides first; its warnings, e.g. the fixed-tube-current fallback, are kept and
+   reported), scanner preset (given, or guessed from Manufacturer / Model).
+2. Helical (or axial) focal-spot positions with 64 positions per rotation; the start angle is
+   not recorded in DICOM, so the dose is averaged over 4 start angles spread over 360 degrees
+   (:data:`persodose.ct.trajectory.DEFAULT_N_START_ANGLES`).
+3. Patient phantom on a cubic dose grid (default 5 mm): HU resampled linearly, then density
+   and materials (Schneider et al. 2000); couch and anything else in the CT included.
+4. Transport of the whole scan (:mod:`persodose.ct.dose`; kerma approximation at CT energies).
+5. Absolute calibration on the simulated CTDI phantom of the scan type (320 mm body unless the
+   bowtie is ``head``: 160 mm), to the header's mean CTDIvol or the user's.
+6. Organ doses (mass-weighted means over the labels, uncertainty from the batches) and the
+   ICRP 103 effective dose (partial when tissues are missing).
+
+What is approximate: the generic bowtie and tube filtration of the scanner preset (not the
+vendor's), a point focal spot without heel effect, no tissue outside the reconstructed
+field of view (truncated arms or the over-ranged ends scatter nothing back), the start angle
+averaged, and the CTDI chamber modelled as PMMA with an air/PMMA conversion.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+import numpy as np
+
+from persodose.errors import InputError
+from persodose.grid import Grid, Kind
+
+__all__ = ["CTDoseResult", "ct_dose", "write_ct_outputs", "build_ct_report", "DEFAULT_PHOTONS",
+           "DEFAULT_CTDI_PHOTONS"]
+
+#: Photons of the whole scan by default (about 1-2 % organ-mean uncertainty at 5 mm).
+DEFAULT_PHOTONS = 20_000_000
+#: Voxels below this density (air outside the body, gas in the airways and bowel) get dose 0 in
+#: the map: their dose to air is noisy (tiny masses) and no tissue dose; organ means are unaffected.
+AIR_DENSITY_G_CM3 = 0.05
+#: Photons of the CTDI calibration run by default.
+DEFAULT_CTDI_PHOTONS = 2_000_000
+
+
+@dataclass
+class CTDoseResult:
+    """Outcome of :func:`ct_dose`.
+
+    Attributes:
+        dose_mgy: whole-body dose map (WBDM), mGy, on the dose grid (kind DOSE, unit ``mGy``).
+        uncertainty: voxel relative standard uncertainty.
+        ct: the CT on the dose grid (HU); density: g/cm3.
+        labels: labels on the dose grid (or None); label_names: value -> name.
+        organs: one row per label: ``name``, ``mass_g``, ``mean_mGy``, ``sd_mGy``,
+            ``rel_uncertainty_percent`` and the organ_table statistics (mGy).
+        effective_dose: :class:`persodose.risk.effective_dose.EffectiveDose` as a dict (mSv keys
+            added), or None without labels.
+        acquisition, scanner, positions: the source model used.
+        ctdi: :class:`persodose.ct.ctdi.CTDIResult`; calibration: :class:`persodose.ct.dose.Calibration`.
+        warnings: acquisition warnings (one line each).
+        statistics: photons, batches, seeds, timings, energy balance.
+    """
+
+    dose_mgy: Grid
+    uncertainty: Grid
+    ct: Grid
+    density: Grid
+    labels: Grid | None
+    label_names: dict
+    organs: list
+    effective_dose: dict | None
+    acquisition: Any
+    scanner: Any
+    positions: Any
+    ctdi: Any
+    calibration: Any
+    warnings: list = field(default_factory=list)
+    statistics: dict = field(default_factory=dict)
+    phantom: Any = None
+
+    def acquisition_dict(self) -> dict:
+        a = self.acquisition
+        return {"kvp": a.kvp, "mode": a.mode, "pitch": a.pitch, "total_collimation_mm": a.total_collimation_mm,
+                "rotation_time_s": a.rotation_time_s, "bowtie": a.bowtie, "filter_type": a.filter_type,
+                "tube_current_source": a.tube_current_source, "ctdivol_mgy": a.ctdivol_mgy,
+                "overrange_mm": a.overrange_mm, "isocentre_xy_mm": list(a.isocentre_xy_mm),
+                "scan_range_mm": list(a.scan_range_mm), "slice_z_mm": a.slice_z_mm.tolist(),
+                "tube_current_ma": None if a.tube_current_ma is None else a.tube_current_ma.tolist(),
+                "relative_current": a.relative_current.tolist(), "provenance": dict(a.provenance)}
+
+
+def _series_for(ct: Grid, info) -> Any:
+    """What acquisition_from_dicom reads: the SeriesInfo, or a stand-in for an image file."""
+    if info is not None:
+        return info
+    stub = SimpleNamespace(extra={}, modality="CT", files=[], label=lambda: "CT image")
+    return SimpleNamespace(grid=ct, info=stub)
+
+
+def _organ_reducer(labels: np.ndarray, n_labels: int, mass_kg: np.ndarray):
+    lab = labels.ravel()
+    m = mass_kg.ravel()
+    organ_mass = np.bincount(lab, weights=m, minlength=n_labels)
+
+    def reduce(dose_gy: np.ndarray) -> np.ndarray:
+        e = np.bincount(lab, weights=dose_gy.ravel() * m, minlength=n_labels)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(organ_mass > 0, e / organ_mass, 0.0)
+
+    return reduce, organ_mass
+
+
+def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int, str] | None = None,
+            scanner=None, overrides: Mapping[str, Any] | None = None, n_photons: int = DEFAULT_PHOTONS,
+            dose_voxel_mm: float = 5.0, settings=None, ctdi_photons: int = DEFAULT_CTDI_PHOTONS,
+            ctdi_voxel_mm: float = 5.0, ctdi_diameter_mm: float | None = None, log=None) -> CTDoseResult:
+    """Whole-body dose of a CT scan, calibrated to CTDIvol (module docstring).
+
+    Args:
+        ct: the CT in HU.
+        info: its DICOM :class:`~persodose.io.dicom.SeriesInfo` (acquisition headers); ``None``
+            for an image file (then ``overrides`` must give kvp, pitch, collimation, rotation
+            time, and ``ctdivol_mgy`` or ``tube_current_ma``).
+        labels, names: organ label map (any geometry; nearest neighbour onto the dose grid).
+        scanner: a :class:`~persodose.ct.scanner.Scanner`, a preset name, or None (guessed).
+        overrides: acquisition overrides (:data:`persodose.ct.acquisition.OVERRIDE_KEYS`).
+        n_photons: photons of the whole scan.
+        dose_voxel_mm: cubic dose voxel, mm.
+        settings: :class:`~persodose.mc.engine.MCSettings` (batches, seed).
+        ctdi_photons, ctdi_voxel_mm: the calibration run.
+        ctdi_diameter_mm: CTDI phantom (default 160 mm for a head bowtie, else 320 mm).
+        log: callable for progress lines.
+
+    Returns:
+        :class:`CTDoseResult`.
+    """
+    from dataclasses import replace
+
+    from persodose.ct.acquisition import CTAcquisitionWarning, acquisition_from_dicom
+    from persodose.ct.ctdi import simulate_ctdi
+    from persodose.ct.dose import ScanSampler, calibrate, patient_phantom, run_beam_batches
+    from persodose.ct.scanner import Scanner, get_scanner, guess_scanner
+    from persodose.ct.spectrum import tube_spectrum
+    from persodose.ct.trajectory import DEFAULT_N_START_ANGLES, helical_positions
+    from persodose.mc.engine import MCSettings
+    from persodose.metrics.organ import organ_table
+
+    log = log or (lambda *_: None)
+    settings = settings or MCSettings(n_batches=10)
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    if ct.kind not in (Kind.CT, Kind.SCALAR):
+        raise InputError(f"expected a CT in HU, got a {ct.kind.value} grid")
+    if int(n_photons) < int(settings.n_batches):
+        raise InputError(f"--photons must be at least the number of batches ({settings.n_batches})")
+    if not np.any(np.asarray(ct.array) > -500.0):
+        raise InputError("the CT holds no voxel above -500 HU: no body in the series")
+
+    # 1. acquisition and scanner
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CTAcquisitionWarning)
+        acq = acquisition_from_dicom(_series_for(ct, info), overrides)
+    acq_warnings = [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, CTAcquisitionWarning)]
+    for w in caught:  # re-emit so that the CLI prints them
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    tube_spectrum(acq.kvp)  # kVp outside the spectrum model -> InputError now, before any work
+    if scanner is None:
+        extra = dict(getattr(info, "extra", {}) or {}) if info is not None else {}
+        scanner = guess_scanner(extra.get("manufacturer"), extra.get("model"))
+    elif not isinstance(scanner, Scanner):
+        scanner = get_scanner(str(scanner))
+    log(f"acquisition: {acq.kvp:g} kV, {acq.mode}, pitch {acq.pitch:g}, {acq.total_collimation_mm:g} mm, "
+        f"{acq.rotation_time_s:g} s, bowtie {acq.bowtie}, tube current from {acq.tube_current_source}; "
+        f"scanner {scanner.name}")
+    positions = helical_positions(acq, scanner, n_per_rotation=64, start_angle_rad="average",
+                                  n_start_angles=DEFAULT_N_START_ANGLES)
+
+    # 2. phantom and labels
+    t0 = time.perf_counter()
+    phantom, ct_d = patient_phantom(ct, dose_voxel_mm)
+    lab = None
+    label_names: dict[int, str] = {}
+    if labels is not None:
+        lab = labels.resample_to(ct_d, "nearest")
+        lab = lab.with_array(np.asarray(lab.array).astype(np.int64), Kind.LABELS)
+        if lab.array.min() < 0:
+            raise InputError("the label map holds negative labels")
+        label_names = {int(k): str(v) for k, v in (names or {}).items()}
+        present = [int(v) for v in np.unique(lab.array) if v > 0]
+        for v in present:
+            label_names.setdefault(v, f"label_{v}")
+        label_names = {k: n for k, n in label_names.items() if k in present}
+    timings["phantom"] = time.perf_counter() - t0
+
+    # 3. calibration run (CTDI phantom of the scan type, same scanner model)
+    t0 = time.perf_counter()
+    diameter = ctdi_diameter_mm or (160.0 if acq.bowtie == "head" else 320.0)
+    ctdi = simulate_ctdi(acq.kvp, acq.total_collimation_mm, scanner, diameter, acq.bowtie, int(ctdi_photons),
+                         ctdi_voxel_mm, replace(settings, seed=int(settings.seed) + 1))
+    cal = calibrate(acq, positions, ctdi.ctdiw_gy_per_photon)
+    timings["ctdi calibration"] = time.perf_counter() - t0
+    log(f"CTDI {diameter:g} mm: C/P {ctdi.centre_to_periphery:.3f}; CTDIvol target {cal.ctdivol_target_mgy:.3g} mGy "
+        f"({cal.ctdivol_source})")
+
+    # 4. whole scan
+    t0 = time.perf_counter()
+    reducer = None
+    if lab is not None:
+        n_lab = int(lab.array.max()) + 1
+        reducer, organ_mass_kg = _organ_reducer(np.asarray(lab.array), n_lab, phantom.mass_kg)
+    run = run_beam_batches(phantom, ScanSampler(positions), int(n_photons), settings, reducer=reducer,
+                           progress=lambda b, n: log(f"batch {b}/{n}"))
+    timings["transport"] = time.perf_counter() - t0
+    scale = cal.mgy_per_gy_per_simulated_photon
+    air = np.asarray(phantom.density.array) < AIR_DENSITY_G_CM3
+    dose = phantom.density.with_array(np.where(air, 0.0, run.dose_per_primary_gy * scale).astype(np.float32),
+                                      Kind.DOSE, "mGy")
+    unc = phantom.density.with_array(run.relative_uncertainty.astype(np.float32), Kind.SCALAR,
+                                     "relative standard uncertainty")
+
+    # 5. organs
+    organs: list[dict] = []
+    eff = None
+    if lab is not None and label_names:
+        per_batch = np.asarray(run.reduced) * scale  # (batches, labels) mGy
+        b = per_batch.shape[0]
+        mean = per_batch.mean(axis=0)
+        sd = per_batch.std(axis=0, ddof=1) / math.sqrt(b)
+        stats = {r["label"]: r for r in organ_table(dose, lab.with_array(np.asarray(lab.array).astype(np.int32)),
+                                                    label_names, phantom.density)}
+        for v, name in sorted(label_names.items()):
+            row = {"label": v, "name": name, "mass_g": float(organ_mass_kg[v] * 1e3), "mean_mGy": float(mean[v]),
+                   "sd_mGy": float(sd[v]),
+                   "rel_uncertainty_percent": float(100 * sd[v] / mean[v]) if mean[v] > 0 else None}
+            extra = {k: val for k, val in stats.get(v, {}).items() if k not in ("label", "name", "mass_g")}
+            row.update({("voxel_" + k if k in ("mean_mGy", "std_mGy") else k): val for k, val in extra.items()})
+            organs.append(row)
+        from persodose.risk.effective_dose import effective_dose
+
+        e = effective_dose({r["name"]: r["mean_mGy"] * 1e-3 for r in organs},
+                           {r["name"]: r["mass_g"] for r in organs},
+                           {r["name"]: r["sd_mGy"] * 1e-3 for r in organs})
+        eff = e.to_dict()
+        eff["effective_dose_msv"] = e.effective_dose_sv * 1e3
+        eff["uncertainty_msv"] = e.uncertainty_sv * 1e3
+        eff["reference"] = "ICRP Publication 103 (2007), Table 3; w_R = 1 for photons"
+    timings["total"] = time.perf_counter() - t_all
+    stats_doc = {"n_photons": int(run.tally.n_primaries), "n_batches": int(run.tally.n_batches),
+                 "seed": int(settings.seed), "ctdi_seed": int(settings.seed) + 1,
+                 "batch_ids": run.tally.batch_ids, "photons_per_second": run.photons_per_second,
+                 "energy_balance_mev_per_photon": run.energy_balance, "timings_s": timings,
+                 "dose_voxel_mm": float(dose_voxel_mm), "dose_grid_shape_zyx": list(dose.shape),
+                 "n_positions": len(positions), "n_per_rotation": positions.n_per_rotation,
+                 "n_start_angles": positions.n_start_angles,
+                 "start_angle": f"averaged over {positions.n_start_angles} start angles (not recorded in DICOM)",
+                 "transport": "coupled photon-electron; electrons range-rejected locally at CT energies "
+                              "(collision-kerma approximation)"}
+    return CTDoseResult(dose, unc, ct_d, phantom.density, lab, label_names, organs, eff, acq, scanner, positions,
+                        ctdi, cal, acq_warnings, stats_doc, phantom)
+
+
+# --------------------------------------------------------------------------- outputs
+def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict | None = None,
+                     title: str = "persodose CT dosimetry", sp_maps=None) -> Path:
+    """Write the WBDM (NIfTI mGy, RTDOSE Gy), organ tables, effective dose, provenance and report.
+
+    ``sp_maps`` (a :class:`persodose.ct.dose.SinglePositionMaps`) go to ``sp_maps/``.
+    """
+    import json
+
+    from persodose.io.image import write_image
+    from persodose.metrics.organ import write_table_csv, write_table_json
+    from persodose.outputs import _jsonable, atomic_dir, write_provenance
+
+    with atomic_dir(out) as work:
+        write_image(result.dose_mgy, work / "dose_mgy.nii.gz")
+        write_image(result.uncertainty, work / "uncertainty.nii.gz")
+        if ct_files:
+            from persodose.io.rtdose import write_rtdose
+
+            gy = result.dose_mgy.with_array(result.dose_mgy.array.astype(np.float64) * 1e-3, Kind.DOSE, "Gy")
+            write_rtdose(gy, work / "dose_rtdose.dcm", reference_ct_files=[str(f) for f in ct_files],
+                         description="persodose CT scan dose (Monte Carlo, CTDIvol-calibrated)",
+                         summation_type="RECORD")
+        if result.organs:
+            write_table_csv(result.organs, work / "organs.csv")
+            write_table_json(result.organs, work / "organs.json", unit="mGy",
+                             uncertainty="standard uncertainty of the organ mean from the batch spread")
+        if result.effective_dose is not None:
+            (work / "effective_dose.json").write_text(json.dumps(_jsonable(result.effective_dose), indent=2))
+        write_provenance(work / "provenance.json", "ct", settings=None, inputs=inputs or {},
+                         acquisition=result.acquisition_dict(), acquisition_warnings=result.warnings,
+                         scanner={"name": result.scanner.name, "source": result.scanner.source,
+                                  "source_to_isocentre_mm": result.scanner.source_to_isocentre_mm,
+                                  "fan_angle_deg": result.scanner.fan_angle_deg,
+                                  "filtration_mm": dict(result.scanner.inherent_filtration_mm),
+                                  "bowtie": result.positions.bowtie.source,
+                                  "spectrum_hvl_mm_al": result.positions.spectrum.hvl_mm_al,
+                                  "spectrum_mean_energy_kev": result.positions.spectrum.mean_energy_kev},
+                         ctdi=result.ctdi.to_dict(), calibration=result.calibration.to_dict(),
+                         statistics=result.statistics)
+        if sp_maps is not None:
+            from persodose.ct.dose import write_single_position_maps
+
+            write_single_position_maps(sp_maps, work / "sp_maps")
+        build_ct_report(result, work / "report.html", title)
+    return Path(out) / "report.html"
+
+
+def build_ct_report(result: CTDoseResult, path: Path, title: str) -> Path:
+    """HTML report: acquisition, calibration, dose overlays, tube-current profile, organ doses."""
+    from persodose.report import figures
+    from persodose.report.html import Report
+
+    plt = figures._mpl()
+    rep = Report(title)
+    a, c, k = result.acquisition, result.calibration, result.ctdi
+    rep.table(["setting", "value"], [
+        ["kVp", a.kvp], ["mode / pitch", f"{a.mode} / {a.pitch:g}"], ["collimation (mm)", a.total_collimation_mm],
+        ["rotation time (s)", a.rotation_time_s], ["bowtie", a.bowtie], ["tube current from", a.tube_current_source],
+        ["scanner model", result.scanner.name], ["dose grid", f"{result.dose_mgy.shape} voxels of "
+                                                               f"{result.dose_mgy.spacing_zyx_mm[0]:g} mm"],
+        ["photons", result.statistics.get("n_photons")], ["start angle", result.statistics.get("start_angle")]])
+    for w in result.warnings:
+        rep.text("Warning: " + w, "warn")
+    rep.heading("Calibration on the CTDI phantom")
+    rep.table(["quantity", "value"], [
+        ["CTDI phantom (mm)", k.diameter_mm], ["C/P ratio", f"{k.centre_to_periphery:.3f} ± {k.centre_to_periphery_unc:.3f}"],
+        ["air/PMMA conversion centre, periphery", f"{k.conversion['centre']['ratio']:.3f}, {k.conversion['periphery']['ratio']:.3f}"],
+        ["nCTDIw SpekPy model (mGy/mAs)", k.nctdiw_mgy_per_mas],
+        ["CTDIvol target (mGy)", f"{c.ctdivol_target_mgy:.4g} ({c.ctdivol_source})"],
+        ["CTDIvol of the SpekPy model (mGy)", c.ctdivol_model_mgy],
+        ["implied photons/mAs (before bowtie)", c.implied_photons_per_mas],
+        ["SpekPy photons/mAs", c.spekpy_photons_per_mas], ["tube output factor", c.tube_output_factor],
+        ["mGy per (Gy per simulated photon)", c.mgy_per_gy_per_simulated_photon]])
+    for n in c.notes:
+        rep.text(n, "warn")
+    rep.heading("Dose map")
+    vmax = float(np.percentile(result.dose_mgy.array, 99.9)) or 1.0
+    rep.figure(figures.slices_figure([("CT", result.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000}),
+                                      ("dose (mGy)", result.dose_mgy, {"cmap": "inferno", "vmin": 0, "vmax": vmax})],
+                                     overlay_labels=result.labels), caption="Whole-body dose (mGy), axial and coronal")
+    fig, ax = plt.subplots(figsize=(7, 3))
+    if a.tube_current_ma is not None:
+        ax.plot(a.slice_z_mm, a.tube_current_ma)
+        ax.set_ylabel("tube current (mA)")
+    else:
+        ax.plot(a.slice_z_mm, a.relative_current)
+        ax.set_ylabel("relative tube current")
+    ax.set_xlabel("z (mm)")
+    ax.set_title(f"tube current along z ({a.tube_current_source})", fontsize=9)
+    rep.figure(fig, caption="Tube current profile along the table axis")
+    if result.organs:
+        rep.heading("Organ doses (mGy)")
+        rows = sorted(result.organs, key=lambda r: -r["mean_mGy"])
+        rep.table(["organ", "mass (g)", "mean (mGy)", "uncertainty (%)"],
+                  [[r["name"], r["mass_g"], r["mean_mGy"], r["rel_uncertainty_percent"]] for r in rows])
+        fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.2))
+        ax.barh([r["name"] for r in rows][::-1], [r["mean_mGy"] for r in rows][::-1],
+                xerr=[2 * r["sd_mGy"] for r in rows][::-1])
+        ax.set_xlabel("mean absorbed dose (mGy), error bars 2 SD")
+        rep.figure(fig, caption="Organ mean doses")
+    if result.effective_dose:
+        e = result.effective_dose
+        rep.heading("Effective dose (ICRP 103)")
+        rep.text(f"E = {e['effective_dose_msv']:.3g} ± {e['uncertainty_msv']:.2g} mSv, {e['status']}")
+        rep.text("Missing tissues: " + (", ".join(e["missing_tissues"]) or "none"))
+        for n in e.get("notes", []):
+            rep.text(n, "small")
+    rep.table(["step", "seconds"], [[s, v] for s, v in result.statistics.get("timings_s", {}).items()],
+              caption="Run time")
+    return rep.write(path)
