@@ -58,7 +58,7 @@ class TransportSettings:
     photon_cut_mev: float = 0.001  #: photons below this deposit locally
     hard_collision_cut_mev: float = 0.050  #: Moller/Bhabha energy transfers above it are explicit
     brems_cut_mev: float = 0.010  #: bremsstrahlung photons above it are explicit
-    max_eloss_fraction: float = 0.08  #: electron step: at most this fraction of T lost continuously
+    max_eloss_fraction: float = 0.04  #: electron step: at most this fraction of T lost continuously (0.04: ranges within 1 % of converged, docs/validation_electrons.md)
     max_step_lambda1: float = 0.25  #: electron step: at most this many first transport mean free paths
     range_rejection: bool = True  #: deposit an electron locally when its CSDA range cannot leave the voxel
     emax_mev: float = 3.0  #: top of the energy tables
