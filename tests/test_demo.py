@@ -10,7 +10,7 @@ from persodose.demo import DemoSettings, run_demo
 def test_demo_runs_end_to_end_and_its_checks_hold(tmp_path):
     out = tmp_path / "demo"
     fast = DemoSettings(voxel_mm=8.0, seed=1, mc_decays=200_000, kernel_decays=100_000,
-                        kernel_cache=str(tmp_path / "kernels"))
+                        kernel_cache=str(tmp_path / "kernels"), ct_photons=100_000, ct_dose_voxel_mm=10.0)
     report = run_demo(out, fast, log=lambda m: None)
     html = report.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64") >= 8
@@ -29,6 +29,10 @@ def test_demo_runs_end_to_end_and_its_checks_hold(tmp_path):
         d = out / "lu177-dotatate" / sub
         for name in ("dose_mc.nii.gz", "dose_msv_rtdose.dcm", "organs.json", "comparison.json", "report.html"):
             assert (d / name).exists(), (sub, name)
+    for name in ("dose_mgy.nii.gz", "dose_rtdose.dcm", "effective_dose.json", "report.html"):
+        assert (out / "fdg" / "ct_dose" / name).exists(), name
+    eff = json.loads((out / "fdg" / "ct_dose" / "effective_dose.json").read_text())
+    assert "partial" in json.dumps(eff)  # the phantom lacks colon, breast, gonads...: never a full E
     comp = json.loads((out / "lu177-dotatate" / "internal_true_tia" / "comparison.json").read_text())
     assert set(comp) == {"led", "ssv", "dsv", "msv"}
 

@@ -34,6 +34,8 @@ class DemoSettings:
     mc_decays: int = 2_000_000  #: Monte Carlo decays of each dose calculation
     kernel_decays: int = 1_000_000  #: decays per voxel S-value kernel (cached on disk)
     kernel_cache: str | None = None  #: kernel cache directory (default ~/.cache/persodose)
+    ct_photons: int = 2_000_000  #: photons of the CT-dose simulation of the FDG patient's CT scan
+    ct_dose_voxel_mm: float = 5.0
 
 
 @dataclass
@@ -56,6 +58,7 @@ class TracerResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     internal_images: object | None = None  #: InternalResult from the DICOM images
     internal_truth: object | None = None  #: InternalResult on the true TIA (method comparison)
+    ct_dose: object | None = None  #: CTDoseResult of the CT scan (PET/CT patient)
 
 
 def _organ_sums(activity: Grid, labels: Grid, names: dict[int, str]) -> dict[str, float]:
@@ -192,6 +195,22 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
                   title=f"persodose internal dosimetry: {tracer}, methods on the true TIA")
     timings["internal dosimetry (2 runs)"] = time.perf_counter() - t0
     log(f"  {tracer}: internal dosimetry done ({timings['internal dosimetry (2 runs)']:.0f} s)")
+    if tracer == "fdg" and settings.ct_photons > 0:
+        # the CT half of the PET/CT: helical scan with tube-current modulation from the headers
+        from persodose.mc import MCSettings
+        from persodose.workflows.ct import ct_dose, write_ct_outputs
+
+        t0 = time.perf_counter()
+        res.ct_dose = ct_dose(ct, ct_info, labels=labels, names=res.label_names, n_photons=settings.ct_photons,
+                              dose_voxel_mm=settings.ct_dose_voxel_mm, ctdi_photons=max(settings.ct_photons // 2, 1000),
+                              settings=MCSettings(n_batches=8, seed=777 + settings.seed))
+        write_ct_outputs(res.ct_dose, out / "ct_dose", ct_files=ct_info.files,
+                         title="persodose CT dosimetry: the virtual patient's PET/CT scan")
+        timings["CT dosimetry"] = time.perf_counter() - t0
+        e = res.ct_dose.effective_dose or {}
+        log(f"  {tracer}: CT dose: CTDIvol {res.ct_dose.calibration.ctdivol_target_mgy:.2f} mGy, "
+            f"effective dose {e.get('effective_dose_msv', float('nan')):.2f} mSv (partial: "
+            f"{e.get('covered_weight', float('nan')):.2f} of the ICRP 103 weight) ({timings['CT dosimetry']:.0f} s)")
     for line in method_comparison_lines(res.internal_truth):
         log("    " + line)
     res.series_rows.insert(0, ["CT", ct_info.series_description if ct_info else "CT",
@@ -331,6 +350,22 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
                        for g in ORGAN_GROUPS.values() for n in g if n in true and true[n] > 0],
                       caption="Image-based TIA (partial-volume, noise, sampling) against the truth, "
                               f"both with Monte Carlo dose. Full outputs: {res.tracer}/internal_from_images/report.html.")
+        if res.ct_dose is not None:
+            cd = res.ct_dose
+            rep.heading(f"{res.tracer}: dose from the CT scan")
+            rep.text("Helical CT with tube-current modulation read from the DICOM headers, Monte Carlo on the "
+                     "patient's density and materials, calibrated to the header CTDIvol with a CTDI-phantom "
+                     f"simulation. Full outputs: {res.tracer}/ct_dose/report.html.")
+            rows = sorted((r for r in cd.organs if r.get("mean_mGy") is not None and r.get("mass_g")),
+                          key=lambda r: -r["mean_mGy"])
+            rep.table(["organ", "mean dose (mGy)", "uncertainty (%)"],
+                      [[r["name"], r["mean_mGy"], r.get("rel_uncertainty_percent")] for r in rows[:15]])
+            e = cd.effective_dose or {}
+            rep.table(["quantity", "value"],
+                      [["CTDIvol (header mean, mGy)", cd.calibration.ctdivol_target_mgy],
+                       ["effective dose (mSv, partial)", e.get("effective_dose_msv")],
+                       ["ICRP 103 weight covered by the labels", e.get("covered_weight")],
+                       ["tissues missing from the labels", ", ".join(e.get("missing_tissues", []))]])
         rep.table(["radionuclide data (ICRP-107)", "value"], _nuclide_rows(res.nuclide))
         rep.table(["check", "result", "expected"], res.checks, caption="Checks")
         rep.table(["step", "seconds"], [[k, round(v, 2)] for k, v in res.timings_s.items()])
