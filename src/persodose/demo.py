@@ -180,7 +180,7 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
     nm_cal = next((f["calibration_cps_per_mbq"] for f in manifest["frames"] if f.get("calibration_cps_per_mbq")), None)
     points, _ = load_time_points([patient_dir / f["dicom_path"] for f in manifest["frames"]], vp.nuclide,
                                  calibration_cps_per_mbq=nm_cal, ct_info=ct_info)
-    isettings = InternalSettings(vp.nuclide, tia_method="trapezoid" if vp.nuclide == "F-18" else "auto",
+    isettings = InternalSettings(vp.nuclide, tia_method="dynamic" if vp.nuclide == "F-18" else "auto",
                                  mc_decays=settings.mc_decays, kernel_decays=settings.kernel_decays,
                                  kernel_cache=settings.kernel_cache, seed=12345 + settings.seed)
     quiet = lambda m: log(m) if "kernel" in m else None  # noqa: E731

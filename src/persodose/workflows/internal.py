@@ -44,7 +44,7 @@ class InternalSettings:
 
     nuclide: str
     methods: tuple[str, ...] = ("led", "ssv", "dsv", "msv", "mc")
-    tia_method: str = "auto"  #: see persodose.kinetics.tia.METHODS
+    tia_method: str = "auto"  #: persodose.kinetics.tia.METHODS, or "dynamic" (frames integrated over their intervals)
     dose_voxel_mm: float | None = None  #: cubic dose voxel; default the emission image's largest spacing
     mc_decays: int = 2_000_000  #: decays of the Monte Carlo method
     mc_batches: int = 8
@@ -79,6 +79,7 @@ class TimePoint:
     label: str
     info: object | None = None
     ct: Grid | None = None  #: this time point's own CT (SPECT/CT or PET/CT at each visit), to register
+    duration_s: float = 0.0  #: frame duration, s (for the analytic integration of dynamic frames)
 
 
 @dataclass
@@ -198,7 +199,7 @@ def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_c
             raise InputError(f"{p} was acquired before the injection ({t_s / 3600:.2f} h)")
         conc = _undo_decay_correction(series.grid, info, nuc.half_life_s, mid, injection) if injection else series.grid
         points.append(TimePoint(t_s, conc.to_activity(), f"{info.modality} {t_s / 3600:.2f} h", info,
-                                ct=own_cts[k][0] if own_cts else None))
+                                ct=own_cts[k][0] if own_cts else None, duration_s=float(duration)))
     points.sort(key=lambda tp: tp.time_s)
     times = [tp.time_s for tp in points]
     if len(set(np.round(times, 3))) != len(times):
@@ -282,6 +283,26 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
     if tia_override is not None:
         tia = tia_override.resample_to(ref) if not tia_override.same_geometry(ref) else tia_override
         tia_report = {"method": "given", "total_bq_s": tia.total()}
+    elif settings.tia_method == "dynamic":
+        # Dynamic frames (SINFONIA's FDG study): each frame's activity is its frame average
+        # (decay correction undone), integrated exactly over the frame; linear rise from the
+        # injection; physical decay after the last frame (persodose.kinetics.fit.integrate_dynamic).
+        from persodose.kinetics.fit import integrate_dynamic
+
+        durations = np.array([tp.duration_s for tp in time_points], dtype=np.float64)
+        if np.any(durations <= 0):
+            raise InputError("dynamic integration needs every frame's duration (ActualFrameDuration)")
+        starts = np.asarray(times, dtype=np.float64) - durations / 2.0
+        if np.any(starts[1:] < starts[:-1] + durations[:-1] - 1e-3):
+            raise InputError("dynamic frames overlap: integrate them with another --tia-method")
+        stack = np.stack([a.array.astype(np.float64) for a in activities])
+        parts = integrate_dynamic(starts, durations, stack, nuc.half_life_s)
+        tia = ref.with_array(np.asarray(parts.total, dtype=np.float32), Kind.TIA)
+        tia_report = {"method": "dynamic", "method_used": "dynamic (frame integrals, physical-decay tail)",
+                      "n_time_points": len(times), "times_s": list(times),
+                      "parts_bq_s": {"before_first": float(np.sum(parts.before_first)),
+                                     "frames": float(np.sum(parts.frames)), "gaps": float(np.sum(parts.gaps)),
+                                     "tail": float(np.sum(parts.tail))}}
     else:
         tia, tia_report = tia_map(activities, times, nuc.half_life_s, method=settings.tia_method,
                                   labels=lab, names=names or None)
