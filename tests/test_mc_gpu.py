@@ -346,3 +346,36 @@ def test_gpu_agrees_with_cpu_within_statistics(case):
     good = e_cpu.mean(axis=0) > 1e-3 * e_cpu.mean(axis=0).max()
     zv = _z(e_cpu[:, good], e_gpu[:, good])
     assert np.mean(zv > 3.5) < 0.02 + 3 * math.sqrt(0.0005 / max(int(good.sum()), 1))
+
+
+def test_engine_cuda_backend_refuses_cleanly_without_a_gpu_and_runs_in_the_simulator(tmp_path):
+    """The engine's backend="cuda": a one-line error without CUDA; through Numba's CUDA simulator
+    (a subprocess, the variable must be set before numba.cuda is imported) it runs the engine path
+    end to end and conserves energy."""
+    import subprocess
+    import sys
+
+    from persodose.errors import PersodoseError
+    from persodose.mc import MCSettings, VoxelPhantom, simulate_point_source
+    from persodose.mc.gpu import cuda_available
+    from persodose.physics.materials import get_material
+
+    ph = VoxelPhantom.homogeneous((5, 5, 5), 4.0, get_material("water"))
+    if not cuda_available():
+        with pytest.raises(PersodoseError, match="GPU"):
+            simulate_point_source(ph, "electron", 0.3, 10, settings=MCSettings(n_batches=2, backend="cuda"))
+    with pytest.raises(PersodoseError):
+        MCSettings(backend="opencl")
+    code = (
+        "from persodose.mc import MCSettings, VoxelPhantom, simulate_point_source\n"
+        "from persodose.physics.materials import get_material\n"
+        "ph = VoxelPhantom.homogeneous((5, 5, 5), 4.0, get_material('water'))\n"
+        "r = simulate_point_source(ph, 'positron', 0.3, 8, settings=MCSettings(n_batches=2, chunks_per_batch=4, "
+        "backend='cuda'))\n"
+        "b = r.energy_balance\n"
+        "assert abs(b['emitted_mev'] + b['annihilation_rest_energy_mev'] - b['deposited_mev'] - b['escaped_mev']) < 1e-9\n"
+        "print('OK', b['annihilation_rest_energy_mev'])\n"
+    )
+    env = dict(__import__("os").environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

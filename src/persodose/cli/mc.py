@@ -59,6 +59,7 @@ def mc(
     seed: int = typer.Option(12345, "--seed", help="Random seed."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Save the running tally here after every batch (.npz)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --checkpoint."),
+    backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU; 16384 chunks per batch)."),
 ) -> None:
     """Absorbed dose (Gy) and its uncertainty by Monte Carlo transport of every emission."""
     import json
@@ -86,7 +87,8 @@ def mc(
     if not source.same_geometry(phantom.density):
         source = source.resample_to(phantom.density)  # sum-preserving
         typer.echo("TIA resampled onto the density grid (sum-preserving)")
-    settings = MCSettings(n_batches=batches, seed=seed)
+    settings = MCSettings(n_batches=batches, seed=seed, backend=backend,
+                          chunks_per_batch=16384 if backend == "cuda" else 32)
     tally = Tally.load(checkpoint) if resume else None
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{nuc.name}: {decays:.3g} decays", total=batches)
@@ -97,7 +99,7 @@ def mc(
         write_image(result.relative_uncertainty, work / "uncertainty.nii.gz")
         write_provenance(
             work / "provenance.json", "mc",
-            settings={"n_batches": batches, "seed": seed, "transport": settings.transport},
+            settings={"n_batches": batches, "seed": seed, "backend": backend, "transport": settings.transport},
             inputs={"tia": str(tia), "density": str(density) if density else None,
                     "materials": str(materials) if materials else None, "ct": str(ct) if ct else None},
             nuclide=nuc.name, decays_simulated=result.tally.n_primaries,

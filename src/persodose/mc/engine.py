@@ -117,8 +117,13 @@ class MCSettings:
     chunks_per_batch: int = 32  #: parallel work units per batch, each with its own random stream
     seed: int = 12345  #: master seed
     transport: TransportSettings = field(default_factory=TransportSettings)
+    #: "cpu" (Numba, parallel over chunks) or "cuda" (one GPU thread per chunk: give
+    #: chunks_per_batch >= ~16384 so that the GPU is filled; the same chunks give the same streams)
+    backend: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("cpu", "cuda"):
+            raise InputError(f"unknown Monte Carlo backend {self.backend!r}; choose cpu or cuda")
         if int(self.n_batches) < 2:
             raise InputError("n_batches must be at least 2 (uncertainty needs several batches)")
         if int(self.chunks_per_batch) < 1:
@@ -681,6 +686,17 @@ _KERNEL_LOCK = threading.Lock()
 def _launch(problem: MCProblem, ws: _Workspace, stream0: int, per_chunk: np.ndarray) -> None:
     kind, source, geometry, decay, physics = problem._kernel_args()
     seed = np.uint64(problem.seed)
+    if problem.settings.backend == "cuda":
+        from persodose.mc import gpu
+
+        gpu.require_cuda()
+        if kind == "decays":
+            gpu.run_decays_cuda(seed, stream0, per_chunk, *source, *geometry, *decay, *physics, ws.edep, ws.ctr)
+        elif kind == "particles":
+            gpu.run_particles_cuda(seed, stream0, per_chunk, *source, *geometry, *physics, ws.edep, ws.ctr)
+        else:
+            raise InputError("external beam sources (CT) have no CUDA driver yet: use the cpu backend")
+        return
     if kind == "decays":
         tr.run_decays(seed, stream0, per_chunk, *source, *geometry, *decay, *physics, ws.edep, ws.ctr, ws.stacks)
     elif kind == "beam":
