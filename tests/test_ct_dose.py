@@ -345,3 +345,24 @@ def test_ctdi_head_centre_to_periphery_ratio():
     lo, hi = PUBLISHED_CP_16CM
     tol = 3 * r.centre_to_periphery_unc
     assert lo - tol <= r.centre_to_periphery <= hi + tol, (r.centre_to_periphery, r.centre_to_periphery_unc)
+
+
+def test_marrow_dose_factor():
+    """mu_en ratio over a 120 kVp spectrum: ~1 for soft tissue, well below 1 in a bone mixture."""
+    from persodose.ct.dose import marrow_dose_factor, red_marrow_material
+    from persodose.physics.materials import default_materials
+
+    mats = default_materials()
+    soft = next(i for i, m in enumerate(mats) if m.name == "ct_soft_tissue")
+    bone = next(i for i, m in enumerate(mats) if m.name == "ct_bone_2")
+    spec = SCANNER.spectrum(120.0)
+    psi = spec.fluence_per_mas_cm2 * spec.energy_mev
+    one = np.ones(4)
+    f_soft = marrow_dose_factor(one, one, np.full(4, soft), mats, spec.energy_mev, psi)
+    f_bone = marrow_dose_factor(one, one, np.full(4, bone), mats, spec.energy_mev, psi)
+    assert 0.85 < f_soft < 1.0, f_soft  # marrow is fat-rich: slightly lower mu_en than soft tissue (0.92)
+    assert 0.3 < f_bone < 0.6, f_bone  # 0.38: calcium raises the bone mixture's mu_en
+    # energy-weighted: a voxel that absorbs nothing does not count
+    mixed = marrow_dose_factor(np.array([1.0, 0.0]), np.ones(2), np.array([soft, bone]), mats, spec.energy_mev, psi)
+    assert mixed == pytest.approx(f_soft)
+    assert red_marrow_material().electrons_per_gram() > 3.2e23

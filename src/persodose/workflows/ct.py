@@ -242,8 +242,27 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
             extra = {k: val for k, val in stats.get(v, {}).items() if k not in ("label", "name", "mass_g")}
             row.update({("voxel_" + k if k in ("mean_mGy", "std_mGy") else k): val for k, val in extra.items()})
             organs.append(row)
-        from persodose.risk.effective_dose import effective_dose
+        from persodose.ct.dose import marrow_dose_factor
+        from persodose.risk.effective_dose import effective_dose, tissue_for_label
 
+        # Red marrow: the voxels hold a bone-marrow mixture; its dose is converted to dose to
+        # marrow with the mu_en ratio over the beam spectrum (ct.dose.marrow_dose_factor)
+        spec = scanner.spectrum(acq.kvp)
+        lab_arr = np.asarray(lab.array)
+        for row in organs:
+            if tissue_for_label(row["name"]) == "red_marrow":
+                m = lab_arr == row["label"]
+                if not m.any():
+                    continue
+                f = marrow_dose_factor(dose.array[m], phantom.mass_kg[m], np.asarray(phantom.materials.array)[m],
+                                       phantom.material_list, spec.energy_mev,
+                                       spec.fluence_per_mas_cm2 * spec.energy_mev)
+                row["dose_to_medium_mGy"] = row["mean_mGy"]
+                row["marrow_factor"] = f
+                row["mean_mGy"] = row["mean_mGy"] * f
+                row["sd_mGy"] = row["sd_mGy"] * f
+                row["note"] = ("dose to red marrow = dose to the bone-marrow mixture x mu_en ratio "
+                               "(ICRU 46 marrow / voxel medium, beam spectrum)")
         e = effective_dose({r["name"]: r["mean_mGy"] * 1e-3 for r in organs},
                            {r["name"]: r["mass_g"] for r in organs},
                            {r["name"]: r["sd_mGy"] * 1e-3 for r in organs})
