@@ -38,13 +38,12 @@ import numpy as np
 
 from persodose.errors import InputError
 from persodose.grid import Grid, Kind
+from persodose.physics.constants import MEV_TO_J  # noqa: F401
 
 __all__ = ["ScanSampler", "BeamRun", "run_beam_batches", "patient_phantom", "water_cylinder_phantom",
            "Calibration", "calibrate", "single_position_maps", "SinglePositionMaps",
            "write_single_position_maps", "BODY_THRESHOLD_HU", "MEV_TO_J"]
 
-#: 1 MeV in joules (SI 2019, exact).
-MEV_TO_J = 1.602176634e-13
 #: CT number above which a voxel counts as part of the body (or couch) for the input check, HU.
 BODY_THRESHOLD_HU = -500.0
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from persodose.errors import GeometryError, InputError, UnitsError
 from persodose.physics.radionuclides import normalise_nuclide_name
+from persodose.physics.constants import MEV_TO_J  # noqa: F401
 
 __all__ = [
     "MGY_PER_MBQ_S_TO_GY_PER_BQ_S",
@@ -47,8 +48,6 @@ __all__ = [
 
 #: 1 mGy/(MBq s) in Gy/(Bq s).
 MGY_PER_MBQ_S_TO_GY_PER_BQ_S = 1e-9
-#: 1 MeV in joule (CODATA 2018: e = 1.602176634e-19 C, exact).
-MEV_TO_J = 1.602176634e-13
 #: Density of the soft tissue of soft-tissue voxel S-value kernels, g/cm3: the ICRU soft-tissue
 #: density named in the persodose issue (DSV scales from it). Check the density stated with any
 #: published table you load and pass it as ``density_g_cm3`` (or a ``# density_g_cm3:`` header).

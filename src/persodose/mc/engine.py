@@ -40,9 +40,8 @@ from persodose.mc import transport as tr
 from persodose.mc.sources import DecayTables, decay_tables, voxel_source
 from persodose.mc.tables import TransportSettings, TransportTables, build_tables
 from persodose.physics.materials import Material
+from persodose.physics.constants import MEV_TO_J  # noqa: F401
 
-#: 1 MeV in joules (SI 2019, exact).
-MEV_TO_J = 1.602176634e-13
 #: Densities accepted in a phantom, g/cm3 (below: vacuum is not supported; above: no tissue or implant of interest).
 DENSITY_RANGE_G_CM3 = (1e-4, 25.0)
 

@@ -23,21 +23,8 @@ import numpy as np
 
 from persodose.errors import InputError
 from persodose.physics.materials import Material, element_z_a
+from persodose.physics.constants import ELECTRON_MASS_MEV, R_E_CM, ALPHA, AVOGADRO_PER_MOL, HBARC_MEV_CM, HC_KEV_ANGSTROM, BOHR_RADIUS_CM  # noqa: F401
 
-#: hbar c, MeV cm (CODATA 2018).
-HBARC_MEV_CM = 1.973269804e-11
-#: Bohr radius, cm (CODATA 2018).
-BOHR_RADIUS_CM = 5.29177210903e-9
-#: Classical electron radius, cm (CODATA 2018).
-R_E_CM = 2.8179403262e-13
-#: Electron rest energy, MeV (CODATA 2018).
-ELECTRON_MASS_MEV = 0.51099895
-#: Fine-structure constant (CODATA 2018).
-ALPHA = 7.2973525693e-3
-#: Avogadro constant, 1/mol (exact).
-AVOGADRO_PER_MOL = 6.02214076e23
-#: hc in keV Angstrom: x = sin(theta/2) / lambda = E[keV] sin(theta/2) / 12.39842.
-HC_KEV_ANGSTROM = 12.398419843
 
 # Indices of the packed photon table.
 PH_PHOTO, PH_COMPTON, PH_RAYLEIGH, PH_PAIR = 0, 1, 2, 3

@@ -68,8 +68,8 @@ from numba import njit, prange
 
 from persodose.mc.rng import seed_state, uniform
 
-MC2 = 0.51099895  # electron rest energy, MeV (CODATA 2018)
-HC_KEV_A = 12.398419843  # hc, keV Angstrom
+from persodose.physics.constants import ELECTRON_MASS_MEV as MC2  # noqa: E402  (electron rest energy, MeV)
+from persodose.physics.constants import HC_KEV_ANGSTROM as HC_KEV_A  # noqa: E402  (hc, keV Angstrom)
 
 # particle types on the stack
 PHOTON, ELECTRON, POSITRON = 0, 1, 2

@@ -64,15 +64,8 @@ import numpy as np
 
 from persodose.errors import InputError
 from persodose.physics.materials import Material, element_z_a, known_elements
+from persodose.physics.constants import ELECTRON_MASS_MEV, R_E_CM, ALPHA, AVOGADRO_PER_MOL  # noqa: F401
 
-#: Electron rest energy, MeV (CODATA 2018).
-ELECTRON_MASS_MEV = 0.51099895
-#: Classical electron radius, cm (CODATA 2018).
-R_E_CM = 2.8179403262e-13
-#: Fine-structure constant (CODATA 2018).
-ALPHA = 7.2973525693e-3
-#: Avogadro constant, 1/mol (SI 2019, exact).
-AVOGADRO_PER_MOL = 6.02214076e23
 #: 2 pi r_e^2 m c^2 N_A, MeV cm2/mol (0.153537).
 K_BETHE_MEV_CM2_MOL = 2.0 * math.pi * R_E_CM**2 * ELECTRON_MASS_MEV * AVOGADRO_PER_MOL
 
@@ -151,19 +144,9 @@ def _is_icru_water(mat: Material) -> bool:
 
 
 def _check_energies(energy_mev, what: str = "electron kinetic energy") -> np.ndarray:
-    e = np.asarray(energy_mev, dtype=np.float64)
-    if e.ndim == 0:
-        e = e.reshape(1)
-    if e.ndim != 1 or e.size == 0:
-        raise InputError(f"{what} grid must be a non-empty 1-D array")
-    if not np.all(np.isfinite(e)):
-        raise InputError(f"{what} grid contains NaN or infinite values")
-    if np.any(e < DEFAULT_EMIN_MEV * (1 - 1e-9)) or np.any(e > 10.0 * (1 + 1e-9)):
-        raise InputError(f"{what} outside the supported range 0.001-10 MeV: "
-                         f"{e.min():.4g}-{e.max():.4g} MeV")
-    if e.size > 1 and np.any(np.diff(e) <= 0):
-        raise InputError(f"{what} grid must be strictly increasing")
-    return e
+    from persodose.physics.photon_data import check_energy_grid
+
+    return check_energy_grid(energy_mev, what, emax_mev=10.0)
 
 
 def _check_cut(cut_mev: float, what: str) -> float:

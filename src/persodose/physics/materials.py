@@ -67,9 +67,8 @@ import numpy as np
 
 from persodose.errors import InputError, MaterialError, require_finite
 from persodose.grid import Grid, Kind
+from persodose.physics.constants import AVOGADRO_PER_MOL  # noqa: F401
 
-#: Avogadro constant, 1/mol (exact since the 2019 SI redefinition; CODATA 2018).
-AVOGADRO_PER_MOL = 6.02214076e23
 
 #: Lowest CT number of a 12-bit scanner, HU; lower values clamp to the first (air) class.
 HU_FLOOR = -1024.0

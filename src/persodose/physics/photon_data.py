@@ -67,15 +67,8 @@ import numpy as np
 
 from persodose.errors import InputError, MaterialError, OptionalDependencyError
 from persodose.physics.materials import Material, get_material
+from persodose.physics.constants import ELECTRON_MASS_MEV, R_E_CM, AVOGADRO_PER_MOL, HC_KEV_ANGSTROM  # noqa: F401
 
-#: Electron rest energy, MeV (CODATA 2018).
-ELECTRON_MASS_MEV = 0.51099895
-#: Classical electron radius, cm (CODATA 2018).
-R_E_CM = 2.8179403262e-13
-#: Avogadro constant, 1/mol (SI 2019, exact).
-AVOGADRO_PER_MOL = 6.02214076e23
-#: hc in keV Angstrom, the value xraylib uses for its momentum transfer (``KEV2ANGST``).
-HC_KEV_ANGSTROM = 12.3984193
 
 #: Default energy grid: 1 keV to 3 MeV, log-spaced.
 DEFAULT_EMIN_MEV = 1e-3
@@ -144,7 +137,12 @@ def default_energy_grid_mev(n: int = DEFAULT_N_ENERGIES, emin_mev: float = DEFAU
     return np.geomspace(emin_mev, emax_mev, int(n))
 
 
-def _check_energies(energy_mev, what: str = "photon energy") -> np.ndarray:
+def check_energy_grid(energy_mev, what: str = "photon energy", emax_mev: float = 20.0) -> np.ndarray:
+    """A strictly increasing, finite 1-D energy grid within 1 keV - ``emax_mev``, as float64.
+
+    Raises:
+        InputError: naming ``what`` and the offending range.
+    """
     e = np.asarray(energy_mev, dtype=np.float64)
     if e.ndim == 0:
         e = e.reshape(1)
@@ -152,8 +150,8 @@ def _check_energies(energy_mev, what: str = "photon energy") -> np.ndarray:
         raise InputError(f"{what} grid must be a non-empty 1-D array")
     if not np.all(np.isfinite(e)):
         raise InputError(f"{what} grid contains NaN or infinite values")
-    if np.any(e < DEFAULT_EMIN_MEV * (1 - 1e-9)) or np.any(e > 20.0):
-        raise InputError(f"{what} outside the tabulated range 0.001-20 MeV: "
+    if np.any(e < DEFAULT_EMIN_MEV * (1 - 1e-9)) or np.any(e > emax_mev * (1 + 1e-9)):
+        raise InputError(f"{what} outside the tabulated range 0.001-{emax_mev:g} MeV: "
                          f"{e.min():.4g}-{e.max():.4g} MeV")
     if e.size > 1 and np.any(np.diff(e) <= 0):
         raise InputError(f"{what} grid must be strictly increasing")
@@ -491,7 +489,7 @@ def photon_tables(material: Material | Mapping[str, float] | str, energy_mev=Non
         OptionalDependencyError: xraylib is not installed.
     """
     mat = as_material(material)
-    e = default_energy_grid_mev() if energy_mev is None else _check_energies(energy_mev)
+    e = default_energy_grid_mev() if energy_mev is None else check_energy_grid(energy_mev)
     key = (_composition_key(mat), e.size, float(e[0]), float(e[-1]), hash(e.tobytes()))
     hit = _CACHE.get(key)
     if hit is not None:
