@@ -68,13 +68,14 @@ def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, out)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Plain JSON-ready data from dataclasses, paths, numpy arrays and scalars, enums."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+        return {k: jsonable(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):
@@ -110,8 +111,11 @@ def write_provenance(path: str | os.PathLike, command: str, settings: Any = None
         "host": platform.node(),
         "platform": platform.platform(),
         "versions": versions(),
-        "settings": _jsonable(settings) if settings is not None else None,
-        "inputs": _jsonable(inputs or {}),
+        "settings": jsonable(settings) if settings is not None else None,
+        "inputs": jsonable(inputs or {}),
     }
-    doc.update({k: _jsonable(v) for k, v in extra.items()})
+    doc.update({k: jsonable(v) for k, v in extra.items()})
     Path(path).write_text(json.dumps(doc, indent=2, sort_keys=False))
+
+
+_jsonable = jsonable  # former private name

@@ -31,7 +31,7 @@ def compare(
     from persodose.io.image import read_image
     from persodose.metrics.compare import compare as compare_maps
     from persodose.metrics.compare import ensemble_noise
-    from persodose.outputs import _jsonable, atomic_dir, write_provenance
+    from persodose.outputs import jsonable, atomic_dir, write_provenance
 
     def load(path: Path):
         return read_image(path, unit=units) if units else read_image(path)
@@ -77,7 +77,7 @@ def compare(
         from persodose.metrics.voxel import joint_histogram_figure
 
         with atomic_dir(out) as work:
-            (work / "comparison.json").write_text(json.dumps(_jsonable(result), indent=2, default=str))
+            (work / "comparison.json").write_text(json.dumps(jsonable(result), indent=2, default=str))
             try:
                 fig = joint_histogram_figure(ref, tst, None, unit=ref.unit or "", reference_name=reference.name,
                                              test_name=test.name)

@@ -333,13 +333,21 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
     ds.PixelData = pixels.tobytes()
     ds["PixelData"].VR = "OW"
 
+    return write_dataset(ds, RT_DOSE_STORAGE, sop_uid, out_path)
+
+
+def write_dataset(ds, sop_class_uid: str, sop_instance_uid: str, out_path) -> Path:
+    """Give ``ds`` its file meta (explicit VR little endian) and write it atomically."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_DOSE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
-
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)

@@ -264,14 +264,12 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     """
     import datetime as _dt
 
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import generate_uid
 
     from persodose.io.rtdose import _IDENTITY_KEYWORDS, _ds_str
     from persodose.io.seg import _labels_on, _read_dataset, _series_geometry
-    from persodose.outputs import atomic_file
 
     if not isinstance(labels, Grid):
         raise InputError(f"write_rtstruct needs a Grid, got {type(labels).__name__}")
@@ -378,13 +376,6 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     ds.ROIContourSequence = Sequence(roi_contours)
     ds.RTROIObservationsSequence = Sequence(observations)
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    out_path = Path(out_path)
-    with atomic_file(out_path) as tmp:
-        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    return out_path
+    from persodose.io.rtdose import write_dataset
+
+    return write_dataset(ds, RT_STRUCTURE_SET_STORAGE, sop_uid, out_path)

@@ -296,7 +296,7 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
 
     from persodose.io.image import write_image
     from persodose.metrics.organ import write_table_csv, write_table_json
-    from persodose.outputs import _jsonable, atomic_dir, write_provenance
+    from persodose.outputs import jsonable, atomic_dir, write_provenance
 
     with atomic_dir(out) as work:
         write_image(result.dose_mgy, work / "dose_mgy.nii.gz")
@@ -313,7 +313,7 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
             write_table_json(result.organs, work / "organs.json", unit="mGy",
                              uncertainty="standard uncertainty of the organ mean from the batch spread")
         if result.effective_dose is not None:
-            (work / "effective_dose.json").write_text(json.dumps(_jsonable(result.effective_dose), indent=2))
+            (work / "effective_dose.json").write_text(json.dumps(jsonable(result.effective_dose), indent=2))
         write_provenance(work / "provenance.json", "ct", settings=None, inputs=inputs or {},
                          acquisition=result.acquisition_dict(), acquisition_warnings=result.warnings,
                          scanner={"name": result.scanner.name, "source": result.scanner.source,

@@ -400,7 +400,7 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
     from persodose.io.image import write_image
     from persodose.metrics.dvh import dvhs_for_labels, write_dvh_csv
     from persodose.metrics.organ import write_organ_table_csv, write_organ_table_json
-    from persodose.outputs import _jsonable, atomic_dir, write_provenance
+    from persodose.outputs import jsonable, atomic_dir, write_provenance
 
     with atomic_dir(out) as work:
         write_image(result.tia, work / "tia.nii.gz")
@@ -427,13 +427,13 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
                 write_dvh_csv(dvhs, work / f"dvh_{method}.csv")
             write_organ_table_json(all_rows, work / "organs.json")
             if result.organ_mird:
-                (work / "organ_mird.json").write_text(json.dumps(_jsonable(result.organ_mird), indent=2))
-        (work / "kinetics.json").write_text(json.dumps(_jsonable({
+                (work / "organ_mird.json").write_text(json.dumps(jsonable(result.organ_mird), indent=2))
+        (work / "kinetics.json").write_text(json.dumps(jsonable({
             "tia_report": result.tia_report, "times_s": [tp.time_s for tp in result.time_points],
             "organs": {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in result.organ_kinetics.items()},
         }), indent=2, default=str))
         if result.comparison:
-            (work / "comparison.json").write_text(json.dumps(_jsonable(
+            (work / "comparison.json").write_text(json.dumps(jsonable(
                 {m: {k: v for k, v in c.items() if k != "mask"} for m, c in result.comparison.items()}),
                 indent=2, default=str))
         write_provenance(work / "provenance.json", "internal", settings=result.settings, inputs=inputs or {},
