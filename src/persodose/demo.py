@@ -67,22 +67,6 @@ def _organ_sums(activity: Grid, labels: Grid, names: dict[int, str]) -> dict[str
     return {names[k]: float(sums[k]) for k in sorted(names)}
 
 
-def _read_frames(patient_dir: Path, manifest: dict):
-    """Read every emission frame of the manifest back through the DICOM readers."""
-    from persodose.io.dicom import read_nm, read_pet, require_acquisition_time
-
-    out = []
-    for frame in manifest["frames"]:
-        path = patient_dir / frame["dicom_path"]
-        if frame["modality"] == "NM":
-            series = read_nm(path, calibration_cps_per_mbq=frame["calibration_cps_per_mbq"])
-        else:
-            series = read_pet(path)
-        require_acquisition_time(series.info)
-        out.append((frame, series))
-    return out
-
-
 def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> TracerResult:
     """Run the demo steps for one tracer, writing into ``work``."""
     from persodose.io.image import write_image
@@ -137,24 +121,18 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
             continue
         res.mass_rows.append([name, float(nominal), float(mass_g[k]), 100.0 * (mass_g[k] / nominal - 1.0)])
 
-    # Emission images back through DICOM, onto the CT grid, organ activities vs truth.
+    # Emission images back through DICOM (once: the same time points feed the dosimetry below),
+    # onto the CT grid, organ activities vs truth.
+    from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
+
     t0 = time.perf_counter()
-    frames = _read_frames(patient_dir, manifest)
-    injection = vp.injection_datetime
-    for (frame, series), truth in zip(frames, vp.truth_activity):
-        info = series.info
-        grid = series.grid
-        if grid.kind is Kind.COUNTS:
-            raise RuntimeError("SPECT counts were not calibrated")
-        hours = (info.acquisition_datetime - injection).total_seconds() / 3600.0
-        # Scanner images are decay-corrected to the frame start (PET) or not at all (SPECT):
-        # undo the correction so that the numbers are the activity present at that time.
-        conc = grid
-        if info.decay_correction and info.decay_correction.upper() == "START" and info.half_life_s:
-            lam = np.log(2.0) / info.half_life_s
-            dt = (info.acquisition_datetime - injection).total_seconds()
-            conc = grid.with_array(grid.array * np.exp(-lam * dt))
-        activity = conc.to_activity()
+    nm_cal = next((f["calibration_cps_per_mbq"] for f in manifest["frames"] if f.get("calibration_cps_per_mbq")), None)
+    points, _ = load_time_points([patient_dir / f["dicom_path"] for f in manifest["frames"]], vp.nuclide,
+                                 calibration_cps_per_mbq=nm_cal, ct_info=ct_info)
+    for tp, truth in zip(points, vp.truth_activity):
+        info = tp.info
+        hours = tp.time_s / 3600.0
+        activity = tp.activity  # Bq at mid-frame, the scanner's decay correction undone
         on_ct = activity.resample_to(ct)
         res.checks.append([
             f"{info.modality} {hours:6.1f} h: activity total kept by resampling",
@@ -168,18 +146,12 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
             res.organ_measured_bq.setdefault(name, []).append(measured[name])
             res.organ_true_bq.setdefault(name, []).append(true[name])
         res.series_rows.append([info.modality, info.series_description, info.acquisition_datetime.isoformat(sep=" "),
-                                f"{hours:.2f}", info.units, f"{grid.total() * grid.voxel_volume_ml / 1e6:.1f}"
-                                if grid.kind is Kind.ACTIVITY_CONCENTRATION else "-"])
+                                f"{hours:.2f}", info.units, f"{activity.total() / 1e6:.1f}"])
     timings["read emission, resample"] = time.perf_counter() - t0
     # Internal dosimetry, twice: (1) the clinical chain from the DICOM images; (2) every
     # method on the TRUE time-integrated activity with Monte Carlo as the reference, which
     # isolates the dose-calculation error (the comparison of the SINFONIA FDG study).
-    from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
-
     t0 = time.perf_counter()
-    nm_cal = next((f["calibration_cps_per_mbq"] for f in manifest["frames"] if f.get("calibration_cps_per_mbq")), None)
-    points, _ = load_time_points([patient_dir / f["dicom_path"] for f in manifest["frames"]], vp.nuclide,
-                                 calibration_cps_per_mbq=nm_cal, ct_info=ct_info)
     isettings = InternalSettings(vp.nuclide, tia_method="dynamic" if vp.nuclide == "F-18" else "auto",
                                  mc_decays=settings.mc_decays, kernel_decays=settings.kernel_decays,
                                  kernel_cache=settings.kernel_cache, seed=12345 + settings.seed)
@@ -216,7 +188,7 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
     res.series_rows.insert(0, ["CT", ct_info.series_description if ct_info else "CT",
                                ct_info.acquisition_datetime.isoformat(sep=" ") if ct_info and ct_info.acquisition_datetime else "",
                                "", "HU", "-"])
-    log(f"  {tracer}: {len(frames)} emission frames read back and resampled onto the CT grid")
+    log(f"  {tracer}: {len(points)} emission frames read back and resampled onto the CT grid")
     return res
 
 
@@ -283,7 +255,8 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
                                     ["tracers", ", ".join(settings.tracers)]])
     for res in results:
         rep.heading(f"{res.tracer} ({res.nuclide})")
-        rep.table(["modality", "description", "acquired", "hours p.i.", "units", "total (MBq)"], res.series_rows,
+        rep.table(["modality", "description", "acquired", "hours p.i. (mid-frame)", "units",
+                   "activity in the field of view at mid-frame (MBq)"], res.series_rows,
                   caption="Series read from DICOM")
         rep.figure(figures.slices_figure([
             ("CT", res.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000}),
