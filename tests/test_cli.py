@@ -143,6 +143,7 @@ def test_mc_command_end_to_end(cli, tmp_path):
     assert dose.kind is Kind.DOSE and dose.array[6, 6, 6] > 0
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["nuclide"] == "Lu-177" and prov["decays_simulated"] == 20000
+    assert prov["backend"]["name"] == "numba-cpu" and prov["settings"]["chunks_per_batch"] == 32
     bal = prov["energy_balance_mev_per_decay"]
     assert bal["deposited_mev"] + bal["escaped_mev"] == pytest.approx(bal["emitted_mev"], rel=1e-6)
     # mean dose in the source cube ~ electron energy x decays / mass (electrons stay local at 4 mm)

@@ -67,6 +67,26 @@ def _point_args(kind, energy_mev, ph, direction=None):
     return (kind, np.array([energy_mev]), np.array([1.0]), pos, d / np.linalg.norm(d), direction is None)
 
 
+def _beam_photons(ph, n, seed=0):
+    """``n`` photons of 40-140 keV from a point 60 mm beside the phantom, aimed at it with some spread."""
+    nz, ny, nx = ph.density.shape
+    sz, sy, sx = ph.density.spacing_zyx_mm
+    r = np.random.default_rng(seed)
+    origins = np.tile([-60.0, ny * sy / 2, nz * sz / 2], (n, 1))
+    target = np.column_stack([np.full(n, nx * sx / 2), r.uniform(0.1, 0.9, n) * ny * sy,
+                              r.uniform(0.1, 0.9, n) * nz * sz])
+    target[: n // 10, 1] = -40.0  # a tenth misses the grid altogether
+    d = target - origins
+    return origins, d / np.linalg.norm(d, axis=1, keepdims=True), r.uniform(0.04, 0.14, n)
+
+
+def _beam_args(ph, per_chunk, seed=0):
+    """``(chunk_start, chunk_n, origins, directions, energies)`` for run_beam and run_beam_cuda."""
+    per_chunk = np.asarray(per_chunk, np.int64)
+    starts = np.concatenate(([0], np.cumsum(per_chunk)[:-1])).astype(np.int64)
+    return (starts, per_chunk, *_beam_photons(ph, int(per_chunk.sum()), seed))
+
+
 def _balance(ctr):
     lhs = ctr[tr.C_EMITTED] + ctr[tr.C_ANNIHILATION]
     rhs = ctr[tr.C_DEPOSITED] + ctr[tr.C_ESCAPED]
@@ -166,6 +186,8 @@ _SIM_SCRIPT = textwrap.dedent("""
     source, decay = t._decay_args(ph, "Lu-177", src, ts)
     args = (np.uint64(3), 0, np.array([4, 4, 4]), *source, *geometry, *decay, *physics)
     out["Lu-177"] = cpu_run(tr.run_decays, args) + gpu_run(gpu.run_decays_cuda, args)
+    args = (np.uint64(9), 2, *t._beam_args(ph, per_chunk), *geometry, *physics)
+    out["beam"] = cpu_run(tr.run_beam, args) + gpu_run(gpu.run_beam_cuda, args)
     np.savez(sys.argv[2], **{f"{k}__{i}": v for k, arrs in out.items() for i, v in enumerate(arrs)})
     print(json.dumps(checks))
 """)
@@ -198,7 +220,7 @@ def test_simulated_gpu_uses_the_cuda_build(simulated):
     assert checks == {"simulated": True, "atomic_deposit_bound": True}
 
 
-@pytest.mark.parametrize("case", ["electron", "photon", "positron", "Lu-177"])
+@pytest.mark.parametrize("case", ["electron", "photon", "positron", "Lu-177", "beam"])
 def test_simulated_gpu_reproduces_cpu_tally_stream_by_stream(simulated, case):
     """Same seeds, same split into streams: the same histories, so the same tally up to float rounding."""
     _, cases = simulated
@@ -210,7 +232,7 @@ def test_simulated_gpu_reproduces_cpu_tally_stream_by_stream(simulated, case):
     assert np.count_nonzero(e_gpu) > 3
 
 
-@pytest.mark.parametrize("case", ["electron", "photon", "positron", "Lu-177"])
+@pytest.mark.parametrize("case", ["electron", "photon", "positron", "Lu-177", "beam"])
 def test_simulated_gpu_conserves_energy(simulated, case):
     """emitted + annihilation rest energy = deposited + escaped; the voxel tally holds the deposit."""
     _, cases = simulated
@@ -221,8 +243,10 @@ def test_simulated_gpu_conserves_energy(simulated, case):
     assert c_gpu[tr.C_OVERFLOW] == 0.0
     if case == "positron":
         assert c_gpu[tr.C_ANNIHILATION] == pytest.approx(50 * 2 * tr.MC2, rel=1e-12)
-    if case == "photon":
+    if case in ("photon", "beam"):
         assert c_gpu[tr.C_ESCAPED] > 0
+    if case == "beam":  # the tenth aimed beside the grid escapes uncollided
+        assert c_gpu[tr.C_UNCOLLIDED] >= 0.05 * c_gpu[tr.C_EMITTED]
 
 
 def test_simulated_gpu_streams_differ(simulated):
@@ -244,7 +268,7 @@ def _nvvm_available() -> bool:
 
 @pytest.mark.skipif(not _nvvm_available(), reason="needs NVVM (CUDA toolkit, e.g. pip nvidia-cuda-nvcc-cu12)")
 def test_cuda_kernels_compile_to_ptx(monkeypatch):
-    """The real CUDA compiler accepts both kernels (no GPU needed; compute capability 9.0)."""
+    """The real CUDA compiler accepts the three kernels (no GPU needed; compute capability 9.0)."""
     import types
 
     import numba
@@ -253,9 +277,8 @@ def test_cuda_kernels_compile_to_ptx(monkeypatch):
 
     # device functions ask the current device for its compute capability
     monkeypatch.setattr(dispatcher, "get_current_device", lambda: types.SimpleNamespace(compute_capability=(9, 0)))
-    rng_functions = [gpu._rng._rotl, gpu._rng.splitmix64, gpu._rng.seed_state, gpu._rng.uniform]
-    built = gpu._retarget(rng_functions + list(tr.PHYSICS_FUNCTIONS), {tr.deposit: gpu._atomic_deposit},
-                          kernels=(gpu._decays_kernel, gpu._particles_kernel))
+    built = gpu._retarget(gpu.RNG_FUNCTIONS + list(tr.PHYSICS_FUNCTIONS), {tr.deposit: gpu._atomic_deposit},
+                          kernels=tuple(gpu._KERNEL_SOURCES.values()))
     ph = _phantom(4)
     ts, geometry, physics = _physics_args(ph)
     source, decay = _decay_args(ph, "Lu-177", np.ones(ph.density.shape), ts)
@@ -263,7 +286,8 @@ def test_cuda_kernels_compile_to_ptx(monkeypatch):
     per = np.ones(2, np.int64)
     for kernel, args in ((gpu._decays_kernel, (np.uint64(1), np.int64(0), per, *source, *geometry, *decay, *physics)),
                          (gpu._particles_kernel, (np.uint64(1), np.int64(0), per, *_point_args(1, 1.0, ph),
-                                                  *geometry, *physics))):
+                                                  *geometry, *physics)),
+                         (gpu._beam_kernel, (np.uint64(1), np.int64(0), *_beam_args(ph, per), *geometry, *physics))):
         sig = tuple(numba.typeof(a) for a in args + tallies)
         ptx, _ = cuda.compile_ptx(built[kernel].py_func, sig, cc=(9, 0))
         assert "atom.global.add.f64" in ptx
@@ -305,7 +329,7 @@ _GPU_PROBLEM = (10, 2048, 20000)
 @pytest.mark.gpu
 @pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not gpu.cuda_available(),
                     reason="needs an NVIDIA GPU with CUDA")
-@pytest.mark.parametrize("case", ["electron", "photon", "Lu-177"])
+@pytest.mark.parametrize("case", ["electron", "photon", "Lu-177", "beam"])
 def test_gpu_agrees_with_cpu_within_statistics(case):
     ph = _phantom(15, 2.0)
     ts, geometry, physics = _physics_args(ph)
@@ -319,6 +343,11 @@ def test_gpu_agrees_with_cpu_within_statistics(case):
 
         def make_args(stream0, per_chunk):
             return (np.uint64(77), stream0, per_chunk, *source, *geometry, *decay, *physics)
+    elif case == "beam":
+        pairs = (tr.run_beam, gpu.run_beam_cuda)
+
+        def make_args(stream0, per_chunk):  # each batch its own photons, the same on both targets
+            return (np.uint64(77), stream0, *_beam_args(ph, per_chunk, seed=stream0), *geometry, *physics)
     else:
         point = _point_args(tr.ELECTRON if case == "electron" else tr.PHOTON, 1.0 if case == "electron" else 0.5, ph)
         pairs = (tr.run_particles, gpu.run_particles_cuda)
@@ -374,6 +403,20 @@ def test_engine_cuda_backend_refuses_cleanly_without_a_gpu_and_runs_in_the_simul
         "backend='cuda'))\n"
         "b = r.energy_balance\n"
         "assert abs(b['emitted_mev'] + b['annihilation_rest_energy_mev'] - b['deposited_mev'] - b['escaped_mev']) < 1e-9\n"
+        "be = r.info['backend']\n"
+        "assert be['name'] == 'numba-cuda' and be['simulator'] is True and be['chunks_per_batch'] == 4, be\n"
+        "assert MCSettings(backend='cuda').chunks_per_batch == 16384 and MCSettings().chunks_per_batch == 32\n"
+        "import numpy as np\n"
+        "from persodose.mc import simulate_beam\n"
+        "class Fan:\n"
+        "    def sample(self, n, rng):\n"
+        "        d = np.column_stack([rng.uniform(-0.1, 0.1, n), np.ones(n), rng.uniform(-0.1, 0.1, n)])\n"
+        "        return np.tile([0.0, -80.0, 0.0], (n, 1)), d / np.linalg.norm(d, axis=1)[:, None], np.full(n, 0.07)\n"
+        "rb = simulate_beam(ph, Fan(), 12, settings=MCSettings(n_batches=2, chunks_per_batch=3, backend='cuda'))\n"
+        "rc = simulate_beam(ph, Fan(), 12, settings=MCSettings(n_batches=2, chunks_per_batch=3))\n"
+        "assert rb.info['backend']['name'] == 'numba-cuda' and rc.info['backend']['name'] == 'numba-cpu'\n"
+        "assert np.allclose(rb.energy_per_primary_mev.array, rc.energy_per_primary_mev.array, rtol=1e-9, atol=1e-12)\n"
+        "assert rb.energy_per_primary_mev.array.sum() > 0\n"
         "print('OK', b['annihilation_rest_energy_mev'])\n"
     )
     env = dict(__import__("os").environ, NUMBA_ENABLE_CUDASIM="1")

@@ -59,7 +59,7 @@ def mc(
     seed: int = typer.Option(12345, "--seed", help="Random seed."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Save the running tally here after every batch (.npz)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --checkpoint."),
-    backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU; 16384 chunks per batch)."),
+    backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU, one thread per chunk: 16384 chunks per batch)."),
 ) -> None:
     """Absorbed dose (Gy) and its uncertainty by Monte Carlo transport of every emission."""
     import json
@@ -87,8 +87,7 @@ def mc(
     if not source.same_geometry(phantom.density):
         source = source.resample_to(phantom.density)  # sum-preserving
         typer.echo("TIA resampled onto the density grid (sum-preserving)")
-    settings = MCSettings(n_batches=batches, seed=seed, backend=backend,
-                          chunks_per_batch=16384 if backend == "cuda" else 32)
+    settings = MCSettings(n_batches=batches, seed=seed, backend=backend)
     tally = Tally.load(checkpoint) if resume else None
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{nuc.name}: {decays:.3g} decays", total=batches)
@@ -99,13 +98,14 @@ def mc(
         write_image(result.relative_uncertainty, work / "uncertainty.nii.gz")
         write_provenance(
             work / "provenance.json", "mc",
-            settings={"n_batches": batches, "seed": seed, "backend": backend, "transport": settings.transport},
+            settings={"n_batches": batches, "seed": seed, "backend": backend,
+                      "chunks_per_batch": settings.chunks_per_batch, "transport": settings.transport},
             inputs={"tia": str(tia), "density": str(density) if density else None,
                     "materials": str(materials) if materials else None, "ct": str(ct) if ct else None},
             nuclide=nuc.name, decays_simulated=result.tally.n_primaries,
             decays_in_source=result.info["total_decays_of_source"], batches=result.tally.batch_ids,
             energy_balance_mev_per_decay=result.energy_balance, wall_time_s=result.seconds,
-            decays_per_second=result.primaries_per_second,
+            decays_per_second=result.primaries_per_second, backend=result.info["backend"],
         )
     dose = result.dose_gy.array
     unc = result.relative_uncertainty.array

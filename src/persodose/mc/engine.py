@@ -108,21 +108,30 @@ class VoxelPhantom:
         return out
 
 
+#: Default chunks per batch: a few per CPU core (load balance), and for CUDA one thread per
+#: chunk, enough to fill a GPU (an H100 holds ~2.7e5 resident threads; register use of the
+#: transport kernels keeps far fewer active).
+DEFAULT_CHUNKS = {"cpu": 32, "cuda": 16384}
+
+
 @dataclass
 class MCSettings:
     """Settings of a Monte Carlo run (serialised into its provenance)."""
 
     n_batches: int = 10  #: independent batches (uncertainty from their spread)
-    chunks_per_batch: int = 32  #: parallel work units per batch, each with its own random stream
+    #: parallel work units per batch, each with its own random stream; default
+    #: :data:`DEFAULT_CHUNKS` of the backend (the same chunks give the same streams on both)
+    chunks_per_batch: int | None = None
     seed: int = 12345  #: master seed
     transport: TransportSettings = field(default_factory=TransportSettings)
-    #: "cpu" (Numba, parallel over chunks) or "cuda" (one GPU thread per chunk: give
-    #: chunks_per_batch >= ~16384 so that the GPU is filled; the same chunks give the same streams)
+    #: "cpu" (Numba, parallel over chunks) or "cuda" (one GPU thread per chunk)
     backend: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.backend not in ("cpu", "cuda"):
             raise InputError(f"unknown Monte Carlo backend {self.backend!r}; choose cpu or cuda")
+        if self.chunks_per_batch is None:
+            self.chunks_per_batch = DEFAULT_CHUNKS[self.backend]
         if int(self.n_batches) < 2:
             raise InputError("n_batches must be at least 2 (uncertainty needs several batches)")
         if int(self.chunks_per_batch) < 1:
@@ -685,30 +694,27 @@ _KERNEL_LOCK = threading.Lock()
 def _launch(problem: MCProblem, ws: _Workspace, stream0: int, per_chunk: np.ndarray) -> None:
     kind, source, geometry, decay, physics = problem._kernel_args()
     seed = np.uint64(problem.seed)
-    if problem.settings.backend == "cuda":
-        from persodose.mc import gpu
-
-        gpu.require_cuda()
-        if kind == "decays":
-            gpu.run_decays_cuda(seed, stream0, per_chunk, *source, *geometry, *decay, *physics, ws.edep, ws.ctr)
-        elif kind == "particles":
-            gpu.run_particles_cuda(seed, stream0, per_chunk, *source, *geometry, *physics, ws.edep, ws.ctr)
-        else:
-            raise InputError("external beam sources (CT) have no CUDA driver yet: use the cpu backend")
-        return
     if kind == "decays":
-        tr.run_decays(seed, stream0, per_chunk, *source, *geometry, *decay, *physics, ws.edep, ws.ctr, ws.stacks)
+        args = (seed, stream0, per_chunk, *source, *geometry, *decay, *physics)
     elif kind == "beam":
         # the photons of batch b come from numpy's generator seeded with (seed, b): the same
-        # batch gives the same photons wherever it runs
+        # batch gives the same photons wherever it runs, on either backend
         b = int(stream0) // int(problem.settings.chunks_per_batch)
         n = int(per_chunk.sum())
         o, d, e = problem.source.photons(n, np.random.default_rng([int(problem.seed), b, 0xBEA]))
         starts = np.concatenate(([0], np.cumsum(per_chunk)[:-1])).astype(np.int64)
-        tr.run_beam(seed, stream0, starts, per_chunk.astype(np.int64), o, d, e, *geometry, *physics,
-                    ws.edep, ws.ctr, ws.stacks)
+        args = (seed, stream0, starts, per_chunk.astype(np.int64), o, d, e, *geometry, *physics)
     else:
-        tr.run_particles(seed, stream0, per_chunk, *source, *geometry, *physics, ws.edep, ws.ctr, ws.stacks)
+        args = (seed, stream0, per_chunk, *source, *geometry, *physics)
+    if problem.settings.backend == "cuda":
+        from persodose.mc import gpu
+
+        gpu.require_cuda()
+        launch = {"decays": gpu.run_decays_cuda, "beam": gpu.run_beam_cuda}.get(kind, gpu.run_particles_cuda)
+        launch(*args, ws.edep, ws.ctr)
+    else:
+        launch = {"decays": tr.run_decays, "beam": tr.run_beam}.get(kind, tr.run_particles)
+        launch(*args, ws.edep, ws.ctr, ws.stacks)
 
 
 def run_batch(problem: MCProblem, batch_index: int, *, n_threads: int | None = None,
@@ -817,6 +823,16 @@ def _numba_backend(n_threads: int | None = None) -> dict:
             "threading_layer": layer, "host": socket.gethostname()}
 
 
+def backend_info(settings: MCSettings) -> dict:
+    """What ran a problem's batches (for provenance): the Numba CPU threads, or the CUDA device."""
+    if settings.backend == "cuda":
+        from persodose.mc import gpu
+
+        return {**gpu.device_info(), "chunks_per_batch": int(settings.chunks_per_batch),
+                "host": socket.gethostname()}
+    return _numba_backend()
+
+
 def _run_batches(phantom, tally, settings, n_primaries, launch, progress=None, checkpoint: Path | None = None):
     """Legacy loop: run the batches not yet in ``tally``; ``launch(ws, stream0, per_chunk)`` runs one batch.
 
@@ -900,7 +916,7 @@ def simulate_decays(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays:
     tally = problem.check_tally(resume if resume is not None else problem.empty_tally())
     n_new, seconds, records = _run_problem(problem, tally, progress, Path(checkpoint) if checkpoint else None)
     info = decay_info(problem, tally)
-    info.update(backend=_numba_backend(), batches=records)
+    info.update(backend=backend_info(problem.settings), batches=records)
     return _finish(phantom, tally, problem.settings, seconds, n_new, problem.source.total_decays, info)
 
 
@@ -922,7 +938,7 @@ def simulate_point_source(phantom: VoxelPhantom, particle: str, energy_mev: floa
                                    settings, tables)
     tally = problem.empty_tally()
     n_new, seconds, records = _run_problem(problem, tally)
-    info = {"particle": particle, "n_particles": tally.n_primaries, "backend": _numba_backend(), "batches": records}
+    info = {"particle": particle, "n_particles": tally.n_primaries, "backend": backend_info(problem.settings), "batches": records}
     return _finish(phantom, tally, problem.settings, seconds, n_new, None, info)
 
 
@@ -952,7 +968,7 @@ def simulate_beam(phantom: VoxelPhantom, sampler, n_photons: int, settings: MCSe
     problem = beam_problem(phantom, sampler, n_photons, settings, tables)
     tally = problem.empty_tally()
     n_new, seconds, records = _run_problem(problem, tally, progress)
-    info = {"source": "beam", "n_photons": tally.n_primaries, "backend": _numba_backend(), "batches": records}
+    info = {"source": "beam", "n_photons": tally.n_primaries, "backend": backend_info(problem.settings), "batches": records}
     return _finish(phantom, tally, problem.settings, seconds, n_new, None, info)
 
 

@@ -40,7 +40,7 @@ from persodose.errors import OptionalDependencyError
 from persodose.mc import rng as _rng
 from persodose.mc import transport as _tr
 from persodose.mc.rng import seed_state
-from persodose.mc.transport import C_N, decay_chunk, deposit, particle_chunk
+from persodose.mc.transport import C_N, beam_chunk, decay_chunk, deposit, particle_chunk
 
 try:  # numba is the [mc] extra; the built-in numba.cuda or the numba-cuda package provide `cuda`
     from numba import cuda, float64, uint64
@@ -54,6 +54,9 @@ GPU_STACK_DEPTH = 128
 THREADS_PER_BLOCK = 64
 
 _KERNELS: dict = {}
+
+#: The generator's functions, compiled for CUDA with the physics.
+RNG_FUNCTIONS = [_rng._rotl, _rng.splitmix64, _rng.seed_state, _rng.uniform]
 
 
 def cuda_available() -> bool:
@@ -125,6 +128,28 @@ def _particles_kernel(seed, stream0, per_chunk, kind, energy_e, energy_cdf, orig
         cuda.atomic.add(ctr, k, ct[k])
 
 
+def _beam_kernel(seed, stream0, chunk_start, chunk_n, origins, directions, energies, nz, ny, nx, sz, sy, sx, dens,
+                 mat, log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                 settings_f, range_rejection, edep, ctr, stacks):
+    c = cuda.grid(1)
+    if c >= chunk_start.shape[0]:
+        return
+    state = cuda.local.array(2, uint64)
+    seed_state(state, seed, stream0 + c)
+    ct = cuda.local.array(C_N, float64)
+    for k in range(C_N):
+        ct[k] = 0.0
+    beam_chunk(chunk_start[c], chunk_n[c], origins, directions, energies, nz, ny, nx, sz, sy, sx, dens, mat,
+               log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+               settings_f, range_rejection, edep, ct, stacks[c], state)
+    for k in range(C_N):
+        cuda.atomic.add(ctr, k, ct[k])
+
+
+#: The kernels by name, as the host side launches them.
+_KERNEL_SOURCES = {"decays": _decays_kernel, "particles": _particles_kernel, "beam": _beam_kernel}
+
+
 def _retarget(cpu_functions, substitutes: dict, kernels=()):
     """Compile the Python source of CPU dispatchers (and plain functions) for CUDA.
 
@@ -174,16 +199,31 @@ def _retarget(cpu_functions, substitutes: dict, kernels=()):
 
 
 def _kernels() -> dict:
-    """The CUDA kernels, built once per process."""
+    """The CUDA kernels (by name, see :data:`_KERNEL_SOURCES`), built once per process."""
     if not _KERNELS:
         require_cuda()
-        rng_functions = [_rng._rotl, _rng.splitmix64, _rng.seed_state, _rng.uniform]
-        built = _retarget(rng_functions + list(_tr.PHYSICS_FUNCTIONS), {deposit: _atomic_deposit},
-                          kernels=(_decays_kernel, _particles_kernel))
-        _KERNELS["decays"] = built[_decays_kernel]
-        _KERNELS["particles"] = built[_particles_kernel]
+        built = _retarget(RNG_FUNCTIONS + list(_tr.PHYSICS_FUNCTIONS), {deposit: _atomic_deposit},
+                          kernels=tuple(_KERNEL_SOURCES.values()))
+        _KERNELS.update({name: built[fn] for name, fn in _KERNEL_SOURCES.items()})
         _KERNELS["device_functions"] = built
     return _KERNELS
+
+
+def device_info() -> dict:
+    """The CUDA device the kernels run on (for provenance): name, compute capability, versions."""
+    require_cuda()
+    import numba
+
+    dev = cuda.current_context().device  # the simulator's device has no name
+    name = getattr(dev, "name", "CUDA simulator")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    info = {"name": "numba-cuda", "device": name, "compute_capability": list(dev.compute_capability),
+            "numba": numba.__version__, "simulator": bool(numba.config.ENABLE_CUDASIM)}
+    try:
+        info["driver_version"] = list(cuda.cudadrv.driver.driver.get_version())
+    except Exception:  # noqa: BLE001 - the simulator has no driver
+        pass
+    return info
 
 
 # ----------------------------------------------------------------------------- host side
@@ -213,10 +253,31 @@ def _add_back(host, device_result) -> None:
         host += res
 
 
-def _launch(kernel, n_chunks: int, threads_per_block: int, args) -> None:
+def _run(name: str, n_chunks: int, args: tuple, edep, ctr, stacks, stack_depth: int, threads_per_block: int) -> None:
+    """Launch kernel ``name`` with one thread per chunk and add its tallies to ``edep``/``ctr``.
+
+    ``args`` are the kernel's arguments before the tallies: numpy arrays are copied to the
+    device, device arrays and scalars are passed as they are.
+    """
+    kernel = _kernels()[name]
+    if n_chunks == 0:
+        return
+    d_edep = cuda.to_device(np.zeros(edep.shape[-1]))
+    d_ctr = cuda.to_device(np.zeros(C_N))
+    d_args = tuple(_to_device(a) if isinstance(a, np.ndarray) or _is_device_array(a) else a for a in args)
     tpb = max(1, min(int(threads_per_block), n_chunks))
-    kernel[math.ceil(n_chunks / tpb), tpb](*args)
+    kernel[math.ceil(n_chunks / tpb), tpb](*d_args, d_edep, d_ctr, _device_stacks(stacks, n_chunks, stack_depth))
     cuda.synchronize()
+    _add_back(edep, d_edep)
+    _add_back(ctr, d_ctr)
+
+
+def _geometry_physics(nz, ny, nx, sz, sy, sx, dens, mat, log_emin, inv_dlog, n_e, photon, majorant, compton_sf,
+                      rayleigh_cum, x_nodes, electron, settings_f, range_rejection) -> tuple:
+    """The geometry and physics arguments with the scalar types the kernels are compiled for."""
+    return (int(nz), int(ny), int(nx), float(sz), float(sy), float(sx), dens, mat, float(log_emin), float(inv_dlog),
+            int(n_e), photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron, settings_f,
+            bool(range_rejection))
 
 
 def run_decays_cuda(seed, stream0, decays_per_chunk, src_index, src_cdf, nz, ny, nx, sz, sy, sx, dens, mat,
@@ -243,24 +304,12 @@ def run_decays_cuda(seed, stream0, decays_per_chunk, src_index, src_cdf, nz, ny,
     Raises:
         OptionalDependencyError: no CUDA device.
     """
-    k = _kernels()["decays"]
-    n_chunks = int(np.shape(decays_per_chunk)[0])
-    if n_chunks == 0:
-        return
-    d_edep = cuda.to_device(np.zeros(edep.shape[-1]))
-    d_ctr = cuda.to_device(np.zeros(C_N))
-    arrays = [_to_device(a) for a in (decays_per_chunk, src_index, src_cdf, dens, mat, beta_yields, beta_minus_e,
-                                      beta_minus_cdf, beta_plus_e, beta_plus_cdf, line_kind, line_e, line_cum,
-                                      photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron, settings_f)]
-    (d_per, d_si, d_sc, d_dens, d_mat, d_by, d_bme, d_bmc, d_bpe, d_bpc, d_lk, d_le, d_lc,
-     d_ph, d_maj, d_csf, d_rc, d_xn, d_el, d_sf) = arrays
-    args = (np.uint64(seed), np.int64(stream0), d_per, d_si, d_sc, int(nz), int(ny), int(nx), float(sz), float(sy),
-            float(sx), d_dens, d_mat, float(local_mev), d_by, d_bme, d_bmc, d_bpe, d_bpc, d_lk, d_le, d_lc,
-            float(line_total), float(log_emin), float(inv_dlog), int(n_e), d_ph, d_maj, d_csf, d_rc, d_xn, d_el, d_sf,
-            bool(range_rejection), d_edep, d_ctr, _device_stacks(stacks, n_chunks, stack_depth))
-    _launch(k, n_chunks, threads_per_block, args)
-    _add_back(edep, d_edep)
-    _add_back(ctr, d_ctr)
+    gp = _geometry_physics(nz, ny, nx, sz, sy, sx, dens, mat, log_emin, inv_dlog, n_e, photon, majorant,
+                           compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection)
+    args = (np.uint64(seed), np.int64(stream0), decays_per_chunk, src_index, src_cdf, *gp[:8], float(local_mev),
+            beta_yields, beta_minus_e, beta_minus_cdf, beta_plus_e, beta_plus_cdf, line_kind, line_e, line_cum,
+            float(line_total), *gp[8:])
+    _run("decays", int(np.shape(decays_per_chunk)[0]), args, edep, ctr, stacks, stack_depth, threads_per_block)
 
 
 def run_particles_cuda(seed, stream0, per_chunk, kind, energy_e, energy_cdf, origin_xyz, direction_xyz, isotropic,
@@ -275,19 +324,27 @@ def run_particles_cuda(seed, stream0, per_chunk, kind, energy_e, energy_cdf, ori
     Raises:
         OptionalDependencyError: no CUDA device.
     """
-    k = _kernels()["particles"]
-    n_chunks = int(np.shape(per_chunk)[0])
-    if n_chunks == 0:
-        return
-    d_edep = cuda.to_device(np.zeros(edep.shape[-1]))
-    d_ctr = cuda.to_device(np.zeros(C_N))
-    (d_per, d_ee, d_ec, d_o, d_d, d_dens, d_mat, d_ph, d_maj, d_csf, d_rc, d_xn, d_el, d_sf) = [
-        _to_device(a) for a in (per_chunk, energy_e, energy_cdf, origin_xyz, direction_xyz, dens, mat, photon,
-                                majorant, compton_sf, rayleigh_cum, x_nodes, electron, settings_f)]
-    args = (np.uint64(seed), np.int64(stream0), d_per, int(kind), d_ee, d_ec, d_o, d_d, bool(isotropic),
-            int(nz), int(ny), int(nx), float(sz), float(sy), float(sx), d_dens, d_mat, float(log_emin),
-            float(inv_dlog), int(n_e), d_ph, d_maj, d_csf, d_rc, d_xn, d_el, d_sf, bool(range_rejection),
-            d_edep, d_ctr, _device_stacks(stacks, n_chunks, stack_depth))
-    _launch(k, n_chunks, threads_per_block, args)
-    _add_back(edep, d_edep)
-    _add_back(ctr, d_ctr)
+    gp = _geometry_physics(nz, ny, nx, sz, sy, sx, dens, mat, log_emin, inv_dlog, n_e, photon, majorant,
+                           compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection)
+    args = (np.uint64(seed), np.int64(stream0), per_chunk, int(kind), energy_e, energy_cdf, origin_xyz,
+            direction_xyz, bool(isotropic), *gp)
+    _run("particles", int(np.shape(per_chunk)[0]), args, edep, ctr, stacks, stack_depth, threads_per_block)
+
+
+def run_beam_cuda(seed, stream0, chunk_start, chunk_n, origins, directions, energies, nz, ny, nx, sz, sy, sx, dens,
+                  mat, log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,
+                  settings_f, range_rejection, edep, ctr, stacks=None, *,
+                  stack_depth: int = GPU_STACK_DEPTH, threads_per_block: int = THREADS_PER_BLOCK) -> None:
+    """CUDA twin of :func:`persodose.mc.transport.run_beam` (same arguments, same streams).
+
+    Chunk ``c`` transports photons ``chunk_start[c] .. chunk_start[c] + chunk_n[c] - 1`` of
+    ``origins``/``directions``/``energies`` (sampled on the host). ``edep``, ``ctr`` and
+    ``stacks`` as in :func:`run_decays_cuda`.
+
+    Raises:
+        OptionalDependencyError: no CUDA device.
+    """
+    gp = _geometry_physics(nz, ny, nx, sz, sy, sx, dens, mat, log_emin, inv_dlog, n_e, photon, majorant,
+                           compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection)
+    args = (np.uint64(seed), np.int64(stream0), chunk_start, chunk_n, origins, directions, energies, *gp)
+    _run("beam", int(np.shape(chunk_start)[0]), args, edep, ctr, stacks, stack_depth, threads_per_block)
