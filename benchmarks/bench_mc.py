@@ -7,6 +7,11 @@ machine, and a same-run baseline (the photon-only throughput of the same kernel)
 never fails on time.
 
     python benchmarks/bench_mc.py [--quick] [--decays N] [--repeats R]
+    python benchmarks/bench_mc.py --backend cuda [--chunks 16384 65536 ...]
+
+With ``--backend cuda`` (an NVIDIA GPU) every nuclide is run at each number of chunks per
+batch given (one CUDA thread per chunk), so one command also finds the best launch size;
+the baseline is then the photon throughput of the same kernel on the GPU.
 """
 
 from __future__ import annotations
@@ -45,37 +50,48 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="64^3 phantom, fewer decays")
-    ap.add_argument("--decays", type=int, default=400_000)
+    ap.add_argument("--decays", type=int, default=None, help="decays per run (default 4e5 CPU, 5e7 CUDA)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--chunks", type=int, nargs="+", default=None,
+                    help="chunks per batch to try (default 32 CPU; 16384 65536 262144 CUDA)")
     args = ap.parse_args()
     n = 64 if args.quick else 128
-    decays = args.decays // (8 if args.quick else 1)
+    decays = args.decays or (50_000_000 if args.backend == "cuda" else 400_000)
+    decays //= 8 if args.quick else 1
+    chunk_list = args.chunks or ([16384, 65536, 262144] if args.backend == "cuda" else [32])
     ph, src = phantom(n, 4.0)
-    settings = MCSettings(n_batches=4)
-    tables = build_tables(ph.material_list, settings.transport)
+    tables = build_tables(ph.material_list, MCSettings().transport)
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, numba threads {numba.get_num_threads()}")
+    if args.backend == "cuda":
+        from persodose.mc.gpu import device_info
+
+        print(f"device: {device_info()}")
     print(f"phantom: {n}^3 voxels of 4 mm (soft tissue, lung, bone); {decays} decays per run, "
-          f"median of {args.repeats}")
-    # warm-up (compilation)
-    simulate_decays(ph, src, "Lu-177", 1000, settings, tables=tables)
-    simulate_point_source(ph, "photon", 0.2, 1000, settings=settings, tables=tables)
-    rows = []
-    for nuc in ("Lu-177", "Y-90", "F-18"):
-        rates = []
+          f"median of {args.repeats}; backend {args.backend}")
+    for chunks in chunk_list:
+        settings = MCSettings(n_batches=4, chunks_per_batch=chunks, backend=args.backend)
+        # warm-up (compilation)
+        simulate_decays(ph, src, "Lu-177", max(1000, 4 * chunks), settings, tables=tables)
+        simulate_point_source(ph, "photon", 0.2, max(1000, 4 * chunks), settings=settings, tables=tables)
+        rows = []
+        for nuc in ("Lu-177", "Y-90", "F-18"):
+            rates = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                simulate_decays(ph, src, nuc, decays, settings, tables=tables)
+                rates.append(decays / (time.perf_counter() - t0))
+            rows.append((nuc, statistics.median(rates)))
+        base = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            simulate_decays(ph, src, nuc, decays, settings, tables=tables)
-            rates.append(decays / (time.perf_counter() - t0))
-        rows.append((nuc, statistics.median(rates)))
-    base = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        simulate_point_source(ph, "photon", 0.208, decays // 4, settings=settings, tables=tables)
-        base.append(decays // 4 / (time.perf_counter() - t0))
-    for nuc, rate in rows:
-        print(f"{nuc:7s} {rate:12.3e} decays/s")
-    print(f"baseline: 208 keV photons from a point, {statistics.median(base):.3e} photons/s (same run)")
+            simulate_point_source(ph, "photon", 0.208, decays // 4, settings=settings, tables=tables)
+            base.append(decays // 4 / (time.perf_counter() - t0))
+        print(f"chunks per batch: {chunks}")
+        for nuc, rate in rows:
+            print(f"  {nuc:7s} {rate:12.3e} decays/s")
+        print(f"  baseline: 208 keV photons from a point, {statistics.median(base):.3e} photons/s (same run)")
 
 
 if __name__ == "__main__":
