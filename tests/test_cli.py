@@ -155,7 +155,28 @@ def test_mc_command_end_to_end(cli, tmp_path):
     assert_clean_error(cli(*base, "--tia", tia_path, "--nuclide", "Qq-1", "--decays", "10"), "Qq-1")
     assert_clean_error(cli(*base, "--tia", tia_path, "--nuclide", "Lu-177", "--decays", "0"))
     assert_clean_error(cli(*base, "--tia", out / "dose.nii.gz", "--nuclide", "Lu-177", "--decays", "10"), "Bq s")
+    assert_clean_error(cli(*base, "--tia", tia_path, "--nuclide", "Lu-177", "--decays", "10", "--backend", "opencl"),
+                       "opencl")
     assert not (tmp_path / "x").exists()
+
+
+def test_every_monte_carlo_command_refuses_cuda_without_a_gpu_before_working(cli, tmp_path):
+    """--backend cuda on a machine without a GPU: one line, exit 2, nothing written (mc, kernel, ct, internal)."""
+    from persodose.mc.gpu import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has a GPU")
+    x = tmp_path / "x"
+    missing = tmp_path / "not_read.nii.gz"  # the backend is checked before any input is read
+    for args in (["mc", "--density", missing, "--materials", missing, "--tia", missing, "--nuclide", "Lu-177",
+                  "--decays", "10", "--out", x, "--backend", "cuda"],
+                 ["kernel", "--nuclide", "Lu-177", "--voxel-mm", "4", "--size", "3", "--out", x / "k.txt",
+                  "--backend", "cuda"],
+                 ["ct", "--ct", missing, "--out", x, "--backend", "cuda"],
+                 ["internal", "--ct", missing, "--emission", missing, "--nuclide", "Lu-177", "--out", x,
+                  "--mc-backend", "cuda"]):
+        assert_clean_error(cli(*args), "GPU")
+    assert not x.exists()
 
 
 def test_compare_command(cli, tmp_path):

@@ -120,6 +120,8 @@ def test_settings_validation():
         InternalSettings("Lu-177", registration="elastic")
     with pytest.raises(InputError):
         InternalSettings("Lu-177", dose_voxel_mm=0.1)
+    with pytest.raises(InputError, match="backend"):
+        InternalSettings("Lu-177", mc_backend="opencl")
 
 
 def test_dynamic_pet_frames_integrate_to_the_true_tia():

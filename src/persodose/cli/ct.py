@@ -31,15 +31,17 @@ def ct(
     sp_maps: int = typer.Option(0, "--sp-maps", help="Also write this many single-position dose maps "
                                                       "(patient and 400 mm water cylinder; evenly spaced positions)."),
     sp_photons: int = typer.Option(200_000, "--sp-photons", help="Photons per single-position map."),
+    backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo runs."),
 ) -> None:
     """Whole-body dose map (mGy), organ doses, effective dose (ICRP 103) and a report."""
     import json
 
     from persodose.errors import InputError
     from persodose.io.load import load_ct
-    from persodose.mc.engine import MCSettings
+    from persodose.mc.engine import MCSettings, check_backend
     from persodose.workflows.ct import ct_dose, write_ct_outputs
 
+    check_backend(backend)
     if photons <= 0 or ctdi_photons <= 0:
         raise InputError("--photons and --ctdi-photons must be positive")
     overrides = {k: v for k, v in {"kvp": kvp, "pitch": pitch, "total_collimation_mm": collimation_mm,
@@ -50,7 +52,7 @@ def ct(
         from persodose.cli.internal import _read_labels
 
         lab, names = _read_labels(labels, ct_grid, label_names)
-    settings = MCSettings(n_batches=batches, seed=seed)
+    settings = MCSettings(n_batches=batches, seed=seed, backend=backend)
     result = ct_dose(ct_grid, info, lab, names, scanner=scanner, overrides=overrides, n_photons=photons,
                      dose_voxel_mm=dose_voxel_mm, settings=settings, ctdi_photons=ctdi_photons)
     sp = None
@@ -61,14 +63,14 @@ def ct(
 
         idx = np.unique(np.linspace(0, len(result.positions) - 1, sp_maps).round().astype(int))
         sp = single_position_maps(result.phantom, result.positions, idx, sp_photons,
-                                  MCSettings(n_batches=max(2, min(batches, 4)), seed=seed + 2),
+                                  MCSettings(n_batches=max(2, min(batches, 4)), seed=seed + 2, backend=backend),
                                   calibration=result.calibration)
     report = write_ct_outputs(result, out, sp_maps=sp, ct_files=getattr(info, "files", None) if info is not None else None,
                               inputs={"ct": str(ct), "labels": str(labels) if labels else None,
                                       "label_names": str(label_names) if label_names else None,
                                       "overrides": overrides, "scanner": scanner, "photons": photons,
                                       "ctdi_photons": ctdi_photons, "dose_voxel_mm": dose_voxel_mm,
-                                      "batches": batches, "seed": seed})
+                                      "batches": batches, "seed": seed, "backend": backend})
     c = result.calibration
     typer.echo(f"report: {report}")
     typer.echo(f"CTDIvol {c.ctdivol_target_mgy:.3g} mGy ({c.ctdivol_source}); CTDI C/P "

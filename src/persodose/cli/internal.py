@@ -37,6 +37,8 @@ def internal(
     decays: int = typer.Option(2_000_000, "--decays", help="Monte Carlo decays."),
     dose_rate: bool = typer.Option(False, "--dose-rate", help="Also write dose-rate maps at each time point."),
     seed: int = typer.Option(12345, "--seed", help="Random seed."),
+    mc_backend: str = typer.Option("cpu", "--mc-backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo "
+                                                               "method and kernels not yet cached."),
 ) -> None:
     """Time-integrated activity, voxel dose by every method, organ doses, DVHs and a report."""
     import datetime as dt
@@ -48,7 +50,12 @@ def internal(
 
     methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
     settings = InternalSettings(nuclide, methods=methods, tia_method=tia_method, dose_voxel_mm=dose_voxel_mm,
-                                mc_decays=decays, seed=seed, dose_rate=dose_rate, registration=registration)
+                                mc_decays=decays, seed=seed, dose_rate=dose_rate, registration=registration,
+                                mc_backend=mc_backend)
+    if "mc" in methods or mc_backend != "cpu":
+        from persodose.mc.engine import check_backend
+
+        check_backend(mc_backend)  # before the images are read
     injection = None
     if injection_time:
         try:

@@ -21,19 +21,21 @@ def kernel(
     decays: int = typer.Option(1_000_000, "--decays", help="Decays in the central voxel."),
     density: Optional[float] = typer.Option(None, "--density", help="Override the medium density, g/cm3."),
     seed: int = typer.Option(12345, "--seed", help="Random seed."),
+    backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU)."),
 ) -> None:
     """Voxel S-value kernel in mGy/(MBq s) for a nuclide, voxel size and medium."""
     from persodose.dose.kernels import write_octant_table
     from persodose.errors import InputError
     from persodose.grid import Grid, Kind
     from persodose.io.image import WRITE_SUFFIXES, write_image
-    from persodose.mc.engine import MCSettings
+    from persodose.mc.engine import MCSettings, check_backend
     from persodose.mc.kernels import generate_kernel
 
+    check_backend(backend)
     text = str(out).lower().endswith(".txt")
     if not text and not str(out).lower().endswith(WRITE_SUFFIXES):
         raise InputError(f"cannot write {out}: use .txt (octant table) or one of {', '.join(WRITE_SUFFIXES)}")
-    k, unc = generate_kernel(nuclide, voxel_mm, medium, size, decays, density, settings=MCSettings(seed=seed))
+    k, unc = generate_kernel(nuclide, voxel_mm, medium, size, decays, density, settings=MCSettings(seed=seed, backend=backend))
     if text:
         write_octant_table(k, out)
     else:

@@ -71,9 +71,11 @@ def mc(
     from persodose.grid import Kind
     from persodose.io.image import read_image, write_image
     from persodose.mc import MCSettings, Tally, simulate_decays
+    from persodose.mc.engine import check_backend
     from persodose.outputs import atomic_dir, write_provenance
     from persodose.physics.radionuclides import get_nuclide
 
+    check_backend(backend)
     nuc = get_nuclide(nuclide)
     if decays <= 0:
         raise InputError("--decays must be positive")

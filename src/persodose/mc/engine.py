@@ -114,6 +114,18 @@ class VoxelPhantom:
 DEFAULT_CHUNKS = {"cpu": 32, "cuda": 16384}
 
 
+def check_backend(backend: str) -> str:
+    """``backend`` if it is known and can run here; else a one-line :class:`InputError` or
+    :class:`~persodose.errors.OptionalDependencyError` (no GPU), before any work is done."""
+    if backend not in DEFAULT_CHUNKS:
+        raise InputError(f"unknown Monte Carlo backend {backend!r}; choose {' or '.join(DEFAULT_CHUNKS)}")
+    if backend == "cuda":
+        from persodose.mc import gpu
+
+        gpu.require_cuda()
+    return backend
+
+
 @dataclass
 class MCSettings:
     """Settings of a Monte Carlo run (serialised into its provenance)."""
@@ -128,8 +140,8 @@ class MCSettings:
     backend: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.backend not in ("cpu", "cuda"):
-            raise InputError(f"unknown Monte Carlo backend {self.backend!r}; choose cpu or cuda")
+        if self.backend not in DEFAULT_CHUNKS:
+            raise InputError(f"unknown Monte Carlo backend {self.backend!r}; choose {' or '.join(DEFAULT_CHUNKS)}")
         if self.chunks_per_batch is None:
             self.chunks_per_batch = DEFAULT_CHUNKS[self.backend]
         if int(self.n_batches) < 2:

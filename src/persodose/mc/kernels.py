@@ -136,12 +136,13 @@ def default_kernel_size(nuclide: str, voxel_mm: float) -> int:
 
 
 def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", size: int | None = None,
-                  n_decays: int = 1_000_000, cache_dir=None, seed: int = 12345, log=None):
+                  n_decays: int = 1_000_000, cache_dir=None, seed: int = 12345, log=None, backend: str = "cpu"):
     """A kernel from the on-disk cache, computed and stored on first use.
 
     The cache directory is ``cache_dir``, else ``$PERSODOSE_CACHE``, else
     ``~/.cache/persodose``; kernels are octant text tables named by nuclide, medium, voxel
-    size, width, decays and seed, so a cached kernel is exactly the one that would be computed.
+    size, width, decays and seed, so a cached kernel is exactly the one that would be computed
+    (on the CPU; a kernel computed with ``backend="cuda"`` agrees with it within statistics).
     """
     import os
     from pathlib import Path
@@ -158,7 +159,8 @@ def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", si
         return read_octant_table(path, voxel_mm, medium=medium, density_g_cm3=rho, nuclide=name)
     if log:
         log(f"computing the {name} {medium} kernel ({size}^3 voxels of {voxel_mm:g} mm, {n_decays:.2g} decays)")
-    kernel, _ = generate_kernel(name, voxel_mm, medium, size, n_decays, settings=MCSettings(seed=seed))
+    kernel, _ = generate_kernel(name, voxel_mm, medium, size, n_decays,
+                                settings=MCSettings(seed=seed, backend=backend))
     root.mkdir(parents=True, exist_ok=True)
     write_octant_table(kernel, path)
     return kernel

@@ -48,6 +48,7 @@ class InternalSettings:
     dose_voxel_mm: float | None = None  #: cubic dose voxel; default the emission image's largest spacing
     mc_decays: int = 2_000_000  #: decays of the Monte Carlo method
     mc_batches: int = 8
+    mc_backend: str = "cpu"  #: "cpu" or "cuda": where the Monte Carlo method and new kernels run
     seed: int = 12345
     kernel_decays: int = 1_000_000  #: decays per kernel when a kernel is computed
     kernel_size: int | None = None  #: default persodose.mc.kernels.default_kernel_size
@@ -66,6 +67,10 @@ class InternalSettings:
             raise InputError(f"dose voxel must lie within 0.5-12 mm, got {self.dose_voxel_mm}")
         if int(self.mc_decays) <= 0:
             raise InputError("mc_decays must be positive")
+        from persodose.mc.engine import DEFAULT_CHUNKS
+
+        if self.mc_backend not in DEFAULT_CHUNKS:
+            raise InputError(f"unknown Monte Carlo backend {self.mc_backend!r}; choose {' or '.join(DEFAULT_CHUNKS)}")
         if self.registration not in ("rigid", "affine"):
             raise InputError(f"registration must be 'rigid' or 'affine', got {self.registration!r}")
 
@@ -224,7 +229,8 @@ def kernel_set(nuclide: str, voxel_mm: float, media: Sequence[str], settings: In
     from persodose.mc.kernels import cached_kernel
 
     return KernelSet.of([cached_kernel(nuclide, voxel_mm, m, settings.kernel_size, settings.kernel_decays,
-                                       settings.kernel_cache, settings.seed, log=log) for m in media])
+                                       settings.kernel_cache, settings.seed, log=log, backend=settings.mc_backend)
+                       for m in media])
 
 
 def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalSettings,
@@ -246,6 +252,9 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
     from persodose.physics.materials import ct_to_density_and_materials
     from persodose.physics.radionuclides import get_nuclide
 
+    from persodose.mc.engine import check_backend
+
+    check_backend(settings.mc_backend)  # no GPU: say so before the long steps
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     nuc = get_nuclide(settings.nuclide)
@@ -323,7 +332,8 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
             log(f"  Monte Carlo: {settings.mc_decays:.3g} {nuc.name} decays")
             phantom = VoxelPhantom(density, materials, tuple(mats))
             res = simulate_decays(phantom, tia, nuc.name, settings.mc_decays,
-                                  MCSettings(n_batches=settings.mc_batches, seed=settings.seed))
+                                  MCSettings(n_batches=settings.mc_batches, seed=settings.seed,
+                                             backend=settings.mc_backend))
             result.doses["mc"] = res.dose_gy
             result.uncertainty_mc = res.relative_uncertainty
             result.mc_info = {"decays": res.tally.n_primaries, "decays_per_second": res.primaries_per_second,
