@@ -17,7 +17,7 @@ from persodose.grid import Grid, Kind
 from persodose.io.dicom import (
     DicomWarning,
     list_series,
-    normalise_nuclide_name,
+    nuclide_from_dicom_text,
     read_ct,
     read_nm,
     read_pet,
@@ -467,8 +467,8 @@ def test_writers_refuse_bad_input(tmp_path):
     ("I-131", "I-131"), ("^90^Yttrium", "Y-90"), ("18F-FDG", "F-18"),
     ("PSMA-617 Lutetium-177", "Lu-177"), ("FDG", None), ("", None),
 ])
-def test_normalise_nuclide_name(text, expected):
-    assert normalise_nuclide_name(text) == expected
+def test_nuclide_from_dicom_text(text, expected):
+    assert nuclide_from_dicom_text(text) == expected
 
 
 def test_nuclide_codes_read_back(tmp_path):

@@ -48,7 +48,7 @@ __all__ = [
     "read_pet",
     "read_nm",
     "require_acquisition_time",
-    "normalise_nuclide_name",
+    "nuclide_from_dicom_text",
 ]
 
 #: Modalities that :func:`read_series` can turn into a grid.
@@ -178,8 +178,11 @@ def _format_nuclide(symbol: str, mass: str, meta: str | None) -> str:
     return f"{symbol}-{int(mass)}{'m' if meta else ''}"
 
 
-def normalise_nuclide_name(text: str | None) -> str | None:
-    """Normalise a radionuclide name to the ``"F-18"``, ``"Tc-99m"`` style.
+def nuclide_from_dicom_text(text: str | None) -> str | None:
+    """A radionuclide name as written in a DICOM header, in the ``"F-18"``, ``"Tc-99m"`` style.
+
+    Lenient, for headers: ``None`` when nothing is recognised. For a name a user typed, use
+    the strict :func:`persodose.physics.radionuclides.normalise_nuclide_name` (it raises).
 
     Understands DICOM code meanings (``"^18^Fluorine"``, ``"Fluorine^18^[18F]"``,
     ``"^99m^Technetium"``), plain names (``"Lutetium-177"``) and symbols (``"Lu177"``,
@@ -592,13 +595,13 @@ def _radiopharmaceutical(ds: Any, modality: str, series_start: datetime.datetime
         meaning = _str(_get(code, "CodeMeaning"))
         if meaning:
             texts.append(meaning)
-        nuclide = normalise_nuclide_name(meaning) or _nuclide_from_code(_get(code, "CodeValue"))
+        nuclide = nuclide_from_dicom_text(meaning) or _nuclide_from_code(_get(code, "CodeValue"))
     if nuclide is None:
         for owner, tag in ((item, "Radiopharmaceutical"), (ds, "Radionuclide")):
             text = _str(_get(owner, tag))
             if text:
                 texts.append(text)
-                nuclide = (normalise_nuclide_name(text)
+                nuclide = (nuclide_from_dicom_text(text)
                            or _PHARMACEUTICAL_NUCLIDE.get(re.sub(r"[^a-z]", "", text.lower())))
                 if nuclide:
                     break

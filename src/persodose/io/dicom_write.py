@@ -109,9 +109,9 @@ def nuclide_code(radionuclide: str) -> tuple[str | None, str | None, str]:
     Raises:
         NuclideError: a name that cannot be parsed.
     """
-    from persodose.io.dicom import _NAME_BY_SYMBOL, normalise_nuclide_name
+    from persodose.io.dicom import _NAME_BY_SYMBOL, nuclide_from_dicom_text
 
-    norm = normalise_nuclide_name(radionuclide)
+    norm = nuclide_from_dicom_text(radionuclide)
     if norm is None:
         raise NuclideError(f"cannot parse radionuclide name {radionuclide!r} (e.g. 'F-18', 'Lu-177')")
     symbol, mass = norm.split("-")
