@@ -54,12 +54,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--chunks", type=int, nargs="+", default=None,
-                    help="chunks per batch to try (default 32 CPU; 16384 65536 262144 CUDA)")
+                    help="chunks per batch to try (default 32 CPU; 16384 65536 131072 262144 CUDA)")
     args = ap.parse_args()
     n = 64 if args.quick else 128
     decays = args.decays or (50_000_000 if args.backend == "cuda" else 400_000)
     decays //= 8 if args.quick else 1
-    chunk_list = args.chunks or ([16384, 65536, 262144] if args.backend == "cuda" else [32])
+    chunk_list = args.chunks or ([16384, 65536, 131072, 262144] if args.backend == "cuda" else [32])
     ph, src = phantom(n, 4.0)
     tables = build_tables(ph.material_list, MCSettings().transport)
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "

@@ -59,7 +59,7 @@ def mc(
     seed: int = typer.Option(12345, "--seed", help="Random seed."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Save the running tally here after every batch (.npz)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --checkpoint."),
-    backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU, one thread per chunk: 16384 chunks per batch)."),
+    backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU, one thread per chunk: 131072 chunks per batch)."),
 ) -> None:
     """Absorbed dose (Gy) and its uncertainty by Monte Carlo transport of every emission."""
     import json

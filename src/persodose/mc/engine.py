@@ -109,9 +109,11 @@ class VoxelPhantom:
 
 
 #: Default chunks per batch: a few per CPU core (load balance), and for CUDA one thread per
-#: chunk, enough to fill a GPU (an H100 holds ~2.7e5 resident threads; register use of the
-#: transport kernels keeps far fewer active).
-DEFAULT_CHUNKS = {"cpu": 32, "cuda": 16384}
+#: chunk, about 2.6 waves of an H100: the kernels use ~150 registers per thread (ptxas for
+#: sm_90, ``python benchmarks/gpu_resources.py``), so 384 threads per SM, 50688 on 132 SMs,
+#: are resident at once; several waves even out threads whose histories run long. The
+#: particle stacks take 8 KiB per chunk on the device (1 GiB at 131072 chunks).
+DEFAULT_CHUNKS = {"cpu": 32, "cuda": 131072}
 
 
 def check_backend(backend: str) -> str:
