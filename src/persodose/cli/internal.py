@@ -46,16 +46,14 @@ def internal(
 
     from persodose.errors import InputError
     from persodose.io.load import load_ct
+    from persodose.mc.engine import check_backend
     from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
 
     methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
     settings = InternalSettings(nuclide, methods=methods, tia_method=tia_method, dose_voxel_mm=dose_voxel_mm,
                                 mc_decays=decays, seed=seed, dose_rate=dose_rate, registration=registration,
                                 mc_backend=mc_backend)
-    if "mc" in methods or mc_backend != "cpu":
-        from persodose.mc.engine import check_backend
-
-        check_backend(mc_backend)  # before the images are read
+    check_backend(mc_backend)  # a missing GPU is said before the images are read
     injection = None
     if injection_time:
         try:

@@ -35,7 +35,8 @@ def kernel(
     text = str(out).lower().endswith(".txt")
     if not text and not str(out).lower().endswith(WRITE_SUFFIXES):
         raise InputError(f"cannot write {out}: use .txt (octant table) or one of {', '.join(WRITE_SUFFIXES)}")
-    k, unc = generate_kernel(nuclide, voxel_mm, medium, size, decays, density, settings=MCSettings(seed=seed, backend=backend))
+    k, unc = generate_kernel(nuclide, voxel_mm, medium, size, decays, density,
+                             settings=MCSettings(seed=seed, backend=backend))
     if text:
         write_octant_table(k, out)
     else:

@@ -116,12 +116,17 @@ class VoxelPhantom:
 DEFAULT_CHUNKS = {"cpu": 32, "cuda": 131072}
 
 
-def check_backend(backend: str) -> str:
-    """``backend`` if it is known and can run here; else a one-line :class:`InputError` or
-    :class:`~persodose.errors.OptionalDependencyError` (no GPU), before any work is done."""
+def check_backend(backend: str, *, require_device: bool = True) -> str:
+    """``backend`` if it is known (and, with ``require_device``, can run here).
+
+    Raises:
+        InputError: an unknown backend.
+        OptionalDependencyError: ``"cuda"`` with ``require_device`` on a machine without a
+            usable NVIDIA GPU (one line, before any work is done).
+    """
     if backend not in DEFAULT_CHUNKS:
         raise InputError(f"unknown Monte Carlo backend {backend!r}; choose {' or '.join(DEFAULT_CHUNKS)}")
-    if backend == "cuda":
+    if backend == "cuda" and require_device:
         from persodose.mc import gpu
 
         gpu.require_cuda()
@@ -142,8 +147,7 @@ class MCSettings:
     backend: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.backend not in DEFAULT_CHUNKS:
-            raise InputError(f"unknown Monte Carlo backend {self.backend!r}; choose {' or '.join(DEFAULT_CHUNKS)}")
+        check_backend(self.backend, require_device=False)  # settings may be made where they do not run
         if self.chunks_per_batch is None:
             self.chunks_per_batch = DEFAULT_CHUNKS[self.backend]
         if int(self.n_batches) < 2:
@@ -952,7 +956,8 @@ def simulate_point_source(phantom: VoxelPhantom, particle: str, energy_mev: floa
                                    settings, tables)
     tally = problem.empty_tally()
     n_new, seconds, records = _run_problem(problem, tally)
-    info = {"particle": particle, "n_particles": tally.n_primaries, "backend": backend_info(problem.settings), "batches": records}
+    info = {"particle": particle, "n_particles": tally.n_primaries, "backend": backend_info(problem.settings),
+            "batches": records}
     return _finish(phantom, tally, problem.settings, seconds, n_new, None, info)
 
 
@@ -982,7 +987,8 @@ def simulate_beam(phantom: VoxelPhantom, sampler, n_photons: int, settings: MCSe
     problem = beam_problem(phantom, sampler, n_photons, settings, tables)
     tally = problem.empty_tally()
     n_new, seconds, records = _run_problem(problem, tally, progress)
-    info = {"source": "beam", "n_photons": tally.n_primaries, "backend": backend_info(problem.settings), "batches": records}
+    info = {"source": "beam", "n_photons": tally.n_primaries, "backend": backend_info(problem.settings),
+            "batches": records}
     return _finish(phantom, tally, problem.settings, seconds, n_new, None, info)
 
 

@@ -67,10 +67,9 @@ class InternalSettings:
             raise InputError(f"dose voxel must lie within 0.5-12 mm, got {self.dose_voxel_mm}")
         if int(self.mc_decays) <= 0:
             raise InputError("mc_decays must be positive")
-        from persodose.mc.engine import DEFAULT_CHUNKS
+        from persodose.mc.engine import check_backend
 
-        if self.mc_backend not in DEFAULT_CHUNKS:
-            raise InputError(f"unknown Monte Carlo backend {self.mc_backend!r}; choose {' or '.join(DEFAULT_CHUNKS)}")
+        check_backend(self.mc_backend, require_device=False)
         if self.registration not in ("rigid", "affine"):
             raise InputError(f"registration must be 'rigid' or 'affine', got {self.registration!r}")
 
@@ -249,10 +248,9 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
     """
     from persodose.dose.registry import DoseSettings, get_method
     from persodose.kinetics.tia import organ_tia, tia_map
+    from persodose.mc.engine import check_backend
     from persodose.physics.materials import ct_to_density_and_materials
     from persodose.physics.radionuclides import get_nuclide
-
-    from persodose.mc.engine import check_backend
 
     check_backend(settings.mc_backend)  # no GPU: say so before the long steps
     t_all = time.perf_counter()
