@@ -487,6 +487,26 @@ def test_seg_from_cropped_labels_and_off_lattice(tmp_path, ct_series):
     assert not (tmp_path / "s.dcm").exists() and not (tmp_path / "n.dcm").exists()
 
 
+@pytest.mark.parametrize("writer", [write_seg, write_rtstruct])
+@pytest.mark.parametrize("case", ["names keyed by text", "NaN label", "negative label", "no names"])
+def test_label_writers_refuse_bad_labels_alike(tmp_path, ct_series, writer, case):
+    """SEG and RTSTRUCT share one check of the label map and its names (InputError, nothing written)."""
+    files, ct, _ = ct_series
+    lab = _two_labels(ct).array.astype(np.float32)
+    names = {1: "a", 7: "b"}
+    if case == "names keyed by text":
+        names = {"liver": "a", 7: "b"}
+    elif case == "NaN label":
+        lab[0, 0, 0] = np.nan
+    elif case == "negative label":
+        lab[0, 0, 0] = -1
+    else:
+        names = {}
+    with pytest.raises(InputError, match="integers|non-integer|negative|no label names"):
+        writer(ct.with_array(lab, Kind.LABELS), names, tmp_path / "x.dcm", files)
+    assert not (tmp_path / "x.dcm").exists()
+
+
 # ----------------------------------------------------------------------------- bad files
 def test_bad_files_raise_dicom_error(tmp_path, ct_series):
     files, ct, _ = ct_series

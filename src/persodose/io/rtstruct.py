@@ -269,27 +269,10 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     from pydicom.uid import generate_uid
 
     from persodose.io.rtdose import _IDENTITY_KEYWORDS, _ds_str
-    from persodose.io.seg import _labels_on, _read_dataset, _series_geometry
+    from persodose.io.seg import labels_for_export
 
-    if not isinstance(labels, Grid):
-        raise InputError(f"write_rtstruct needs a Grid, got {type(labels).__name__}")
-    arr = np.asarray(labels.array)
-    if arr.dtype.kind not in "iub" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
-        raise InputError(f"label map for {out_path} is not integer-valued")
-    if not names:
-        raise InputError(f"no ROI names given for {out_path}")
-    values = sorted(int(k) for k in names)
-    if values[0] < 1:
-        raise InputError(f"label values for {out_path} must be positive, got {values}")
-    unnamed = sorted({int(v) for v in np.unique(arr) if v != 0} - set(values))
-    if unnamed:
-        raise InputError(f"label map for {out_path} has values without a name: {unnamed[:10]}")
-    if not reference_ct_files:
-        raise InputError(f"write_rtstruct for {out_path} needs reference_ct_files")
-    files = [str(f) for f in reference_ct_files]
-    datasets = [_read_dataset(f, "reference CT file") for f in files]
-    sorted_ds, ct_grid = _series_geometry(datasets, files)
-    on_ct = _labels_on(labels.with_array(arr.astype(np.int64)), ct_grid, f"RT Structure Set {out_path}")
+    values, files, datasets, sorted_ds, ct_grid, on_ct = labels_for_export(
+        labels, names, reference_ct_files, out_path, "write_rtstruct", "RT Structure Set")
 
     first = sorted_ds[0]
     frame_uid = str(first.FrameOfReferenceUID)

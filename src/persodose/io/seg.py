@@ -18,6 +18,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -122,6 +123,69 @@ def _labels_on(labels: Grid, target: Grid, what: str) -> np.ndarray:
     return np.asarray(moved)
 
 
+class ExportLabels(NamedTuple):
+    """A label map checked for export and put on its reference CT (:func:`labels_for_export`)."""
+
+    values: list[int]  #: the named label values, sorted
+    files: list[str]  #: the reference CT files, as given
+    datasets: list  #: their datasets, in the same order
+    sorted_ds: list  #: the datasets sorted along the slice normal
+    ct_grid: Grid  #: the CT lattice (z along the normal)
+    on_ct: np.ndarray  #: int64 labels on ct_grid
+
+
+def labels_for_export(labels: Grid, names: dict[int, str], reference_ct_files, out_path, writer: str, what: str,
+                      max_value: int | None = None) -> "ExportLabels":
+    """Check a label map and its names for a DICOM export, and put it on the reference CT.
+
+    Shared by the SEG and RTSTRUCT writers.
+
+    Args:
+        labels: integer label map (0 = background).
+        names: label value -> name; every non-zero value in the map needs one.
+        reference_ct_files: the CT slices the labels were drawn on.
+        out_path: the file to be written (for messages).
+        writer: the writing function's name, what: the object written (for messages).
+        max_value: largest label value the format can store (None: no limit).
+
+    Returns:
+        :class:`ExportLabels`.
+
+    Raises:
+        InputError: bad labels or names. DicomError: unreadable or inconsistent CT files.
+        GeometryError: labels not on the CT lattice.
+    """
+    if not isinstance(labels, Grid):
+        raise InputError(f"{writer} needs a Grid, got {type(labels).__name__}")
+    arr = np.asarray(labels.array)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InputError(f"label map for {out_path} has non-integer values")
+    elif arr.dtype.kind not in "iub":
+        raise InputError(f"label map for {out_path} has dtype {arr.dtype}, not integer")
+    if arr.size and float(arr.min()) < 0:
+        raise InputError(f"label map for {out_path} has negative labels")
+    if not names:
+        raise InputError(f"no label names given for {out_path}")
+    try:
+        values = sorted(int(k) for k in names)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"label names for {out_path} must be keyed by integers") from exc
+    if values[0] < 1 or (max_value is not None and values[-1] > max_value):
+        bound = f"1..{max_value}" if max_value is not None else "positive"
+        raise InputError(f"label values for {out_path} must be {bound}, got {values}")
+    unnamed = sorted({int(v) for v in np.unique(arr) if v != 0} - set(values))
+    if unnamed:
+        raise InputError(f"label map for {out_path} has values without a name: {unnamed[:10]}")
+    if not reference_ct_files:
+        raise InputError(f"{writer} for {out_path} needs reference_ct_files")
+    files = [str(f) for f in reference_ct_files]
+    datasets = [_read_dataset(f, "reference CT file") for f in files]
+    sorted_ds, ct_grid = _series_geometry(datasets, files)
+    on_ct = _labels_on(labels.with_array(arr.astype(np.int64)), ct_grid, f"{what} {out_path}")
+    return ExportLabels(values, files, datasets, sorted_ds, ct_grid, on_ct)
+
+
 def write_seg(labels: Grid, names: dict[int, str], out_path: str | os.PathLike,
               reference_ct_files: list[str], *, algorithm_name: str = "persodose",
               manufacturer: str = "persodose") -> Path:
@@ -150,35 +214,8 @@ def write_seg(labels: Grid, names: dict[int, str], out_path: str | os.PathLike,
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    if not isinstance(labels, Grid):
-        raise InputError(f"write_seg needs a Grid, got {type(labels).__name__}")
-    arr = np.asarray(labels.array)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise InputError(f"label map for {out_path} has non-integer values")
-    elif arr.dtype.kind not in "iub":
-        raise InputError(f"label map for {out_path} has dtype {arr.dtype}, not integer")
-    if arr.size and float(arr.min()) < 0:
-        raise InputError(f"label map for {out_path} has negative labels")
-    if not names:
-        raise InputError(f"no label names given for {out_path}")
-    try:
-        label_values = sorted(int(k) for k in names)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"label names for {out_path} must be keyed by integers") from exc
-    if label_values[0] < 1 or label_values[-1] > 65535:
-        raise InputError(f"label values for {out_path} must be in 1..65535, got {label_values}")
-    present = {int(v) for v in np.unique(arr) if v != 0}
-    unnamed = sorted(present - set(label_values))
-    if unnamed:
-        raise InputError(f"label map for {out_path} has values without a name: {unnamed[:10]}")
-    if not reference_ct_files:
-        raise InputError(f"write_seg for {out_path} needs reference_ct_files")
-
-    files = [str(f) for f in reference_ct_files]
-    datasets = [_read_dataset(f, "reference CT file") for f in files]
-    sorted_ds, ct_grid = _series_geometry(datasets, files)
-    on_ct = _labels_on(labels.with_array(arr.astype(np.int64)), ct_grid, f"SEG {out_path}")
+    label_values, _, _, sorted_ds, _, on_ct = labels_for_export(labels, names, reference_ct_files, out_path,
+                                                                "write_seg", "SEG", max_value=65535)
 
     # Label value -> segment number 1..n (PS3.3 C.8.20.2).
     lut = np.zeros(max(label_values[-1], int(on_ct.max(initial=0))) + 1, dtype=np.uint16)
