@@ -27,6 +27,7 @@ import numpy as np
 
 from persodose.errors import InputError, NuclideError, UnitsError, require_finite
 from persodose.grid import Grid, Kind
+from persodose.io.rtdose import image_pixel_module
 from persodose.outputs import atomic_dir, atomic_file
 
 __all__ = ["PatientInfo", "new_uid", "write_ct_series", "write_pet_series", "write_nm_tomo",
@@ -173,17 +174,6 @@ def _base(sop_class_uid: str, modality: str, patient: PatientInfo, study_uid: st
     ds.PositionReferenceIndicator = ""
     ds.PatientPosition = "HFS"
     return ds
-
-
-def _pixel_module(ds, rows: int, cols: int, signed: bool) -> None:
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1 if signed else 0
 
 
 def _write(ds, path: Path) -> None:
@@ -337,7 +327,7 @@ def write_ct_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: str
                 ds.ExposureInmAs = per["exposure_mas"][k]
             if "ctdivol_mgy" in per:
                 ds.CTDIvol = per["ctdivol_mgy"][k]
-            _pixel_module(ds, ny, nx, signed=True)
+            image_pixel_module(ds, ny, nx, bits=16, signed=True)
             ds.RescaleIntercept = _ds_num(-1024.0)
             ds.RescaleSlope = _ds_num(1.0)
             ds.RescaleType = "HU"
@@ -446,7 +436,7 @@ def write_pet_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: st
             ds.ImageOrientationPatient = iop
             ds.PixelSpacing = pixel_spacing
             ds.SliceThickness = _ds_num(grid.spacing_zyx_mm[0])
-            _pixel_module(ds, ny, nx, signed=True)
+            image_pixel_module(ds, ny, nx, bits=16, signed=True)
             ds.RescaleIntercept = _ds_num(0.0)
             ds.RescaleSlope = _ds_num(slope)
             ds.PixelData = stored.tobytes()
@@ -555,7 +545,7 @@ def write_nm_tomo(grid: Grid, out_path, *, patient: PatientInfo, study_uid: str,
     activity_mbq = injected_activity_bq / 1e6 if injected_activity_bq is not None else None
     ds.RadiopharmaceuticalInformationSequence = DicomSequence(
         [_radiopharmaceutical_item(radionuclide, t_half, activity_mbq, inj)])
-    _pixel_module(ds, ny, nx, signed=False)
+    image_pixel_module(ds, ny, nx, bits=16, signed=False)
     if slope is not None:
         ds.RescaleIntercept = _ds_num(0.0)
         ds.RescaleSlope = _ds_num(slope)

@@ -315,14 +315,7 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
     ds.PixelSpacing = [_ds_str(sy), _ds_str(sx)]  # row spacing (y), column spacing (x)
     ds.SliceThickness = _ds_str(step)
     # Image Pixel + Multi-frame + RT Dose
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ny
-    ds.Columns = nx
-    ds.BitsAllocated = 32
-    ds.BitsStored = 32
-    ds.HighBit = 31
-    ds.PixelRepresentation = 0
+    image_pixel_module(ds, ny, nx, bits=32, signed=False)
     ds.NumberOfFrames = nz
     ds.FrameIncrementPointer = pydicom.tag.Tag("GridFrameOffsetVector")
     ds.DoseUnits = "GY"
@@ -334,6 +327,18 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
     ds["PixelData"].VR = "OW"
 
     return write_dataset(ds, RT_DOSE_STORAGE, sop_uid, out_path)
+
+
+def image_pixel_module(ds, rows: int, cols: int, *, bits: int, signed: bool) -> None:
+    """Image Pixel module (PS3.3 C.7.6.3) of a grey-scale image of ``bits``-bit integers."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 1 if signed else 0
 
 
 def write_dataset(ds, sop_class_uid: str, sop_instance_uid: str, out_path) -> Path:
