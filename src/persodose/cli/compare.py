@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from persodose.cli._common import about, fraction, label_sidecars, read_labels
+
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare)
@@ -21,7 +23,7 @@ def compare(
     gamma_criteria: str = typer.Option("3,3", "--gamma-criteria", help="dose %, distance mm (global)."),
     realisation: Optional[List[Path]] = typer.Option(None, "--realisation",
                                                      help="Noise realisations of the test map (repeat): ensemble noise."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Relative metrics above this fraction of the reference maximum."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", callback=fraction, help="Relative metrics above this fraction of the reference maximum."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for comparison.json and the joint histogram."),
 ) -> None:
     """Voxel metrics (MAE, ME, RMSE, NRMSE, MRAE, RE, RAE, SSIM, PSNR), gamma, organ errors, ensemble noise."""
@@ -31,37 +33,40 @@ def compare(
     from persodose.io.image import read_image
     from persodose.metrics.compare import compare as compare_maps
     from persodose.metrics.compare import ensemble_noise
-    from persodose.outputs import jsonable, atomic_dir, write_provenance
+    from persodose.outputs import atomic_dir, check_output_paths, jsonable, write_provenance
 
-    def load(path: Path):
-        return read_image(path, unit=units) if units else read_image(path)
-
-    ref = load(reference)
-    tst = load(test)
-    lab, names = None, None
-    if labels is not None:
-        from persodose.grid import Kind
-
-        lab = read_image(labels, kind=Kind.LABELS)
-        side = Path(str(labels) + ".json")
-        if side.exists():
-            try:
-                names = {int(k): str(v) for k, v in json.loads(side.read_text()).items()}
-            except ValueError as exc:
-                raise InputError(f"cannot read label names {side}: {exc}") from None
-        if not lab.same_geometry(ref):
-            lab = lab.resample_to(ref)
     try:
         dose_pct, dist_mm = (float(x) for x in gamma_criteria.split(","))
     except ValueError:
         raise InputError(f"--gamma-criteria {gamma_criteria!r} must be 'dose_percent,distance_mm'") from None
-    result = compare_maps(ref, tst, lab, names, gamma=gamma,
-                          gamma_options={"dose_percent": dose_pct, "distance_mm": dist_mm}, threshold_fraction=threshold)
+    if not (0 < dose_pct <= 100 and 0 < dist_mm <= 100):
+        raise InputError(f"--gamma-criteria {gamma_criteria!r}: dose % and distance mm must be positive "
+                         "(at most 100)")
+    if realisation and len(realisation) < 2:
+        raise InputError("ensemble noise needs at least two --realisation maps")
+    if out is not None:
+        check_output_paths(inputs={"--reference": reference, "--test": test, "--labels": label_sidecars(labels, None),
+                                   "--realisation": list(realisation or [])},
+                           output_dirs={"--out": out})
+
+    def load(option: str, path: Path):
+        with about(option, path):
+            return read_image(path, unit=units) if units else read_image(path)
+
+    ref = load("--reference", reference)
+    tst = load("--test", test)
+    lab, names = None, None
+    if labels is not None:
+        lab, names = read_labels(labels, ref)
+        if not lab.same_geometry(ref):
+            lab = lab.resample_to(ref)
+    with about("--test", test):
+        result = compare_maps(ref, tst, lab, names, gamma=gamma,
+                              gamma_options={"dose_percent": dose_pct, "distance_mm": dist_mm},
+                              threshold_fraction=threshold)
     result = {k: v for k, v in result.items() if k != "mask"}
     if realisation:
-        if len(realisation) < 2:
-            raise InputError("ensemble noise needs at least two --realisation maps")
-        grids = [load(p) for p in realisation]
+        grids = [load("--realisation", p) for p in realisation]
         result["ensemble_noise_percent"] = ensemble_noise(grids, (lab.array > 0) if lab is not None else None)
     v = result["voxel"]
     typer.echo(f"MAE {v['mae']:.4g}  ME {v['me']:.4g}  RMSE {v['rmse']:.4g}  NRMSE {v['nrmse']:.4g}  "

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from persodose.cli._common import MAX_SEED, about, count, label_sidecars, positive, read_labels, require_volume
+
 
 def register(app: typer.Typer) -> None:
     app.command("ct")(ct)
@@ -18,19 +20,19 @@ def ct(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Organ label map (NIfTI, DICOM SEG or RTSTRUCT)."),
     label_names: Optional[Path] = typer.Option(None, "--label-names", help="JSON {label: name} for a NIfTI label map."),
     scanner: Optional[str] = typer.Option(None, "--scanner", help="Scanner preset (default: guessed from the headers)."),
-    kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube potential (kV), replaces the header."),
-    pitch: Optional[float] = typer.Option(None, "--pitch", help="Spiral pitch factor, replaces the header."),
-    collimation_mm: Optional[float] = typer.Option(None, "--collimation-mm", help="Total collimation nT (mm)."),
-    rotation_s: Optional[float] = typer.Option(None, "--rotation-s", help="Rotation time (s)."),
-    ctdivol: Optional[float] = typer.Option(None, "--ctdivol", help="CTDIvol (mGy) to calibrate to, replaces the header mean."),
-    photons: int = typer.Option(20_000_000, "--photons", help="Photons of the whole scan."),
-    ctdi_photons: int = typer.Option(2_000_000, "--ctdi-photons", help="Photons of the CTDI calibration run."),
-    dose_voxel_mm: float = typer.Option(5.0, "--dose-voxel-mm", help="Cubic dose voxel (mm)."),
-    batches: int = typer.Option(10, "--batches", help="Independent batches (uncertainty from their spread)."),
-    seed: int = typer.Option(12345, "--seed", help="Random seed."),
-    sp_maps: int = typer.Option(0, "--sp-maps", help="Also write this many single-position dose maps "
+    kvp: Optional[float] = typer.Option(None, "--kvp", callback=positive(200.0), help="Tube potential (kV), replaces the header."),
+    pitch: Optional[float] = typer.Option(None, "--pitch", callback=positive(10.0), help="Spiral pitch factor, replaces the header."),
+    collimation_mm: Optional[float] = typer.Option(None, "--collimation-mm", callback=positive(500.0), help="Total collimation nT (mm)."),
+    rotation_s: Optional[float] = typer.Option(None, "--rotation-s", callback=positive(100.0), help="Rotation time (s)."),
+    ctdivol: Optional[float] = typer.Option(None, "--ctdivol", callback=positive(1e4), help="CTDIvol (mGy) to calibrate to, replaces the header mean."),
+    photons: int = typer.Option(20_000_000, "--photons", callback=count(), help="Photons of the whole scan."),
+    ctdi_photons: int = typer.Option(2_000_000, "--ctdi-photons", callback=count(), help="Photons of the CTDI calibration run."),
+    dose_voxel_mm: float = typer.Option(5.0, "--dose-voxel-mm", callback=positive(50.0), help="Cubic dose voxel (mm)."),
+    batches: int = typer.Option(10, "--batches", callback=count(1, 10_000), help="Independent batches (uncertainty from their spread)."),
+    seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
+    sp_maps: int = typer.Option(0, "--sp-maps", callback=count(0, 10_000), help="Also write this many single-position dose maps "
                                                       "(patient and 400 mm water cylinder; evenly spaced positions)."),
-    sp_photons: int = typer.Option(200_000, "--sp-photons", help="Photons per single-position map."),
+    sp_photons: int = typer.Option(200_000, "--sp-photons", callback=count(), help="Photons per single-position map."),
     backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo runs."),
 ) -> None:
     """Whole-body dose map (mGy), organ doses, effective dose (ICRP 103) and a report."""
@@ -39,22 +41,24 @@ def ct(
     from persodose.errors import InputError
     from persodose.io.load import load_ct
     from persodose.mc.engine import MCSettings, check_backend
+    from persodose.outputs import check_output_paths
     from persodose.workflows.ct import ct_dose, write_ct_outputs
 
     check_backend(backend)
-    if photons <= 0 or ctdi_photons <= 0:
-        raise InputError("--photons and --ctdi-photons must be positive")
+    check_output_paths(inputs={"--ct": ct, "--labels": label_sidecars(labels, label_names)},
+                       output_dirs={"--out": out})
     overrides = {k: v for k, v in {"kvp": kvp, "pitch": pitch, "total_collimation_mm": collimation_mm,
                                    "rotation_time_s": rotation_s, "ctdivol_mgy": ctdivol}.items() if v is not None}
-    ct_grid, info = load_ct(ct)
+    with about("--ct", ct):
+        ct_grid, info = load_ct(ct)
+        require_volume(ct_grid)
     lab, names = None, None
     if labels is not None:
-        from persodose.cli.internal import _read_labels
-
-        lab, names = _read_labels(labels, ct_grid, label_names)
+        lab, names = read_labels(labels, ct_grid, label_names)
     settings = MCSettings(n_batches=batches, seed=seed, backend=backend)
-    result = ct_dose(ct_grid, info, lab, names, scanner=scanner, overrides=overrides, n_photons=photons,
-                     dose_voxel_mm=dose_voxel_mm, settings=settings, ctdi_photons=ctdi_photons)
+    with about("--ct", ct):
+        result = ct_dose(ct_grid, info, lab, names, scanner=scanner, overrides=overrides, n_photons=photons,
+                         dose_voxel_mm=dose_voxel_mm, settings=settings, ctdi_photons=ctdi_photons)
     sp = None
     if sp_maps > 0:
         import numpy as np

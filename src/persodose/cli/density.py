@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from persodose.cli._common import about
+
 
 def register(app: typer.Typer) -> None:
     app.command("density")(density)
@@ -26,26 +28,33 @@ def density(
     from persodose.errors import InputError
     from persodose.io.image import WRITE_SUFFIXES, write_image
     from persodose.io.load import load_ct
-    from persodose.outputs import atomic_file, write_provenance
+    from persodose.outputs import atomic_file, check_output_paths, write_provenance
     from persodose.physics.materials import (ct_to_density_and_materials, load_calibration_csv,
                                              materials_table)
 
-    for target in (out, materials_out):
+    for option, target in (("--out", out), ("--materials-out", materials_out)):
         if target is not None and not str(target).lower().endswith(WRITE_SUFFIXES):
-            raise InputError(f"cannot write {target}: use one of {', '.join(WRITE_SUFFIXES)}")
-    cal = load_calibration_csv(calibration) if calibration is not None else None
-    ct_grid, info = load_ct(ct)
-    dens, mats, mat_list = ct_to_density_and_materials(ct_grid, calibration=cal)
-    write_image(dens, out)
+            raise InputError(f"{option} {target}: cannot write it, use one of {', '.join(WRITE_SUFFIXES)}")
     prov = Path(str(out) + ".provenance.json")
-    with atomic_file(prov) as tmp:
-        write_provenance(tmp, "density", settings={"calibration": str(calibration) if calibration else
-                                                   "Schneider, Bortfeld and Schlegel 2000"},
+    table = Path(str(materials_out) + ".json") if materials_out is not None else None
+    check_output_paths(inputs={"--ct": ct, "--calibration": calibration},
+                       output_files={"--out": out, "--out provenance": prov,
+                                     "--materials-out": materials_out, "--materials-out table": table})
+    with about("--calibration", calibration):
+        cal = load_calibration_csv(calibration) if calibration is not None else None
+    with about("--ct", ct):
+        ct_grid, info = load_ct(ct)
+        dens, mats, mat_list = ct_to_density_and_materials(ct_grid, calibration=cal)
+    # every file is complete before the first is moved into place
+    with atomic_file(out) as tmp_dens, atomic_file(prov) as tmp_prov:
+        write_image(dens, tmp_dens)
+        write_provenance(tmp_prov, "density", settings={"calibration": str(calibration) if calibration else
+                                                        "Schneider, Bortfeld and Schlegel 2000"},
                          inputs={"ct": str(ct), "series_uid": getattr(info, "series_instance_uid", None)})
-    if materials_out is not None:
-        write_image(mats, materials_out)
-        with atomic_file(Path(str(materials_out) + ".json")) as tmp:
-            tmp.write_text(json.dumps(materials_table(mat_list), indent=2))
+        if materials_out is not None:
+            with atomic_file(materials_out) as tmp_mats, atomic_file(table) as tmp_table:
+                write_image(mats, tmp_mats)
+                tmp_table.write_text(json.dumps(materials_table(mat_list), indent=2))
     typer.echo(f"density: {out} (range {float(dens.array.min()):.4f} to {float(dens.array.max()):.3f} g/cm3)")
     if materials_out is not None:
         typer.echo(f"materials: {materials_out} ({len(mat_list)} classes, table {materials_out}.json)")

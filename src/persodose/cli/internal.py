@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from persodose.cli._common import MAX_SEED, about, count, label_sidecars, positive, read_labels, require_volume
+
 
 def register(app: typer.Typer) -> None:
     app.command("internal")(internal)
@@ -26,17 +28,17 @@ def internal(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Organ/lesion label map (NIfTI, DICOM SEG or RTSTRUCT)."),
     label_names: Optional[Path] = typer.Option(None, "--label-names",
                                                help="JSON {label: name} for a NIfTI label map (default: FILE.json beside it)."),
-    injected_mbq: Optional[float] = typer.Option(None, "--injected-mbq", help="Injected activity (MBq), for the report."),
+    injected_mbq: Optional[float] = typer.Option(None, "--injected-mbq", callback=positive(), help="Injected activity (MBq), for the report."),
     injection_time: Optional[str] = typer.Option(None, "--injection-time", help="ISO date-time of the injection if the images lack it."),
-    calibration_cps_per_mbq: Optional[float] = typer.Option(None, "--calibration-cps-per-mbq",
+    calibration_cps_per_mbq: Optional[float] = typer.Option(None, "--calibration-cps-per-mbq", callback=positive(),
                                                             help="SPECT sensitivity for images in counts."),
     times_h: Optional[str] = typer.Option(None, "--times-h", help="Comma-separated hours after injection (image files)."),
     units: Optional[str] = typer.Option(None, "--units", help="Unit of image files, e.g. Bq/mL."),
     tia_method: str = typer.Option("auto", "--tia-method", help="auto, mono, biexp, trapezoid, hanscheid, ..."),
-    dose_voxel_mm: Optional[float] = typer.Option(None, "--dose-voxel-mm", help="Cubic dose voxel (default: the emission image's)."),
-    decays: int = typer.Option(2_000_000, "--decays", help="Monte Carlo decays."),
+    dose_voxel_mm: Optional[float] = typer.Option(None, "--dose-voxel-mm", callback=positive(50.0), help="Cubic dose voxel (default: the emission image's)."),
+    decays: int = typer.Option(2_000_000, "--decays", callback=count(), help="Monte Carlo decays."),
     dose_rate: bool = typer.Option(False, "--dose-rate", help="Also write dose-rate maps at each time point."),
-    seed: int = typer.Option(12345, "--seed", help="Random seed."),
+    seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     mc_backend: str = typer.Option("cpu", "--mc-backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo "
                                                                "method and kernels not yet cached."),
 ) -> None:
@@ -47,6 +49,7 @@ def internal(
     from persodose.errors import InputError
     from persodose.io.load import load_ct
     from persodose.mc.engine import check_backend
+    from persodose.outputs import check_output_paths
     from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
 
     methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
@@ -54,6 +57,9 @@ def internal(
                                 mc_decays=decays, seed=seed, dose_rate=dose_rate, registration=registration,
                                 mc_backend=mc_backend)
     check_backend(mc_backend)  # a missing GPU is said before the images are read
+    check_output_paths(inputs={"--ct": ct, "--emission": list(emission), "--emission-ct": list(emission_ct or []),
+                               "--labels": label_sidecars(labels, label_names)},
+                       output_dirs={"--out": out})
     injection = None
     if injection_time:
         try:
@@ -66,13 +72,17 @@ def internal(
             hours = [float(x) for x in times_h.split(",")]
         except ValueError:
             raise InputError(f"--times-h {times_h!r} must be comma-separated numbers") from None
-    ct_grid, ct_info = load_ct(ct)
+        if not all(0 <= h < 1e5 for h in hours):
+            raise InputError(f"--times-h {times_h!r}: hours after injection must be finite and not negative")
+    with about("--ct", ct):
+        ct_grid, ct_info = load_ct(ct)
+        require_volume(ct_grid)
     points, injection = load_time_points(emission, settings.nuclide, calibration_cps_per_mbq=calibration_cps_per_mbq,
                                          units=units, times_h=hours, injection=injection, ct_info=ct_info,
                                          ct_paths=emission_ct or None)
     lab, names = None, None
     if labels is not None:
-        lab, names = _read_labels(labels, ct_grid, label_names)
+        lab, names = read_labels(labels, ct_grid, label_names)
     result = run_internal(ct_grid, points, settings, labels=lab, label_names=names, log=typer.echo)
     report = write_outputs(result, out, ct_files=ct_info.files if ct_info else None,
                            inputs={"ct": str(ct), "emission": [str(e) for e in emission],
@@ -86,37 +96,3 @@ def internal(
         typer.echo(json.dumps({r[0]: {c: (round(v, 2) if isinstance(v, float) else v) for c, v in zip(cols[1:4], r[1:4])}
                                for r in rows}))
 
-
-def _read_labels(path: Path, ct, names_path: Optional[Path]):
-    import json
-
-    from persodose.errors import InputError
-    from persodose.grid import Kind
-    from persodose.io.image import is_image_file, read_image
-
-    if is_image_file(path):
-        lab = read_image(path, kind=Kind.LABELS)
-        names = None
-        if names_path is None and Path(str(path) + ".json").exists():
-            names_path = Path(str(path) + ".json")
-        if names_path is not None:
-            try:
-                names = {int(k): str(v) for k, v in json.loads(Path(names_path).read_text()).items()}
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read label names {names_path}: {exc}") from None
-        return lab, names
-    import pydicom
-
-    try:
-        modality = pydicom.dcmread(str(path), stop_before_pixels=True, force=True).get("Modality", "")
-    except Exception as exc:  # pydicom raises many types for junk
-        raise InputError(f"cannot read labels {path}: {exc}") from None
-    if modality == "SEG":
-        from persodose.io.seg import read_seg
-
-        return read_seg(path, reference=ct)
-    if modality == "RTSTRUCT":
-        from persodose.io.rtstruct import rtstruct_to_labels
-
-        return rtstruct_to_labels(path, ct)
-    raise InputError(f"{path} is neither a label image, a DICOM SEG nor an RTSTRUCT")

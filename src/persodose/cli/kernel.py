@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from persodose.cli._common import MAX_SEED, count, positive
+
 
 def register(app: typer.Typer) -> None:
     app.command("kernel")(kernel)
@@ -14,13 +16,13 @@ def register(app: typer.Typer) -> None:
 
 def kernel(
     nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide (ICRP-107)."),
-    voxel_mm: float = typer.Option(..., "--voxel-mm", help="Cubic voxel size, mm."),
+    voxel_mm: float = typer.Option(..., "--voxel-mm", callback=positive(100.0), help="Cubic voxel size, mm."),
     out: Path = typer.Option(..., "--out", help="Kernel file: an octant text table (.txt) or an image (.nii.gz)."),
     medium: str = typer.Option("soft_tissue", "--medium", help="soft_tissue, bone, lung or water."),
-    size: int = typer.Option(11, "--size", help="Kernel width in voxels (odd)."),
-    decays: int = typer.Option(1_000_000, "--decays", help="Decays in the central voxel."),
-    density: Optional[float] = typer.Option(None, "--density", help="Override the medium density, g/cm3."),
-    seed: int = typer.Option(12345, "--seed", help="Random seed."),
+    size: int = typer.Option(11, "--size", callback=count(1, 301), help="Kernel width in voxels (odd)."),
+    decays: int = typer.Option(1_000_000, "--decays", callback=count(), help="Decays in the central voxel."),
+    density: Optional[float] = typer.Option(None, "--density", callback=positive(22.6), help="Override the medium density, g/cm3."),
+    seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU)."),
 ) -> None:
     """Voxel S-value kernel in mGy/(MBq s) for a nuclide, voxel size and medium."""
@@ -30,11 +32,15 @@ def kernel(
     from persodose.io.image import WRITE_SUFFIXES, write_image
     from persodose.mc.engine import MCSettings, check_backend
     from persodose.mc.kernels import generate_kernel
+    from persodose.outputs import check_output_paths
 
     check_backend(backend)
     text = str(out).lower().endswith(".txt")
     if not text and not str(out).lower().endswith(WRITE_SUFFIXES):
-        raise InputError(f"cannot write {out}: use .txt (octant table) or one of {', '.join(WRITE_SUFFIXES)}")
+        raise InputError(f"--out {out}: cannot write it, use .txt (octant table) or one of {', '.join(WRITE_SUFFIXES)}")
+    if size % 2 == 0:
+        raise InputError(f"--size {size} must be odd (the source voxel sits at the centre)")
+    check_output_paths(inputs={}, output_files={"--out": out})
     k, unc = generate_kernel(nuclide, voxel_mm, medium, size, decays, density,
                              settings=MCSettings(seed=seed, backend=backend))
     if text:

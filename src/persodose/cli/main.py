@@ -28,23 +28,66 @@ for module in (info, series, nuclide, density, internal, ct, mc, kernel, compare
 
 
 def _format_warning(message, category, filename, lineno, line=None):  # pragma: no cover
-    return f"persodose: warning: {message}\n"
+    return f"persodose: warning: {' '.join(str(message).split())}\n"
 
 
-def run(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning user errors into exit code 2."""
+class _Interrupted(BaseException):
+    """Ctrl-C, raised by our own SIGINT handler so that no library swallows it."""
+
+
+def _on_sigint(signum, frame):
+    raise _Interrupted()
+
+
+def _error(message: str) -> int:
+    msg = " ".join(str(message).split())
+    print(f"persodose: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the app and return the exit code: 0 done, 2 a user's error, 130 interrupted.
+
+    A user's error (bad option, bad input, a place that cannot be written) is one line on
+    stderr, never a traceback; a traceback means a bug in persodose.
+    """
+    import signal
+
     from persodose.errors import PersodoseError
 
     warnings.formatwarning = _format_warning
+    previous = None
     try:
-        app(args=argv, prog_name="persodose", standalone_mode=True)
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread (e.g. called from a worker): keep the default
+        pass
+    try:
+        rv = app(args=argv, prog_name="persodose", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except PersodoseError as exc:
-        msg = " ".join(str(exc).split())
-        print(f"persodose: error: {msg}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        return _error(str(exc))
+    except typer.TyperException as exc:  # Click's usage errors: bad or missing option, no such command
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
+            return 0
+        hint = f" (see 'persodose {ctx.info_name} --help')" if ctx is not None and ctx.parent else ""
+        return _error(exc.format_message() + hint)
+    except (_Interrupted, KeyboardInterrupt, typer.Abort):
         print("persodose: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except OSError as exc:  # the machine's, not persodose's: disk full, permission, ...
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return _error(f"{exc.strerror or exc}{where}")
+    except MemoryError:
+        return _error("out of memory: use a coarser --dose-voxel-mm, fewer histories per batch or a bigger machine")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point: :func:`main` with its exit code."""
+    sys.exit(main(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from persodose.cli._common import MAX_SEED, about, count
+
 
 def register(app: typer.Typer) -> None:
     app.command("mc")(mc)
@@ -27,36 +29,74 @@ def load_phantom(density: Optional[Path], materials: Optional[Path], ct: Optiona
             raise InputError("give either --ct or --density with --materials, not both")
         from persodose.io.load import load_ct
 
-        ct_grid, _ = load_ct(ct)
-        return VoxelPhantom.from_ct(ct_grid)
+        with about("--ct", ct):
+            ct_grid, _ = load_ct(ct)
+            return VoxelPhantom.from_ct(ct_grid)
     if density is None or materials is None:
         raise InputError("give --density and --materials (as written by 'persodose density'), or --ct")
-    dens = read_image(density, kind=Kind.DENSITY)
-    mats = read_image(materials, kind=Kind.MATERIAL)
-    table = Path(str(materials) + ".json")
-    if table.exists():
-        try:
-            rows = json.loads(table.read_text())
-        except ValueError as exc:
-            raise InputError(f"cannot read the materials table {table}: {exc}") from None
-        mat_list = materials_from_table(rows, str(table))
-    else:
-        mat_list = default_materials()
-    return VoxelPhantom(dens, mats.with_array(mats.array.astype("uint8" if mats.array.max() < 256 else "uint16")),
-                        tuple(mat_list))
+    with about("--density", density):
+        dens = read_image(density, kind=Kind.DENSITY)
+    with about("--materials", materials):
+        mats = read_image(materials, kind=Kind.MATERIAL)
+        table = Path(str(materials) + ".json")
+        if table.exists():
+            try:
+                rows = json.loads(table.read_text())
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read the materials table {table}: {exc}") from None
+            mat_list = materials_from_table(rows, str(table))
+        else:
+            mat_list = default_materials()
+        top = int(mats.array.max()) if mats.array.size else 0
+        if top >= len(mat_list):
+            raise InputError(f"material index {top} has no material: the table "
+                             f"{table if table.exists() else '(built-in)'} holds {len(mat_list)}")
+        if not mats.same_geometry(dens):
+            raise InputError(f"its grid {mats.shape} does not match --density {density} {dens.shape}")
+    with about("--density", density):
+        return VoxelPhantom(dens, mats.with_array(mats.array.astype("uint8" if top < 256 else "uint16")),
+                            tuple(mat_list))
+
+
+def _read_tia(tia: Path, tia_units: Optional[str], phantom):
+    """The TIA on the phantom's grid; refused when it is not a TIA or misses the phantom."""
+    import numpy as np
+
+    from persodose.errors import InputError
+    from persodose.grid import Kind
+    from persodose.io.image import read_image
+
+    source = read_image(tia, unit=tia_units) if tia_units else read_image(tia)
+    if source.kind is not Kind.TIA:
+        raise InputError(f"holds {source.kind.value} ({source.unit}); --tia needs a time-integrated "
+                         "activity in Bq s (give --tia-units if the file is not tagged)")
+    total = float(np.sum(source.array, dtype=np.float64))
+    if not np.any(source.array > 0):
+        raise InputError("the time-integrated activity is zero everywhere: nothing to simulate")
+    if not source.same_geometry(phantom.density):
+        source = source.resample_to(phantom.density)  # sum-preserving
+        kept = float(np.sum(source.array, dtype=np.float64))
+        if not kept > 0:
+            raise InputError("lies wholly outside the phantom's grid: no activity is left on it")
+        if kept < 0.999 * total:
+            raise InputError(f"only {100 * kept / total:.1f} % of its activity lies inside the phantom's grid; "
+                             "crop or register it to the phantom first")
+        typer.echo("TIA resampled onto the density grid (sum-preserving)")
+    return source
 
 
 def mc(
     tia: Path = typer.Option(..., "--tia", help="Time-integrated activity (NIfTI/MHA/NRRD), Bq s per voxel."),
     nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide (ICRP-107), e.g. Lu-177, F-18, Y-90."),
-    decays: int = typer.Option(..., "--decays", help="Number of decays to simulate (all batches)."),
+    decays: int = typer.Option(..., "--decays", callback=count(), help="Number of decays to simulate (all batches)."),
     out: Path = typer.Option(..., "--out", help="Output directory (dose, uncertainty, provenance)."),
     density: Optional[Path] = typer.Option(None, "--density", help="Density map, g/cm3."),
     materials: Optional[Path] = typer.Option(None, "--materials", help="Material-index map (its FILE.json table beside it)."),
     ct: Optional[Path] = typer.Option(None, "--ct", help="A CT (DICOM or image in HU) instead of density and materials."),
     tia_units: Optional[str] = typer.Option(None, "--tia-units", help="Unit of the TIA file if it is not tagged, e.g. 'Bq s', 'MBq h'."),
-    batches: int = typer.Option(10, "--batches", help="Independent batches (uncertainty from their spread)."),
-    seed: int = typer.Option(12345, "--seed", help="Random seed."),
+    batches: int = typer.Option(10, "--batches", callback=count(1, 10_000),
+                                help="Independent batches (uncertainty from their spread)."),
+    seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Save the running tally here after every batch (.npz)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --checkpoint."),
     backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU, one thread per chunk: 131072 chunks per batch)."),
@@ -68,30 +108,29 @@ def mc(
     from rich.progress import Progress
 
     from persodose.errors import InputError
-    from persodose.grid import Kind
-    from persodose.io.image import read_image, write_image
+    from persodose.io.image import write_image
     from persodose.mc import MCSettings, Tally, simulate_decays
     from persodose.mc.engine import check_backend
-    from persodose.outputs import atomic_dir, write_provenance
+    from persodose.outputs import atomic_dir, check_output_paths, write_provenance
     from persodose.physics.radionuclides import get_nuclide
 
     check_backend(backend)
     nuc = get_nuclide(nuclide)
-    if decays <= 0:
-        raise InputError("--decays must be positive")
     if resume and checkpoint is None:
         raise InputError("--resume needs --checkpoint")
+    if resume and not checkpoint.is_file():
+        raise InputError(f"--checkpoint {checkpoint} does not exist: nothing to --resume")
+    check_output_paths(
+        inputs={"--tia": tia, "--density": density, "--materials": materials,
+                "--materials table": Path(str(materials) + ".json") if materials else None, "--ct": ct},
+        output_dirs={"--out": out}, output_files={"--checkpoint": checkpoint})
     phantom = load_phantom(density, materials, ct)
-    source = read_image(tia, unit=tia_units) if tia_units else read_image(tia)
-    if source.kind is not Kind.TIA:
-        raise InputError(f"{tia} holds {source.kind.value} ({source.unit}); --tia needs a time-integrated "
-                         "activity in Bq s (give --tia-units if the file is not tagged)")
-    if not source.same_geometry(phantom.density):
-        source = source.resample_to(phantom.density)  # sum-preserving
-        typer.echo("TIA resampled onto the density grid (sum-preserving)")
+    with about("--tia", tia):
+        source = _read_tia(tia, tia_units, phantom)
     settings = MCSettings(n_batches=batches, seed=seed, backend=backend)
-    tally = Tally.load(checkpoint) if resume else None
-    with Progress(transient=True) as bar:
+    with about("--checkpoint", checkpoint):
+        tally = Tally.load(checkpoint) if resume else None
+    with Progress(transient=True) as bar, about("--tia", tia):
         task = bar.add_task(f"{nuc.name}: {decays:.3g} decays", total=batches)
         result = simulate_decays(phantom, source, nuc.name, decays, settings, resume=tally,
                                  checkpoint=checkpoint, progress=lambda done, total: bar.update(task, completed=done))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from persodose.cli._common import MAX_SEED, count
+
 TRACERS = ("lu177-dotatate", "fdg")
 
 
@@ -17,7 +19,7 @@ def phantom(
     out: Path = typer.Option(..., "--out", help="Directory to write (DICOM, NIfTI, manifest.json)."),
     tracer: str = typer.Option("lu177-dotatate", "--tracer", help="lu177-dotatate (SPECT, 4 time points) or fdg (dynamic PET)."),
     voxel_mm: float = typer.Option(4.0, "--voxel-mm", help="Isotropic voxel size of the anatomy and CT, mm."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; seed 0 is the canonical patient."),
+    seed: int = typer.Option(0, "--seed", callback=count(0, MAX_SEED), help="Random seed; seed 0 is the canonical patient."),
 ) -> None:
     """Write a virtual adult patient: CT, labels, emission images and the truth."""
     from persodose.errors import InputError
@@ -26,6 +28,9 @@ def phantom(
         raise InputError(f"unknown tracer {tracer!r}; choose one of {', '.join(TRACERS)}")
     if not (1.0 <= voxel_mm <= 12.0):
         raise InputError(f"--voxel-mm must be between 1 and 12 mm, got {voxel_mm}")
+    from persodose.outputs import check_output_paths
+
+    check_output_paths(inputs={}, output_dirs={"--out": out})
     from persodose.phantoms import make_virtual_patient, write_virtual_patient
 
     vp = make_virtual_patient(tracer=tracer, voxel_mm=voxel_mm, seed=seed)
