@@ -207,3 +207,33 @@ def test_compare_command(cli, tmp_path):
     assert (out / "joint_histogram.png").exists()
     other = write_image(Grid(ref[:, :, :8].copy(), (4, 4, 4), kind=Kind.DOSE), tmp_path / "small.nii.gz")
     assert_clean_error(cli("compare", "--reference", paths["ref"], "--test", other), "geometr")
+
+
+def test_ctrl_c_says_so_exits_130_and_leaves_nothing(tmp_path):
+    """SIGINT in the middle of a Monte Carlo run: exit 130, the message, no output, no temporary."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from persodose.physics.materials import default_materials, materials_table
+
+    dens = Grid(np.full((12, 12, 12), 1.0, np.float32), (5.0, 5.0, 5.0), kind=Kind.DENSITY)
+    mats = Grid(np.full((12, 12, 12), 2, np.uint8), (5.0, 5.0, 5.0), kind=Kind.MATERIAL)
+    tia = Grid(np.ones((12, 12, 12), np.float32), (5.0, 5.0, 5.0), kind=Kind.TIA)
+    write_image(dens, tmp_path / "d.nii.gz")
+    write_image(mats, tmp_path / "m.nii.gz")
+    (tmp_path / "m.nii.gz.json").write_text(json.dumps(materials_table(default_materials())))
+    write_image(tia, tmp_path / "t.nii.gz")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.Popen([sys.executable, "-m", "persodose.cli.main", "mc", "--tia", str(tmp_path / "t.nii.gz"),
+                             "--density", str(tmp_path / "d.nii.gz"), "--materials", str(tmp_path / "m.nii.gz"),
+                             "--nuclide", "Lu-177", "--decays", "50000000", "--batches", "200",
+                             "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8.0)
+    assert proc.poll() is None, proc.communicate()  # still simulating
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; nothing was written" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
