@@ -439,6 +439,12 @@ def test_virtual_patient_organ_tia_from_true_activities(lu_patient):
         assert r.chosen_model == "mono"  # 4 points: only the mono-exponential is eligible
         assert r.activities_bq[1] == pytest.approx(float(vp.organ_tac[organ].activity_bq(times[1])), rel=1e-5)
         assert r.to_dict()["fits"]
+        assert r.quality is not None and r.to_dict()["quality"]["verdict"] == r.quality.verdict
+        if organ.startswith("kidney"):  # 4 points on an uptake-washout curve of T_eff 55 h: nothing to flag
+            assert r.quality.verdict == "good", r.quality.summary()
+    # true bladder activity: most of its TIA is before the first image (filling and voiding in hours)
+    assert res["bladder"].quality.verdict == "unreliable"
+    assert res["bladder"].quality.extrapolated_fraction > 0.5
     # hybrid: the voxel map rescaled to the organ fits inside each organ
     g, rep = tia_map(vp.truth_activity, times, vp.half_life_s, "hybrid", vp.labels, names=vp.label_names)
     lab = vp.labels.array

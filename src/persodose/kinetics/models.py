@@ -137,6 +137,35 @@ class ExponentialModel:
         """Effective rate constants of the terms, 1/s, shape ``(..., n_terms)``."""
         raise NotImplementedError
 
+    def terms(self, params) -> tuple[np.ndarray, np.ndarray]:
+        """The curve as a sum of exponentials ``sum_j c_j exp(-l_j t)``.
+
+        Returns:
+            ``(c, l)``: signed amplitudes c_j (Bq) and effective rates l_j (1/s), each of
+            shape ``(..., n_terms)`` (an uptake term has a negative amplitude).
+        """
+        raise NotImplementedError
+
+    def integral_from(self, t_s, params) -> np.ndarray:
+        """Time-integrated activity from ``t_s`` to infinity, Bq s.
+
+        ``integral_t^inf c exp(-l u) du = c exp(-l t) / l`` for each term (elementary
+        calculus); ``integral_from(0, p)`` equals :meth:`integral_0_inf`, and the integral
+        between ``t1`` and ``t2`` is ``integral_from(t1) - integral_from(t2)``.
+
+        Args:
+            t_s: start time(s), s, shape (n_t,) or scalar.
+            params: parameters, shape ``(..., n_params)``.
+
+        Returns:
+            shape ``params.shape[:-1] + (n_t,)`` (``params.shape[:-1]`` for a scalar time).
+        """
+        c, lam = self.terms(params)
+        t = np.asarray(t_s, dtype=float)
+        if t.ndim == 0:
+            return np.sum(c * np.exp(-lam * t) / lam, axis=-1)
+        return np.sum(c[..., None, :] * np.exp(-lam[..., None, :] * t[:, None]) / lam[..., None, :], axis=-1)
+
     def effective_half_lives_s(self, params) -> np.ndarray:
         """``ln 2 / rates``, s."""
         return LN2 / self.rates_per_s(params)
@@ -176,6 +205,10 @@ class MonoExponential(ExponentialModel):
         p = _params(params, 2, self.name)
         return p[..., 1:2]
 
+    def terms(self, params):
+        p = _params(params, 2, self.name)
+        return p[..., 0:1], p[..., 1:2]
+
 
 @dataclass(frozen=True)
 class BiExponentialUptake(ExponentialModel):
@@ -209,6 +242,10 @@ class BiExponentialUptake(ExponentialModel):
         p = _params(params, 3, self.name)
         return np.stack([p[..., 1], p[..., 1] + p[..., 2]], axis=-1)
 
+    def terms(self, params):
+        p = _params(params, 3, self.name)
+        return np.stack([p[..., 0], -p[..., 0]], axis=-1), self.rates_per_s(p)
+
 
 @dataclass(frozen=True)
 class BiExponential(ExponentialModel):
@@ -240,6 +277,10 @@ class BiExponential(ExponentialModel):
     def rates_per_s(self, params):
         p = _params(params, 4, self.name)
         return np.stack([p[..., 1], p[..., 1] + p[..., 3]], axis=-1)
+
+    def terms(self, params):
+        p = _params(params, 4, self.name)
+        return np.stack([p[..., 0], p[..., 2]], axis=-1), self.rates_per_s(p)
 
 
 @dataclass(frozen=True)
@@ -286,6 +327,10 @@ class TriExponential(ExponentialModel):
     def rates_per_s(self, params):
         p = _params(params, 5, self.name)
         return np.stack(self._rates(p), axis=-1)
+
+    def terms(self, params):
+        p = _params(params, 5, self.name)
+        return np.stack([p[..., 0], p[..., 2], -(p[..., 0] + p[..., 2])], axis=-1), self.rates_per_s(p)
 
 
 #: Registry of the parametric models by name.

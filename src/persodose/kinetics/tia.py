@@ -33,6 +33,8 @@ from persodose.errors import InputError, require_finite
 from persodose.grid import Grid, Kind
 from persodose.kinetics.fit import (DEFAULT_CANDIDATES, FitResult, fit_tac, fit_voxels, select_model)
 from persodose.kinetics.models import Hanscheid, SingleTimePoint, Trapezoid, decay_constant_per_s
+from persodose.kinetics.quality import (FitQuality, fit_result_quality, no_activity_quality, single_point_quality,
+                                        trapezoid_quality)
 
 METHODS = ("auto", "mono", "trapezoid", "biexp_uptake", "biexp", "hanscheid", "stp", "hybrid")
 
@@ -102,6 +104,10 @@ class OrganTIA:
         tia_bq_s: TIA, Bq s; ``tia_sd_bq_s``: its uncertainty (NaN when unknown).
         fit: the chosen fit (None for trapezoid / single-point / empty organs).
         note: how the model was chosen when AICc could not be used.
+        n_voxels: number of voxels of the label.
+        quality: the :class:`~persodose.kinetics.quality.FitQuality` of the TIA (verdict
+            ``"good"`` / ``"poor"`` / ``"unreliable"`` and its reasons); set by
+            :func:`organ_tac_tia` for every organ, whichever method produced the TIA.
     """
 
     name: str
@@ -115,13 +121,20 @@ class OrganTIA:
     fit: FitResult | None = None
     note: str = ""
     n_voxels: int = 0
+    quality: FitQuality | None = None
+
+    @property
+    def verdict(self) -> str:
+        """``quality.verdict`` (``"good"``, ``"poor"``, ``"unreliable"``); ``""`` when unchecked."""
+        return self.quality.verdict if self.quality is not None else ""
 
     def to_dict(self) -> dict:
         return {"name": self.name, "label": self.label, "n_voxels": self.n_voxels, "times_s": self.times_s,
                 "activities_bq": self.activities_bq, "chosen_model": self.chosen_model,
                 "tia_bq_s": self.tia_bq_s,
                 "tia_sd_bq_s": None if math.isnan(self.tia_sd_bq_s) else self.tia_sd_bq_s,
-                "note": self.note, "fits": self.table}
+                "note": self.note, "fits": self.table,
+                "quality": None if self.quality is None else self.quality.to_dict()}
 
 
 def organ_tac_tia(t_s, a_bq, half_life_s: float, candidates=DEFAULT_CANDIDATES, sigma=None,
@@ -131,7 +144,28 @@ def organ_tac_tia(t_s, a_bq, half_life_s: float, candidates=DEFAULT_CANDIDATES, 
     With too few points for any candidate (``n <= K + 1`` for all), a mono-exponential is
     fitted without selection when ``n >= 2`` (falling back to the trapezoid if it does not
     converge or is slower than physical decay), and Hänscheid's formula is used for ``n = 1``.
+
+    The result's ``quality`` (:class:`~persodose.kinetics.quality.FitQuality`) checks the
+    chosen curve against the data (:mod:`persodose.kinetics.quality`).
     """
+    res = _organ_tac_tia(t_s, a_bq, half_life_s, candidates, sigma, name, label)
+    res.quality = _quality_of(res, half_life_s)
+    return res
+
+
+def _quality_of(res: OrganTIA, half_life_s: float) -> FitQuality:
+    """The :class:`FitQuality` of whichever method produced ``res.tia_bq_s``."""
+    t, a = res.times_s, res.activities_bq
+    if res.fit is not None:
+        return fit_result_quality(res.fit, t, a)
+    if res.chosen_model == "trapezoid":
+        return trapezoid_quality(t, a, half_life_s)
+    if res.chosen_model == "hanscheid":
+        return single_point_quality(t, a, half_life_s, "hanscheid")
+    return no_activity_quality(t, half_life_s)
+
+
+def _organ_tac_tia(t_s, a_bq, half_life_s, candidates, sigma, name, label) -> OrganTIA:
     t = np.asarray(t_s, dtype=float)
     a = np.asarray(a_bq, dtype=float)
     base = dict(name=name, label=int(label), times_s=[float(v) for v in t], activities_bq=[float(v) for v in a])
