@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from persodose.dose import (ActivityInAirWarning, DoseSettings, KernelSet, VoxelKernel, available_methods,
-                            get_method, read_octant_table, register_method, write_octant_table)
+from persodose.dose import (ActivityInAirWarning, DSVSettings, KernelSet, LEDSettings, MSVSettings, VoxelKernel,
+                            available_methods, get_method, get_spec, read_octant_table, register_method,
+                            write_octant_table)
 from persodose.dose import registry
 from persodose.dose.convolution import (clear_kernel_cache, fft_convolve, fft_convolve_many,
                                         kernel_cache_info, transform_shape)
@@ -83,8 +84,9 @@ def run(name, tia, density=None, kernels=None, settings=None):
 
 
 def methods_under_test():
-    return [m if m in BUILTIN else pytest.param(m, marks=pytest.mark.skip(reason="not a classical method"))
-            for m in available_methods()]
+    """The classical methods, with analytic kernels (exact checks); every registered method,
+    Monte Carlo and plug-ins included, runs the contract in tests/dose/test_contract.py."""
+    return list(BUILTIN)
 
 
 # --------------------------------------------------------------------------- registry
@@ -99,7 +101,7 @@ def test_unknown_method_is_input_error():
 
 
 def test_register_new_method_and_refuse_name_clash(monkeypatch):
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
 
     @register_method("test_double")
     def double(tia, *, nuclide, density, kernels, settings=None):
@@ -112,12 +114,26 @@ def test_register_new_method_and_refuse_name_clash(monkeypatch):
         register_method("led")(double)
 
 
-def test_settings_from_mapping_and_unknown_key():
-    assert registry.as_settings({"led_energy": "electron"}).led_energy == "electron"
-    with pytest.raises(InputError, match="unknown dose setting"):
-        registry.as_settings({"led_enrgy": "all"})
-    with pytest.raises(InputError):
-        DoseSettings(led_energy="photons")
+def test_settings_from_mapping_strings_and_unknown_key():
+    led = get_spec("led")
+    assert led.make_settings({"energy": "electron"}).energy == "electron"
+    assert led.make_settings({"air_threshold_g_cm3": "0.05"}).air_threshold_g_cm3 == 0.05  # parsed by type
+    with pytest.raises(InputError, match="unknown setting.*led.enrgy.*energy"):
+        led.make_settings({"enrgy": "all"})
+    with pytest.raises(InputError, match="led.energy"):
+        LEDSettings(energy="photons")
+    msv = get_spec("msv").make_settings({"density_scaling": "true", "bin_edges_g_cm3": "0.5,1.2,1.6",
+                                         "media": "lung,soft_tissue,bone_low,bone", "block_z": "none"})
+    assert msv == MSVSettings(media=("lung", "soft_tissue", "bone_low", "bone"), bin_edges_g_cm3=(0.5, 1.2, 1.6),
+                              density_scaling=True, block_z=None)
+    with pytest.raises(InputError, match="msv.density_scaling.*maybe"):
+        get_spec("msv").make_settings({"density_scaling": "maybe"})
+    with pytest.raises(InputError, match="msv.block_z"):
+        get_spec("msv").make_settings({"block_z": "ten"})
+    assert registry.parse_method_options(["msv.density_scaling=true", "mc.decays=5"]) == {
+        "msv": {"density_scaling": "true"}, "mc": {"decays": "5"}}
+    with pytest.raises(InputError, match="METHOD.SETTING=VALUE"):
+        registry.parse_method_options(["density_scaling=true"])
 
 
 # --------------------------------------------------------------------------- properties, every method
@@ -205,7 +221,7 @@ def test_led_hand_computation():
     rho = np.full(SHAPE, 1.2, dtype=np.float32)
     mass_kg = 1.2 * (VOXEL_MM ** 3 / 1000.0) * 1e-3  # 0.0768 g
     d_all = run("led", tia_grid(a), density_grid(rho)).array
-    d_el = run("led", tia_grid(a), density_grid(rho), settings={"led_energy": "electron"}).array
+    d_el = run("led", tia_grid(a), density_grid(rho), settings={"energy": "electron"}).array
     hand_all = 2.5e9 * (LU177_ELECTRON_MEV + LU177_PHOTON_MEV) * MEV_J / mass_kg
     hand_el = 2.5e9 * LU177_ELECTRON_MEV * MEV_J / mass_kg
     assert d_all[3, 4, 5] == pytest.approx(hand_all, rel=1e-4)
@@ -231,7 +247,7 @@ def test_dsv_scales_ssv_by_density():
     assert np.all(dsv[:, :, :3] == 0)
     # another reference density and threshold from settings
     dsv2 = run("dsv", tia_grid(a), density_grid(rho),
-               settings=DoseSettings(dsv_reference_density_g_cm3=1.0, air_threshold_g_cm3=0.01)).array
+               settings=DSVSettings(reference_density_g_cm3=1.0, air_threshold_g_cm3=0.01)).array
     np.testing.assert_allclose(dsv2, ssv / rho, rtol=1e-5, atol=1e-7 * ssv.max())
 
 
@@ -264,7 +280,7 @@ def test_msv_picks_the_kernel_of_each_density_bin():
         np.testing.assert_allclose(msv[sel], ref[m][sel], rtol=1e-4, atol=1e-6 * msv.max())
     # optional density scaling within each bin
     scaled = run("msv", tia_grid(a), density_grid(rho), kernels=ks,
-                 settings={"msv_density_scaling": True}).array
+                 settings={"density_scaling": True}).array
     np.testing.assert_allclose(scaled[lung], ref["lung"][lung] * 0.26 / 0.3, rtol=1e-4, atol=1e-6 * msv.max())
 
 
@@ -274,11 +290,11 @@ def test_msv_custom_edges_and_bad_edges():
     a = blob_tia(10)
     # every tissue voxel in the soft-tissue bin
     d = run("msv", tia_grid(a), density_grid(rho), kernels=ks,
-            settings={"msv_bin_edges_g_cm3": (0.11, 5.0, 6.0)}).array
+            settings={"bin_edges_g_cm3": (0.11, 5.0, 6.0)}).array
     ssv = run("ssv", tia_grid(a), kernels=ks).array
     np.testing.assert_allclose(d, ssv, rtol=1e-4, atol=1e-6 * ssv.max())
     with pytest.raises(InputError, match="3 density edge"):
-        run("msv", tia_grid(a), density_grid(rho), kernels=ks, settings={"msv_bin_edges_g_cm3": (0.5, 1.0)})
+        run("msv", tia_grid(a), density_grid(rho), kernels=ks, settings={"bin_edges_g_cm3": (0.5, 1.0)})
 
 
 # --------------------------------------------------------------------------- air
@@ -467,7 +483,7 @@ def test_organ_mird_uniform_sphere_vs_led_mean():
     inside, labels, tia, rho = _sphere_phantom()
     pytest.importorskip("xraylib")
     led_all = run("led", tia, rho).array[inside].mean(dtype=np.float64)
-    led_el = run("led", tia, rho, settings={"led_energy": "electron"}).array[inside].mean(dtype=np.float64)
+    led_el = run("led", tia, rho, settings={"energy": "electron"}).array[inside].mean(dtype=np.float64)
     (none,) = organ_doses(tia, labels, rho, NUCLIDE, photon_model="none", label_names={3: "tumour"},
                           lesion_labels=[3])
     assert none.name == "tumour" and none.kind == "lesion" and none.label == 3

@@ -153,7 +153,7 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
     # isolates the dose-calculation error (the comparison of the SINFONIA FDG study).
     t0 = time.perf_counter()
     isettings = InternalSettings(vp.nuclide, tia_method="dynamic" if vp.nuclide == "F-18" else "auto",
-                                 mc_decays=settings.mc_decays, kernel_decays=settings.kernel_decays,
+                                 method_options={"mc": {"decays": settings.mc_decays}}, kernel_decays=settings.kernel_decays,
                                  kernel_cache=settings.kernel_cache, seed=12345 + settings.seed)
     quiet = lambda m: log(m) if "kernel" in m else None  # noqa: E731
     res.internal_images = run_internal(ct, points, isettings, labels=labels, label_names=res.label_names, log=quiet)

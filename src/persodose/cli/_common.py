@@ -162,3 +162,31 @@ def require_volume(ct_grid, minimum: int = 3) -> None:
     if ct_grid.shape[0] < minimum:
         raise InputError(f"holds {ct_grid.shape[0]} slice(s); a dose calculation needs a volume of at least "
                          f"{minimum} slices (give the folder of the whole series)")
+
+
+def read_method_options(path, items, decays: int | None = None) -> dict:
+    """Method settings from a JSON file (``{method: {setting: value}}``), then ``--method-option``
+    items (``METHOD.SETTING=VALUE``) over it, then ``--decays`` as ``mc.decays``."""
+    import json
+    from pathlib import Path
+
+    from persodose.dose.registry import parse_method_options
+    from persodose.errors import InputError
+
+    options: dict = {}
+    if path is not None:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--method-options {path}: cannot read it: {exc}") from None
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise InputError(f"--method-options {path} must hold {{method: {{setting: value}}}}")
+        options = {str(k).lower(): dict(v) for k, v in raw.items()}
+    for method, values in parse_method_options(items or []).items():
+        options.setdefault(method, {}).update(values)
+    if decays is not None:
+        given = options.get("mc", {}).get("decays")
+        if given is not None and str(given) != str(decays):
+            raise InputError(f"--decays {decays} and mc.decays={given} disagree: give one of them")
+        options.setdefault("mc", {})["decays"] = decays
+    return options

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from persodose.cli._common import MAX_SEED, about, count, label_sidecars, positive, read_labels, require_volume
+from persodose.cli._common import (MAX_SEED, about, count, label_sidecars, positive, read_labels,
+                                   read_method_options, require_volume)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +25,14 @@ def internal(
     nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide, e.g. Lu-177, F-18."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     method: List[str] = typer.Option(["led", "ssv", "dsv", "msv", "mc"], "--method",
-                                     help="led, ssv, dsv, msv, mc (repeat, or comma-separated)."),
+                                     help="Dose methods (repeat, or comma-separated): led, ssv, dsv, msv, mc, or any "
+                                          "registered by a plug-in; 'persodose methods' lists them."),
+    method_option: Optional[List[str]] = typer.Option(None, "--method-option",
+                                                      help="A method's setting, METHOD.SETTING=VALUE (repeat), e.g. "
+                                                           "msv.density_scaling=true; 'persodose methods' lists them."),
+    method_options_file: Optional[Path] = typer.Option(None, "--method-options",
+                                                       help="JSON file {method: {setting: value}}; --method-option "
+                                                            "overrides it."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Organ/lesion label map (NIfTI, DICOM SEG or RTSTRUCT)."),
     label_names: Optional[Path] = typer.Option(None, "--label-names",
                                                help="JSON {label: name} for a NIfTI label map (default: FILE.json beside it)."),
@@ -36,7 +44,9 @@ def internal(
     units: Optional[str] = typer.Option(None, "--units", help="Unit of image files, e.g. Bq/mL."),
     tia_method: str = typer.Option("auto", "--tia-method", help="auto, mono, biexp, trapezoid, hanscheid, ..."),
     dose_voxel_mm: Optional[float] = typer.Option(None, "--dose-voxel-mm", callback=positive(50.0), help="Cubic dose voxel (default: the emission image's)."),
-    decays: int = typer.Option(2_000_000, "--decays", callback=count(), help="Monte Carlo decays."),
+    decays: Optional[int] = typer.Option(None, "--decays", callback=count(),
+                                         help="Monte Carlo decays (the same as --method-option mc.decays=N; "
+                                              "default 2e6)."),
     dose_rate: bool = typer.Option(False, "--dose-rate", help="Also write dose-rate maps at each time point."),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     mc_backend: str = typer.Option("cpu", "--mc-backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo "
@@ -53,12 +63,13 @@ def internal(
     from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
 
     methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
-    settings = InternalSettings(nuclide, methods=methods, tia_method=tia_method, dose_voxel_mm=dose_voxel_mm,
-                                mc_decays=decays, seed=seed, dose_rate=dose_rate, registration=registration,
-                                mc_backend=mc_backend)
+    options = read_method_options(method_options_file, method_option, decays)
+    settings = InternalSettings(nuclide, methods=methods, method_options=options, tia_method=tia_method,
+                                dose_voxel_mm=dose_voxel_mm, seed=seed, dose_rate=dose_rate,
+                                registration=registration, mc_backend=mc_backend)
     check_backend(mc_backend)  # a missing GPU is said before the images are read
     check_output_paths(inputs={"--ct": ct, "--emission": list(emission), "--emission-ct": list(emission_ct or []),
-                               "--labels": label_sidecars(labels, label_names)},
+                               "--labels": label_sidecars(labels, label_names), "--method-options": method_options_file},
                        output_dirs={"--out": out})
     injection = None
     if injection_time:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import List, Optional
 
 import typer
 
-from persodose.cli import compare, ct, density, demo, info, internal, kernel, mc, nuclide, phantom, series
+from persodose.cli import compare, ct, density, demo, info, internal, kernel, mc, methods, nuclide, phantom, series
 
 app = typer.Typer(
     name="persodose",
@@ -23,8 +24,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (info, series, nuclide, density, internal, ct, mc, kernel, compare, phantom, demo):
+for module in (info, series, nuclide, density, internal, ct, mc, kernel, compare, phantom, demo, methods):
     module.register(app)
+
+
+@app.callback()
+def _root(
+    plugin: Optional[List[str]] = typer.Option(None, "--plugin",
+                                               help="Load a plug-in (a .py file or a module name) that registers dose "
+                                                    "methods; repeat for more. PERSODOSE_PLUGINS works too."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say more of what is done (log level DEBUG)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    """Personalised patient dosimetry for nuclear medicine and CT."""
+    from persodose.logs import configure
+    from persodose.plugins import load_from_environment, load_plugin
+
+    configure(verbose=verbose, quiet=quiet)
+    load_from_environment()
+    for p in plugin or []:
+        load_plugin(p)
 
 
 def _format_warning(message, category, filename, lineno, line=None):  # pragma: no cover

@@ -1,15 +1,21 @@
-"""Registry of dose methods, their common settings and input checks.
+"""Registry of dose methods: the one extension point for internal-dose methods.
 
-Every dose method is a pure function with the signature::
+A dose method registers itself with :func:`register_method`, giving its name, its own
+settings dataclass (defaults, units, documentation and validation in one place), what it
+needs (density, materials, kernels, the emission images per time point, a device) and what
+it claims (linear in activity, stochastic, accuracy in a homogeneous phantom). The internal
+workflow, the command line and the contract tests that run over every registered method find
+it through :func:`get_spec`; nothing else changes when a method is added. Classical methods
+are pure functions::
 
     method(tia: Grid, *, nuclide: str, density: Grid | None, kernels: KernelSet | None,
-           settings: DoseSettings | Mapping | None) -> Grid
+           settings) -> Grid
 
 taking a time-integrated activity grid (:attr:`Kind.TIA`, Bq s per voxel) and returning the
-absorbed dose (:attr:`Kind.DOSE`, Gy) on the same geometry. Methods register themselves by
-name with :func:`register_method`; :func:`get_method` finds them. The built-in methods are
-``"led"``, ``"ssv"``, ``"dsv"`` and ``"msv"``; a Monte Carlo engine registers ``"mc"`` the same
-way.
+absorbed dose (:attr:`Kind.DOSE`, Gy) on the same geometry; methods that need more (the Monte
+Carlo engine, networks working on the images) take a :class:`DoseInputs`. The built-in
+methods are ``led``, ``ssv``, ``dsv``, ``msv`` and ``mc``; plug-ins register more
+(:mod:`persodose.plugins`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -27,12 +33,17 @@ from persodose.grid import Grid, Kind
 
 __all__ = [
     "DoseMethod",
-    "DoseSettings",
+    "DoseInputs",
+    "MethodOutput",
+    "MethodSpec",
+    "NoSettings",
     "ActivityInAirWarning",
     "register_method",
     "get_method",
+    "get_spec",
     "available_methods",
-    "as_settings",
+    "resolve_settings",
+    "parse_method_options",
     "check_tia",
     "check_density",
     "air_mask",
@@ -54,117 +65,275 @@ class DoseMethod(Protocol):
 
 
 @dataclass(frozen=True)
-class DoseSettings:
-    """Settings shared by the dose methods (each method reads the ones it needs).
+class NoSettings:
+    """Settings of a method that has none."""
+
+
+#: What a dose method may need besides the time-integrated activity and the nuclide.
+NEEDS = ("density", "materials", "kernels", "time_points", "device")
+
+
+@dataclass
+class DoseInputs:
+    """Everything a dose method may use, on one dose grid (the TIA's geometry).
 
     Attributes:
-        led_energy: ``"all"`` (electrons, alphas and photons deposited locally) or
-            ``"electron"`` (only the non-penetrating electron and alpha energy).
-        air_threshold_g_cm3: voxels below this density get no dose (LED, DSV, MSV), g/cm3.
-        ssv_medium: kernel of the :class:`KernelSet` used by SSV and DSV.
-        dsv_reference_density_g_cm3: density the SSV kernel is scaled from in DSV; ``None``
-            takes the kernel's ``density_g_cm3`` (1.04 g/cm3 for ICRU soft tissue).
-        msv_media: MSV media, in order of increasing density; ``None``: the kernels of the
-            set sorted by their density.
-        msv_bin_edges_g_cm3: the ``len(media) - 1`` density edges between consecutive media;
-            ``None``: midpoints between the kernels' reference densities.
-        msv_density_scaling: multiply the MSV dose by ``rho_ref(medium) / rho(voxel)``
-            within each density bin (off by default: Lee et al. 2018 only mask).
-        workers: threads for the FFT (``-1``: all cores).
-        block_z: overlap-add slab height for the FFT convolution (``None``: whole volume).
-        backend: ``"scipy"`` or ``"torch"`` convolution.
+        tia: time-integrated activity, :attr:`Kind.TIA`, Bq s per voxel.
+        nuclide: radionuclide name (ICRP-107).
+        density: mass density, g/cm3 (methods that need ``"density"``).
+        materials: material-index map and ``material_list`` its materials (``"materials"``).
+        kernels: voxel S-value kernels for the grid's voxel size (``"kernels"``).
+        activities: activity (Bq per voxel) at each time point, and ``times_s`` their times
+            after injection, s (``"time_points"``: methods working on the images themselves).
+        seed: random seed of a stochastic method.
+        backend: ``"cpu"`` or ``"cuda"`` for methods that need a ``"device"``.
     """
 
-    led_energy: str = "all"
-    air_threshold_g_cm3: float = DEFAULT_AIR_THRESHOLD_G_CM3
-    ssv_medium: str = "soft_tissue"
-    dsv_reference_density_g_cm3: float | None = None
-    msv_media: tuple[str, ...] | None = None
-    msv_bin_edges_g_cm3: tuple[float, ...] | None = None
-    msv_density_scaling: bool = False
-    workers: int = -1
-    block_z: int | None = None
-    backend: str = "scipy"
-
-    def __post_init__(self) -> None:
-        if self.led_energy not in ("all", "electron"):
-            raise InputError(f"led_energy must be 'all' or 'electron', got {self.led_energy!r}")
-        t = float(self.air_threshold_g_cm3)
-        if not math.isfinite(t) or t < 0:
-            raise InputError(f"air threshold must be a density >= 0 g/cm3, got {self.air_threshold_g_cm3!r}")
-        if self.dsv_reference_density_g_cm3 is not None and not float(self.dsv_reference_density_g_cm3) > 0:
-            raise InputError("dsv_reference_density_g_cm3 must be positive")
-        if self.msv_media is not None:
-            object.__setattr__(self, "msv_media", tuple(self.msv_media))
-        if self.msv_bin_edges_g_cm3 is not None:
-            edges = tuple(float(e) for e in self.msv_bin_edges_g_cm3)
-            if any(not math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
-                raise InputError(f"MSV density edges must be finite and increasing, got {edges}")
-            object.__setattr__(self, "msv_bin_edges_g_cm3", edges)
-        if self.backend not in ("scipy", "torch"):
-            raise InputError(f"unknown convolution backend {self.backend!r}; use 'scipy' or 'torch'")
+    tia: Grid
+    nuclide: str
+    density: Grid | None = None
+    materials: Grid | None = None
+    material_list: tuple = ()
+    kernels: Any = None
+    activities: tuple = ()
+    times_s: tuple = ()
+    seed: int = 12345
+    backend: str = "cpu"
 
 
-def as_settings(settings: DoseSettings | Mapping[str, Any] | None) -> DoseSettings:
-    """:class:`DoseSettings` from settings, a mapping of its fields, or ``None`` (defaults).
+@dataclass
+class MethodOutput:
+    """What a dose method returns: the dose and, where it has them, its uncertainty and notes.
+
+    Attributes:
+        dose: absorbed dose, :attr:`Kind.DOSE`, Gy, on the TIA's geometry.
+        uncertainty: relative standard uncertainty per voxel (fraction), or ``None``.
+        info: method-specific figures for the provenance (decays, time, ...).
+    """
+
+    dose: Grid
+    uncertainty: Grid | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered dose method: its function, settings and what it needs.
+
+    Attributes:
+        name: registry name (lower case), as given to ``--method``.
+        function: the method. Classical methods are called
+            ``function(tia, nuclide=, density=, kernels=, settings=)``; methods registered with
+            ``takes_inputs=True`` are called ``function(inputs: DoseInputs, settings)``. Either
+            returns a dose :class:`Grid` or a :class:`MethodOutput`.
+        settings_type: the method's own settings dataclass (defaults, units and validation
+            in one place); :class:`NoSettings` when it has none.
+        needs: subset of :data:`NEEDS`.
+        media: kernel media the method needs for given settings (empty: no kernels).
+        linear: the dose is linear in the activity (so dose rates come from activities).
+        stochastic: the result carries statistical noise (Monte Carlo).
+        accuracy: relative accuracy the method claims for the mean dose inside a uniform
+            source region in a homogeneous water-like phantom (checked by the contract tests).
+        summary: one line for listings.
+    """
+
+    name: str
+    function: Callable[..., Any]
+    settings_type: type = NoSettings
+    needs: frozenset = frozenset({"density"})
+    media: Callable[[Any], tuple] = lambda settings: ()
+    linear: bool = True
+    stochastic: bool = False
+    accuracy: float = 0.05
+    takes_inputs: bool = False
+    summary: str = ""
+
+    def make_settings(self, options: Any = None) -> Any:
+        """This method's settings from ``None``, an instance, or a mapping of field names to
+        values (strings are parsed by the field's type)."""
+        return resolve_settings(options, self.settings_type, self.name)
+
+    def run(self, inputs: DoseInputs, settings: Any = None) -> MethodOutput:
+        """Run the method on ``inputs``; always returns a :class:`MethodOutput`."""
+        s = self.make_settings(settings)
+        if self.takes_inputs:
+            out = self.function(inputs, s)
+        else:
+            out = self.function(inputs.tia, nuclide=inputs.nuclide, density=inputs.density,
+                                kernels=inputs.kernels, settings=s)
+        return out if isinstance(out, MethodOutput) else MethodOutput(out)
+
+
+# --------------------------------------------------------------------------- settings
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _parse_value(text: str, hint: Any, where: str) -> Any:
+    """``text`` as a value of the type ``hint`` (bool, int, float, str, tuples, optionals)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        return _parse_value(text, args[0], where)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        item = args[0] if args else str
+        return tuple(_parse_value(x.strip(), item, where) for x in text.split(",") if x.strip())
+    t = text.strip()
+    try:
+        if hint is bool:
+            if t.lower() in _TRUE:
+                return True
+            if t.lower() in _FALSE:
+                return False
+            raise ValueError("not true or false")
+        if hint is int:
+            return int(t)
+        if hint is float:
+            return float(t)
+    except ValueError as exc:
+        raise InputError(f"{where}: cannot read {text!r} as {getattr(hint, '__name__', hint)} ({exc})") from None
+    return t
+
+
+def resolve_settings(settings: Any, settings_type: type, method: str = "") -> Any:
+    """A ``settings_type`` instance from ``None`` (defaults), an instance, or a mapping.
+
+    Mapping values that are strings (from the command line or a settings file) are parsed by
+    the field's annotated type; other values are used as they are. The dataclass's own
+    validation runs; every problem is an :class:`InputError` naming ``method.field``.
+    """
+    import typing
+
+    if settings is None:
+        return settings_type()
+    if isinstance(settings, settings_type):
+        return settings
+    if not isinstance(settings, Mapping):
+        raise InputError(f"settings of dose method {method!r} must be {settings_type.__name__} or a mapping, "
+                         f"got {type(settings).__name__}")
+    fields = {f.name for f in dataclasses.fields(settings_type)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise InputError(f"unknown setting(s) {', '.join(f'{method}.{u}' for u in unknown)}; "
+                         f"{method} has: {known}")
+    hints = typing.get_type_hints(settings_type)
+    values = {k: (_parse_value(v, hints[k], f"{method}.{k}") if isinstance(v, str) and hints[k] is not str else v)
+              for k, v in settings.items()}
+    try:
+        return settings_type(**values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"settings of dose method {method!r}: {exc}") from None
+
+
+def settings_doc(settings_type: type) -> list[tuple[str, str, str]]:
+    """``(field, type, default)`` of a settings dataclass, for listings and the README."""
+    import typing
+
+    hints = typing.get_type_hints(settings_type)
+    out = []
+    for f in dataclasses.fields(settings_type):
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        out.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), repr(default)))
+    return out
+
+
+def parse_method_options(items: Iterable[str], source: str = "--method-option") -> dict[str, dict[str, str]]:
+    """``["msv.density_scaling=true", ...]`` as ``{"msv": {"density_scaling": "true"}}``.
 
     Raises:
-        InputError: unknown setting names or invalid values.
+        InputError: an item that is not ``METHOD.FIELD=VALUE``.
     """
-    if settings is None:
-        return DoseSettings()
-    if isinstance(settings, DoseSettings):
-        return settings
-    if isinstance(settings, Mapping):
-        names = {f.name for f in dataclasses.fields(DoseSettings)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise InputError(f"unknown dose setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return DoseSettings(**dict(settings))
-    raise InputError(f"dose settings must be DoseSettings or a mapping, got {type(settings).__name__}")
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not sep or not dot or not method or not name:
+            raise InputError(f"{source} {item!r} must read METHOD.SETTING=VALUE, e.g. msv.density_scaling=true")
+        out.setdefault(method.lower(), {})[name.strip()] = value.strip()
+    return out
 
 
 # --------------------------------------------------------------------------- registry
-_METHODS: dict[str, Callable[..., Grid]] = {}
+_SPECS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str) -> Callable[[Callable[..., Grid]], Callable[..., Grid]]:
-    """Decorator registering a dose method under ``name`` (lower case).
+def register_method(name: str, *, settings: type = NoSettings, needs: Iterable[str] = ("density",),
+                    media: Callable[[Any], tuple] | None = None, linear: bool = True, stochastic: bool = False,
+                    accuracy: float = 0.05, takes_inputs: bool = False, summary: str = ""
+                    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a dose method under ``name`` (lower case); see :class:`MethodSpec`.
 
-    Re-registering the same function (a module reload) is allowed; another function under
-    a taken name raises ``ValueError`` (a programming error, not user input).
+    This is the only extension point for dose methods: the internal workflow, the command
+    line (``--method NAME``, ``--method-option NAME.FIELD=VALUE``) and the contract tests
+    find a method here. Re-registering the same function (a module reload) is allowed;
+    another function under a taken name raises ``ValueError`` (a programming error).
     """
     key = str(name).strip().lower()
     if not key:
         raise ValueError("a dose method needs a name")
+    bad = sorted(set(needs) - set(NEEDS))
+    if bad:
+        raise ValueError(f"unknown needs {bad}; choose from {NEEDS}")
+    if not (dataclasses.is_dataclass(settings) and isinstance(settings, type)):
+        raise ValueError("settings must be a dataclass type")
 
-    def deco(fn: Callable[..., Grid]) -> Callable[..., Grid]:
-        old = _METHODS.get(key)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"dose method {key!r} is already registered by {old.__module__}.{old.__qualname__}")
-        _METHODS[key] = fn
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        old = _SPECS.get(key)
+        if old is not None and (old.function.__module__, old.function.__qualname__) != (fn.__module__,
+                                                                                      fn.__qualname__):
+            raise ValueError(f"dose method {key!r} is already registered by "
+                             f"{old.function.__module__}.{old.function.__qualname__}")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _SPECS[key] = MethodSpec(key, fn, settings, frozenset(needs), media or (lambda s: ()), linear, stochastic,
+                                 float(accuracy), takes_inputs, summary or (doc[0] if doc else ""))
         fn.method_name = key  # type: ignore[attr-defined]
         return fn
 
     return deco
 
 
-def get_method(name: str) -> Callable[..., Grid]:
-    """The dose method registered as ``name`` (case-insensitive).
+def get_spec(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` registered as ``name`` (case-insensitive).
 
     Raises:
         InputError: no such method; the message lists the available ones.
     """
     key = str(name).strip().lower()
+    if key not in _SPECS:
+        _load_builtins()
     try:
-        return _METHODS[key]
+        return _SPECS[key]
     except KeyError:
         raise InputError(f"unknown dose method {name!r}; available: {', '.join(available_methods())}") from None
 
 
+def get_method(name: str) -> Callable[..., Any]:
+    """The function of the dose method registered as ``name`` (see :func:`get_spec`)."""
+    return get_spec(name).function
+
+
 def available_methods() -> list[str]:
     """Names of the registered dose methods, sorted."""
-    return sorted(_METHODS)
+    _load_builtins()
+    return sorted(_SPECS)
+
+
+def _load_builtins() -> None:
+    """Import the modules that register the built-in methods and the installed plug-ins."""
+    import importlib
+
+    for module in ("led", "svalue", "density_scaling", "msv", "monte_carlo"):
+        importlib.import_module(f"persodose.dose.{module}")
+    from persodose.plugins import load_entry_points
+
+    load_entry_points()
 
 
 # --------------------------------------------------------------------------- input checks
@@ -223,6 +392,13 @@ def air_mask(rho: np.ndarray, tia: np.ndarray, threshold_g_cm3: float, method: s
                 f"{100 * share:.3g} % of the time-integrated activity; their dose is set to 0",
                 ActivityInAirWarning, stacklevel=3)
     return air
+
+
+def check_air_threshold(value: float, method: str) -> None:
+    """Refuse an air threshold that is not a finite density >= 0 g/cm3."""
+    t = float(value)
+    if not math.isfinite(t) or t < 0:
+        raise InputError(f"{method}.air_threshold_g_cm3 must be a density >= 0 g/cm3, got {value!r}")
 
 
 def dose_grid(tia: Grid, dose_gy: np.ndarray) -> Grid:

@@ -11,15 +11,50 @@ soft-tissue medium. Convolution by FFT (:func:`persodose.dose.convolution.fft_co
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from persodose.dose.convolution import fft_convolve
 from persodose.dose.kernels import KernelSet, VoxelKernel
-from persodose.dose.registry import as_settings, check_tia, dose_grid, register_method
+from persodose.dose.registry import check_tia, dose_grid, register_method, resolve_settings
 from persodose.errors import InputError
 from persodose.grid import Grid
 
-__all__ = ["ssv_dose", "convolve_kernel", "as_kernel_set", "select_kernel", "clip_roundoff"]
+__all__ = ["ssv_dose", "convolve_kernel", "as_kernel_set", "select_kernel", "clip_roundoff",
+           "ConvolutionSettings", "SSVSettings"]
+
+
+@dataclass(frozen=True)
+class ConvolutionSettings:
+    """How a kernel convolution runs (shared by SSV, DSV and MSV).
+
+    Attributes:
+        workers: threads for the FFT (``-1``: all cores).
+        block_z: overlap-add slab height for the FFT convolution, voxels (``None``: whole volume).
+        backend: ``"scipy"`` or ``"torch"`` convolution.
+    """
+
+    workers: int = -1
+    block_z: int | None = None
+    backend: str = "scipy"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("scipy", "torch"):
+            raise InputError(f"unknown convolution backend {self.backend!r}; use 'scipy' or 'torch'")
+        if self.block_z is not None and int(self.block_z) < 1:
+            raise InputError(f"block_z must be a positive number of slices, got {self.block_z}")
+
+
+@dataclass(frozen=True)
+class SSVSettings(ConvolutionSettings):
+    """Settings of single voxel S-value convolution.
+
+    Attributes:
+        medium: the kernel medium used everywhere (``soft_tissue``: ICRU soft tissue).
+    """
+
+    medium: str = "soft_tissue"
 
 
 def as_kernel_set(kernels: KernelSet | VoxelKernel | None, method: str) -> KernelSet:
@@ -61,9 +96,9 @@ def convolve_kernel(tia_bq_s: np.ndarray, kernel: VoxelKernel, settings=None) ->
     Args:
         tia_bq_s: time-integrated activity per voxel, Bq s, shape (nz, ny, nx).
         kernel: voxel S values (converted to Gy/(Bq s)).
-        settings: :class:`DoseSettings` (``workers``, ``block_z``, ``backend``).
+        settings: :class:`ConvolutionSettings` (or a subclass); ``None``: defaults.
     """
-    s = as_settings(settings)
+    s = settings if settings is not None else ConvolutionSettings()
     if not np.any(tia_bq_s):
         return np.zeros(np.shape(tia_bq_s), dtype=np.float32)
     out = fft_convolve(tia_bq_s, kernel.gy_per_bq_s, workers=s.workers, block_z=s.block_z, backend=s.backend)
@@ -82,7 +117,8 @@ def clip_roundoff(dose_gy: np.ndarray) -> np.ndarray:
     return dose_gy
 
 
-@register_method("ssv")
+@register_method("ssv", settings=SSVSettings, needs=("kernels",), media=lambda s: (s.medium,), accuracy=0.05,
+                 summary="single voxel S-value convolution (the patient is taken as soft tissue)")
 def ssv_dose(tia: Grid, *, nuclide: str, density: Grid | None = None, kernels=None, settings=None) -> Grid:
     """Absorbed dose by single (soft-tissue) voxel S-value convolution.
 
@@ -90,14 +126,14 @@ def ssv_dose(tia: Grid, *, nuclide: str, density: Grid | None = None, kernels=No
         tia: time-integrated activity, :attr:`Kind.TIA`, Bq s per voxel.
         nuclide: radionuclide name (checked against the kernel's when it has one).
         density: ignored (SSV assumes the kernel's medium everywhere).
-        kernels: :class:`KernelSet` holding ``settings.ssv_medium`` (``"soft_tissue"``), or
+        kernels: :class:`KernelSet` holding ``settings.medium`` (``"soft_tissue"``), or
             one :class:`VoxelKernel`; voxel size must be the grid's.
-        settings: :class:`DoseSettings` or a mapping.
+        settings: :class:`SSVSettings` or a mapping of its fields.
 
     Returns:
         Dose grid, :attr:`Kind.DOSE`, Gy, float32, same geometry.
     """
-    s = as_settings(settings)
+    s = resolve_settings(settings, SSVSettings, "ssv")
     a = check_tia(tia)
-    k = select_kernel(kernels, s.ssv_medium, tia, nuclide, "ssv")
+    k = select_kernel(kernels, s.medium, tia, nuclide, "ssv")
     return dose_grid(tia, convolve_kernel(a, k, s))

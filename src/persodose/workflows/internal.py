@@ -31,11 +31,10 @@ import numpy as np
 from persodose.errors import InputError
 from persodose.grid import Grid, Kind
 
-METHODS = ("led", "ssv", "dsv", "msv", "mc")
+#: Methods run when none are chosen (every registered method can be chosen by name).
+DEFAULT_METHODS = ("led", "ssv", "dsv", "msv", "mc")
 #: Voxel relative metrics (MRAE, RE) against Monte Carlo use voxels above this fraction of its maximum.
 VOXEL_METRIC_THRESHOLD = 0.1
-#: Kernel media each convolution method needs.
-METHOD_MEDIA = {"ssv": ("soft_tissue",), "dsv": ("soft_tissue",), "msv": ("lung", "soft_tissue", "bone_low", "bone")}
 
 
 @dataclass
@@ -43,11 +42,11 @@ class InternalSettings:
     """Settings of an internal-dosimetry run (serialised into the provenance)."""
 
     nuclide: str
-    methods: tuple[str, ...] = ("led", "ssv", "dsv", "msv", "mc")
+    methods: tuple[str, ...] = DEFAULT_METHODS  #: registered dose methods (persodose.dose.available_methods())
+    #: each method's own settings, {method: {field: value}} (values may be strings, as from the CLI)
+    method_options: dict = field(default_factory=dict)
     tia_method: str = "auto"  #: persodose.kinetics.tia.METHODS, or "dynamic" (frames integrated over their intervals)
     dose_voxel_mm: float | None = None  #: cubic dose voxel; default the emission image's largest spacing
-    mc_decays: int = 2_000_000  #: decays of the Monte Carlo method
-    mc_batches: int = 8
     mc_backend: str = "cpu"  #: "cpu" or "cuda": where the Monte Carlo method and new kernels run
     seed: int = 12345
     kernel_decays: int = 1_000_000  #: decays per kernel when a kernel is computed
@@ -59,14 +58,22 @@ class InternalSettings:
     def __post_init__(self) -> None:
         from persodose.physics.radionuclides import get_nuclide
 
+        from persodose.dose.registry import available_methods, get_spec
+
         self.nuclide = get_nuclide(self.nuclide).name
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise InputError(f"unknown dose method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+        self.methods = tuple(str(m).strip().lower() for m in self.methods)
+        if not self.methods:
+            raise InputError(f"choose at least one dose method from {', '.join(available_methods())}")
+        for m in self.methods:
+            get_spec(m)  # an unknown name lists the registered methods
+        self.method_options = {str(k).lower(): dict(v) for k, v in (self.method_options or {}).items()}
+        for m, options in self.method_options.items():
+            if m not in self.methods:
+                raise InputError(f"settings given for dose method {m!r}, which is not run "
+                                 f"(methods: {', '.join(self.methods)})")
+            get_spec(m).make_settings(options)  # validated now, not after an hour of work
         if self.dose_voxel_mm is not None and not (0.5 <= self.dose_voxel_mm <= 12.0):
             raise InputError(f"dose voxel must lie within 0.5-12 mm, got {self.dose_voxel_mm}")
-        if int(self.mc_decays) <= 0:
-            raise InputError("mc_decays must be positive")
         from persodose.mc.engine import check_backend
 
         check_backend(self.mc_backend, require_device=False)
@@ -99,14 +106,25 @@ class InternalResult:
     tia: Grid
     tia_report: dict
     organ_kinetics: dict
+    material_list: tuple = ()
     doses: dict[str, Grid] = field(default_factory=dict)
-    uncertainty_mc: Grid | None = None
+    uncertainties: dict[str, Grid] = field(default_factory=dict)  #: relative, of the stochastic methods
+    method_info: dict[str, dict] = field(default_factory=dict)  #: each method's own figures (MC decays, ...)
     dose_rates: dict[str, list[Grid]] = field(default_factory=dict)
     organ_tables: dict[str, list[dict]] = field(default_factory=dict)
     organ_mird: list[dict] = field(default_factory=list)
     comparison: dict[str, dict] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
-    mc_info: dict = field(default_factory=dict)
+
+    @property
+    def uncertainty_mc(self) -> Grid | None:
+        """Relative uncertainty of the Monte Carlo dose, if it ran."""
+        return self.uncertainties.get("mc")
+
+    @property
+    def mc_info(self) -> dict:
+        """The Monte Carlo run's figures (decays, decays per second, energy balance), if it ran."""
+        return self.method_info.get("mc", {})
 
 
 # --------------------------------------------------------------------------- input
@@ -224,6 +242,7 @@ def dose_grid_for(ct: Grid, voxel_mm: float) -> Grid:
 
 # --------------------------------------------------------------------------- run
 def kernel_set(nuclide: str, voxel_mm: float, media: Sequence[str], settings: InternalSettings, log=print):
+    """The voxel S-value kernels of ``media`` for ``nuclide`` at ``voxel_mm`` (cached Monte Carlo)."""
     from persodose.dose.kernels import KernelSet
     from persodose.mc.kernels import cached_kernel
 
@@ -246,142 +265,205 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
         tia_override: use this time-integrated activity (Bq s) instead of fitting the images
             (for example the virtual patient's true TIA, to compare dose methods alone).
     """
-    from persodose.dose.registry import DoseSettings, get_method
-    from persodose.kinetics.tia import organ_tia, tia_map
     from persodose.mc.engine import check_backend
-    from persodose.physics.materials import ct_to_density_and_materials
-    from persodose.physics.radionuclides import get_nuclide
 
     check_backend(settings.mc_backend)  # no GPU: say so before the long steps
-    t_all = time.perf_counter()
-    timings: dict[str, float] = {}
-    nuc = get_nuclide(settings.nuclide)
     if not time_points and tia_override is None:
         raise InputError("no emission images and no TIA given")
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    with _timed(timings, "dose grid, density, materials"):
+        grid = _dose_grid_step(ct, time_points, settings, labels, label_names)
+    with _timed(timings, "registration"):
+        activities, registration = _activities_step(ct, time_points, grid["ref"], settings)
+    with _timed(timings, "time-integrated activity"):
+        tia, tia_report, organ_kin = _tia_step(activities, time_points, grid, settings, tia_override)
+    tia_report["registration"] = registration
+    if not registration:
+        del timings["registration"]
+    result = InternalResult(settings, grid["ct"], grid["density"], grid["materials"], grid["labels"], grid["names"],
+                            list(time_points), activities, tia, tia_report, organ_kin,
+                            material_list=tuple(grid["material_list"]))
+    for method in settings.methods:
+        with _timed(timings, f"dose: {method}"):
+            _dose_step(result, method, log)
+    with _timed(timings, "organ statistics and comparison"):
+        _organ_step(result, log)
+        _comparison_step(result)
+    timings["total"] = time.perf_counter() - t_all
+    result.timings_s = timings
+    return result
+
+
+class _timed:
+    """Context manager adding the seconds its block took to ``timings[name]``."""
+
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+        return False
+
+
+def _dose_grid_step(ct: Grid, time_points, settings: InternalSettings, labels, label_names) -> dict:
+    """The cubic dose grid over the CT, the CT, density and materials on it, and the labels."""
+    from persodose.physics.materials import ct_to_density_and_materials
+
     voxel = settings.dose_voxel_mm or (max(time_points[0].activity.spacing_zyx_mm) if time_points else 4.0)
     ref = dose_grid_for(ct, float(voxel))
-    t0 = time.perf_counter()
     ct_d = ct.resample_to(ref)
     density, materials, mats = ct_to_density_and_materials(ct_d)
     lab = labels.resample_to(ref) if labels is not None else None
     names = dict(label_names or {})
     if lab is not None and not names:
         names = {int(k): f"label_{int(k)}" for k in np.unique(lab.array) if k > 0}
-    timings["dose grid, density, materials"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    activities = []
-    registration = []
-    for tp in time_points:
-        if tp.ct is not None:
-            from persodose.kinetics.register import affine_of, apply_transform, register_ct, rotation_angle_deg
+    return {"ref": ref, "voxel_mm": float(voxel), "ct": ct_d, "density": density, "materials": materials,
+            "material_list": mats, "labels": lab, "names": names}
 
-            transform = register_ct(ct, tp.ct, kind=settings.registration, seed=settings.seed % 1000)
-            mat, shift = affine_of(transform)
-            registration.append({"time_point": tp.label, "kind": settings.registration,
-                                 "translation_mm": [float(v) for v in shift],
-                                 "rotation_deg": float(rotation_angle_deg(mat))})
-            activities.append(apply_transform(tp.activity, transform, ref))
-        else:
+
+def _activities_step(ct: Grid, time_points, ref: Grid, settings: InternalSettings) -> tuple[list[Grid], list[dict]]:
+    """Each time point's activity on the dose grid, registered to the CT when it has its own."""
+    activities, registration = [], []
+    for tp in time_points:
+        if tp.ct is None:
             activities.append(tp.activity.resample_to(ref))
-    if registration:
-        timings["registration"] = time.perf_counter() - t0
+            continue
+        from persodose.kinetics.register import affine_of, apply_transform, register_ct, rotation_angle_deg
+
+        transform = register_ct(ct, tp.ct, kind=settings.registration, seed=settings.seed % 1000)
+        mat, shift = affine_of(transform)
+        registration.append({"time_point": tp.label, "kind": settings.registration,
+                             "translation_mm": [float(v) for v in shift],
+                             "rotation_deg": float(rotation_angle_deg(mat))})
+        activities.append(apply_transform(tp.activity, transform, ref))
+    return activities, registration
+
+
+def _tia_step(activities, time_points, grid: dict, settings: InternalSettings, tia_override):
+    """Time-integrated activity per voxel (and per organ when there are labels)."""
+    from persodose.kinetics.tia import organ_tia, tia_map
+    from persodose.physics.radionuclides import get_nuclide
+
+    ref, lab, names = grid["ref"], grid["labels"], grid["names"]
+    half_life_s = get_nuclide(settings.nuclide).half_life_s
     times = [tp.time_s for tp in time_points]
-    organ_kin: dict = {}
     if tia_override is not None:
         tia = tia_override.resample_to(ref) if not tia_override.same_geometry(ref) else tia_override
-        tia_report = {"method": "given", "total_bq_s": tia.total()}
-    elif settings.tia_method == "dynamic":
-        # Dynamic frames (SINFONIA's FDG study): each frame's activity is its frame average
-        # (decay correction undone), integrated exactly over the frame; linear rise from the
-        # injection; physical decay after the last frame (persodose.kinetics.fit.integrate_dynamic).
-        from persodose.kinetics.fit import integrate_dynamic
+        return tia, {"method": "given", "total_bq_s": tia.total()}, {}
+    if settings.tia_method == "dynamic":
+        return (*_dynamic_tia(activities, time_points, ref, half_life_s), {})
+    tia, report = tia_map(activities, times, half_life_s, method=settings.tia_method, labels=lab,
+                          names=names or None)
+    organ_kin: dict = {}
+    if lab is not None and names and len(times) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            organ_kin = organ_tia(activities, times, lab, names, half_life_s)
+    return tia, report, organ_kin
 
-        durations = np.array([tp.duration_s for tp in time_points], dtype=np.float64)
-        if np.any(durations <= 0):
-            raise InputError("dynamic integration needs every frame's duration (ActualFrameDuration)")
-        starts = np.asarray(times, dtype=np.float64) - durations / 2.0
-        if np.any(starts[1:] < starts[:-1] + durations[:-1] - 1e-3):
-            raise InputError("dynamic frames overlap: integrate them with another --tia-method")
-        stack = np.stack([a.array.astype(np.float64) for a in activities])
-        parts = integrate_dynamic(starts, durations, stack, nuc.half_life_s)
-        tia = ref.with_array(np.asarray(parts.total, dtype=np.float32), Kind.TIA)
-        tia_report = {"method": "dynamic", "method_used": "dynamic (frame integrals, physical-decay tail)",
-                      "n_time_points": len(times), "times_s": list(times),
-                      "parts_bq_s": {"before_first": float(np.sum(parts.before_first)),
-                                     "frames": float(np.sum(parts.frames)), "gaps": float(np.sum(parts.gaps)),
-                                     "tail": float(np.sum(parts.tail))}}
-    else:
-        tia, tia_report = tia_map(activities, times, nuc.half_life_s, method=settings.tia_method,
-                                  labels=lab, names=names or None)
-        if lab is not None and names and len(times) >= 2:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                organ_kin = organ_tia(activities, times, lab, names, nuc.half_life_s)
-    timings["time-integrated activity"] = time.perf_counter() - t0
-    tia_report["registration"] = registration
-    result = InternalResult(settings, ct_d, density, materials, lab, names, list(time_points), activities, tia,
-                            tia_report, organ_kin)
-    dose_settings = DoseSettings()
-    for method in settings.methods:
-        t0 = time.perf_counter()
-        if method == "mc":
-            from persodose.mc import MCSettings, VoxelPhantom, simulate_decays
 
-            log(f"  Monte Carlo: {settings.mc_decays:.3g} {nuc.name} decays")
-            phantom = VoxelPhantom(density, materials, tuple(mats))
-            res = simulate_decays(phantom, tia, nuc.name, settings.mc_decays,
-                                  MCSettings(n_batches=settings.mc_batches, seed=settings.seed,
-                                             backend=settings.mc_backend))
-            result.doses["mc"] = res.dose_gy
-            result.uncertainty_mc = res.relative_uncertainty
-            result.mc_info = {"decays": res.tally.n_primaries, "decays_per_second": res.primaries_per_second,
-                              "energy_balance_mev_per_decay": res.energy_balance, "seed": settings.seed}
-        else:
-            media = METHOD_MEDIA.get(method, ())
-            kernels = kernel_set(nuc.name, float(voxel), media, settings, log) if media else None
-            fn = get_method(method)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                result.doses[method] = fn(tia, nuclide=nuc.name, density=density, kernels=kernels,
-                                          settings=dose_settings)
-            for w in caught:
-                log(f"  warning ({method}): {w.message}")
-            if settings.dose_rate:
-                # activity in Bq is a TIA per second: the same linear operator gives Gy/s
-                rates = []
-                for act in activities:
-                    d = fn(act.with_array(act.array, Kind.TIA), nuclide=nuc.name, density=density, kernels=kernels,
-                           settings=dose_settings)
-                    rates.append(d.with_array(d.array, Kind.DOSE_RATE))
-                result.dose_rates[method] = rates
-        timings[f"dose: {method}"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if lab is not None:
-        from persodose.metrics.organ import organ_table
+def _dynamic_tia(activities, time_points, ref: Grid, half_life_s: float) -> tuple[Grid, dict]:
+    """Dynamic frames (SINFONIA's FDG study) integrated over their own intervals.
 
-        for method, dose in result.doses.items():
-            result.organ_tables[method] = organ_table(dose, lab, names, density=density)
-        try:
-            from persodose.dose.organ_mird import organ_doses, organ_dose_rows
+    Each frame's activity is its frame average (decay correction undone), integrated exactly
+    over the frame; linear rise from the injection; physical decay after the last frame
+    (:func:`persodose.kinetics.fit.integrate_dynamic`).
+    """
+    from persodose.kinetics.fit import integrate_dynamic
 
-            lesions = [k for k, v in names.items() if v.startswith("lesion")]
-            result.organ_mird = organ_dose_rows(organ_doses(tia, lab, density, nuc.name, label_names=names,
-                                                            lesion_labels=lesions))
-        except Exception as exc:  # the organ model is an extra; never lose the voxel results to it
-            log(f"  organ-level MIRD skipped: {exc}")
-    if "mc" in result.doses:
-        from persodose.metrics.compare import compare
+    times = np.asarray([tp.time_s for tp in time_points], dtype=np.float64)
+    durations = np.array([tp.duration_s for tp in time_points], dtype=np.float64)
+    if np.any(durations <= 0):
+        raise InputError("dynamic integration needs every frame's duration (ActualFrameDuration)")
+    starts = times - durations / 2.0
+    if np.any(starts[1:] < starts[:-1] + durations[:-1] - 1e-3):
+        raise InputError("dynamic frames overlap: integrate them with another --tia-method")
+    stack = np.stack([a.array.astype(np.float64) for a in activities])
+    parts = integrate_dynamic(starts, durations, stack, half_life_s)
+    tia = ref.with_array(np.asarray(parts.total, dtype=np.float32), Kind.TIA)
+    report = {"method": "dynamic", "method_used": "dynamic (frame integrals, physical-decay tail)",
+              "n_time_points": len(times), "times_s": times.tolist(),
+              "parts_bq_s": {"before_first": float(np.sum(parts.before_first)), "frames": float(np.sum(parts.frames)),
+                             "gaps": float(np.sum(parts.gaps)), "tail": float(np.sum(parts.tail))}}
+    return tia, report
 
-        for method, dose in result.doses.items():
-            if method != "mc":
-                # voxel relative errors above 10 % of the MC maximum: below, the reference's own
-                # statistical noise dominates the metric
-                result.comparison[method] = compare(result.doses["mc"], dose, lab, names or None,
-                                                    threshold_fraction=VOXEL_METRIC_THRESHOLD)
-    timings["organ statistics and comparison"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    result.timings_s = timings
-    return result
+
+def method_settings(settings: InternalSettings, method: str):
+    """The resolved settings of ``method`` in this run (its dataclass, validated)."""
+    from persodose.dose.registry import get_spec
+
+    return get_spec(method).make_settings(settings.method_options.get(method))
+
+
+def _dose_step(result: InternalResult, method: str, log) -> None:
+    """Dose (and dose rates, for linear methods) by one registered method, into ``result``."""
+    from persodose.dose.registry import DoseInputs, get_spec
+
+    s = result.settings
+    spec = get_spec(method)
+    ms = spec.make_settings(s.method_options.get(method))
+    media = tuple(spec.media(ms)) if "kernels" in spec.needs else ()
+    voxel_mm = float(result.density.spacing_zyx_mm[0])
+    kernels = kernel_set(s.nuclide, voxel_mm, media, s, log) if media else None
+    base = dict(nuclide=s.nuclide, density=result.density, materials=result.materials,
+                material_list=result.material_list, kernels=kernels, seed=s.seed, backend=s.mc_backend,
+                activities=tuple(result.activities), times_s=tuple(tp.time_s for tp in result.time_points))
+    if spec.stochastic:
+        log(f"  {method}: {spec.summary}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = spec.run(DoseInputs(result.tia, **base), ms)
+        if s.dose_rate and spec.linear and not spec.stochastic:
+            # activity in Bq is a TIA per second: the same linear operator gives Gy/s
+            rates = [spec.run(DoseInputs(a.with_array(a.array, Kind.TIA), **base), ms).dose for a in result.activities]
+            result.dose_rates[method] = [r.with_array(r.array, Kind.DOSE_RATE) for r in rates]
+    for w in caught:
+        log(f"  warning ({method}): {w.message}")
+    result.doses[method] = out.dose
+    if out.uncertainty is not None:
+        result.uncertainties[method] = out.uncertainty
+    if out.info:
+        result.method_info[method] = out.info
+
+
+def _organ_step(result: InternalResult, log) -> None:
+    """Organ dose statistics of every method, and organ-level MIRD from the organ TIAs."""
+    if result.labels is None:
+        return
+    from persodose.dose.organ_mird import organ_dose_rows, organ_doses
+    from persodose.errors import PersodoseError
+    from persodose.metrics.organ import organ_table
+
+    names = result.label_names
+    for method, dose in result.doses.items():
+        result.organ_tables[method] = organ_table(dose, result.labels, names, density=result.density)
+    lesions = [k for k, v in names.items() if v.startswith("lesion")]
+    try:
+        result.organ_mird = organ_dose_rows(organ_doses(result.tia, result.labels, result.density, result.settings.nuclide,
+                                                        label_names=names, lesion_labels=lesions))
+    except PersodoseError as exc:  # e.g. a label the organ model cannot place: the voxel results stand
+        log(f"  organ-level MIRD skipped: {exc}")
+
+
+def _comparison_step(result: InternalResult) -> None:
+    """Every method against Monte Carlo, when it ran.
+
+    Voxel relative errors use voxels above 10 % of the MC maximum: below, the reference's own
+    statistical noise dominates the metric.
+    """
+    if "mc" not in result.doses:
+        return
+    from persodose.metrics.compare import compare
+
+    for method, dose in result.doses.items():
+        if method != "mc":
+            result.comparison[method] = compare(result.doses["mc"], dose, result.labels, result.label_names or None,
+                                                threshold_fraction=VOXEL_METRIC_THRESHOLD)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -424,8 +506,8 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
         for method, rates in result.dose_rates.items():
             for tp, rate in zip(result.time_points, rates):
                 write_image(rate, work / f"dose_rate_{method}_{tp.time_s / 3600:.1f}h.nii.gz")
-        if result.uncertainty_mc is not None:
-            write_image(result.uncertainty_mc, work / "uncertainty_mc.nii.gz")
+        for method, unc in result.uncertainties.items():
+            write_image(unc, work / f"uncertainty_{method}.nii.gz")
         if result.labels is not None:
             all_rows = []
             for method, rows in result.organ_tables.items():
@@ -445,7 +527,9 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
                 {m: {k: v for k, v in c.items() if k != "mask"} for m, c in result.comparison.items()}),
                 indent=2, default=str))
         write_provenance(work / "provenance.json", "internal", settings=result.settings, inputs=inputs or {},
-                         timings_s=result.timings_s, monte_carlo=result.mc_info)
+                         timings_s=result.timings_s, monte_carlo=result.mc_info,
+                         method_settings={m: method_settings(result.settings, m) for m in result.settings.methods},
+                         method_info=result.method_info)
         build_report(result, work / "report.html", title)
     return Path(out) / "report.html"
 
