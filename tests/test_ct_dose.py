@@ -273,8 +273,15 @@ def test_cli_end_to_end_on_the_virtual_patient(vp_dir, tmp_path, capsys):
         assert (out / name).is_file(), name
     sp_index = json.loads((out / "sp_maps" / "sp_index.json").read_text())
     assert len(sp_index["positions"]) == 2 and sp_index["source_photons_per_mas_from"] == "CTDIvol calibration"
-    organs = {r["name"]: r for r in json.loads((out / "organs.json").read_text())["rows"]}
-    assert organs["liver"]["mean_mGy"] > 0 and organs["liver"]["sd_mGy"] > 0
+    doc = json.loads((out / "organs.json").read_text())
+    assert doc["schema"] == "persodose.organ-doses" and doc["schema_version"] == 2 and doc["unit"] == "Gy"
+    organs = {r["name"]: r for r in doc["rows"]}
+    assert organs["liver"]["mass_weighted_mean_Gy"] > 0 and organs["liver"]["uncertainty_percent"] > 0
+    # fixed units: the CT map is in mGy, the table in Gy
+    from persodose.io.image import read_image
+
+    dose = read_image(out / "dose_mgy.nii.gz")  # tagged mGy, read in Gy
+    assert dose.unit == "Gy" and 0 < organs["liver"]["max_Gy"] <= float(dose.array.max()) * (1 + 1e-6)
     eff = json.loads((out / "effective_dose.json").read_text())
     assert eff["status"].startswith("partial") and "colon" in eff["missing_tissues"]
     prov = json.loads((out / "provenance.json").read_text())

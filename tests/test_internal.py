@@ -104,7 +104,7 @@ def test_time_points_with_their_own_ct_are_registered(patient):
     assert abs(abs(shift_mm[0]) - 20.0) < 2.0 and abs(shift_mm[1]) < 2.0 and abs(shift_mm[2]) < 2.0
 
     def kidney_dose(r):
-        return {row["name"]: row["mean_Gy"] for row in r.organ_tables["led"]}["kidney_left"]
+        return {row.name: row.mean_gy for row in r.organ_tables["led"]}["kidney_left"]
 
     err_naive = abs(kidney_dose(naive) / kidney_dose(ref) - 1)
     err_reg = abs(kidney_dose(reg) / kidney_dose(ref) - 1)

@@ -203,15 +203,15 @@ ORGAN_GROUPS = {
 
 def method_comparison(result) -> tuple[list[str], list[list]]:
     """Organ mean-dose errors (%) of each method against Monte Carlo, by organ group, with voxel MRAE."""
-    mc = {r["name"]: r for r in result.organ_tables.get("mc", [])}
+    mc = {r.name: r for r in result.organ_tables.get("mc", [])}
     cols = ["method", "voxel MRAE (%) above 10% of max"]
-    organs = [(g, o) for g, names in ORGAN_GROUPS.items() for o in names if mc.get(o, {}).get("n_voxels")]
+    organs = [(g, o) for g, names in ORGAN_GROUPS.items() for o in names if o in mc and mc[o].n_voxels]
     cols += [f"{o} ({g})" for g, o in organs]
     cols += [f"max |error| {g} (%)" for g in ORGAN_GROUPS]
     rows = []
     for method, comp in result.comparison.items():
-        tab = {r["name"]: r for r in result.organ_tables[method]}
-        errs = {o: 100.0 * (tab[o]["mean_Gy"] / mc[o]["mean_Gy"] - 1.0) for _, o in organs if mc[o]["mean_Gy"] > 0}
+        tab = {r.name: r for r in result.organ_tables[method]}
+        errs = {o: 100.0 * (tab[o].mean_gy / mc[o].mean_gy - 1.0) for _, o in organs if mc[o].mean_gy > 0}
         row = [method.upper(), comp["voxel"].get("mrae_percent")] + [errs.get(o) for _, o in organs]
         for g, names in ORGAN_GROUPS.items():
             vals = [abs(errs[o]) for o in names if o in errs]
@@ -306,18 +306,18 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
                      "the SINFONIA FDG study). Full outputs: " f"{res.tracer}/internal_true_tia/report.html.")
             cols, rows = method_comparison(res.internal_truth)
             rep.table(cols, rows)
-            mc_rows = [r for r in res.internal_truth.organ_tables["mc"] if r.get("n_voxels")]
-            mc_rows.sort(key=lambda r: -r["mean_Gy"])
+            mc_rows = [r for r in res.internal_truth.organ_tables["mc"] if r.n_voxels]
+            mc_rows.sort(key=lambda r: -r.mean_gy)
             unc = res.internal_truth.uncertainty_mc
             rep.table(["organ", "MC mean dose (Gy)", "D98 (Gy)", "D2 (Gy)"],
-                      [[r["name"], r["mean_Gy"], r.get("D98_Gy"), r.get("D2_Gy")] for r in mc_rows[:15]],
+                      [[r.name, r.mean_gy, r.d_gy.get("D98"), r.d_gy.get("D2")] for r in mc_rows[:15]],
                       caption=f"Monte Carlo organ doses, {res.internal_truth.mc_info.get('decays', 0):.3g} decays; "
                               f"median voxel uncertainty in the body "
                               f"{100 * float(np.median(unc.array[res.internal_truth.labels.array > 0])):.1f} %")
         if res.internal_images is not None:
             rep.heading(f"{res.tracer}: the clinical chain from the DICOM images")
-            img = {r["name"]: r["mean_Gy"] for r in res.internal_images.organ_tables["mc"]}
-            true = {r["name"]: r["mean_Gy"] for r in res.internal_truth.organ_tables["mc"]}
+            img = {r.name: r.mean_gy for r in res.internal_images.organ_tables["mc"]}
+            true = {r.name: r.mean_gy for r in res.internal_truth.organ_tables["mc"]}
             rep.table(["organ", "MC from images (Gy)", "MC on true TIA (Gy)", "difference (%)"],
                       [[n, img[n], true[n], 100 * (img[n] / true[n] - 1) if true[n] else None]
                        for g in ORGAN_GROUPS.values() for n in g if n in true and true[n] > 0],
@@ -329,10 +329,10 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
             rep.text("Helical CT with tube-current modulation read from the DICOM headers, Monte Carlo on the "
                      "patient's density and materials, calibrated to the header CTDIvol with a CTDI-phantom "
                      f"simulation. Full outputs: {res.tracer}/ct_dose/report.html.")
-            rows = sorted((r for r in cd.organs if r.get("mean_mGy") is not None and r.get("mass_g")),
-                          key=lambda r: -r["mean_mGy"])
+            rows = sorted((r for r in cd.organs if r.mass_weighted_mean_gy is not None and r.mass_g),
+                          key=lambda r: -r.mass_weighted_mean_gy)
             rep.table(["organ", "mean dose (mGy)", "uncertainty (%)"],
-                      [[r["name"], r["mean_mGy"], r.get("rel_uncertainty_percent")] for r in rows[:15]])
+                      [[r.name, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent] for r in rows[:15]])
             e = cd.effective_dose or {}
             rep.table(["quantity", "value"],
                       [["CTDIvol (header mean, mGy)", cd.calibration.ctdivol_target_mgy],

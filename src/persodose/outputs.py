@@ -39,10 +39,13 @@ def is_persodose_output(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, overwrite: bool = True, marker: bool = True) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``out`` when the block succeeds.
 
-    On an exception the temporary directory is removed and ``out`` is left untouched.
+    On an exception the temporary directory is removed and ``out`` is left untouched. An
+    existing ``out`` is replaced only if persodose wrote it (:func:`is_persodose_output`).
+    ``marker=False`` leaves out the :data:`OUTPUT_MARKER` file (DICOM series folders, which
+    other programs read file by file); such a folder is then never replaced.
     """
     out = Path(out)
     parent = out.resolve().parent
@@ -54,8 +57,9 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
-        (tmp / OUTPUT_MARKER).write_text("written by persodose; this folder is replaced by the next run "
-                                         "that writes here\n")
+        if marker:
+            (tmp / OUTPUT_MARKER).write_text("written by persodose; this folder is replaced by the next run "
+                                             "that writes here\n")
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,17 +197,27 @@ def check_output_paths(inputs: Mapping[str, Any], output_dirs: Mapping[str, Any]
 
 
 def jsonable(obj: Any) -> Any:
-    """Plain JSON-ready data from dataclasses, paths, numpy arrays and scalars, enums."""
+    """Plain JSON-ready data from dataclasses, paths, numpy arrays and scalars, enums.
+
+    NaN and infinities become ``None`` (JSON ``null``): JSON has no NaN, and a reader that
+    meets one fails. Objects with a ``to_dict()`` are written through it.
+    """
+    import math
+
+    if hasattr(obj, "to_dict") and callable(obj.to_dict) and not isinstance(obj, type):
+        return jsonable(obj.to_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple, set, frozenset)):
         return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):
-        return obj.tolist()
+        return jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if hasattr(obj, "value") and hasattr(obj, "name"):  # Enum
         return obj.value
     return obj
@@ -239,7 +253,7 @@ def write_provenance(path: str | os.PathLike, command: str, settings: Any = None
         "inputs": jsonable(inputs or {}),
     }
     doc.update({k: jsonable(v) for k, v in extra.items()})
-    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=False))
+    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=False, allow_nan=False))
 
 
 _jsonable = jsonable  # former private name

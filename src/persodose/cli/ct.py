@@ -83,4 +83,5 @@ def ct(
         e = result.effective_dose
         typer.echo(f"effective dose {e['effective_dose_msv']:.3g} mSv ({e['status']})")
     if result.organs:
-        typer.echo(json.dumps({r["name"]: round(r["mean_mGy"], 3) for r in result.organs}))
+        typer.echo("organ doses (mGy): " + json.dumps({r.name: round(1e3 * r.mass_weighted_mean_gy, 3)
+                                                      for r in result.organs}))

@@ -297,7 +297,7 @@ def write_ct_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: str
     normal = np.cross(grid.direction_xyz[:, 0], grid.direction_xyz[:, 1])
     out_dir = Path(out_dir)
     names = [f"CT_{k + 1:04d}.dcm" for k in range(nz)]
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, marker=False) as tmp:
         for k in range(nz):
             ds = _base(CTImageStorage, "CT", patient, study_uid, series_uid,
                        frame_of_reference_uid, acq, series_description, series_number,
@@ -409,7 +409,7 @@ def write_pet_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: st
     names = [f"PT_{k + 1:04d}.dcm" for k in range(nz)]
     from pydicom.sequence import Sequence as DicomSequence
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, marker=False) as tmp:
         for k in range(nz):
             sl = arr[k]
             peak = float(np.max(np.abs(sl)))

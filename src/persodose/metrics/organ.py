@@ -18,9 +18,11 @@ in density (MIRD Pamphlet No. 17, Bolch et al., J Nucl Med 40:11S, 1999).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -28,7 +30,7 @@ import numpy as np
 from persodose.errors import InputError
 from persodose.grid import Grid, Kind
 from persodose.metrics.dvh import DRVH_PERCENTS, ICRU_PERCENTS, _unit_token, dose_at_volume, volume_at_dose
-from persodose.outputs import atomic_file
+from persodose.outputs import atomic_file, jsonable
 
 #: Percent volumes reported by :func:`organ_table` (ICRU 83 and DblurDoseNet DRVH).
 DEFAULT_PERCENTS = tuple(sorted(set(ICRU_PERCENTS) | set(DRVH_PERCENTS)))
@@ -171,22 +173,6 @@ def _columns(rows: Sequence[Mapping]) -> list[str]:
     return cols
 
 
-def _clean(v):
-    if isinstance(v, Mapping):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _clean(v.tolist())
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (float, np.floating)):
-        return None if not math.isfinite(float(v)) else float(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
-
-
 def write_table_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     """Write rows (dicts) as CSV, atomically; missing and NaN values are empty cells."""
     if not rows:
@@ -196,7 +182,7 @@ def write_table_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if _clean(r.get(k)) is None else _fmt(_clean(r.get(k)))) for k in cols})
+            w.writerow({k: ("" if jsonable(r.get(k)) is None else _fmt(jsonable(r.get(k)))) for k in cols})
 
 
 def _fmt(v):
@@ -205,8 +191,8 @@ def _fmt(v):
 
 def write_table_json(rows: Sequence[Mapping], path: str | os.PathLike, **metadata) -> None:
     """Write rows as JSON ``{"rows": [...], **metadata}`` atomically; NaN becomes ``null``."""
-    doc = _clean(dict(metadata))
-    doc["rows"] = [_clean(r) for r in rows]
+    doc = jsonable(dict(metadata))
+    doc["rows"] = [jsonable(r) for r in rows]
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, allow_nan=False))
 
@@ -214,3 +200,129 @@ def write_table_json(rows: Sequence[Mapping], path: str | os.PathLike, **metadat
 # Names matching the brief.
 write_organ_table_csv = write_table_csv
 write_organ_table_json = write_table_json
+
+
+# --------------------------------------------------------------------------- typed organ doses
+#: Name and version of the organ-dose table schema written to ``organs.json`` / ``organs*.csv``
+#: (README, "Output files"). Version 2: fixed units (Gy) whatever the map's unit.
+ORGAN_SCHEMA = "persodose.organ-doses"
+ORGAN_SCHEMA_VERSION = 2
+#: D_x statistics of an organ dose row, percent of the organ's volume (ICRU 83 and DRVH).
+ROW_PERCENTS = DEFAULT_PERCENTS
+
+
+@dataclass(frozen=True)
+class OrganDoseRow:
+    """Absorbed dose to one organ or lesion, in fixed units (Gy, g, mL).
+
+    Attributes:
+        name: structure name; label: its value in the label map.
+        method: the dose method ("mc", "msv", ... or "ct").
+        n_voxels, volume_ml, mass_g: size of the structure (mass with a density map).
+        mean_gy: mean voxel dose (SINFONIA D2.2's organ dose), Gy.
+        std_gy, min_gy, max_gy: spread of the voxel doses, Gy.
+        mass_weighted_mean_gy: energy over mass, the MIRD mean absorbed dose, Gy.
+        d_gy: ``{"D2": ..., "D50": ..., "D98": ...}``: minimum dose to the hottest x % of the
+            volume (ICRU Report 83), Gy, for the percents of :data:`ROW_PERCENTS`.
+        uncertainty_percent: statistical uncertainty of the organ dose (Monte Carlo), %.
+        tia_fit: verdict of the organ's kinetic fit ("good", "poor", "unreliable"), with the
+            reasons in ``note``.
+        dose_to_medium_gy: for red marrow in CT, the dose to the bone-marrow mixture before its
+            conversion to dose to marrow.
+        note: one line on how the value was obtained or why it may be unreliable.
+    """
+
+    name: str
+    label: int
+    method: str
+    n_voxels: int
+    volume_ml: float
+    mass_g: float | None
+    mean_gy: float
+    std_gy: float
+    min_gy: float
+    max_gy: float
+    mass_weighted_mean_gy: float | None
+    d_gy: dict = field(default_factory=dict)
+    uncertainty_percent: float | None = None
+    tia_fit: str | None = None
+    dose_to_medium_gy: float | None = None
+    note: str = ""
+
+    def scaled(self, factor: float, **changes) -> "OrganDoseRow":
+        """The same row with every dose multiplied by ``factor`` (e.g. a dose-to-medium
+        conversion), and ``changes`` applied."""
+        mw = None if self.mass_weighted_mean_gy is None else self.mass_weighted_mean_gy * factor
+        return dataclasses.replace(self, mean_gy=self.mean_gy * factor, std_gy=self.std_gy * factor,
+                                   min_gy=self.min_gy * factor, max_gy=self.max_gy * factor,
+                                   mass_weighted_mean_gy=mw, d_gy={k: v * factor for k, v in self.d_gy.items()},
+                                   **changes)
+
+    def to_dict(self) -> dict:
+        """Flat record with the schema's fixed column names (``mean_Gy``, ``D98_Gy``, ...)."""
+        out = {"name": self.name, "label": self.label, "method": self.method, "n_voxels": self.n_voxels,
+               "volume_ml": self.volume_ml, "mass_g": self.mass_g, "mean_Gy": self.mean_gy, "std_Gy": self.std_gy,
+               "min_Gy": self.min_gy, "max_Gy": self.max_gy, "mass_weighted_mean_Gy": self.mass_weighted_mean_gy}
+        out.update({f"{k}_Gy": v for k, v in self.d_gy.items()})
+        out.update({"uncertainty_percent": self.uncertainty_percent, "tia_fit": self.tia_fit,
+                    "dose_to_medium_Gy": self.dose_to_medium_gy, "note": self.note})
+        return out
+
+
+def _in_gy(dose: Grid) -> Grid:
+    """The dose grid in Gy (a grid in mGy is converted)."""
+    unit = (dose.unit or "Gy").strip()
+    factor = {"Gy": 1.0, "mGy": 1e-3, "cGy": 1e-2}.get(unit)
+    if dose.kind is not Kind.DOSE or factor is None:
+        raise InputError(f"organ dose rows need an absorbed-dose map in Gy or mGy, got {dose.kind.value} ({unit})")
+    return dose if factor == 1.0 else dose.with_array(np.asarray(dose.array, np.float64) * factor, Kind.DOSE, "Gy")
+
+
+def organ_dose_rows(dose: Grid, labels: Grid, names: Mapping[int, str] | None = None,
+                    density: Grid | None = None, method: str = "") -> list[OrganDoseRow]:
+    """Typed organ dose rows (Gy) of a dose map: :func:`organ_table` in fixed units.
+
+    Args:
+        dose: absorbed dose, Gy or mGy (converted to Gy).
+        labels: label map on the dose geometry; names: value -> name.
+        density: g/cm3 on the dose geometry, for masses and mass-weighted means.
+        method: the method that made the map, recorded in each row.
+    """
+    g = _in_gy(dose)
+    rows = []
+    for r in organ_table(g, labels, names, density=density, percents=ROW_PERCENTS):
+        rows.append(OrganDoseRow(
+            name=r["name"], label=int(r["label"]), method=method, n_voxels=int(r["n_voxels"]),
+            volume_ml=float(r["volume_ml"]), mass_g=r.get("mass_g"), mean_gy=r["mean_Gy"], std_gy=r["std_Gy"],
+            min_gy=r["min_Gy"], max_gy=r["max_Gy"], mass_weighted_mean_gy=r.get("mass_weighted_mean_Gy"),
+            d_gy={f"D{p:g}": r[f"D{p:g}_Gy"] for p in ROW_PERCENTS}))
+    return rows
+
+
+def write_organ_rows(rows: Sequence[OrganDoseRow], path: str | os.PathLike, **metadata) -> None:
+    """Write organ dose rows as JSON (``.json``, with the schema name and version) or CSV."""
+    records = [r.to_dict() for r in rows]
+    if str(path).lower().endswith(".json"):
+        write_table_json(records, path, schema=ORGAN_SCHEMA, schema_version=ORGAN_SCHEMA_VERSION, unit="Gy",
+                         **metadata)
+    else:
+        write_table_csv(records, path)
+
+
+def label_sums(values: Grid | np.ndarray, labels: Grid | np.ndarray, names: Mapping[int, str] | None = None,
+               weights: np.ndarray | None = None) -> dict:
+    """Sum of ``values`` (times ``weights``) over each label: ``{name: sum}``, float64.
+
+    Without ``names`` the keys are the label values present (0 excluded). Used for organ
+    activities (Bq), masses (g) and energies.
+    """
+    v = np.asarray(values.array if isinstance(values, Grid) else values, dtype=np.float64).ravel()
+    lab = np.asarray(labels.array if isinstance(labels, Grid) else labels).ravel().astype(np.int64)
+    if v.shape != lab.shape:
+        raise InputError(f"values ({v.size} voxels) and labels ({lab.size}) differ in size")
+    if weights is not None:
+        v = v * np.asarray(weights, dtype=np.float64).ravel()
+    sums = np.bincount(lab, weights=v, minlength=int(lab.max(initial=0)) + 1)
+    if names is None:
+        return {int(k): float(sums[k]) for k in np.unique(lab) if k != 0}
+    return {str(n): (float(sums[int(k)]) if 0 <= int(k) < sums.size else 0.0) for k, n in names.items()}

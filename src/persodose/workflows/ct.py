@@ -58,8 +58,9 @@ class CTDoseResult:
         uncertainty: voxel relative standard uncertainty.
         ct: the CT on the dose grid (HU); density: g/cm3.
         labels: labels on the dose grid (or None); label_names: value -> name.
-        organs: one row per label: ``name``, ``mass_g``, ``mean_mGy``, ``sd_mGy``,
-            ``rel_uncertainty_percent`` and the organ_table statistics (mGy).
+        organs: one :class:`~persodose.metrics.organ.OrganDoseRow` per label (Gy); the organ dose
+            is ``mass_weighted_mean_gy`` (energy over mass), its ``uncertainty_percent`` from
+            the batch spread.
         effective_dose: :class:`persodose.risk.effective_dose.EffectiveDose` as a dict (mSv keys
             added), or None without labels.
         acquisition, scanner, positions: the source model used.
@@ -141,29 +142,57 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
     Returns:
         :class:`CTDoseResult`.
     """
-    from dataclasses import replace
-
-    from persodose.ct.acquisition import CTAcquisitionWarning, acquisition_from_dicom
-    from persodose.ct.ctdi import simulate_ctdi
-    from persodose.ct.dose import ScanSampler, calibrate, patient_phantom, run_beam_batches
-    from persodose.ct.scanner import Scanner, get_scanner, guess_scanner
-    from persodose.ct.spectrum import tube_spectrum
-    from persodose.ct.trajectory import DEFAULT_N_START_ANGLES, helical_positions
     from persodose.mc.engine import MCSettings
-    from persodose.metrics.organ import organ_table
 
     log = log or (lambda *_: None)
     settings = settings or MCSettings(n_batches=10)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
+    _check_inputs(ct, n_photons, settings)
+    acq, acq_warnings, scanner, positions = _acquisition_step(ct, info, overrides, scanner, log)
+    t0 = time.perf_counter()
+    phantom, ct_d, lab, label_names = _phantom_step(ct, labels, names, dose_voxel_mm)
+    timings["phantom"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ctdi, cal = _calibration_step(acq, scanner, positions, settings, ctdi_photons, ctdi_voxel_mm, ctdi_diameter_mm, log)
+    timings["ctdi calibration"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run, dose, unc = _transport_step(phantom, positions, lab, n_photons, settings, cal, log)
+    timings["transport"] = time.perf_counter() - t0
+    organs, eff = _organ_step(run, dose, cal, lab, label_names, phantom, scanner.spectrum(acq.kvp))
+    timings["total"] = time.perf_counter() - t_all
+    stats_doc = {"n_photons": int(run.tally.n_primaries), "n_batches": int(run.tally.n_batches),
+                 "seed": int(settings.seed), "ctdi_seed": int(settings.seed) + 1,
+                 "batch_ids": run.tally.batch_ids, "photons_per_second": run.photons_per_second,
+                 "energy_balance_mev_per_photon": run.energy_balance, "timings_s": timings,
+                 "dose_voxel_mm": float(dose_voxel_mm), "dose_grid_shape_zyx": list(dose.shape),
+                 "n_positions": len(positions), "n_per_rotation": positions.n_per_rotation,
+                 "n_start_angles": positions.n_start_angles,
+                 "start_angle": f"averaged over {positions.n_start_angles} start angles (not recorded in DICOM)",
+                 "transport": "coupled photon-electron; electrons range-rejected locally at CT energies "
+                              "(collision-kerma approximation)"}
+    return CTDoseResult(dose, unc, ct_d, phantom.density, lab, label_names, organs, eff, acq, scanner, positions,
+                        ctdi, cal, acq_warnings, stats_doc, phantom)
+
+
+def _check_inputs(ct: Grid, n_photons: int, settings) -> None:
+    from persodose.ct.dose import BODY_THRESHOLD_HU
+
     if ct.kind not in (Kind.CT, Kind.SCALAR):
         raise InputError(f"expected a CT in HU, got a {ct.kind.value} grid")
     if int(n_photons) < int(settings.n_batches):
         raise InputError(f"--photons must be at least the number of batches ({settings.n_batches})")
-    if not np.any(np.asarray(ct.array) > -500.0):
-        raise InputError("the CT holds no voxel above -500 HU: no body in the series")
+    if not np.any(np.asarray(ct.array) > BODY_THRESHOLD_HU):
+        raise InputError(f"the CT holds no voxel above {BODY_THRESHOLD_HU:g} HU: no body in the series")
 
-    # 1. acquisition and scanner
+
+def _acquisition_step(ct: Grid, info, overrides, scanner, log):
+    """Step 1: the acquisition from the headers (warnings kept), the scanner, the focal-spot positions."""
+    from persodose.ct.acquisition import CTAcquisitionWarning, acquisition_from_dicom
+    from persodose.ct.scanner import Scanner, get_scanner, guess_scanner
+    from persodose.ct.spectrum import tube_spectrum
+    from persodose.ct.trajectory import DEFAULT_N_START_ANGLES, helical_positions
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CTAcquisitionWarning)
         acq = acquisition_from_dicom(_series_for(ct, info), overrides)
@@ -181,108 +210,104 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
         f"scanner {scanner.name}")
     positions = helical_positions(acq, scanner, n_per_rotation=64, start_angle_rad="average",
                                   n_start_angles=DEFAULT_N_START_ANGLES)
+    return acq, acq_warnings, scanner, positions
 
-    # 2. phantom and labels
-    t0 = time.perf_counter()
+
+def _phantom_step(ct: Grid, labels, names, dose_voxel_mm: float):
+    """Step 2: the patient phantom on the dose grid, the labels on it (nearest neighbour)."""
+    from persodose.ct.dose import patient_phantom
+
     phantom, ct_d = patient_phantom(ct, dose_voxel_mm)
-    lab = None
-    label_names: dict[int, str] = {}
-    if labels is not None:
-        lab = labels.resample_to(ct_d, "nearest")
-        lab = lab.with_array(np.asarray(lab.array).astype(np.int64), Kind.LABELS)
-        if lab.array.min() < 0:
-            raise InputError("the label map holds negative labels")
-        label_names = {int(k): str(v) for k, v in (names or {}).items()}
-        present = [int(v) for v in np.unique(lab.array) if v > 0]
-        for v in present:
-            label_names.setdefault(v, f"label_{v}")
-        label_names = {k: n for k, n in label_names.items() if k in present}
-    timings["phantom"] = time.perf_counter() - t0
+    if labels is None:
+        return phantom, ct_d, None, {}
+    lab = labels.resample_to(ct_d, "nearest")
+    lab = lab.with_array(np.asarray(lab.array).astype(np.int64), Kind.LABELS)
+    if lab.array.min() < 0:
+        raise InputError("the label map holds negative labels")
+    label_names = {int(k): str(v) for k, v in (names or {}).items()}
+    present = [int(v) for v in np.unique(lab.array) if v > 0]
+    for v in present:
+        label_names.setdefault(v, f"label_{v}")
+    return phantom, ct_d, lab, {k: n for k, n in label_names.items() if k in present}
 
-    # 3. calibration run (CTDI phantom of the scan type, same scanner model)
-    t0 = time.perf_counter()
+
+def _calibration_step(acq, scanner, positions, settings, ctdi_photons, ctdi_voxel_mm, ctdi_diameter_mm, log):
+    """Step 3: the CTDI phantom of the scan type on the same scanner model, and the calibration."""
+    from dataclasses import replace
+
+    from persodose.ct.ctdi import simulate_ctdi
+    from persodose.ct.dose import calibrate
+
     diameter = ctdi_diameter_mm or (160.0 if acq.bowtie == "head" else 320.0)
     ctdi = simulate_ctdi(acq.kvp, acq.total_collimation_mm, scanner, diameter, acq.bowtie, int(ctdi_photons),
                          ctdi_voxel_mm, replace(settings, seed=int(settings.seed) + 1))
     cal = calibrate(acq, positions, ctdi.ctdiw_gy_per_photon)
-    timings["ctdi calibration"] = time.perf_counter() - t0
     log(f"CTDI {diameter:g} mm: C/P {ctdi.centre_to_periphery:.3f}; CTDIvol target {cal.ctdivol_target_mgy:.3g} mGy "
         f"({cal.ctdivol_source})")
+    return ctdi, cal
 
-    # 4. whole scan
-    t0 = time.perf_counter()
+
+def _transport_step(phantom, positions, lab, n_photons, settings, cal, log):
+    """Step 4: the whole scan (per-batch organ energies kept), the calibrated map in mGy."""
+    from persodose.ct.dose import ScanSampler, run_beam_batches
+
     reducer = None
     if lab is not None:
-        n_lab = int(lab.array.max()) + 1
-        reducer, organ_mass_kg = _organ_reducer(np.asarray(lab.array), n_lab, phantom.mass_kg)
+        reducer, _ = _organ_reducer(np.asarray(lab.array), int(lab.array.max()) + 1, phantom.mass_kg)
     run = run_beam_batches(phantom, ScanSampler(positions), int(n_photons), settings, reducer=reducer,
                            progress=lambda b, n: log(f"batch {b}/{n}"))
-    timings["transport"] = time.perf_counter() - t0
     scale = cal.mgy_per_gy_per_simulated_photon
     air = np.asarray(phantom.density.array) < AIR_DENSITY_G_CM3
     dose = phantom.density.with_array(np.where(air, 0.0, run.dose_per_primary_gy * scale).astype(np.float32),
                                       Kind.DOSE, "mGy")
     unc = phantom.density.with_array(run.relative_uncertainty.astype(np.float32), Kind.SCALAR,
                                      "relative standard uncertainty")
+    return run, dose, unc
 
-    # 5. organs
-    organs: list[dict] = []
-    eff = None
-    if lab is not None and label_names:
-        per_batch = np.asarray(run.reduced) * scale  # (batches, labels) mGy
-        b = per_batch.shape[0]
-        mean = per_batch.mean(axis=0)
-        sd = per_batch.std(axis=0, ddof=1) / math.sqrt(b)
-        stats = {r["label"]: r for r in organ_table(dose, lab.with_array(np.asarray(lab.array).astype(np.int32)),
-                                                    label_names, phantom.density)}
-        for v, name in sorted(label_names.items()):
-            row = {"label": v, "name": name, "mass_g": float(organ_mass_kg[v] * 1e3), "mean_mGy": float(mean[v]),
-                   "sd_mGy": float(sd[v]),
-                   "rel_uncertainty_percent": float(100 * sd[v] / mean[v]) if mean[v] > 0 else None}
-            extra = {k: val for k, val in stats.get(v, {}).items() if k not in ("label", "name", "mass_g")}
-            row.update({("voxel_" + k if k in ("mean_mGy", "std_mGy") else k): val for k, val in extra.items()})
-            organs.append(row)
-        from persodose.ct.dose import marrow_dose_factor
-        from persodose.risk.effective_dose import effective_dose, tissue_for_label
 
-        # Red marrow: the voxels hold a bone-marrow mixture; its dose is converted to dose to
-        # marrow with the mu_en ratio over the beam spectrum (ct.dose.marrow_dose_factor)
-        spec = scanner.spectrum(acq.kvp)
-        lab_arr = np.asarray(lab.array)
-        for row in organs:
-            if tissue_for_label(row["name"]) == "red_marrow":
-                m = lab_arr == row["label"]
-                if not m.any():
-                    continue
-                f = marrow_dose_factor(dose.array[m], phantom.mass_kg[m], np.asarray(phantom.materials.array)[m],
-                                       phantom.material_list, spec.energy_mev,
-                                       spec.fluence_per_mas_cm2 * spec.energy_mev)
-                row["dose_to_medium_mGy"] = row["mean_mGy"]
-                row["marrow_factor"] = f
-                row["mean_mGy"] = row["mean_mGy"] * f
-                row["sd_mGy"] = row["sd_mGy"] * f
-                row["note"] = ("dose to red marrow = dose to the bone-marrow mixture x mu_en ratio "
-                               "(ICRU 46 marrow / voxel medium, beam spectrum)")
-        e = effective_dose({r["name"]: r["mean_mGy"] * 1e-3 for r in organs},
-                           {r["name"]: r["mass_g"] for r in organs},
-                           {r["name"]: r["sd_mGy"] * 1e-3 for r in organs})
-        eff = e.to_dict()
-        eff["effective_dose_msv"] = e.effective_dose_sv * 1e3
-        eff["uncertainty_msv"] = e.uncertainty_sv * 1e3
-        eff["reference"] = "ICRP Publication 103 (2007), Table 3; w_R = 1 for photons"
-    timings["total"] = time.perf_counter() - t_all
-    stats_doc = {"n_photons": int(run.tally.n_primaries), "n_batches": int(run.tally.n_batches),
-                 "seed": int(settings.seed), "ctdi_seed": int(settings.seed) + 1,
-                 "batch_ids": run.tally.batch_ids, "photons_per_second": run.photons_per_second,
-                 "energy_balance_mev_per_photon": run.energy_balance, "timings_s": timings,
-                 "dose_voxel_mm": float(dose_voxel_mm), "dose_grid_shape_zyx": list(dose.shape),
-                 "n_positions": len(positions), "n_per_rotation": positions.n_per_rotation,
-                 "n_start_angles": positions.n_start_angles,
-                 "start_angle": f"averaged over {positions.n_start_angles} start angles (not recorded in DICOM)",
-                 "transport": "coupled photon-electron; electrons range-rejected locally at CT energies "
-                              "(collision-kerma approximation)"}
-    return CTDoseResult(dose, unc, ct_d, phantom.density, lab, label_names, organs, eff, acq, scanner, positions,
-                        ctdi, cal, acq_warnings, stats_doc, phantom)
+def _organ_step(run, dose: Grid, cal, lab, label_names, phantom, spectrum):
+    """Step 5: organ doses (energy over mass, uncertainty from the batches), red marrow as dose
+    to marrow, and the ICRP 103 effective dose."""
+    if lab is None or not label_names:
+        return [], None
+    import dataclasses
+
+    from persodose.metrics.organ import organ_dose_rows
+    from persodose.risk.effective_dose import effective_dose, tissue_for_label
+
+    per_batch = np.asarray(run.reduced) * cal.mgy_per_gy_per_simulated_photon * 1e-3  # (batches, labels) Gy
+    mean = per_batch.mean(axis=0)
+    sd = per_batch.std(axis=0, ddof=1) / math.sqrt(per_batch.shape[0])
+    organs = []
+    for row in organ_dose_rows(dose, lab.with_array(np.asarray(lab.array).astype(np.int32)), label_names,
+                               phantom.density, method="ct"):
+        v = row.label
+        row = dataclasses.replace(row, mass_weighted_mean_gy=float(mean[v]),
+                          uncertainty_percent=float(100 * sd[v] / mean[v]) if mean[v] > 0 else None)
+        if tissue_for_label(row.name) == "red_marrow" and row.n_voxels:
+            row = _marrow_row(row, dose, lab, phantom, spectrum)
+        organs.append(row)
+    dose_gy = {r.name: r.mass_weighted_mean_gy for r in organs}
+    e = effective_dose(dose_gy, {r.name: r.mass_g for r in organs},
+                       {r.name: (r.uncertainty_percent or 0.0) / 100 * dose_gy[r.name] for r in organs})
+    eff = e.to_dict()
+    eff["effective_dose_msv"] = e.effective_dose_sv * 1e3
+    eff["uncertainty_msv"] = e.uncertainty_sv * 1e3
+    eff["reference"] = "ICRP Publication 103 (2007), Table 3; w_R = 1 for photons"
+    return organs, eff
+
+
+def _marrow_row(row, dose: Grid, lab: Grid, phantom, spectrum):
+    """Red marrow: its voxels hold a bone-marrow mixture; the dose to that mixture becomes dose to
+    marrow with the mu_en ratio over the beam spectrum (:func:`persodose.ct.dose.marrow_dose_factor`)."""
+    from persodose.ct.dose import marrow_dose_factor
+
+    m = np.asarray(lab.array) == row.label
+    f = marrow_dose_factor(dose.array[m], phantom.mass_kg[m], np.asarray(phantom.materials.array)[m],
+                           phantom.material_list, spectrum.energy_mev, spectrum.fluence_per_mas_cm2 * spectrum.energy_mev)
+    return row.scaled(f, dose_to_medium_gy=row.mass_weighted_mean_gy,
+                      note=f"dose to red marrow = dose to the bone-marrow mixture x {f:.3f} (mu_en ratio, ICRU 46 "
+                           "marrow / voxel medium, over the beam spectrum)")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -295,7 +320,7 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
     import json
 
     from persodose.io.image import write_image
-    from persodose.metrics.organ import write_table_csv, write_table_json
+    from persodose.metrics.organ import write_organ_rows
     from persodose.outputs import jsonable, atomic_dir, write_provenance
 
     with atomic_dir(out) as work:
@@ -309,9 +334,10 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
                          description="persodose CT scan dose (Monte Carlo, CTDIvol-calibrated)",
                          summation_type="RECORD")
         if result.organs:
-            write_table_csv(result.organs, work / "organs.csv")
-            write_table_json(result.organs, work / "organs.json", unit="mGy",
-                             uncertainty="standard uncertainty of the organ mean from the batch spread")
+            write_organ_rows(result.organs, work / "organs.csv")
+            write_organ_rows(result.organs, work / "organs.json",
+                             organ_dose="mass_weighted_mean_Gy (energy over mass); uncertainty_percent: standard "
+                                        "uncertainty of it from the batch spread")
         if result.effective_dose is not None:
             (work / "effective_dose.json").write_text(json.dumps(jsonable(result.effective_dose), indent=2))
         write_provenance(work / "provenance.json", "ct", settings=None, inputs=inputs or {},
@@ -378,12 +404,12 @@ def build_ct_report(result: CTDoseResult, path: Path, title: str) -> Path:
     rep.figure(fig, caption="Tube current profile along the table axis")
     if result.organs:
         rep.heading("Organ doses (mGy)")
-        rows = sorted(result.organs, key=lambda r: -r["mean_mGy"])
+        rows = sorted(result.organs, key=lambda r: -r.mass_weighted_mean_gy)
         rep.table(["organ", "mass (g)", "mean (mGy)", "uncertainty (%)"],
-                  [[r["name"], r["mass_g"], r["mean_mGy"], r["rel_uncertainty_percent"]] for r in rows])
+                  [[r.name, r.mass_g, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent] for r in rows])
         fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.2))
-        ax.barh([r["name"] for r in rows][::-1], [r["mean_mGy"] for r in rows][::-1],
-                xerr=[2 * r["sd_mGy"] for r in rows][::-1])
+        ax.barh([r.name for r in rows][::-1], [1e3 * r.mass_weighted_mean_gy for r in rows][::-1],
+                xerr=[2e1 * (r.uncertainty_percent or 0.0) * r.mass_weighted_mean_gy for r in rows][::-1])
         ax.set_xlabel("mean absorbed dose (mGy), error bars 2 SD")
         rep.figure(fig, caption="Organ mean doses")
     if result.effective_dose:

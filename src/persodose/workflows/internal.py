@@ -111,7 +111,9 @@ class InternalResult:
     uncertainties: dict[str, Grid] = field(default_factory=dict)  #: relative, of the stochastic methods
     method_info: dict[str, dict] = field(default_factory=dict)  #: each method's own figures (MC decays, ...)
     dose_rates: dict[str, list[Grid]] = field(default_factory=dict)
-    organ_tables: dict[str, list[dict]] = field(default_factory=dict)
+    organ_tables: dict[str, list] = field(default_factory=dict)  #: method -> [OrganDoseRow] (Gy)
+    #: organs whose kinetics (and so dose) are unreliable, with the reasons (kinetics.unreliable_organs)
+    unreliable_kinetics: list = field(default_factory=list)
     organ_mird: list[dict] = field(default_factory=list)
     comparison: dict[str, dict] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -435,17 +437,28 @@ def _organ_step(result: InternalResult, log) -> None:
     """Organ dose statistics of every method, and organ-level MIRD from the organ TIAs."""
     if result.labels is None:
         return
-    from persodose.dose.organ_mird import organ_dose_rows, organ_doses
+    import dataclasses
+
+    from persodose.dose.organ_mird import organ_dose_rows as mird_rows
+    from persodose.dose.organ_mird import organ_doses
     from persodose.errors import PersodoseError
-    from persodose.metrics.organ import organ_table
+    from persodose.kinetics import unreliable_organs
+    from persodose.metrics.organ import organ_dose_rows
 
     names = result.label_names
+    result.unreliable_kinetics = unreliable_organs(result.organ_kinetics) if result.organ_kinetics else []
+    for organ, why in result.unreliable_kinetics:
+        log(f"  warning: the dose to {organ} is unreliable: its time-activity fit is ({why})")
+    fits = {n: q for n, ok in result.organ_kinetics.items() if (q := getattr(ok, "quality", None)) is not None}
     for method, dose in result.doses.items():
-        result.organ_tables[method] = organ_table(dose, result.labels, names, density=result.density)
+        rows = organ_dose_rows(dose, result.labels, names, density=result.density, method=method)
+        result.organ_tables[method] = [
+            dataclasses.replace(r, tia_fit=fits[r.name].verdict, note=fits[r.name].summary()) if r.name in fits else r
+            for r in rows]
     lesions = [k for k, v in names.items() if v.startswith("lesion")]
     try:
-        result.organ_mird = organ_dose_rows(organ_doses(result.tia, result.labels, result.density, result.settings.nuclide,
-                                                        label_names=names, lesion_labels=lesions))
+        result.organ_mird = mird_rows(organ_doses(result.tia, result.labels, result.density, result.settings.nuclide,
+                                                  label_names=names, lesion_labels=lesions))
     except PersodoseError as exc:  # e.g. a label the organ model cannot place: the voxel results stand
         log(f"  organ-level MIRD skipped: {exc}")
 
@@ -472,7 +485,7 @@ SUMMARY_ORGANS_MAX = 12
 
 def comparison_rows(result: InternalResult) -> tuple[list[str], list[list]]:
     """Method comparison in the style of the SINFONIA FDG study: voxel MRAE and organ RE vs MC."""
-    organs = [r["name"] for r in result.organ_tables.get("mc", []) if r.get("n_voxels", 0) > 0]
+    organs = [r.name for r in result.organ_tables.get("mc", []) if r.n_voxels > 0]
     rows = []
     for method, comp in result.comparison.items():
         voxel = comp.get("voxel", {})
@@ -489,7 +502,7 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
 
     from persodose.io.image import write_image
     from persodose.metrics.dvh import dvhs_for_labels, write_dvh_csv
-    from persodose.metrics.organ import write_organ_table_csv, write_organ_table_json
+    from persodose.metrics.organ import write_organ_rows
     from persodose.outputs import jsonable, atomic_dir, write_provenance
 
     with atomic_dir(out) as work:
@@ -511,11 +524,12 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
         if result.labels is not None:
             all_rows = []
             for method, rows in result.organ_tables.items():
-                write_organ_table_csv(rows, work / f"organs_{method}.csv")
-                all_rows.extend({"method": method, **r} for r in rows)
+                write_organ_rows(rows, work / f"organs_{method}.csv")
+                all_rows.extend(rows)
                 dvhs = dvhs_for_labels(result.doses[method], result.labels, result.label_names)
                 write_dvh_csv(dvhs, work / f"dvh_{method}.csv")
-            write_organ_table_json(all_rows, work / "organs.json")
+            write_organ_rows(all_rows, work / "organs.json", nuclide=result.settings.nuclide,
+                             unreliable_kinetics=[{"organ": o, "why": w} for o, w in result.unreliable_kinetics])
             if result.organ_mird:
                 (work / "organ_mird.json").write_text(json.dumps(jsonable(result.organ_mird), indent=2))
         (work / "kinetics.json").write_text(json.dumps(jsonable({
@@ -561,14 +575,17 @@ def build_report(result: InternalResult, path: Path, title: str) -> Path:
         for name, ok in sorted(result.organ_kinetics.items(), key=lambda kv: -kv[1].tia_bq_s):
             r2 = ok.fit.r2 if ok.fit is not None else None
             rel = ok.tia_sd_bq_s / ok.tia_bq_s if ok.tia_bq_s > 0 and math.isfinite(ok.tia_sd_bq_s) else None
-            rows.append([name, ok.chosen_model, ok.tia_bq_s / 3.6e9, 100 * rel if rel is not None else None, r2])
+            q = getattr(ok, "quality", None)
+            rows.append([name, ok.chosen_model, ok.tia_bq_s / 3.6e9, 100 * rel if rel is not None else None, r2,
+                         q.verdict if q else "-", "; ".join(q.reasons) if q else ""])
             if len(curves) < 8 and ok.tia_bq_s > 0:
                 fitted = None
                 if ok.fit is not None:
                     model = get_model(ok.fit.model, half_life)
                     fitted = np.asarray(model.evaluate(t_dense * 3600.0, ok.fit.params)) / 1e6
                 curves[name] = (np.asarray(ok.activities_bq) / 1e6, fitted)
-        rep.table(["organ", "model (AICc)", "TIA (MBq h)", "TIA uncertainty (%)", "R2"], rows)
+        rep.table(["organ", "model (AICc)", "TIA (MBq h)", "TIA uncertainty (%)", "R2", "fit verdict", "reasons"],
+                  rows)
         if curves:
             rep.figure(figures.fit_figure(t_h, t_dense, curves, "organ activity (MBq)"),
                        caption="Organ time-activity data (markers) and the fitted model chosen by AICc (lines)")
@@ -586,21 +603,25 @@ def build_report(result: InternalResult, path: Path, title: str) -> Path:
     if result.organ_tables:
         rep.heading("Organ doses (Gy)")
         methods = list(result.organ_tables)
-        names = [r["name"] for r in result.organ_tables[methods[0]] if r.get("n_voxels", 0) > 0]
-        by = {m: {r["name"]: r for r in rows} for m, rows in result.organ_tables.items()}
+        names = [r.name for r in result.organ_tables[methods[0]] if r.n_voxels > 0]
+        by = {m: {r.name: r for r in rows} for m, rows in result.organ_tables.items()}
         mird = {r["name"]: r.get("dose_gy") for r in result.organ_mird}
+        last = by[methods[-1]]
         rep.table(["organ", "mass (g)"] + [f"{m.upper()} mean" for m in methods] + ["organ MIRD"]
-                  + ["D98", "D50", "D2"],
-                  [[n, by[methods[0]][n].get("mass_g")] + [by[m][n].get("mean_Gy") for m in methods] + [mird.get(n)]
-                   + [by[methods[-1]][n].get("D98_Gy"), by[methods[-1]][n].get("D50_Gy"), by[methods[-1]][n].get("D2_Gy")]
+                  + ["D98", "D50", "D2", "TIA fit"],
+                  [[n, by[methods[0]][n].mass_g] + [by[m][n].mean_gy for m in methods] + [mird.get(n)]
+                   + [last[n].d_gy.get("D98"), last[n].d_gy.get("D50"), last[n].d_gy.get("D2"), last[n].tia_fit or "-"]
                    for n in names],
                   caption="Mean absorbed dose by each voxel method and by organ-level MIRD (self-dose only, this "
-                          f"patient's masses); D98/D50/D2 of {methods[-1].upper()}")
+                          f"patient's masses); D98/D50/D2 of {methods[-1].upper()}; TIA fit: the verdict on the "
+                          "organ's time-activity fit ('unreliable': do not use that organ's dose)")
+        if result.unreliable_kinetics:
+            rep.table(["organ", "why its dose is unreliable"], [[o, w] for o, w in result.unreliable_kinetics])
         from persodose.metrics.dvh import dvh_figure, dvhs_for_labels
 
         ref_method = "mc" if "mc" in result.doses else methods[0]
         dvhs = dvhs_for_labels(result.doses[ref_method], result.labels, result.label_names)
-        means = {r["name"]: r.get("mean_Gy") or 0.0 for r in result.organ_tables[ref_method]}
+        means = {r.name: r.mean_gy or 0.0 for r in result.organ_tables[ref_method]}
         top = sorted(dvhs.values(), key=lambda d: -means.get(d.name, 0.0))[:10]
         if top:
             rep.figure(dvh_figure(top, "cumulative"), caption=f"Cumulative DVHs of the ten organs with the highest "
