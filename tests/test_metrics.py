@@ -366,3 +366,77 @@ def test_compare_with_gamma():
     out = compare(ref, _gaussian(2.0), gamma=True)
     assert out["gamma"]["gamma_pass_rate_percent"] == 100.0
     assert out["voxel"]["ssim"] < 1.0
+
+
+# Hand-computed gamma with unequal dose and distance criteria.
+#
+# Global gamma of a reference point r (Low et al. 1998; see persodose.metrics.gamma):
+#     gamma(r)^2 = min_u [ u^2 / DTA^2 + (D_t(r + u) - D_r(r))^2 / DD^2 ],  DD = dose % x max(D_r).
+# Dose varying along x only: the minimum lies along x.
+#
+# * Uniform fields D_r = D, D_t = k D: the dose difference is the same everywhere, the
+#   minimum is at u = 0, gamma = |k - 1| D / DD = 100 |k - 1| / dose %.
+# * Linear ramp D_r(x) = D0 + g x and test D_t(x) = k D_r(x - s) (scaled by k, shifted by s):
+#   D_t(r + u) - D_r(r) = k g u + c(r), c(r) = (k - 1) D_r(r) - k g s, and minimising the
+#   quadratic in u gives  gamma(r) = |c(r)| / sqrt(DD^2 + (k g DTA)^2)  at u* = -k g c DTA^2 / (DD^2 + (k g DTA)^2).
+#   The test grid extends 20 mm beyond the reference grid on both sides, so u* is always
+#   inside it, and linear interpolation of a linear dose is exact: the formula holds at every
+#   evaluated point. pymedphys searches distances in steps of DTA / interp_fraction, so it can
+#   only over-estimate gamma; with interp_fraction = 10 it does by < 0.007 near gamma = 1 and
+#   < 0.065 up to gamma = 2.9 (measured against the formula; the step grows with distance).
+def _ramp(x0_mm: float, n: int, dose_of_x) -> tuple[Grid, np.ndarray]:
+    x = x0_mm + np.arange(n) * 1.0  # 1 mm along x, 3 x 3 voxels of 2 mm in y and z
+    a = np.broadcast_to(dose_of_x(x), (3, 3, n)).astype(np.float64)
+    return Grid(a, (2.0, 2.0, 1.0), (x0_mm, -2.0, -2.0), kind=Kind.DOSE), x
+
+
+def test_gamma_uniform_dose_difference_hand_computed_2pct_3mm():
+    """A uniform +2.5 % dose error: gamma = 2.5 / 2 = 1.25 everywhere at 2 %/3 mm (pass rate 0 %).
+    With the dose criterion doubled (4 %) it would be 0.625, with dose and distance swapped
+    (3 %/2 mm) 0.833: both would pass 100 %."""
+    ref, _ = _ramp(0.0, 11, lambda x: np.full_like(x, 10.0))
+    tst, _ = _ramp(0.0, 11, lambda x: np.full_like(x, 10.25))
+    res = gamma_index(ref, tst, dose_percent=2.0, distance_mm=3.0)
+    assert res.dose_percent == 2.0 and res.distance_mm == 3.0
+    assert res.n_evaluated == ref.array.size
+    np.testing.assert_allclose(res.gamma, 1.25, rtol=1e-9)
+    assert res.mean_gamma == pytest.approx(1.25, rel=1e-9)
+    assert res.pass_rate_percent == 0.0
+    assert gamma_pass_rate(ref, tst, 2.0, 3.0) == 0.0
+    # 1 %/4 mm: gamma = 2.5 / 1 = 2.5 (below max_gamma = 3, so not capped)
+    np.testing.assert_allclose(gamma_index(ref, tst, 1.0, 4.0, max_gamma=3.0).gamma, 2.5, rtol=1e-9)
+    # the same error passes at 3 %/3 mm (gamma = 0.833)
+    assert gamma_pass_rate(ref, tst, 3.0, 3.0) == 100.0
+
+
+@pytest.mark.parametrize("dose_percent,distance_mm,n_pass", [(2.0, 3.0, 66), (1.0, 4.0, 62)])
+def test_gamma_scaled_and_shifted_ramp_hand_computed(dose_percent, distance_mm, n_pass):
+    """Ramp 2 -> 10 Gy over 160 mm (g = 0.05 Gy/mm), test scaled by k = 1.09 and shifted by
+    s = 4 mm: gamma(r) = |0.09 D_r(r) - 0.218| / sqrt(DD^2 + (0.0545 DTA)^2), DD = dose % x 10 Gy / 100.
+
+    By hand: 2 %/3 mm: sqrt(0.2^2 + 0.1635^2) = 0.25833, gamma <= 1 for D_r <= (0.25833 + 0.218)
+    / 0.09 = 5.2925 Gy, i.e. x <= 65.85 mm: 66 of the 161 x positions pass (40.99 %).
+    1 %/4 mm: sqrt(0.1^2 + 0.218^2) = 0.23984, D_r <= 5.0871 Gy, x <= 61.74 mm: 62 pass (38.51 %).
+    The dose criterion doubled would give 105/161 (65.2 %) and 75/161 (46.6 %), the criteria
+    swapped (3 %/2 mm, 4 %/1 mm) 80/161 (49.7 %) and 99/161 (61.5 %)."""
+    d0, g, k, s = 2.0, 0.05, 1.09, 4.0
+    ref, x = _ramp(0.0, 161, lambda x: d0 + g * x)
+    tst, _ = _ramp(-20.0, 201, lambda x: k * (d0 + g * (x - s)))
+    res = gamma_index(ref, tst, dose_percent=dose_percent, distance_mm=distance_mm, lower_percent_dose_cutoff=10.0,
+                      max_gamma=3.0)
+    assert res.dose_percent == dose_percent and res.distance_mm == distance_mm
+    dd = dose_percent / 100.0 * 10.0  # global: % of the reference maximum (10 Gy)
+    expected = np.abs((k - 1.0) * (d0 + g * x) - k * g * s) / math.sqrt(dd**2 + (k * g * distance_mm) ** 2)
+    assert expected.max() < 3.0  # nothing capped at max_gamma
+    assert int(np.sum(expected <= 1.0)) == n_pass  # the hand count above
+    # the search can only over-estimate gamma, by < 0.01 near gamma = 1; no passing point is
+    # that close to 1, so the pass rate is exactly the hand-computed one
+    assert np.min(1.0 - expected[expected <= 1.0]) > 0.01
+    assert res.n_evaluated == ref.array.size  # every point is above the 10 % cutoff (2 Gy >= 1 Gy)
+    diff = res.gamma - expected[None, None, :]
+    assert diff.min() > -1e-6  # a discrete search never finds a smaller gamma than the minimum
+    assert diff[:, :, np.abs(expected - 1.0) < 0.2].max() < 0.01  # where pass/fail is decided
+    assert diff.max() < 0.08
+    expected_rate = 100.0 * n_pass / 161
+    assert res.pass_rate_percent == pytest.approx(expected_rate, abs=1e-9)
+    assert res.mean_gamma == pytest.approx(expected.mean(), abs=0.02)

@@ -117,6 +117,29 @@ def test_narrow_beam_transmission():
         pd.narrow_beam_transmission("water", 5.0, 1.0)
 
 
+# Half-value layers (mm) that follow from NIST XCOM mu/rho (NISTIR 5632, Table 4: "Water, Liquid"
+# and "Bone, Cortical (ICRU-44)", 1.92 g/cm3): HVL = ln 2 / (mu/rho * rho). Worked by hand:
+# water 100 keV 0.1707 cm2/g -> 40.61 mm; water 1 MeV 0.07072 -> 98.01 mm;
+# bone 80 keV 0.2229 * 1.92 -> 16.20 mm; bone 500 keV 0.09022 * 1.92 -> 40.01 mm.
+HVL_FROM_XCOM_MM = [("water", 0.100, 40.61), ("water", 1.000, 98.01), ("bone", 0.080, 16.20),
+                    ("bone", 0.500, 40.01)]
+
+
+@pytest.mark.parametrize("name,e_mev,hvl_mm", HVL_FROM_XCOM_MM)
+def test_half_value_layer_and_mean_free_path_follow_from_the_tables(name, e_mev, hvl_mm):
+    """The physics that follows from the tabulated mu/rho: the narrow-beam transmission through
+    one HVL (mm, at the material's nominal density) is 1/2, through two 1/4, and the mean free
+    path is HVL / ln 2, within 0.5 % in mu (a unit slip mm/cm, a wrong density or a few %
+    error in mu fails)."""
+    mat = get_material(name)
+    t_half = pd.narrow_beam_transmission(name, e_mev, hvl_mm)
+    # 0.5 % in mu at mu x = ln 2 is 0.35 % in T; the HVL itself is rounded to 0.01 mm
+    assert t_half == pytest.approx(0.5, rel=0.005 * math.log(2) + 0.01 / hvl_mm)
+    assert pd.narrow_beam_transmission(name, e_mev, 2 * hvl_mm) == pytest.approx(t_half**2, rel=1e-12)
+    mfp_mm = 10.0 / (pd.photon_tables(mat).mu_over_rho(e_mev) * mat.density_g_cm3)
+    assert mfp_mm == pytest.approx(hvl_mm / math.log(2), rel=0.005)
+
+
 def test_mu_per_mm_shapes_and_values(water):
     mu = water.mu_per_mm(1.0)
     np.testing.assert_allclose(mu, water.mu_over_rho_cm2_g["total"] / 10)
