@@ -86,3 +86,19 @@ def test_method_settings_are_checked_before_any_work(patient, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and word in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_labels_auto_segments_the_ct(patient, tmp_path, capsys):
+    from persodose.cli.main import main
+
+    args = [a for a in _argv(patient, tmp_path / "auto", "--method", "led")]
+    i = args.index("--labels")
+    args[i + 1] = "auto:threshold"
+    assert main(args) == 0, capsys.readouterr().err
+    names = {n for (m, n) in _organ_means(tmp_path / "auto")}
+    assert {"body", "lung_left", "lung_right", "bone"} <= names
+    args[i + 1] = "auto:nosuch"
+    args[args.index("--out") + 1] = str(tmp_path / "auto2")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and "threshold" in err and not (tmp_path / "auto2").exists()

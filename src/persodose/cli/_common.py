@@ -84,14 +84,17 @@ def label_sidecars(labels: str | os.PathLike | None, names: str | os.PathLike | 
     """The files a label option reads: the map, its names file or its FILE.json."""
     from pathlib import Path
 
-    if labels is None:
+    from persodose.segmentation import is_auto_spec
+
+    if labels is None or is_auto_spec(str(labels)):
         return []
     side = Path(names) if names is not None else Path(str(labels) + ".json")
     return [Path(labels)] + ([side] if names is not None or side.exists() else [])
 
 
 def read_labels(path, reference, names_path=None, option: str = "--labels"):
-    """A label map (NIfTI/MHA/NRRD, DICOM SEG or RTSTRUCT) and its names, checked on ``reference``.
+    """A label map (NIfTI/MHA/NRRD, DICOM SEG or RTSTRUCT) and its names, checked on ``reference``;
+    or ``auto`` / ``auto:NAME``: the reference CT segmented by a registered segmenter.
 
     Names come from ``names_path`` or ``FILE.json`` beside an image file. The map may be on
     another grid than ``reference`` (it is resampled by nearest neighbour later), but every
@@ -108,7 +111,11 @@ def read_labels(path, reference, names_path=None, option: str = "--labels"):
     from persodose.errors import InputError
     from persodose.grid import Kind
     from persodose.io.image import is_image_file, read_image
+    from persodose.segmentation import is_auto_spec, resolve_labels
 
+    if is_auto_spec(str(path)):  # automatic segmentation of the CT (--labels auto, auto:NAME)
+        with about(option, path):
+            return resolve_labels(str(path), reference)
     with about(option, path):
         if is_image_file(path):
             lab = read_image(path, kind=Kind.LABELS)

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 def ct(
     ct: Path = typer.Option(..., "--ct", help="CT series (DICOM directory or file; or an image in HU with overrides)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Organ label map (NIfTI, DICOM SEG or RTSTRUCT)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Organ label map (NIfTI, DICOM SEG or RTSTRUCT), or 'auto' / 'auto:NAME' "
+                                                           "to segment the CT (NAME: a registered segmenter, default "
+                                                           "threshold)."),
     label_names: Optional[Path] = typer.Option(None, "--label-names", help="JSON {label: name} for a NIfTI label map."),
     scanner: Optional[str] = typer.Option(None, "--scanner", help="Scanner preset (default: guessed from the headers)."),
     kvp: Optional[float] = typer.Option(None, "--kvp", callback=positive(200.0), help="Tube potential (kV), replaces the header."),

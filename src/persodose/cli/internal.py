@@ -33,7 +33,9 @@ def internal(
     method_options_file: Optional[Path] = typer.Option(None, "--method-options",
                                                        help="JSON file {method: {setting: value}}; --method-option "
                                                             "overrides it."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Organ/lesion label map (NIfTI, DICOM SEG or RTSTRUCT)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Organ/lesion label map (NIfTI, DICOM SEG or RTSTRUCT), or 'auto' / "
+                                                           "'auto:NAME' to segment the CT (NAME: a registered segmenter, "
+                                                           "default threshold)."),
     label_names: Optional[Path] = typer.Option(None, "--label-names",
                                                help="JSON {label: name} for a NIfTI label map (default: FILE.json beside it)."),
     injected_mbq: Optional[float] = typer.Option(None, "--injected-mbq", callback=positive(), help="Injected activity (MBq), for the report."),
