@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -248,10 +247,9 @@ def test_klein_nishina_total_cross_section():
     assert sig1 == pytest.approx(0.2112e-24, rel=2e-3)
 
 
-def test_build_time_and_all_ct_classes():
-    start = time.perf_counter()
+def test_tables_of_a_mixture_and_all_ct_classes():
+    # (build time is a benchmark's business, not a test's)
     t = pd.photon_tables({"H": 0.1, "C": 0.2, "O": 0.6, "Ca": 0.1})
-    assert time.perf_counter() - start < 1.0
     assert np.all(np.isfinite(t.mu_en_over_rho_cm2_g))
     for m in default_materials():
         tab = pd.photon_tables(m)
