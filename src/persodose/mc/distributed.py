@@ -25,9 +25,12 @@ from typing import Any, Callable
 
 from persodose.errors import InputError
 from persodose.grid import Grid
-from persodose.mc.engine import (BatchResult, MCProblem, MCResult, MCSettings, Tally, VoxelPhantom, _finish,
-                                 decay_info, decay_problem, run_batch, warm_up)
+from persodose.mc.phantom import VoxelPhantom
+from persodose.mc.problem import MCProblem, decay_problem
+from persodose.mc.run import BatchLog, result_of, run_batch, warm_up
+from persodose.mc.settings import MCSettings
 from persodose.mc.tables import TransportTables
+from persodose.mc.tally import BatchResult, MCResult, Tally
 
 #: Worker resource held by a running batch on the clusters this module starts (one per worker).
 MC_RESOURCE = "persodose_mc"
@@ -140,17 +143,20 @@ class _InOrder:
 
 def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=None, n_workers: int | None = None,
                      threads_per_worker: int | None = None, checkpoint: str | Path | None = None,
-                     progress: Callable[[int, int], Any] | None = None) -> tuple[Tally, dict]:
+                     progress: Callable[[int, int], Any] | None = None,
+                     on_batch: Callable[[BatchResult], Any] | None = None) -> tuple[Tally, dict]:
     """Run the batches of ``problem`` not yet in ``tally`` on a Dask cluster.
 
     The problem is scattered to the workers once, one task per missing batch is
     submitted, and results are gathered as they complete and added into the tally in
-    batch order (the tally is updated in place and saved to ``checkpoint`` after each
-    addition).
+    batch order; after each addition the same :class:`~persodose.mc.run.BatchLog` as the
+    in-process loop (:func:`~persodose.mc.run.run_batches`) saves the tally to
+    ``checkpoint``, calls ``on_batch`` and reports ``progress``.
 
     Args:
-        problem: from :func:`~persodose.mc.engine.decay_problem` or
-            :func:`~persodose.mc.engine.point_source_problem`.
+        problem: from :func:`~persodose.mc.engine.decay_problem`,
+            :func:`~persodose.mc.engine.point_source_problem` or
+            :func:`~persodose.mc.engine.beam_problem`.
         tally: batches already done (resume); default an empty tally.
         client: a ``distributed.Client``; default: start a local cluster for this run
             (:func:`start_local_cluster` with ``n_workers`` and ``threads_per_worker``)
@@ -159,6 +165,7 @@ def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=N
             missing batch up to the CPU count; the cores shared among the workers).
         checkpoint: ``.npz`` file for the tally after every batch.
         progress: callable ``(batches_done, batches_total)``.
+        on_batch: called with each :class:`~persodose.mc.tally.BatchResult` once it is in the tally.
 
     Returns:
         ``(tally, run)``: ``run`` holds ``n_new`` (primaries simulated now), ``seconds``
@@ -168,13 +175,12 @@ def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=N
     tally = problem.check_tally(tally if tally is not None else problem.empty_tally())
     pending = problem.pending(tally)
     backend: dict = {"name": "dask.distributed"}
-    run = {"n_new": 0, "seconds": 0.0, "records": [], "backend": backend}
+    log = BatchLog(problem, tally, checkpoint=checkpoint, progress=progress, on_batch=on_batch)
     if not pending:
         backend["note"] = "all batches were already in the tally; no cluster was used"
-        return tally, run
+        return tally, log.run(0.0, backend)
     distributed = _distributed()
     backend["distributed_version"] = distributed.__version__
-    ckpt = Path(checkpoint) if checkpoint else None
     # Compile (or load) the kernel here first: the workers then load it from Numba's cache
     # instead of each compiling it from scratch.
     backend["warm_up_s"] = warm_up(problem)
@@ -186,14 +192,33 @@ def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=N
         nw = int(n_workers or min(len(pending), cpus))
         numba_threads = int(threads_per_worker or max(1, cpus // max(nw, 1)))
         client = start_local_cluster(nw, numba_threads)
-    futures: dict = {}
     try:
         backend["cluster_start_s"] = time.perf_counter() - t_start if own else 0.0
-        workers = client.scheduler_info().get("workers", {})
-        use_resource = bool(workers) and all(MC_RESOURCE in (w.get("resources") or {}) for w in workers.values())
-        backend.update(scheduler=str(client.scheduler.address), local_cluster=own, n_workers=len(workers),
-                       threads_per_worker=sorted({int(w.get("nthreads", 0)) for w in workers.values()}),
-                       one_batch_per_worker=use_resource)
+        seconds = _run_on(client, own, problem, pending, numba_threads, _InOrder(pending, tally, log.added),
+                          backend)
+        run = log.run(seconds, backend)
+        backend["numba_threads"] = sorted({r["n_threads"] for r in run["records"]})
+        return tally, run
+    finally:
+        if own:
+            close_cluster(client)
+
+
+def _run_on(client, own: bool, problem: MCProblem, pending: list[int], numba_threads: int | None,
+            adder: _InOrder, backend: dict) -> float:
+    """Submit the pending batches to ``client``'s cluster and feed their results to ``adder``.
+
+    Describes the cluster (``own``: started for this run) in ``backend``; returns the wall
+    time from submission to the last result.
+    """
+    distributed = _distributed()
+    workers = client.scheduler_info().get("workers", {})
+    use_resource = bool(workers) and all(MC_RESOURCE in (w.get("resources") or {}) for w in workers.values())
+    backend.update(scheduler=str(client.scheduler.address), local_cluster=own, n_workers=len(workers),
+                   threads_per_worker=sorted({int(w.get("nthreads", 0)) for w in workers.values()}),
+                   one_batch_per_worker=use_resource)
+    futures: dict = {}
+    try:
         t0 = time.perf_counter()
         shared = client.scatter(problem, broadcast=True, hash=False)
         tag = uuid.uuid4().hex[:8]
@@ -202,35 +227,22 @@ def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=N
             fut = client.submit(_batch_task, shared, b, numba_threads, key=f"persodose-mc-{problem.seed}-{b}-{tag}",
                                 pure=False, **extra)
             futures[fut] = b
-
-        def added(res: BatchResult) -> None:
-            run["n_new"] += res.n_primaries
-            run["records"].append(res.record())
-            if ckpt is not None:
-                tally.save(ckpt)
-            if progress is not None:
-                progress(sum(1 for b in tally.batch_ids if int(b[0]) == problem.seed), problem.n_batches)
-
-        adder = _InOrder(pending, tally, added)
         for fut in distributed.as_completed(list(futures)):
             res = fut.result()  # re-raises a worker's exception here
             adder.put(futures.pop(fut), res)
             fut.release()
-        run["seconds"] = time.perf_counter() - t0
-        backend["numba_threads"] = sorted({r["n_threads"] for r in run["records"]})
-        return tally, run
+        return time.perf_counter() - t0
     finally:
         for fut in futures:
             fut.cancel()
-        if own:
-            close_cluster(client)
 
 
 def simulate_decays_dask(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays: int,
                          settings: MCSettings | None = None, tables: TransportTables | None = None,
                          resume: Tally | None = None, checkpoint: str | Path | None = None,
                          progress: Callable[[int, int], Any] | None = None, *, client=None,
-                         n_workers: int | None = None, threads_per_worker: int | None = None) -> MCResult:
+                         n_workers: int | None = None, threads_per_worker: int | None = None,
+                         on_batch: Callable[[BatchResult], Any] | None = None) -> MCResult:
     """:func:`persodose.mc.engine.simulate_decays` with the batches run on a Dask cluster.
 
     Same arguments and result as ``simulate_decays``, plus:
@@ -251,8 +263,6 @@ def simulate_decays_dask(phantom: VoxelPhantom, source: Grid, nuclide: str, n_de
     """
     problem = decay_problem(phantom, source, nuclide, n_decays, settings, tables)
     tally, run = run_problem_dask(problem, resume, client=client, n_workers=n_workers,
-                                  threads_per_worker=threads_per_worker, checkpoint=checkpoint, progress=progress)
-    info = decay_info(problem, tally)
-    info.update(backend=run["backend"], batches=run["records"])
-    return _finish(phantom, tally, problem.settings, run["seconds"], run["n_new"], problem.source.total_decays,
-                   info)
+                                  threads_per_worker=threads_per_worker, checkpoint=checkpoint, progress=progress,
+                                  on_batch=on_batch)
+    return result_of(phantom, problem, tally, run)

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
 from persodose.errors import InputError
-from persodose.mc.engine import MCSettings, VoxelPhantom, simulate_decays
+from persodose.mc.phantom import VoxelPhantom
+from persodose.mc.run import simulate_decays
+from persodose.mc.settings import MCSettings
 
 #: Default kernel media and densities (g/cm3). Soft tissue: the ICRU four-component
 #: composition at 1.04 g/cm3, the density of published voxel S-value tables and of
@@ -135,25 +139,39 @@ def default_kernel_size(nuclide: str, voxel_mm: float) -> int:
     return int(min(2 * half + 1, 101))
 
 
+def kernel_cache_path(nuclide: str, voxel_mm: float, medium: str, size: int, n_decays: int, seed: int,
+                      cache_dir=None) -> Path:
+    """Where :func:`cached_kernel` keeps a kernel: its file name is the cache key.
+
+    The key holds everything the kernel depends on: nuclide, medium, voxel size, width,
+    decays and seed, and the physics tag (:func:`persodose.mc.version.physics_tag`: the
+    engine's :data:`~persodose.mc.version.PHYSICS_VERSION` and the versions of the decay
+    and photon data), so a kernel computed by another physics or other data is never
+    read back. The directory is ``cache_dir``, else ``$PERSODOSE_CACHE``, else
+    ``~/.cache/persodose``, then ``kernels``.
+    """
+    from persodose.mc.version import physics_tag
+
+    root = Path(cache_dir or os.environ.get("PERSODOSE_CACHE") or Path.home() / ".cache" / "persodose") / "kernels"
+    return root / f"{nuclide}_{medium}_{voxel_mm:.4g}mm_{int(size)}_{int(n_decays)}_{int(seed)}_{physics_tag()}.txt"
+
+
 def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", size: int | None = None,
                   n_decays: int = 1_000_000, cache_dir=None, seed: int = 12345, log=None, backend: str = "cpu"):
     """A kernel from the on-disk cache, computed and stored on first use.
 
-    The cache directory is ``cache_dir``, else ``$PERSODOSE_CACHE``, else
-    ``~/.cache/persodose``; kernels are octant text tables named by nuclide, medium, voxel
-    size, width, decays and seed, so a cached kernel is exactly the one that would be computed
-    (on the CPU; a kernel computed with ``backend="cuda"`` agrees with it within statistics).
+    Kernels are octant text tables at :func:`kernel_cache_path` (in ``cache_dir``, else
+    ``$PERSODOSE_CACHE``, else ``~/.cache/persodose``), named by nuclide, medium, voxel
+    size, width, decays, seed and physics version, so a cached kernel is exactly the one
+    that would be computed (on the CPU; a kernel computed with ``backend="cuda"`` agrees
+    with it within statistics) by this physics with these data.
     """
-    import os
-    from pathlib import Path
-
     from persodose.dose.kernels import read_octant_table, write_octant_table
     from persodose.physics.radionuclides import get_nuclide
 
     name = get_nuclide(nuclide).name
     size = int(size or default_kernel_size(name, voxel_mm))
-    root = Path(cache_dir or os.environ.get("PERSODOSE_CACHE") or Path.home() / ".cache" / "persodose") / "kernels"
-    path = root / f"{name}_{medium}_{voxel_mm:.4g}mm_{size}_{int(n_decays)}_{int(seed)}.txt"
+    path = kernel_cache_path(name, voxel_mm, medium, size, n_decays, seed, cache_dir)
     material, rho = kernel_material(medium)
     if path.exists():
         return read_octant_table(path, voxel_mm, medium=medium, density_g_cm3=rho, nuclide=name)
@@ -161,6 +179,6 @@ def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", si
         log(f"computing the {name} {medium} kernel ({size}^3 voxels of {voxel_mm:g} mm, {n_decays:.2g} decays)")
     kernel, _ = generate_kernel(name, voxel_mm, medium, size, n_decays,
                                 settings=MCSettings(seed=seed, backend=backend))
-    root.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_octant_table(kernel, path)
     return kernel

@@ -1,0 +1,254 @@
+"""Monte Carlo problems: everything a batch needs, small and picklable, and their builders.
+
+A run is described by an :class:`MCProblem` (geometry arrays, source, decay and transport
+tables, settings), built by :func:`decay_problem`, :func:`point_source_problem` or
+:func:`beam_problem`; :func:`persodose.mc.run.run_batch` turns ``(problem, batch_index)``
+into a :class:`~persodose.mc.tally.BatchResult`. The source (:mod:`persodose.mc.primaries`)
+supplies its kernel and arguments; the problem supplies the geometry and physics groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence, Union
+
+import numpy as np
+
+from persodose.errors import GeometryError, InputError, MaterialError
+from persodose.grid import Grid, Kind
+from persodose.mc.primaries import _PARTICLES, BatchPlan, BeamSource, DecaySource, PointSource, kernel_array
+from persodose.mc.settings import MCSettings
+from persodose.mc.sources import decay_tables, voxel_source
+from persodose.mc.tables import TransportTables, build_tables
+from persodose.mc.tally import Tally
+
+if TYPE_CHECKING:
+    from persodose.mc.phantom import VoxelPhantom
+
+
+@dataclass(frozen=True, eq=False)
+class MCProblem:
+    """Everything one batch of a run needs: small, picklable, and shared by all batches.
+
+    Attributes:
+        shape_zyx: grid shape (nz, ny, nx).
+        spacing_zyx_mm: voxel size, mm.
+        density_g_cm3: (n_vox,) float64 densities, g/cm3, flattened in (z, y, x) order.
+        material_index: (n_vox,) int64 indices into the tables' materials.
+        source: a :class:`DecaySource`, :class:`PointSource` or :class:`BeamSource`.
+        tables: the transport tables of the phantom's materials.
+        majorant_per_mm: (n_e,) Woodcock majorant of the phantom, 1/mm.
+        settings: the run's settings (seed, batches, chunks per batch, transport).
+        primaries_per_batch: (n_batches,) int64 primaries of each batch.
+    """
+
+    shape_zyx: tuple[int, int, int]
+    spacing_zyx_mm: tuple[float, float, float]
+    density_g_cm3: np.ndarray
+    material_index: np.ndarray
+    source: Union[DecaySource, PointSource]
+    tables: TransportTables
+    majorant_per_mm: np.ndarray
+    settings: MCSettings
+    primaries_per_batch: np.ndarray
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.density_g_cm3.size)
+
+    @property
+    def n_batches(self) -> int:
+        return int(self.primaries_per_batch.size)
+
+    @property
+    def n_primaries(self) -> int:
+        return int(self.primaries_per_batch.sum())
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings.seed)
+
+    def batch_id(self, batch_index: int) -> tuple[int, int]:
+        """The ``(seed, batch)`` pair that names a batch in a :class:`Tally`."""
+        return (self.seed, int(batch_index))
+
+    def pending(self, tally: Tally) -> list[int]:
+        """Indices of the batches not yet in ``tally``, ascending."""
+        done = {tuple(int(v) for v in b) for b in tally.batch_ids}
+        return [b for b in range(self.n_batches) if self.batch_id(b) not in done]
+
+    def empty_tally(self) -> Tally:
+        return Tally.empty(self.n_voxels)
+
+    def check_tally(self, tally: Tally) -> Tally:
+        """Refuse a tally made on another grid (GeometryError)."""
+        if tally.sum_mev.size != self.n_voxels:
+            raise GeometryError(f"the resumed tally was made on another grid ({tally.sum_mev.size} voxels, "
+                                f"the phantom has {self.n_voxels})")
+        return tally
+
+    def __getstate__(self) -> dict:
+        # the per-process cache of kernel arguments is not sent to workers
+        state = dict(self.__dict__)
+        state.pop("_kernel_args_cache", None)
+        return state
+
+    def static_args(self) -> tuple[tuple, tuple]:
+        """``(geometry, physics)``: the kernel argument groups shared by every batch and source kind.
+
+        Built once per process, as the kernels are compiled for them (:func:`kernel_array`).
+        """
+        cached = self.__dict__.get("_kernel_args_cache")
+        if cached is not None:
+            return cached
+        arr = kernel_array
+        t = self.tables
+        ts = t.settings
+        settings_f = np.array([ts.photon_cut_mev, ts.electron_cut_mev, ts.hard_collision_cut_mev, ts.brems_cut_mev,
+                               ts.max_eloss_fraction, ts.max_step_lambda1], dtype=np.float64)
+        nz, ny, nx = (int(v) for v in self.shape_zyx)
+        sz, sy, sx = (float(v) for v in self.spacing_zyx_mm)
+        geometry = (nz, ny, nx, sz, sy, sx, arr(self.density_g_cm3), arr(self.material_index, np.int64))
+        physics = (float(t.log_emin), float(t.inv_dlog), int(t.energy_mev.size), arr(t.photon),
+                   arr(self.majorant_per_mm), arr(t.compton_sf), arr(t.rayleigh_cum), arr(t.x_nodes),
+                   arr(t.electron), settings_f, bool(ts.range_rejection))
+        self.__dict__["_kernel_args_cache"] = (geometry, physics)  # frozen dataclass: a per-process cache
+        return geometry, physics
+
+    def batch_plan(self, batch_index: int) -> BatchPlan:
+        """Batch ``b``: its primaries split over ``chunks_per_batch`` chunks, streams from ``b * chunks``."""
+        b = int(batch_index)
+        if not 0 <= b < self.n_batches:
+            raise InputError(f"batch {b} does not exist (the run has {self.n_batches} batches)")
+        chunks = int(self.settings.chunks_per_batch)
+        return BatchPlan(b, self.seed, b * chunks, _split(int(self.primaries_per_batch[b]), chunks))
+
+    def kernel_args(self, batch_index: int) -> tuple[str, tuple]:
+        """``(kernel, arguments)`` of batch ``b`` (arguments up to the tallies), from the source."""
+        geometry, physics = self.static_args()
+        return self.source.kernel, self.source.kernel_args(self.batch_plan(batch_index), geometry, physics)
+
+    def _kernel_args(self) -> tuple:
+        """``(kind, source, geometry, decay, physics)``: the argument groups (for tests and tools)."""
+        geometry, physics = self.static_args()
+        source, decay = self.source.arg_groups()
+        return self.source.kernel, source, geometry, decay, physics
+
+
+def _split(n: int, parts: int) -> np.ndarray:
+    base = np.full(parts, n // parts, dtype=np.int64)
+    base[: n % parts] += 1
+    return base
+
+
+def _primaries_per_batch(n_primaries: int, settings: MCSettings, what: str) -> np.ndarray:
+    n_b = int(settings.n_batches)
+    if int(n_primaries) < n_b:
+        raise InputError(f"{int(n_primaries)} {what} cannot fill {n_b} batches")
+    return _split(int(n_primaries), n_b)
+
+
+def _phantom_arrays(phantom: VoxelPhantom, tables: TransportTables) -> dict:
+    if tables.n_materials != len(phantom.material_list):
+        raise MaterialError(f"the transport tables hold {tables.n_materials} materials, the phantom "
+                            f"{len(phantom.material_list)}")
+    return {
+        "shape_zyx": tuple(int(v) for v in phantom.density.shape),
+        "spacing_zyx_mm": tuple(float(v) for v in phantom.density.spacing_zyx_mm),
+        "density_g_cm3": np.ascontiguousarray(phantom.density.array, dtype=np.float64).ravel(),
+        "material_index": np.ascontiguousarray(phantom.materials.array, dtype=np.int64).ravel(),
+        "tables": tables,
+        "majorant_per_mm": tables.majorant_per_mm(phantom.max_density_per_material()),
+    }
+
+
+def _tables_for(phantom: VoxelPhantom, settings: MCSettings, tables: TransportTables | None) -> TransportTables:
+    if tables is None:
+        return build_tables(phantom.material_list, settings.transport)
+    if tables.settings != settings.transport:
+        raise InputError("the transport tables were built with other transport settings than the run's")
+    return tables
+
+
+def decay_problem(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays: int,
+                  settings: MCSettings | None = None, tables: TransportTables | None = None) -> MCProblem:
+    """Describe a run of ``n_decays`` decays of ``nuclide`` spread like ``source`` in ``phantom``.
+
+    Arguments as in :func:`persodose.mc.run.simulate_decays`; the source weights are activities (Bq),
+    time-integrated activities (Bq s) or activity concentrations (Bq/ml, multiplied by
+    the voxel volume).
+
+    Raises:
+        InputError, GeometryError, MaterialError, NuclideError for bad input.
+    """
+    settings = settings or MCSettings()
+    if int(n_decays) <= 0:
+        raise InputError("the number of decays must be positive")
+    phantom.density.require_same_geometry(source, "the source and the phantom")
+    src = np.asarray(source.array, dtype=np.float64)
+    if source.kind is Kind.ACTIVITY_CONCENTRATION:
+        src = src * source.voxel_volume_ml
+    src_index, src_cdf = voxel_source(src)
+    ts = settings.transport
+    dt = decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev)
+    per_batch = _primaries_per_batch(n_decays, settings, "decays")
+    tables = _tables_for(phantom, settings, tables)
+    total = float(src.sum()) if source.kind is Kind.TIA else None
+    return MCProblem(source=DecaySource(src_index, src_cdf, dt, total), settings=settings,
+                     primaries_per_batch=per_batch, **_phantom_arrays(phantom, tables))
+
+
+def point_source_problem(phantom: VoxelPhantom, particle: str, energy_mev: float | tuple[np.ndarray, np.ndarray],
+                         n_particles: int, position_xyz_mm: Sequence[float] | None = None,
+                         direction_xyz: Sequence[float] | None = None, settings: MCSettings | None = None,
+                         tables: TransportTables | None = None) -> MCProblem:
+    """Describe a point-source run; arguments as in :func:`persodose.mc.run.simulate_point_source`."""
+    settings = settings or MCSettings()
+    if particle not in _PARTICLES:
+        raise InputError(f"unknown particle {particle!r}; choose photon, electron or positron")
+    if int(n_particles) <= 0:
+        raise InputError("the number of particles must be positive")
+    ts = settings.transport
+    if np.isscalar(energy_mev):
+        e_nodes = np.array([float(energy_mev)])
+        e_cdf = np.array([1.0])
+    else:
+        e_nodes = np.asarray(energy_mev[0], dtype=np.float64)
+        dens_ = np.clip(np.asarray(energy_mev[1], dtype=np.float64), 0, None)
+        e_cdf = np.concatenate(([0.0], np.cumsum(0.5 * (dens_[1:] + dens_[:-1]) * np.diff(e_nodes))))
+    if not np.all(np.isfinite(e_nodes)) or e_nodes.min() <= 0 or e_nodes.max() > ts.emax_mev:
+        raise InputError(f"particle energies must lie within (0, {ts.emax_mev}] MeV")
+    nz, ny, nx = phantom.density.shape
+    sz, sy, sx = (float(v) for v in phantom.density.spacing_zyx_mm)
+    if position_xyz_mm is None:
+        pos = np.array([nx * sx / 2.0, ny * sy / 2.0, nz * sz / 2.0])
+    else:
+        pos = np.asarray(position_xyz_mm, dtype=np.float64)
+    if not (0 <= pos[0] < nx * sx and 0 <= pos[1] < ny * sy and 0 <= pos[2] < nz * sz):
+        raise InputError("the source position lies outside the phantom")
+    isotropic = direction_xyz is None
+    d = np.array([0.0, 0.0, 1.0]) if isotropic else np.asarray(direction_xyz, dtype=np.float64)
+    norm = float(np.linalg.norm(d))
+    if not (math.isfinite(norm) and norm > 0):
+        raise InputError("the beam direction must be a non-zero finite vector")
+    per_batch = _primaries_per_batch(n_particles, settings, "particles")
+    tables = _tables_for(phantom, settings, tables)
+    return MCProblem(source=PointSource(particle, e_nodes, e_cdf, pos, d / norm, isotropic), settings=settings,
+                     primaries_per_batch=per_batch, **_phantom_arrays(phantom, tables))
+
+
+def beam_problem(phantom: VoxelPhantom, sampler, n_photons: int, settings: MCSettings | None = None,
+                 tables: TransportTables | None = None) -> MCProblem:
+    """A problem of photons from external sources (see :class:`BeamSource`)."""
+    settings = settings or MCSettings()
+    if not hasattr(sampler, "sample"):
+        raise InputError("the beam sampler needs a sample(n, rng) method")
+    g = phantom.density
+    d = g.direction_xyz
+    corner = np.asarray(g.origin_xyz_mm) - d @ (0.5 * np.asarray(g.spacing_xyz_mm))
+    per_batch = _primaries_per_batch(n_photons, settings, "photons")
+    tables = _tables_for(phantom, settings, tables)
+    return MCProblem(source=BeamSource(sampler, corner, d.T.copy()), settings=settings, primaries_per_batch=per_batch,
+                     **_phantom_arrays(phantom, tables))
+

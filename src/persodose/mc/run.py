@@ -1,0 +1,350 @@
+"""Running a problem: one batch (:func:`run_batch`), the batch loop (:func:`run_batches`), and runs.
+
+A run is split into ``n_batches`` independent batches, each seeded from ``(seed, batch)``
+and made of chunks with their own random streams. :func:`run_batch` is a pure function of
+``(problem, batch_index)``; :func:`run_batches` is the one loop that runs, in this process,
+the batches of any problem (decays, point sources, beams; on the CPU or CUDA backend) not
+yet in a tally, adds them in batch order, and after every batch saves the checkpoint, calls
+the per-batch hook and reports progress (:class:`BatchLog`, which the Dask loop of
+:mod:`persodose.mc.distributed` uses as well). :func:`simulate_decays`,
+:func:`simulate_point_source` and :func:`simulate_beam` build a problem and run it through it.
+
+Absorbed dose: ``D = E_dep / m`` with ``E_dep`` in J (1 MeV = 1.602176634e-13 J, exact SI)
+and ``m = rho V``. Per decay for a unit source, absolute with the number of decays of a
+time-integrated activity (1 Bq s = 1 decay).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from persodose.grid import Grid, Kind
+from persodose.mc import transport as tr
+from persodose.mc.phantom import VoxelPhantom
+from persodose.mc.primaries import BatchPlan
+from persodose.mc.problem import MCProblem, beam_problem, decay_problem, point_source_problem
+from persodose.mc.settings import MCSettings
+from persodose.mc.tables import TransportTables
+from persodose.mc.tally import BatchResult, MCResult, Tally
+from persodose.physics.constants import MEV_TO_J
+
+#: Progress callback: ``(batches of this seed done, batches of the run)``.
+Progress = Callable[[int, int], Any]
+#: Per-batch hook: called with each :class:`BatchResult` once it is in the tally.
+BatchHook = Callable[[BatchResult], Any]
+
+
+class _Workspace:
+    """Per-thread tallies and particle stacks, reused across batches."""
+
+    def __init__(self, n_vox: int, n_threads: int | None = None):
+        import numba
+
+        self.n_threads = int(n_threads or numba.get_num_threads())
+        self.edep = np.zeros((self.n_threads, n_vox))
+        self.ctr = np.zeros((self.n_threads, tr.C_N))
+        self.stacks = np.zeros((self.n_threads, tr.STACK_SIZE, 8))
+
+    def fits(self, n_vox: int, n_threads: int) -> bool:
+        return self.n_threads == n_threads and self.edep.shape[1] == n_vox
+
+    def reset(self) -> None:
+        self.edep[:] = 0.0
+        self.ctr[:] = 0.0
+
+
+#: One batch at a time per process: a Dask worker running several tasks at once must not
+#: start several parallel kernels (oversubscription; some Numba threading layers also
+#: refuse concurrent launches).
+_KERNEL_LOCK = threading.Lock()
+
+
+#: The kernels of each source kind (:attr:`persodose.mc.primaries.DecaySource.kernel`, ...).
+_CPU_KERNELS = {"decays": "run_decays", "particles": "run_particles", "beam": "run_beam"}
+_CUDA_KERNELS = {"decays": "run_decays_cuda", "particles": "run_particles_cuda", "beam": "run_beam_cuda"}
+
+
+def _launch(problem: MCProblem, ws: _Workspace, batch: BatchPlan) -> None:
+    """Run the kernel of ``problem``'s source on ``batch``, on the settings' backend, into ``ws``."""
+    geometry, physics = problem.static_args()
+    kernel = problem.source.kernel
+    args = problem.source.kernel_args(batch, geometry, physics)
+    if problem.settings.backend == "cuda":
+        from persodose.mc import gpu
+
+        gpu.require_cuda()
+        getattr(gpu, _CUDA_KERNELS[kernel])(*args, ws.edep, ws.ctr)
+    else:
+        getattr(tr, _CPU_KERNELS[kernel])(*args, ws.edep, ws.ctr, ws.stacks)
+
+
+def run_batch(problem: MCProblem, batch_index: int, *, n_threads: int | None = None,
+              workspace: _Workspace | None = None) -> BatchResult:
+    """Simulate one batch of a problem: a pure function of ``(problem, batch_index)``.
+
+    Batch ``b`` simulates ``problem.primaries_per_batch[b]`` primaries split over
+    ``chunks_per_batch`` chunks; chunk ``c`` draws from the random stream
+    ``(seed, b * chunks_per_batch + c)`` (:mod:`persodose.mc.rng`), so the particles
+    simulated depend only on the seed and the batch index, never on where or when the
+    batch runs. Run with one Numba thread the result is bitwise identical everywhere
+    (same library versions and CPU); with more threads the chunks' deposits are summed
+    per thread in an order that depends on scheduling, which changes the result only by
+    floating-point rounding (relative ~1e-15).
+
+    Args:
+        problem: from :func:`decay_problem`, :func:`point_source_problem` or :func:`beam_problem`.
+        batch_index: 0 <= b < n_batches.
+        n_threads: Numba threads for this batch (default: the process's setting; capped
+            at ``NUMBA_NUM_THREADS``).
+        workspace: per-thread buffers to reuse between batches (optional).
+
+    Returns:
+        :class:`BatchResult` with energies and counters per primary.
+
+    Raises:
+        InputError: no such batch.
+    """
+    import numba
+
+    batch = problem.batch_plan(batch_index)
+    n = int(problem.primaries_per_batch[batch.index])
+    with _KERNEL_LOCK:
+        previous = numba.get_num_threads()
+        if n_threads is not None:
+            numba.set_num_threads(max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS)))
+        try:
+            used = numba.get_num_threads()
+            ws = workspace if workspace is not None and workspace.fits(problem.n_voxels, used) else None
+            ws = ws or _Workspace(problem.n_voxels, used)
+            ws.reset()
+            t0 = time.perf_counter()
+            _launch(problem, ws, batch)
+            seconds = time.perf_counter() - t0
+        finally:
+            numba.set_num_threads(previous)
+    return BatchResult(problem.batch_id(batch.index), ws.edep.sum(axis=0) / n, ws.ctr.sum(axis=0) / n, n, used,
+                       seconds, socket.gethostname())
+
+
+def warm_up(problem: MCProblem) -> float:
+    """Compile (or load from Numba's cache) the kernel that ``problem`` uses; returns seconds.
+
+    Runs one primary through a copy of the problem. The kernels are compiled with
+    ``cache=True``: once one process has compiled them on a machine, other processes
+    (Dask workers included) load the machine code from the cache in about a second.
+    """
+    t0 = time.perf_counter()
+    tiny = dataclasses.replace(problem, primaries_per_batch=np.ones(problem.n_batches, dtype=np.int64))
+    run_batch(tiny, 0, n_threads=1)
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------
+
+def _done_of_seed(tally: Tally, seed: int) -> int:
+    return sum(1 for b in tally.batch_ids if int(b[0]) == int(seed))
+
+
+class BatchLog:
+    """What follows the addition of a batch to the tally, in every loop (here and on Dask).
+
+    After each batch, in this order: the batch is counted and recorded (provenance), the
+    tally is saved to ``checkpoint`` (so a hook or progress callback that raises leaves the
+    batch saved), ``on_batch(result)`` is called, then ``progress(done, total)``.
+    """
+
+    def __init__(self, problem: MCProblem, tally: Tally, *, checkpoint: str | Path | None = None,
+                 progress: Progress | None = None, on_batch: BatchHook | None = None):
+        self.problem, self.tally = problem, tally
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.progress, self.on_batch = progress, on_batch
+        self.n_new = 0
+        self.records: list[dict] = []
+
+    def added(self, result: BatchResult) -> None:
+        """Book ``result``, already added to the tally."""
+        self.n_new += result.n_primaries
+        self.records.append(result.record())
+        if self.checkpoint is not None:
+            self.tally.save(self.checkpoint)
+        if self.on_batch is not None:
+            self.on_batch(result)
+        if self.progress is not None:
+            self.progress(_done_of_seed(self.tally, self.problem.seed), self.problem.n_batches)
+
+    def run(self, seconds: float, backend: dict) -> dict:
+        """The description of the run: primaries simulated now, wall time, batch records, backend."""
+        return {"n_new": self.n_new, "seconds": seconds, "records": self.records, "backend": backend}
+
+
+def run_batches(problem: MCProblem, tally: Tally | None = None, *, progress: Progress | None = None,
+                checkpoint: str | Path | None = None, on_batch: BatchHook | None = None,
+                n_threads: int | None = None) -> tuple[Tally, dict]:
+    """Run, in this process, the batches of ``problem`` not yet in ``tally``, adding them in batch order.
+
+    The one loop of every in-process run, whatever the source kind or backend.
+
+    Args:
+        problem: from :func:`decay_problem`, :func:`point_source_problem` or :func:`beam_problem`.
+        tally: batches already done (resume; updated in place); default an empty tally.
+        progress: callable ``(batches_done, batches_total)`` after each batch.
+        checkpoint: a ``.npz`` file the tally is saved to after each batch.
+        on_batch: per-batch hook, called with each :class:`BatchResult` (see :class:`BatchLog`).
+        n_threads: Numba threads per batch (see :func:`run_batch`).
+
+    Returns:
+        ``(tally, run)``: ``run`` holds ``n_new`` (primaries simulated now), ``seconds``
+        (wall time), ``records`` (one per batch run) and ``backend`` (for provenance).
+
+    Raises:
+        GeometryError: ``tally`` was made on another grid.
+    """
+    import numba
+
+    tally = problem.check_tally(tally if tally is not None else problem.empty_tally())
+    log = BatchLog(problem, tally, checkpoint=checkpoint, progress=progress, on_batch=on_batch)
+    ws = _Workspace(problem.n_voxels, min(int(n_threads), numba.config.NUMBA_NUM_THREADS) if n_threads else None)
+    t0 = time.perf_counter()
+    for b in problem.pending(tally):
+        res = run_batch(problem, b, n_threads=n_threads, workspace=ws)
+        tally.add(res)
+        log.added(res)
+    seconds = time.perf_counter() - t0
+    return tally, log.run(seconds, backend_info(problem.settings))
+
+
+def _numba_backend(n_threads: int | None = None) -> dict:
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = None
+    return {"name": "numba-cpu", "numba_threads": int(n_threads or numba.get_num_threads()),
+            "threading_layer": layer, "host": socket.gethostname()}
+
+
+def backend_info(settings: MCSettings) -> dict:
+    """What ran a problem's batches (for provenance): the Numba CPU threads, or the CUDA device."""
+    if settings.backend == "cuda":
+        from persodose.mc import gpu
+
+        return {**gpu.device_info(), "chunks_per_batch": int(settings.chunks_per_batch),
+                "host": socket.gethostname()}
+    return _numba_backend()
+
+
+def _finish(phantom: VoxelPhantom, tally: Tally, settings: MCSettings, seconds: float, n_new: int,
+            total_decays: float | None, info: dict) -> MCResult:
+    shape = phantom.density.shape
+    e_mev = tally.mean_mev().reshape(shape)
+    dose_pp = e_mev * MEV_TO_J / phantom.mass_kg
+    geo = phantom.density
+    e_grid = geo.with_array(e_mev.astype(np.float32), Kind.SCALAR, unit="MeV per primary")
+    d_grid = geo.with_array(dose_pp, Kind.DOSE, unit="Gy per primary")
+    dose_abs = geo.with_array((dose_pp * total_decays).astype(np.float32), Kind.DOSE) if total_decays else None
+    unc = geo.with_array(tally.relative_uncertainty().reshape(shape).astype(np.float32), Kind.SCALAR,
+                         unit="relative standard uncertainty")
+    if seconds > 0:
+        rate = n_new / seconds
+    else:
+        rate = 0.0 if n_new == 0 else float("inf")
+    return MCResult(e_grid, d_grid, dose_abs, unc, tally, tally.energy_balance(), seconds, rate, settings, info)
+
+
+def decay_info(problem: MCProblem, tally: Tally) -> dict:
+    """The ``info`` of a decay run's :class:`MCResult` (without backend details)."""
+    return problem.source.describe(tally.n_primaries)
+
+
+def result_of(phantom: VoxelPhantom, problem: MCProblem, tally: Tally, run: dict) -> MCResult:
+    """The :class:`MCResult` of a run of ``problem`` (``run`` from :func:`run_batches` or the Dask loop)."""
+    info = problem.source.describe(tally.n_primaries)
+    info.update(backend=run["backend"], batches=run["records"])
+    return _finish(phantom, tally, problem.settings, run["seconds"], run["n_new"], problem.source.total_decays, info)
+
+
+def _simulate(phantom: VoxelPhantom, problem: MCProblem, resume: Tally | None, checkpoint: str | Path | None,
+              progress: Progress | None, on_batch: BatchHook | None) -> MCResult:
+    tally, run = run_batches(problem, resume, progress=progress, checkpoint=checkpoint, on_batch=on_batch)
+    return result_of(phantom, problem, tally, run)
+
+
+def simulate_decays(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays: int,
+                    settings: MCSettings | None = None, tables: TransportTables | None = None,
+                    resume: Tally | None = None, checkpoint: str | Path | None = None,
+                    progress: Progress | None = None, *, on_batch: BatchHook | None = None) -> MCResult:
+    """Simulate ``n_decays`` decays of ``nuclide`` spread like ``source`` in ``phantom``.
+
+    Args:
+        phantom: density and materials.
+        source: activity, activity concentration or time-integrated activity on the
+            phantom's geometry (any non-negative weights; a TIA in Bq s also gives the
+            absolute dose).
+        nuclide: any ICRP-107 nuclide name.
+        n_decays: decays to simulate in all batches.
+        settings: batches, seed, transport settings.
+        tables: prebuilt tables (must match ``settings.transport`` and the phantom's materials).
+        resume: a tally from an interrupted run with the same settings; its batches are kept
+            (it is updated in place).
+        checkpoint: a ``.npz`` file the tally is saved to after every batch.
+        progress: callable ``(batches_done, batches_total)``.
+        on_batch: called with each :class:`BatchResult` once it is in the tally.
+
+    Returns:
+        :class:`MCResult`; ``dose_gy`` is absolute when ``source`` is a TIA (Bq s).
+
+    Raises:
+        InputError, GeometryError, MaterialError, NuclideError for bad input.
+    """
+    problem = decay_problem(phantom, source, nuclide, n_decays, settings, tables)
+    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch)
+
+
+def simulate_point_source(phantom: VoxelPhantom, particle: str, energy_mev: float | tuple[np.ndarray, np.ndarray],
+                          n_particles: int, position_xyz_mm: Sequence[float] | None = None,
+                          direction_xyz: Sequence[float] | None = None, settings: MCSettings | None = None,
+                          tables: TransportTables | None = None, *, resume: Tally | None = None,
+                          checkpoint: str | Path | None = None, progress: Progress | None = None,
+                          on_batch: BatchHook | None = None) -> MCResult:
+    """Particles of one kind from a point: isotropic, or a pencil beam along ``direction_xyz``.
+
+    Args:
+        particle: ``"photon"``, ``"electron"`` or ``"positron"``.
+        energy_mev: a single energy, or ``(energies, weights)`` of a spectrum (histogram
+            nodes and their relative densities, interpolated linearly).
+        position_xyz_mm: position in mm from the grid's corner in the (x, y, z) index axes;
+            default the centre of the grid.
+        direction_xyz: unit vector in the (x, y, z) index axes for a pencil beam.
+        resume, checkpoint, progress, on_batch: as in :func:`simulate_decays`.
+    """
+    problem = point_source_problem(phantom, particle, energy_mev, n_particles, position_xyz_mm, direction_xyz,
+                                   settings, tables)
+    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch)
+
+
+def simulate_beam(phantom: VoxelPhantom, sampler, n_photons: int, settings: MCSettings | None = None,
+                  tables: TransportTables | None = None, progress: Progress | None = None, *,
+                  resume: Tally | None = None, checkpoint: str | Path | None = None,
+                  on_batch: BatchHook | None = None) -> MCResult:
+    """Transport photons from external sources through ``phantom``.
+
+    Args:
+        sampler: see :class:`persodose.mc.primaries.BeamSource`.
+        resume, checkpoint, progress, on_batch: as in :func:`simulate_decays`.
+
+    Returns:
+        :class:`MCResult` per source photon: ``energy_per_primary_mev`` and
+        ``dose_per_primary_gy`` (Gy per photon emitted by the sampler).
+    """
+    problem = beam_problem(phantom, sampler, n_photons, settings, tables)
+    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch)
