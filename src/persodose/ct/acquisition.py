@@ -1,7 +1,8 @@
 """CT acquisition parameters from DICOM headers (with user overrides).
 
 What is taken from where (DICOM PS3.3 C.8.2.1 CT Image module, C.8.15.3 CT Acquisition
-Details), as read by :func:`persodose.io.dicom.read_ct` into ``SeriesInfo.extra``:
+Details), as read by :func:`persodose.io.dicom.read_ct` into ``SeriesInfo.extra`` and handed
+over by :func:`persodose.io.ct_headers.read_ct_headers` (this module parses no DICOM):
 
 =====================  =======================================  =====================
 Acquisition field       DICOM attribute                           override key
@@ -45,6 +46,7 @@ import numpy as np
 
 from persodose.ct.bowtie import GENERIC_BOWTIES
 from persodose.errors import DicomError, InputError
+from persodose.io.ct_headers import CTHeaders, read_ct_headers
 
 __all__ = ["Acquisition", "CTAcquisitionWarning", "DEFAULT_FILTER_TYPE_MAP", "acquisition_from_dicom",
            "bowtie_for_filter_type", "OVERRIDE_KEYS"]
@@ -169,54 +171,9 @@ def _positive(value: Any, what: str) -> float:
     return v
 
 
-def _slice_geometry(series: Any) -> tuple[np.ndarray, tuple[float, float] | None, list[list[str]]]:
-    """Slice z positions, centre (x, y) of the image and ImageType of each slice.
-
-    From the grid when ``series`` is a :class:`~persodose.io.dicom.Series`; else from the
-    headers of ``info.files`` (pixel data not read).
-    """
-    grid = getattr(series, "grid", None)
-    info = getattr(series, "info", series)
-    files = list(getattr(info, "files", []) or [])
-    image_types: list[list[str]] = []
-    if grid is not None:
-        nz, ny, nx = grid.shape
-        idx = np.array([[k, 0, 0] for k in range(nz)], dtype=np.float64)
-        z = grid.index_to_physical(idx)[:, 2]
-        centre = grid.index_to_physical(np.array([[0, (ny - 1) / 2.0, (nx - 1) / 2.0]]))[0]
-        return np.asarray(z, dtype=np.float64), (float(centre[0]), float(centre[1])), image_types
-    if not files:
-        return np.zeros(0), None, image_types
-    import pydicom
-
-    zs, centres = [], []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True,
-                                 specific_tags=["ImagePositionPatient", "ImageOrientationPatient",
-                                                "ImageType", "Rows", "Columns", "PixelSpacing"])
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
-            raise DicomError(f"cannot read CT header {f}: {exc}") from None
-        it = ds.get("ImageType", [])
-        image_types.append([str(v).upper() for v in ([it] if isinstance(it, str) else it)])
-        ipp = ds.get("ImagePositionPatient")
-        if ipp is None:
-            continue
-        zs.append(float(ipp[2]))
-        try:
-            iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-            ps = np.asarray(ds.PixelSpacing, dtype=float)  # row spacing, column spacing
-            c = (np.asarray(ipp, float) + iop[:3] * ps[1] * (int(ds.Columns) - 1) / 2.0
-                 + iop[3:] * ps[0] * (int(ds.Rows) - 1) / 2.0)
-            centres.append(c[:2])
-        except (AttributeError, ValueError, TypeError):
-            pass
-    centre = tuple(float(v) for v in np.mean(centres, axis=0)) if centres else None
-    return np.asarray(zs, dtype=np.float64), centre, image_types
-
-
-def _per_slice(extra: Mapping[str, Any], key: str, n: int) -> np.ndarray | None:
-    vals = extra.get(key)
+def _per_slice(vals: Any, n: int) -> np.ndarray | None:
+    """Per-slice header values (see :class:`~persodose.io.ct_headers.CTHeaders`) as ``n``
+    floats, NaN where missing; ``None`` when absent, of another length or all missing."""
     if vals is None:
         return None
     if np.isscalar(vals):
@@ -240,6 +197,9 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
                            filter_type_map: Mapping[str, str] | None = None,
                            default_bowtie: str = "body") -> Acquisition:
     """Build an :class:`Acquisition` from a CT series read by :func:`persodose.io.dicom.read_ct`.
+
+    The header values come from :func:`persodose.io.ct_headers.read_ct_headers`; this
+    function checks them, applies the overrides and chooses the defaults.
 
     Args:
         series: a :class:`~persodose.io.dicom.Series` (slice positions and isocentre from
@@ -266,17 +226,45 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
     unknown = set(ov) - set(OVERRIDE_KEYS)
     if unknown:
         raise InputError(f"unknown CT acquisition override(s) {sorted(unknown)}; known: {', '.join(OVERRIDE_KEYS)}")
-    info = getattr(series, "info", series)
-    extra: Mapping[str, Any] = dict(getattr(info, "extra", {}) or {})
-    label = info.label() if hasattr(info, "label") else "CT series"
-    modality = getattr(info, "modality", "CT")
-    if modality and modality != "CT":
-        raise InputError(f"{label} is not a CT series (modality {modality})")
-    prov: dict[str, str] = {}
+    hdr = read_ct_headers(series)
+    if hdr.holds_localizer:
+        raise DicomError(f"{hdr.label} holds localizer (scout) images; give the axial CT series")
+    prov: dict[str, str] = {}  # filled by the steps below, in this order
 
-    z, centre, image_types = _slice_geometry(series)
-    if any("LOCALIZER" in t for t in image_types):
-        raise DicomError(f"{label} holds localizer (scout) images; give the axial CT series")
+    z, slice_range = _slice_positions(hdr, ov, prov)
+    order = np.argsort(z, kind="stable")
+    z_sorted = z[order]
+    if z_sorted.size == 1:
+        z_sorted = np.array([z_sorted[0], z_sorted[0]])
+        order = np.array([0, 0])
+    kvp, coll, rot, mode, pitch = _beam(hdr, ov, prov)
+    bowtie = _bowtie(hdr, ov, filter_type_map, default_bowtie, prov)
+    ma_out, relative, source = _tube_current(hdr, ov, z, order, z_sorted)
+    prov["tube_current"] = "override" if source == "override" else ("default" if source == "fixed" else "dicom")
+    ctdivol = _ctdivol(hdr, ov, z.size, prov)
+    overrange = _overrange(ov, coll, prov)
+    iso = _isocentre(ov, hdr.centre_xy_mm, prov)
+
+    for arr in (z_sorted, relative):
+        arr.setflags(write=False)
+    if ma_out is not None:
+        ma_out.setflags(write=False)
+    if slice_range is None:
+        slice_range = (float(z_sorted[0]), float(z_sorted[-1]))
+    return Acquisition(kvp=kvp, mode=mode, pitch=pitch, total_collimation_mm=coll, rotation_time_s=rot,
+                       bowtie=bowtie, slice_z_mm=z_sorted, relative_current=relative, tube_current_ma=ma_out,
+                       tube_current_source=source, ctdivol_mgy=ctdivol, overrange_mm=overrange,
+                       isocentre_xy_mm=(float(iso[0]), float(iso[1])), filter_type=hdr.filter_type,
+                       slice_range_mm=slice_range, provenance=prov)
+
+
+def _slice_positions(hdr: CTHeaders, ov: Mapping[str, Any],
+                     prov: dict[str, str]) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Slice z positions (series order) and the ``scan_range_mm`` override, if given.
+
+    Without slice positions the override's two ends stand for the slices.
+    """
+    z = hdr.slice_z_mm
     slice_range = None
     if ov.get("scan_range_mm") is not None:
         try:
@@ -290,29 +278,33 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
             z = np.array([lo, hi])
         prov["scan_range"] = "override"
     elif z.size == 0:
-        raise InputError(f"{label}: no slice positions (ImagePositionPatient); give scan_range_mm")
+        raise InputError(f"{hdr.label}: no slice positions (ImagePositionPatient); give scan_range_mm")
     else:
         prov["scan_range"] = "dicom"
-    order = np.argsort(z, kind="stable")
-    z_sorted = z[order]
-    if z_sorted.size == 1:
-        z_sorted = np.array([z_sorted[0], z_sorted[0]])
-        order = np.array([0, 0])
+    return z, slice_range
 
-    def pick(key: str, ext_key: str, tag: str, required: bool = True):
-        if ov.get(key) is not None:
-            prov[key] = "override"
-            return _positive(ov[key], key)
-        if extra.get(ext_key) is not None:
-            prov[key] = "dicom"
-            return _positive(extra[ext_key], f"{label} {tag}")
-        if required:
-            raise InputError(f"{label} has no {tag}; give the '{key}' override")
-        return None
 
-    kvp = pick("kvp", "kvp", "KVP (0018,0060)")
-    coll = pick("total_collimation_mm", "total_collimation_mm", "TotalCollimationWidth (0018,9307)")
-    rot = pick("rotation_time_s", "rotation_time_s", "RevolutionTime (0018,9305)")
+def _pick(hdr: CTHeaders, ov: Mapping[str, Any], prov: dict[str, str], key: str, value: Any, tag: str) -> float:
+    """Override ``key``, else the header ``value`` (named ``tag`` in messages); required."""
+    if ov.get(key) is not None:
+        prov[key] = "override"
+        return _positive(ov[key], key)
+    if value is not None:
+        prov[key] = "dicom"
+        return _positive(value, f"{hdr.label} {tag}")
+    raise InputError(f"{hdr.label} has no {tag}; give the '{key}' override")
+
+
+def _beam(hdr: CTHeaders, ov: Mapping[str, Any], prov: dict[str, str]) -> tuple[float, float, float, str, float]:
+    """kVp, total collimation (mm), rotation time (s), mode and pitch.
+
+    Axial scans take the pitch from ``table_increment_mm`` / collimation, else the ``pitch``
+    override, else 1; helical scans need a pitch from the header or the overrides.
+    """
+    kvp = _pick(hdr, ov, prov, "kvp", hdr.kvp, "KVP (0018,0060)")
+    coll = _pick(hdr, ov, prov, "total_collimation_mm", hdr.total_collimation_mm,
+                 "TotalCollimationWidth (0018,9307)")
+    rot = _pick(hdr, ov, prov, "rotation_time_s", hdr.rotation_time_s, "RevolutionTime (0018,9305)")
     mode = str(ov.get("mode") or "").strip().lower()
     if mode and mode not in ("helical", "axial"):
         raise InputError(f"mode must be 'helical' or 'axial', got {ov['mode']!r}")
@@ -328,12 +320,17 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
             prov["pitch"] = "default"
         prov["mode"] = "override"
     else:
-        pitch = pick("pitch", "spiral_pitch_factor", "SpiralPitchFactor (0018,9311)")
+        pitch = _pick(hdr, ov, prov, "pitch", hdr.spiral_pitch_factor, "SpiralPitchFactor (0018,9311)")
         prov["mode"] = "override" if mode else "derived"
         mode = "helical"
+    return kvp, coll, rot, mode, pitch
 
-    # bowtie
-    filter_type = str(extra.get("filter_type") or "")
+
+def _bowtie(hdr: CTHeaders, ov: Mapping[str, Any], filter_type_map: Mapping[str, str] | None,
+            default_bowtie: str, prov: dict[str, str]) -> str:
+    """Bowtie: the override, else the one the Filter Type maps to, else ``default_bowtie``
+    (with a warning). Generic bowtie names are lower-cased."""
+    filter_type = hdr.filter_type
     if ov.get("bowtie") is not None:
         bowtie = str(ov["bowtie"])
         prov["bowtie"] = "override"
@@ -342,19 +339,21 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
         if bowtie is None:
             bowtie = default_bowtie
             why = f"unknown FilterType {filter_type!r}" if filter_type else "no FilterType (0018,1160)"
-            warnings.warn(f"{label}: {why}; using the {bowtie!r} bowtie (override 'bowtie')",
-                          CTAcquisitionWarning, stacklevel=2)
+            warnings.warn(f"{hdr.label}: {why}; using the {bowtie!r} bowtie (override 'bowtie')",
+                          CTAcquisitionWarning, stacklevel=3)
             prov["bowtie"] = "default"
         else:
             prov["bowtie"] = "dicom"
     if bowtie.lower() in GENERIC_BOWTIES:
         bowtie = bowtie.lower()
+    return bowtie
 
-    # tube current along z (in the original slice order, then sorted)
-    n = len(order) if z.size >= 2 else 1
+
+def _absolute_tube_current(hdr: CTHeaders, ov: Mapping[str, Any], z: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Tube current per slice (series order), mA, and where it came from: the override, the
+    X-Ray Tube Current, else Exposure / Exposure Time; ``(None, "fixed")`` when none is usable.
+    Slices that lack a value get one interpolated along z."""
     n_slices = z.size
-    ma = None
-    source = "fixed"
     ov_ma = ov.get("tube_current_ma")
     if ov_ma is not None:
         arr = np.asarray(ov_ma, dtype=np.float64).reshape(-1)
@@ -363,79 +362,77 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
         if arr.size != n_slices or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
             raise InputError(f"tube_current_ma override needs one positive value or one per slice "
                              f"({n_slices}), got {arr.size}")
-        ma, source = arr, "override"
-    else:
-        cur = _per_slice(extra, "xray_tube_current_ma", n_slices)
-        if cur is not None and np.all(cur[np.isfinite(cur)] > 0):
-            ma, source = _fill(cur, z), "XRayTubeCurrent"
-        else:
-            mas = _per_slice(extra, "exposure_mas", n_slices)
-            t_ms = _per_slice(extra, "exposure_time_ms", n_slices)
-            if mas is not None and t_ms is not None:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    derived = mas / (t_ms / 1000.0)
-                derived[~(derived > 0)] = np.nan
-                if np.any(np.isfinite(derived)):
-                    ma, source = _fill(derived, z), "Exposure/ExposureTime"
-    relative = None
+        return arr, "override"
+    cur = _per_slice(hdr.xray_tube_current_ma, n_slices)
+    if cur is not None and np.all(cur[np.isfinite(cur)] > 0):
+        return _fill(cur, z), "XRayTubeCurrent"
+    mas = _per_slice(hdr.exposure_mas, n_slices)
+    t_ms = _per_slice(hdr.exposure_time_ms, n_slices)
+    if mas is not None and t_ms is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            derived = mas / (t_ms / 1000.0)
+        derived[~(derived > 0)] = np.nan
+        if np.any(np.isfinite(derived)):
+            return _fill(derived, z), "Exposure/ExposureTime"
+    return None, "fixed"
+
+
+def _tube_current(hdr: CTHeaders, ov: Mapping[str, Any], z: np.ndarray, order: np.ndarray,
+                  z_sorted: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, str]:
+    """Absolute (or ``None``) and relative tube current at the sorted slices, and the source.
+
+    Without an absolute current the CTDIvol per slice gives the shape; without that the scan
+    is taken as fixed tube current, with a warning.
+    """
+    ma, source = _absolute_tube_current(hdr, ov, z)
     if ma is not None:
         ma_sorted = ma[order] if z.size >= 2 else np.repeat(ma, 2)
-        relative = ma_sorted / ma_sorted.mean()
-        ma_out = ma_sorted
-    else:
-        ma_out = None
-        ctdi = _per_slice(extra, "ctdivol_mgy", n_slices)
-        if ctdi is not None and np.all(ctdi[np.isfinite(ctdi)] > 0) and np.nanmax(ctdi) > 0:
-            c = _fill(ctdi, z)
-            c = c[order] if z.size >= 2 else np.repeat(c, 2)
-            relative = c / c.mean()
-            source = "CTDIvol"
-        else:
-            warnings.warn(f"{label}: no tube current (XRayTubeCurrent, Exposure/ExposureTime, CTDIvol) "
-                          "per slice; assuming fixed tube current (FTC)", CTAcquisitionWarning,
-                          stacklevel=2)
-            relative = np.ones(z_sorted.size)
-            source = "fixed"
-    prov["tube_current"] = "override" if source == "override" else ("default" if source == "fixed" else "dicom")
+        return ma_sorted, ma_sorted / ma_sorted.mean(), source
+    ctdi = _per_slice(hdr.ctdivol_mgy, z.size)
+    if ctdi is not None and np.all(ctdi[np.isfinite(ctdi)] > 0) and np.nanmax(ctdi) > 0:
+        c = _fill(ctdi, z)
+        c = c[order] if z.size >= 2 else np.repeat(c, 2)
+        return None, c / c.mean(), "CTDIvol"
+    warnings.warn(f"{hdr.label}: no tube current (XRayTubeCurrent, Exposure/ExposureTime, CTDIvol) "
+                  "per slice; assuming fixed tube current (FTC)", CTAcquisitionWarning,
+                  stacklevel=3)
+    return None, np.ones(z_sorted.size), "fixed"
 
+
+def _ctdivol(hdr: CTHeaders, ov: Mapping[str, Any], n_slices: int, prov: dict[str, str]) -> float | None:
+    """CTDIvol, mGy: the override, else the mean of the per-slice values, else ``None``."""
     if ov.get("ctdivol_mgy") is not None:
-        ctdivol = _positive(ov["ctdivol_mgy"], "ctdivol_mgy")
         prov["ctdivol_mgy"] = "override"
-    else:
-        c = _per_slice(extra, "ctdivol_mgy", n_slices)
-        ctdivol = float(np.nanmean(c)) if c is not None else None
-        prov["ctdivol_mgy"] = "dicom" if ctdivol is not None else "absent"
+        return _positive(ov["ctdivol_mgy"], "ctdivol_mgy")
+    c = _per_slice(hdr.ctdivol_mgy, n_slices)
+    ctdivol = float(np.nanmean(c)) if c is not None else None
+    prov["ctdivol_mgy"] = "dicom" if ctdivol is not None else "absent"
+    return ctdivol
 
+
+def _overrange(ov: Mapping[str, Any], coll: float, prov: dict[str, str]) -> float:
+    """Over-range at each end, mm: the override, else half the total collimation."""
     if ov.get("overrange_mm") is not None:
         overrange = float(ov["overrange_mm"])
         if not (math.isfinite(overrange) and overrange >= 0):
             raise InputError(f"overrange_mm must be >= 0, got {ov['overrange_mm']!r}")
         prov["overrange_mm"] = "override"
-    else:
-        overrange = 0.5 * coll
-        prov["overrange_mm"] = "default"
+        return overrange
+    prov["overrange_mm"] = "default"
+    return 0.5 * coll
 
+
+def _isocentre(ov: Mapping[str, Any], centre: tuple[float, float] | None,
+               prov: dict[str, str]) -> tuple[float, float]:
+    """Rotation axis (x, y), mm: the override, else the reconstruction centre, else (0, 0)."""
     if ov.get("isocentre_xy_mm") is not None:
         iso = tuple(float(v) for v in ov["isocentre_xy_mm"])
         if len(iso) != 2 or not all(math.isfinite(v) for v in iso):
             raise InputError(f"isocentre_xy_mm must be (x, y) in mm, got {ov['isocentre_xy_mm']!r}")
         prov["isocentre_xy_mm"] = "override"
-    elif centre is not None:
-        iso = centre
+        return iso
+    if centre is not None:
         prov["isocentre_xy_mm"] = "derived"  # the reconstruction centre
-    else:
-        iso = (0.0, 0.0)
-        prov["isocentre_xy_mm"] = "default"
-
-    for arr in (z_sorted, relative):
-        arr.setflags(write=False)
-    if ma_out is not None:
-        ma_out.setflags(write=False)
-    del n
-    if slice_range is None:
-        slice_range = (float(z_sorted[0]), float(z_sorted[-1]))
-    return Acquisition(kvp=kvp, mode=mode, pitch=pitch, total_collimation_mm=coll, rotation_time_s=rot,
-                       bowtie=bowtie, slice_z_mm=z_sorted, relative_current=relative, tube_current_ma=ma_out,
-                       tube_current_source=source, ctdivol_mgy=ctdivol, overrange_mm=overrange,
-                       isocentre_xy_mm=(float(iso[0]), float(iso[1])), filter_type=filter_type,
-                       slice_range_mm=slice_range, provenance=prov)
+        return centre
+    prov["isocentre_xy_mm"] = "default"
+    return (0.0, 0.0)

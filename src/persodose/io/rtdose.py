@@ -201,10 +201,31 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
         RT Plan Sequence is type 1C for most summation types; it is not written because
         persodose doses are not tied to an RT Plan (3D Slicer and pydicom do not need it).
     """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
 
+    dose_type, summation_type = _check_dose(dose, out_path, dose_type, summation_type)
+    ident = _dose_identity(dose, reference_ct_files, frame_of_reference_uid, study_uid)
+    arr, first_pos, step = _frames_in_normal_order(dose)
+    pixels, scaling_str = _encode_dose_pixels(arr, out_path)
+
+    now = _dt.datetime.now()
+    sop_uid = generate_uid()
+    ds = Dataset()
+    _sop_common_module(ds, RT_DOSE_STORAGE, sop_uid, now)
+    _patient_and_study_modules(ds, now, ident, patient, reference_ct_files)
+    _rt_series_module(ds, description, now)
+    _general_equipment_module(ds)
+    _general_image_module(ds, now)
+    _image_plane_module(ds, dose, first_pos, step)
+    _, ny, nx = pixels.shape
+    image_pixel_module(ds, ny, nx, bits=32, signed=False)
+    _multi_frame_and_rt_dose_modules(ds, pixels, step, scaling_str, dose_type, summation_type)
+    return write_dataset(ds, RT_DOSE_STORAGE, sop_uid, out_path)
+
+
+def _check_dose(dose: Grid, out_path, dose_type: str, summation_type: str) -> tuple[str, str]:
+    """Refuse what cannot be written as an RT Dose; returns upper-cased Dose Type and Summation Type."""
     if not isinstance(dose, Grid):
         raise InputError(f"write_rtdose needs a Grid, got {type(dose).__name__}")
     if dose.kind not in (Kind.DOSE, Kind.SCALAR):
@@ -226,32 +247,43 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
         raise InputError(f"dose for {out_path} contains {n_bad} NaN or infinite value(s)")
     if float(values.min()) < 0.0:
         raise InputError(f"dose for {out_path} has negative values (min {values.min():.6g} Gy)")
+    return dose_type, summation_type
+
+
+def _dose_identity(dose: Grid, reference_ct_files: list[str] | None, frame_of_reference_uid: str | None,
+                   study_uid: str | None) -> dict[str, Any]:
+    """Patient/study identity and frame of reference of the dose: from the reference CT
+    (checked against the dose orientation and the given UIDs) or from the given or new UIDs."""
+    from pydicom.uid import generate_uid
 
     ident: dict[str, Any] = {}
-    if reference_ct_files:
-        ident = _reference_identity([str(f) for f in reference_ct_files])
-        iop = ident.pop("_iop")
-        d = dose.direction_xyz
-        if not (np.allclose(d[:, 0], iop[:3], atol=_ORIENTATION_TOL)
-                and np.allclose(d[:, 1], iop[3:], atol=_ORIENTATION_TOL)):
-            raise GeometryError(
-                f"dose grid orientation {np.round(np.r_[d[:, 0], d[:, 1]], 5).tolist()} differs "
-                f"from the reference CT {reference_ct_files[0]} orientation {iop.tolist()}")
-        if frame_of_reference_uid and frame_of_reference_uid != ident["FrameOfReferenceUID"]:
-            raise GeometryError(
-                f"frame_of_reference_uid {frame_of_reference_uid} differs from the reference CT "
-                f"{reference_ct_files[0]} ({ident['FrameOfReferenceUID']})")
-        if study_uid and study_uid != ident["StudyInstanceUID"]:
-            raise GeometryError(f"study_uid {study_uid} differs from the reference CT "
-                                f"{reference_ct_files[0]} ({ident['StudyInstanceUID']})")
-    else:
+    if not reference_ct_files:
         ident["FrameOfReferenceUID"] = frame_of_reference_uid or generate_uid()
         ident["StudyInstanceUID"] = study_uid or generate_uid()
         ident["PositionReferenceIndicator"] = ""
+        return ident
+    ident = _reference_identity([str(f) for f in reference_ct_files])
+    iop = ident.pop("_iop")
+    d = dose.direction_xyz
+    if not (np.allclose(d[:, 0], iop[:3], atol=_ORIENTATION_TOL)
+            and np.allclose(d[:, 1], iop[3:], atol=_ORIENTATION_TOL)):
+        raise GeometryError(
+            f"dose grid orientation {np.round(np.r_[d[:, 0], d[:, 1]], 5).tolist()} differs "
+            f"from the reference CT {reference_ct_files[0]} orientation {iop.tolist()}")
+    if frame_of_reference_uid and frame_of_reference_uid != ident["FrameOfReferenceUID"]:
+        raise GeometryError(
+            f"frame_of_reference_uid {frame_of_reference_uid} differs from the reference CT "
+            f"{reference_ct_files[0]} ({ident['FrameOfReferenceUID']})")
+    if study_uid and study_uid != ident["StudyInstanceUID"]:
+        raise GeometryError(f"study_uid {study_uid} differs from the reference CT "
+                            f"{reference_ct_files[0]} ({ident['StudyInstanceUID']})")
+    return ident
 
-    arr, first_pos, step = _frames_in_normal_order(dose)
+
+def _encode_dose_pixels(arr: np.ndarray, out_path) -> tuple[np.ndarray, str]:
+    """Little-endian uint32 pixels ``(nz, ny, nx)`` and the Dose Grid Scaling (DS string) for
+    ``arr`` in Gy: the maximum maps to about :data:`_TARGET_MAX_PIXEL`."""
     arr = np.asarray(arr, dtype=np.float64)
-    nz, ny, nx = arr.shape
     vmax = float(arr.max())
     if vmax > 0:
         scaling_str = _ds_str(vmax / _TARGET_MAX_PIXEL)
@@ -261,18 +293,25 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
     pixels = np.rint(arr / scaling)
     if pixels.max() > np.iinfo(np.uint32).max:  # pragma: no cover - guarded by the target
         raise InputError(f"dose for {out_path} cannot be encoded in 32 bits")
-    pixels = np.ascontiguousarray(pixels.astype("<u4"))
+    return np.ascontiguousarray(pixels.astype("<u4")), scaling_str
 
-    now = _dt.datetime.now()
-    sop_uid = generate_uid()
-    ds = Dataset()
-    # SOP Common
-    ds.SOPClassUID = RT_DOSE_STORAGE
+
+def _sop_common_module(ds, sop_class_uid: str, sop_uid: str, now: _dt.datetime) -> None:
+    """SOP Common module (PS3.3 C.12.1)."""
+    ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = sop_uid
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
-    # Patient + General Study
+
+
+def _patient_and_study_modules(ds, now: _dt.datetime, ident: dict[str, Any], patient: dict | None,
+                               reference_ct_files: list[str] | None) -> None:
+    """Patient (C.7.1.1) and General Study (C.7.2.1) modules, Frame of Reference (C.7.4.1).
+
+    Empty type-2 attributes, then the identity (from the reference CT or the given UIDs),
+    then the caller's ``patient`` attributes, which must agree with a reference CT.
+    """
     ds.PatientName = ""
     ds.PatientID = ""
     ds.PatientBirthDate = ""
@@ -294,28 +333,50 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
                 raise InputError(f"patient {kw}={val!r} differs from the reference CT "
                                  f"{reference_ct_files[0]} ({ident[kw]!r})")
             setattr(ds, kw, val)
-    # RT Series + General Equipment + General Image
+
+
+def _rt_series_module(ds, description: str, now: _dt.datetime) -> None:
+    """RT Series module (PS3.3 C.8.8.1), with the series date and time."""
+    from pydicom.uid import generate_uid
+
     ds.Modality = "RTDOSE"
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 900
     ds.SeriesDescription = str(description)[:64]
     ds.SeriesDate = now.strftime("%Y%m%d")
     ds.SeriesTime = now.strftime("%H%M%S")
-    ds.ContentDate = now.strftime("%Y%m%d")
-    ds.ContentTime = now.strftime("%H%M%S")
+
+
+def _general_equipment_module(ds) -> None:
+    """General Equipment module (PS3.3 C.7.5.1)."""
     ds.Manufacturer = "persodose"
     ds.ManufacturerModelName = "persodose"
     ds.SoftwareVersions = _persodose_version()
+
+
+def _general_image_module(ds, now: _dt.datetime) -> None:
+    """General Image module (PS3.3 C.7.6.1)."""
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
     ds.InstanceNumber = 1
-    # Image Plane
+
+
+def _image_plane_module(ds, dose: Grid, first_pos: np.ndarray, step: float) -> None:
+    """Image Plane module (PS3.3 C.7.6.2): first frame position, orientation, spacing."""
     d = dose.direction_xyz
     ds.ImagePositionPatient = [_ds_str(v) for v in first_pos]
     ds.ImageOrientationPatient = [_ds_str(v) for v in np.r_[d[:, 0], d[:, 1]]]
     sz, sy, sx = dose.spacing_zyx_mm
     ds.PixelSpacing = [_ds_str(sy), _ds_str(sx)]  # row spacing (y), column spacing (x)
     ds.SliceThickness = _ds_str(step)
-    # Image Pixel + Multi-frame + RT Dose
-    image_pixel_module(ds, ny, nx, bits=32, signed=False)
+
+
+def _multi_frame_and_rt_dose_modules(ds, pixels: np.ndarray, step: float, scaling_str: str,
+                                     dose_type: str, summation_type: str) -> None:
+    """Multi-frame (PS3.3 C.7.6.6) and RT Dose (C.8.8.3) modules, with the pixel data."""
+    import pydicom
+
+    nz = pixels.shape[0]
     ds.NumberOfFrames = nz
     ds.FrameIncrementPointer = pydicom.tag.Tag("GridFrameOffsetVector")
     ds.DoseUnits = "GY"
@@ -325,8 +386,6 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
     ds.DoseGridScaling = scaling_str
     ds.PixelData = pixels.tobytes()
     ds["PixelData"].VR = "OW"
-
-    return write_dataset(ds, RT_DOSE_STORAGE, sop_uid, out_path)
 
 
 def image_pixel_module(ds, rows: int, cols: int, *, bits: int, signed: bool) -> None:

@@ -265,10 +265,9 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     import datetime as _dt
 
     from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
     from pydicom.uid import generate_uid
 
-    from persodose.io.rtdose import _IDENTITY_KEYWORDS, _ds_str
+    from persodose.io.rtdose import _sop_common_module, write_dataset
     from persodose.io.seg import labels_for_export
 
     values, files, datasets, sorted_ds, ct_grid, on_ct = labels_for_export(
@@ -279,10 +278,23 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     now = _dt.datetime.now()
     sop_uid = generate_uid()
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    _sop_common_module(ds, RT_STRUCTURE_SET_STORAGE, sop_uid, now)
+    _patient_and_study_modules(ds, first, files)
+    _rt_series_and_equipment_modules(ds)
+    _structure_set_module(ds, label, now, frame_uid, files, datasets, sorted_ds)
+    _roi_modules(ds, values, names, frame_uid, on_ct, ct_grid, sorted_ds)
+    return write_dataset(ds, RT_STRUCTURE_SET_STORAGE, sop_uid, out_path)
+
+
+#: ROI Display Color (3006,002A) of the ROIs, in turn (RGB).
+_ROI_COLOURS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                         [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]])
+
+
+def _patient_and_study_modules(ds, first, files: list[str]) -> None:
+    """Patient (PS3.3 C.7.1.1) and General Study (C.7.2.1) modules, copied from the CT."""
+    from persodose.io.rtdose import _IDENTITY_KEYWORDS
+
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
     ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID = "", "", "", ""
     ds.AccessionNumber = ""
@@ -291,28 +303,47 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
             setattr(ds, kw, first[kw].value)
     if "StudyInstanceUID" not in first:
         raise DicomError(f"reference CT file {files[0]} has no StudyInstanceUID")
+
+
+def _rt_series_and_equipment_modules(ds) -> None:
+    """RT Series (PS3.3 C.8.8.1) and General Equipment (C.7.5.1) modules."""
+    from pydicom.uid import generate_uid
+
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 902
     ds.SeriesDescription = "persodose structures"
     ds.Manufacturer = "persodose"
+
+
+def _image_ref(slice_ds):
+    """Contour Image Sequence item referencing one CT slice."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = slice_ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = slice_ds.SOPInstanceUID
+    return item
+
+
+def _structure_set_module(ds, label: str, now, frame_uid: str, files: list[str], datasets: list,
+                          sorted_ds: list) -> None:
+    """Structure Set module (PS3.3 C.8.8.5) up to the ROIs: label, date and the Referenced
+    Frame of Reference Sequence (frame -> study -> series -> every CT slice)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    first = sorted_ds[0]
     ds.InstanceNumber = 1
     ds.StructureSetLabel = str(label)[:16]
     ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-
-    def image_ref(slice_ds) -> Dataset:
-        item = Dataset()
-        item.ReferencedSOPClassUID = slice_ds.SOPClassUID
-        item.ReferencedSOPInstanceUID = slice_ds.SOPInstanceUID
-        return item
-
     for kw in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"):
         for f, sds in zip(files, datasets, strict=True):
             if kw not in sds:
                 raise DicomError(f"reference CT file {f} has no {kw}")
     series_ref = Dataset()
     series_ref.SeriesInstanceUID = first.SeriesInstanceUID
-    series_ref.ContourImageSequence = Sequence([image_ref(s) for s in sorted_ds])
+    series_ref.ContourImageSequence = Sequence([_image_ref(s) for s in sorted_ds])
     study_ref = Dataset()
     study_ref.ReferencedSOPClassUID = _STUDY_COMPONENT_MANAGEMENT
     study_ref.ReferencedSOPInstanceUID = first.StudyInstanceUID
@@ -322,8 +353,14 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     frame_ref.RTReferencedStudySequence = Sequence([study_ref])
     ds.ReferencedFrameOfReferenceSequence = Sequence([frame_ref])
 
-    palette = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                        [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]])
+
+def _roi_modules(ds, values, names: dict[int, str], frame_uid: str, on_ct: np.ndarray, ct_grid: Grid,
+                 sorted_ds: list) -> None:
+    """Structure Set ROI Sequence (C.8.8.5), ROI Contour (C.8.8.6) and RT ROI Observations
+    (C.8.8.8) modules: one ROI per label value, numbered by the value."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     ss_rois, roi_contours, observations = [], [], []
     for n, value in enumerate(values):
         roi = Dataset()
@@ -332,22 +369,10 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
         roi.ROIName = str(names[value])[:64]
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         ss_rois.append(roi)
-        contours = []
-        mask = on_ct == value
-        for k in np.flatnonzero(mask.any(axis=(1, 2))):
-            for yx in _slice_contours(mask[k]):
-                idx = np.column_stack([np.full(len(yx), float(k)), yx])
-                pts = ct_grid.index_to_physical(idx)
-                c = Dataset()
-                c.ContourImageSequence = Sequence([image_ref(sorted_ds[int(k)])])
-                c.ContourGeometricType = "CLOSED_PLANAR"
-                c.NumberOfContourPoints = len(pts)
-                c.ContourData = [_ds_str(v) for v in pts.ravel()]
-                contours.append(c)
         rc = Dataset()
         rc.ReferencedROINumber = value
-        rc.ROIDisplayColor = [int(v) for v in palette[n % len(palette)]]
-        rc.ContourSequence = Sequence(contours)
+        rc.ROIDisplayColor = [int(v) for v in _ROI_COLOURS[n % len(_ROI_COLOURS)]]
+        rc.ContourSequence = Sequence(_roi_contours(on_ct == value, ct_grid, sorted_ds))
         roi_contours.append(rc)
         obs = Dataset()
         obs.ObservationNumber = value
@@ -359,6 +384,23 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     ds.ROIContourSequence = Sequence(roi_contours)
     ds.RTROIObservationsSequence = Sequence(observations)
 
-    from persodose.io.rtdose import write_dataset
 
-    return write_dataset(ds, RT_STRUCTURE_SET_STORAGE, sop_uid, out_path)
+def _roi_contours(mask: np.ndarray, ct_grid: Grid, sorted_ds: list) -> list:
+    """Contour Sequence items (CLOSED_PLANAR, LPS mm) of one ROI's mask on the CT slices."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from persodose.io.rtdose import _ds_str
+
+    contours = []
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        for yx in _slice_contours(mask[k]):
+            idx = np.column_stack([np.full(len(yx), float(k)), yx])
+            pts = ct_grid.index_to_physical(idx)
+            c = Dataset()
+            c.ContourImageSequence = Sequence([_image_ref(sorted_ds[int(k)])])
+            c.ContourGeometricType = "CLOSED_PLANAR"
+            c.NumberOfContourPoints = len(pts)
+            c.ContourData = [_ds_str(v) for v in pts.ravel()]
+            contours.append(c)
+    return contours

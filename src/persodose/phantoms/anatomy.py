@@ -204,6 +204,34 @@ class _Canvas:
                    + (H - p0[2] - t * d[2]) ** 2) <= radius ** 2
 
 
+#: The rib ring lies this far inside the body outline, mm.
+_RIB_IN_MM = 30.0
+
+
+class _Variation:
+    """Per-patient anatomical variation drawn from ``rng``; ``None`` is the canonical patient.
+
+    The draws happen in the order the structures are painted, so the same seed always
+    gives the same patient.
+    """
+
+    def __init__(self, rng: np.random.Generator | None):
+        self.rng = rng
+
+    def scale(self, semi):
+        """Semi-axes scaled for an organ volume factor drawn uniformly in [0.95, 1.05]."""
+        if self.rng is None:
+            return tuple(semi)
+        f = self.rng.uniform(0.95, 1.05) ** (1.0 / 3.0)
+        return tuple(float(s) * f for s in semi)
+
+    def jitter(self, c, mm):
+        """Point ``c`` moved by up to ``mm`` along each axis."""
+        if self.rng is None:
+            return tuple(c)
+        return tuple(float(ci) + float(d) for ci, d in zip(c, self.rng.uniform(-mm, mm, 3)))
+
+
 def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None) -> Anatomy:
     """Voxelise the reference male.
 
@@ -223,58 +251,75 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
     y = x.copy()
     h = FOV_BOTTOM_H_MM + (np.arange(nz) + 0.5) * v
     cv = _Canvas(x, y, h)
+    var = _Variation(rng)
     aux_aorta = np.zeros(cv.lab.shape, bool)
     aux_canal = np.zeros(cv.lab.shape, bool)
 
-    def scale(semi):
-        if rng is None:
-            return tuple(semi)
-        f = rng.uniform(0.95, 1.05) ** (1.0 / 3.0)
-        return tuple(float(s) * f for s in semi)
+    _paint_outline(cv)
+    _paint_muscles(cv)
+    airway = _airway(cv)
+    _paint_thorax(cv, var, aux_aorta)
+    _paint_abdomen(cv, var)
+    _paint_head(cv, var)
+    _paint_spine(cv, aux_canal)
+    _paint_ribs_and_shoulders(cv)
+    _paint_pelvis(cv)
+    _paint_femora(cv)
+    centres = _paint_lesions(cv, var)
+    for s, m in airway:
+        cv.paint(s, m, 0, only=[1, 3])
+    shaft = _femoral_canal(cv)
+    return Anatomy(cv.lab, x, y, h, v, {"aorta": aux_aorta, "canal": aux_canal, "femoral_canal": shaft},
+                   centres)
 
-    def jitter(c, mm):
-        if rng is None:
-            return tuple(c)
-        return tuple(float(ci) + float(d) for ci, d in zip(c, rng.uniform(-mm, mm, 3)))
 
-    # ---- outline: trunk, neck, head, thighs with skin/fat and muscle layers -----------
-    def trunk_mask(shrink, hlim=(866, 1472)):
-        s, X, Y, H = cv.box((-200, 200), (-130, 140), hlim)
-        a, b, yc = trunk_outline(H, shrink)
-        return s, (X / a) ** 2 + ((Y - yc) / b) ** 2 <= 1.0
+# ----------------------------------------------------------------------------- outline
+_HEAD_C, _HEAD_SEMI = (0.0, 0.0, 1660.0), (80.0, 100.0, 102.0)
 
-    def thigh_masks(shrink):
-        out = []
-        for side in (-1, 1):
-            s, X, Y, H = cv.box((-190, 190), (-100, 110), (FOV_BOTTOM_H_MM - 10, 905))
-            f = (H - FOV_BOTTOM_H_MM) / (905 - FOV_BOTTOM_H_MM)
-            a, b, xc = 68 + 17 * f - shrink, 74 + 14 * f - shrink, side * (88 + 6 * f)
-            out.append((s, ((X - xc) / a) ** 2 + ((Y - 6) / b) ** 2 <= 1.0))
-        return out
 
-    def neck_mask(shrink):
-        s, X, Y, H = cv.box((-70, 70), (-60, 80), (1440, 1600))
-        return s, (X / (58 - shrink)) ** 2 + ((Y - 12) / (62 - shrink)) ** 2 <= 1.0
+def _trunk_mask(cv: _Canvas, shrink, hlim=(866, 1472)):
+    s, X, Y, H = cv.box((-200, 200), (-130, 140), hlim)
+    a, b, yc = trunk_outline(H, shrink)
+    return s, (X / a) ** 2 + ((Y - yc) / b) ** 2 <= 1.0
 
-    head_c, head_semi = (0.0, 0.0, 1660.0), (80.0, 100.0, 102.0)
-    cv.paint(*trunk_mask(0.0), 2)
-    for s, m in thigh_masks(0.0):
+
+def _thigh_masks(cv: _Canvas, shrink):
+    out = []
+    for side in (-1, 1):
+        s, X, Y, H = cv.box((-190, 190), (-100, 110), (FOV_BOTTOM_H_MM - 10, 905))
+        f = (H - FOV_BOTTOM_H_MM) / (905 - FOV_BOTTOM_H_MM)
+        a, b, xc = 68 + 17 * f - shrink, 74 + 14 * f - shrink, side * (88 + 6 * f)
+        out.append((s, ((X - xc) / a) ** 2 + ((Y - 6) / b) ** 2 <= 1.0))
+    return out
+
+
+def _neck_mask(cv: _Canvas, shrink):
+    s, X, Y, H = cv.box((-70, 70), (-60, 80), (1440, 1600))
+    return s, (X / (58 - shrink)) ** 2 + ((Y - 12) / (62 - shrink)) ** 2 <= 1.0
+
+
+def _paint_outline(cv: _Canvas) -> None:
+    """Trunk, thighs, neck and head: skin/fat, the muscle layer under it, soft tissue inside."""
+    cv.paint(*_trunk_mask(cv, 0.0), 2)
+    for s, m in _thigh_masks(cv, 0.0):
         cv.paint(s, m, 2)
-    cv.paint(*neck_mask(0.0), 2)
-    cv.paint(*cv.ellipsoid(head_c, head_semi), 2)
+    cv.paint(*_neck_mask(cv, 0.0), 2)
+    cv.paint(*cv.ellipsoid(_HEAD_C, _HEAD_SEMI), 2)
     # muscle layer under the fat, then remaining soft tissue inside it
-    cv.paint(*trunk_mask(15.0, (900, 1462)), 3)
-    cv.paint(*trunk_mask(27.0, (900, 1450)), 1)
-    s, m = trunk_mask(15.0, (866, 900))
+    cv.paint(*_trunk_mask(cv, 15.0, (900, 1462)), 3)
+    cv.paint(*_trunk_mask(cv, 27.0, (900, 1450)), 1)
+    s, m = _trunk_mask(cv, 15.0, (866, 900))
     cv.paint(s, m, 1)
-    for s, m in thigh_masks(11.0):
+    for s, m in _thigh_masks(cv, 11.0):
         cv.paint(s, m, 3)
-    cv.paint(*neck_mask(7.0), 3)
-    cv.paint(*cv.ellipsoid(head_c, head_semi, grow=-5.0), 1)
-    # shoulders (deltoid / trapezius region)
+    cv.paint(*_neck_mask(cv, 7.0), 3)
+    cv.paint(*cv.ellipsoid(_HEAD_C, _HEAD_SEMI, grow=-5.0), 1)
+
+
+def _paint_muscles(cv: _Canvas) -> None:
+    """Shoulders (deltoid / trapezius region), paraspinal muscles, psoas, gluteal muscles."""
     s, X, Y, H = cv.box((-200, 200), (-130, 140), (1360, 1472))
     cv.paint(s, np.abs(X) > 118, 3, only=[1])
-    # paraspinal muscles, psoas, gluteal muscles
     for side in (-1, 1):
         s, X, Y, H = cv.box((-100, 100), (-50, 130), (930, 1445))
         ys, _, sb = spine_centre(H)
@@ -286,26 +331,31 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
         s, X, Y, H = cv.box((-190, 190), (-20, 130), (866, 1000))
         cv.paint(s, ((X - side * 88) / 72) ** 2 + ((Y - 68) / 42) ** 2 <= 1, 3, only=[1])
 
-    # ---- airway (label 0), aorta (body) ---------------------------------------------------
-    airway = [cv.capsule((0, -12, 1575), (0, 8, 1335), 9.0),
-              cv.capsule((0, 8, 1335), (-38, 18, 1300), 6.0),
-              cv.capsule((0, 8, 1335), (36, 20, 1305), 6.0)]
 
-    # ---- thoracic organs --------------------------------------------------------------
-    rib_in = 30.0  # rib ring lies this far inside the body outline
+def _airway(cv: _Canvas):
+    """(slice, mask) of the trachea and main bronchi (cleared to air, label 0, at the end)."""
+    return [cv.capsule((0, -12, 1575), (0, 8, 1335), 9.0),
+            cv.capsule((0, 8, 1335), (-38, 18, 1300), 6.0),
+            cv.capsule((0, 8, 1335), (36, 20, 1305), 6.0)]
 
-    def in_thorax(s, X, Y, H, extra=0.0):
-        a, b, yc = trunk_outline(H, rib_in + 7 + extra)
-        return (X / a) ** 2 + ((Y - yc) / b) ** 2 <= 1.0
 
-    lung_semi = {4: scale((62.0, 92.0, 150.0)), 5: scale((66.0, 94.0, 150.0))}
+# ----------------------------------------------------------------------------- organs
+def _in_thorax(X, Y, H, extra=0.0):
+    """Inside the rib cage (the rib ring shrunk by 7 mm, and ``extra`` mm more)."""
+    a, b, yc = trunk_outline(H, _RIB_IN_MM + 7 + extra)
+    return (X / a) ** 2 + ((Y - yc) / b) ** 2 <= 1.0
+
+
+def _paint_thorax(cv: _Canvas, var: _Variation, aux_aorta: np.ndarray) -> None:
+    """Lungs, heart and aorta (blood, label body; its voxels also go to ``aux_aorta``)."""
+    lung_semi = {4: var.scale((62.0, 92.0, 150.0)), 5: var.scale((66.0, 94.0, 150.0))}
     for lab, xc in ((4, 82.0), (5, -82.0)):
         s, m = cv.ellipsoid((xc, 14.0, 1335.0), lung_semi[lab])
         X, Y, H = _coords(cv, s)
-        m = m & in_thorax(s, X, Y, H) & (H >= 1185 + (12 if lab == 4 else 0) - 0.25 * (Y - 14))
+        m = m & _in_thorax(X, Y, H) & (H >= 1185 + (12 if lab == 4 else 0) - 0.25 * (Y - 14))
         cv.paint(s, m, lab, only=[1])
-    cv.paint(*cv.ellipsoid((22.0, -24.0, 1250.0), scale((60.0, 49.0, 64.0)), rot=_rot("z", -35) @ _rot("y", 25)), 6,
-             only=[1, 4, 5])
+    cv.paint(*cv.ellipsoid((22.0, -24.0, 1250.0), var.scale((60.0, 49.0, 64.0)),
+                           rot=_rot("z", -35) @ _rot("y", 25)), 6, only=[1, 4, 5])
     # aorta: ascending, arch, descending (blood; label body)
     aorta = [cv.capsule((-8, -22, 1290), (-12, -18, 1378), 14.0),
              cv.capsule((-12, -18, 1378), (16, 40, 1372), 12.5)]
@@ -319,56 +369,75 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
     aux_aorta[s] |= m & np.isin(cv.lab[s], [1, 3, 4, 5])
     cv.paint(s, m, 1, only=[1, 3, 4, 5])
 
-    # ---- abdominal organs ---------------------------------------------------------------
-    s, m = cv.ellipsoid((-52.0, 2.0, 1125.0), scale((101.0, 76.0, 74.0)), rot=_rot("y", -18))
-    X, Y, H = _coords(cv, s)
-    m = m & (X < 55 - 0.5 * (Y + 20)) & in_thorax(s, X, Y, H, -14)
-    cv.paint(s, m, 7, only=[1, 5])
-    cv.paint(*cv.ellipsoid((62.0, -30.0, 1138.0), scale((40.0, 35.0, 64.0)), rot=_rot("y", 35)), 12, only=[1, 4, 7])
-    cv.paint(*cv.ellipsoid((86.0, 42.0, 1140.0), scale((26.0, 54.0, 24.0)), rot=_rot("z", 35) @ _rot("x", 10)), 8,
-             only=[1, 3, 4, 7, 12])
-    kid_semi = scale((28.0, 23.0, 55.0))
-    cv.paint(*cv.ellipsoid((76.0, 52.0, 1082.0), kid_semi, rot=_rot("y", -14)), 9, only=[1, 3, 7, 8])
-    kid_semi = scale((28.0, 23.0, 55.0))
-    cv.paint(*cv.ellipsoid((-74.0, 54.0, 1064.0), kid_semi, rot=_rot("y", 14)), 10, only=[1, 3, 7])
-    cv.paint(*cv.ellipsoid((0.0, -32.0, 936.0), scale((45.0, 36.5, 35.5))), 11, only=[1, 3])
 
-    # ---- head -------------------------------------------------------------------------
-    brain_c, brain_semi = (0.0, 4.0, 1680.0), scale((63.0, 84.0, 64.0))
+def _paint_abdomen(cv: _Canvas, var: _Variation) -> None:
+    """Liver, stomach, spleen, kidneys and bladder."""
+    s, m = cv.ellipsoid((-52.0, 2.0, 1125.0), var.scale((101.0, 76.0, 74.0)), rot=_rot("y", -18))
+    X, Y, H = _coords(cv, s)
+    m = m & (X < 55 - 0.5 * (Y + 20)) & _in_thorax(X, Y, H, -14)
+    cv.paint(s, m, 7, only=[1, 5])
+    cv.paint(*cv.ellipsoid((62.0, -30.0, 1138.0), var.scale((40.0, 35.0, 64.0)), rot=_rot("y", 35)), 12,
+             only=[1, 4, 7])
+    cv.paint(*cv.ellipsoid((86.0, 42.0, 1140.0), var.scale((26.0, 54.0, 24.0)),
+                           rot=_rot("z", 35) @ _rot("x", 10)), 8, only=[1, 3, 4, 7, 12])
+    kid_semi = var.scale((28.0, 23.0, 55.0))
+    cv.paint(*cv.ellipsoid((76.0, 52.0, 1082.0), kid_semi, rot=_rot("y", -14)), 9, only=[1, 3, 7, 8])
+    kid_semi = var.scale((28.0, 23.0, 55.0))
+    cv.paint(*cv.ellipsoid((-74.0, 54.0, 1064.0), kid_semi, rot=_rot("y", 14)), 10, only=[1, 3, 7])
+    cv.paint(*cv.ellipsoid((0.0, -32.0, 936.0), var.scale((45.0, 36.5, 35.5))), 11, only=[1, 3])
+
+
+def _paint_head(cv: _Canvas, var: _Variation) -> None:
+    """Skull, CSF / meninges (body) and brain."""
+    brain_c, brain_semi = (0.0, 4.0, 1680.0), var.scale((63.0, 84.0, 64.0))
     cv.paint(*cv.ellipsoid(brain_c, brain_semi, grow=9.0), 14, only=[1, 2])
     cv.paint(*cv.ellipsoid(brain_c, brain_semi, grow=2.0), 1, only=[14])  # CSF / meninges
     cv.paint(*cv.ellipsoid(brain_c, brain_semi), 13, only=[1])
 
-    # ---- spine -------------------------------------------------------------------------
-    levels = ([(1590 - i * 20.0, 1590 - (i + 1) * 20.0) for i in range(7)]        # C1-C7
-              + [(1450 - i * 23.3, 1450 - (i + 1) * 23.3) for i in range(12)]     # T1-T12
-              + [(1170 - i * 28.0, 1170 - (i + 1) * 28.0) for i in range(5)])     # L1-L5
-    bone_like = [0, 1, 2, 3, 4, 5, 6, 7, 12]
-    for top, bot in levels:
-        hgt = top - bot
-        hb0, hb1 = bot + 0.18 * hgt, top  # lower 18 % is the intervertebral disc
-        hm = 0.5 * (hb0 + hb1)
-        ys, sa, sb = (float(v_) for v_ in spine_centre(hm))
-        s, X, Y, H = cv.box((-sa - 2, sa + 2), (ys - sb - 2, ys + sb + 2), (hb0, hb1))
-        cv.paint(s, (X / sa) ** 2 + ((Y - ys) / sb) ** 2 <= 1, 15, only=bone_like)
-        s, X, Y, H = cv.box((-sa, sa), (ys - sb, ys + sb), (hb0 + 2.5, hb1 - 2.5))
-        cv.paint(s, (X / (sa - 3)) ** 2 + ((Y - ys) / (sb - 3)) ** 2 <= 1, 19, only=[15])
-        # neural arch, spinal canal, spinous and transverse processes
-        rc = 7.0 if top > 1450 else 8.5
-        yc_c = ys + sb + rc
-        s, X, Y, H = cv.box((-rc - 8, rc + 8), (yc_c - rc - 8, yc_c + rc + 8), (bot + 0.1 * hgt, top - 0.1 * hgt))
-        r2 = X ** 2 + (Y - yc_c) ** 2
-        cv.paint(s, (r2 <= (rc + 6) ** 2) & (r2 > rc ** 2), 15, only=bone_like)
-        aux_canal[s] |= r2 <= rc ** 2
-        cv.paint(s, r2 <= rc ** 2, 1, only=bone_like)
-        ln = 28.0 if top < 1170 else 22.0
-        s, X, Y, H = cv.box((-4, 4), (yc_c + rc, yc_c + rc + ln), (bot + 0.25 * hgt, top - 0.15 * hgt))
-        cv.paint(s, np.ones((1, 1, 1), bool), 15, only=bone_like)
-        tl = 35.0 if top < 1450 else 28.0
-        s, X, Y, H = cv.box((-tl, tl), (yc_c - 5, yc_c + 4), (hm - 4, hm + 4))
-        cv.paint(s, np.ones((1, 1, 1), bool), 15, only=bone_like)
 
-    # ---- ribs, sternum, shoulder girdle -------------------------------------------------
+# ----------------------------------------------------------------------------- skeleton
+#: Vertebral levels (top, bottom) mm above the soles: C1-C7, T1-T12, L1-L5.
+_VERTEBRAE = ([(1590 - i * 20.0, 1590 - (i + 1) * 20.0) for i in range(7)]
+              + [(1450 - i * 23.3, 1450 - (i + 1) * 23.3) for i in range(12)]
+              + [(1170 - i * 28.0, 1170 - (i + 1) * 28.0) for i in range(5)])
+_BONE_LIKE = [0, 1, 2, 3, 4, 5, 6, 7, 12]
+
+
+def _paint_spine(cv: _Canvas, aux_canal: np.ndarray) -> None:
+    """Vertebrae: bodies (cortical shell, marrow inside), neural arches and processes."""
+    for top, bot in _VERTEBRAE:
+        _paint_vertebra(cv, top, bot, aux_canal)
+
+
+def _paint_vertebra(cv: _Canvas, top: float, bot: float, aux_canal: np.ndarray) -> None:
+    bone_like = _BONE_LIKE
+    hgt = top - bot
+    hb0, hb1 = bot + 0.18 * hgt, top  # lower 18 % is the intervertebral disc
+    hm = 0.5 * (hb0 + hb1)
+    ys, sa, sb = (float(v_) for v_ in spine_centre(hm))
+    s, X, Y, H = cv.box((-sa - 2, sa + 2), (ys - sb - 2, ys + sb + 2), (hb0, hb1))
+    cv.paint(s, (X / sa) ** 2 + ((Y - ys) / sb) ** 2 <= 1, 15, only=bone_like)
+    s, X, Y, H = cv.box((-sa, sa), (ys - sb, ys + sb), (hb0 + 2.5, hb1 - 2.5))
+    cv.paint(s, (X / (sa - 3)) ** 2 + ((Y - ys) / (sb - 3)) ** 2 <= 1, 19, only=[15])
+    # neural arch, spinal canal, spinous and transverse processes
+    rc = 7.0 if top > 1450 else 8.5
+    yc_c = ys + sb + rc
+    s, X, Y, H = cv.box((-rc - 8, rc + 8), (yc_c - rc - 8, yc_c + rc + 8), (bot + 0.1 * hgt, top - 0.1 * hgt))
+    r2 = X ** 2 + (Y - yc_c) ** 2
+    cv.paint(s, (r2 <= (rc + 6) ** 2) & (r2 > rc ** 2), 15, only=bone_like)
+    aux_canal[s] |= r2 <= rc ** 2
+    cv.paint(s, r2 <= rc ** 2, 1, only=bone_like)
+    ln = 28.0 if top < 1170 else 22.0
+    s, X, Y, H = cv.box((-4, 4), (yc_c + rc, yc_c + rc + ln), (bot + 0.25 * hgt, top - 0.15 * hgt))
+    cv.paint(s, np.ones((1, 1, 1), bool), 15, only=bone_like)
+    tl = 35.0 if top < 1450 else 28.0
+    s, X, Y, H = cv.box((-tl, tl), (yc_c - 5, yc_c + 4), (hm - 4, hm + 4))
+    cv.paint(s, np.ones((1, 1, 1), bool), 15, only=bone_like)
+
+
+def _paint_ribs_and_shoulders(cv: _Canvas) -> None:
+    """Twelve pairs of ribs, the sternum, clavicles and scapulae."""
+    rib_in = _RIB_IN_MM
     s, X, Y, H = cv.box((-200, 200), (-130, 140), (1110, 1462))
     a, b, yc = trunk_outline(H, rib_in)
     rho = np.sqrt((X / a) ** 2 + ((Y - yc) / b) ** 2)
@@ -395,22 +464,26 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
         scap = (np.abs((rho - 1.0) * np.sqrt(a * b)) <= 4.0) & (th >= 28) & (th <= 62 + 0.15 * (H - 1300))
         cv.paint(s, scap, 31, only=[1, 3])
 
-    # ---- pelvis (label 16 cortical, 19 trabecular interior) -----------------------------
-    def shell(s, dist, outer=6.5, inner=3.0, sel=None):
-        sel = np.ones_like(dist, bool) if sel is None else sel
-        cv.paint(s, (np.abs(dist) <= outer) & sel, 16, only=[1, 3])
-        cv.paint(s, (np.abs(dist) <= inner) & sel, 19, only=[16])
 
+def _pelvis_shell(cv: _Canvas, s, dist, outer=6.5, inner=3.0, sel=None) -> None:
+    """Cortical shell (16) within ``outer`` mm of a surface, trabecular core (19) within ``inner``."""
+    sel = np.ones_like(dist, bool) if sel is None else sel
+    cv.paint(s, (np.abs(dist) <= outer) & sel, 16, only=[1, 3])
+    cv.paint(s, (np.abs(dist) <= inner) & sel, 19, only=[16])
+
+
+def _paint_pelvis(cv: _Canvas) -> None:
+    """Ilia, pubis / ischia, sacrum and acetabula (label 16 cortical, 19 trabecular interior)."""
     s, X, Y, H = cv.box((-160, 160), (-80, 120), (930, 1088))
     ai, bi, yi = 80 + (H - 930) * 0.33, 68 + (H - 930) * 0.12, 22.0
     rho = np.sqrt((X / ai) ** 2 + ((Y - yi) / bi) ** 2)
     phi = np.degrees(np.arctan2(Y - yi, np.abs(X)))
     tmin = -8 - (H - 930) * 0.2
-    shell(s, (rho - 1) * np.sqrt(ai * bi), sel=(phi >= tmin) & (phi <= 62) & (np.abs(X) > 38))
+    _pelvis_shell(cv, s, (rho - 1) * np.sqrt(ai * bi), sel=(phi >= tmin) & (phi <= 62) & (np.abs(X) > 38))
     s, X, Y, H = cv.box((-150, 150), (-110, 60), (880, 935))
     rho = np.sqrt((X / 86) ** 2 + ((Y + 2) / 76) ** 2)
     phi = np.degrees(np.arctan2(Y + 2, np.abs(X)))
-    shell(s, (rho - 1) * 80.0, outer=6.0, inner=2.5, sel=(phi <= -15) & (phi >= -92))
+    _pelvis_shell(cv, s, (rho - 1) * 80.0, outer=6.0, inner=2.5, sel=(phi <= -15) & (phi >= -92))
     sac_rot = _rot("x", -28)
     s, m = cv.ellipsoid((0.0, 68.0, 985.0), (46.0, 20.0, 62.0), rot=sac_rot)
     cv.paint(s, m, 16, only=[1, 3, 15])
@@ -423,7 +496,9 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
         r2 = (X - side * 95.0) ** 2 + Y ** 2 + (H - 915.0) ** 2
         cv.paint(s, m_out & (r2 > 27 ** 2) & ((H > 908) | (side * X < 95)), 16, only=[1, 3])
 
-    # ---- femora (labels 17 left = +x, 18 right) -----------------------------------------
+
+def _paint_femora(cv: _Canvas) -> None:
+    """Proximal femora: head, neck, trochanter, shaft (labels 17 left = +x, 18 right)."""
     for side, lab in ((1, 17), (-1, 18)):
         head = (side * 95.0, 0.0, 915.0)
         cv.paint(*cv.ellipsoid(head, (24.0, 24.0, 24.0)), lab, only=[1, 2, 3, 16])
@@ -432,15 +507,31 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
         cv.paint(*cv.capsule((side * 126.0, 10.0, 880.0), (side * 108.0, 4.0, FOV_BOTTOM_H_MM - 30), 14.0), lab,
                  only=[1, 2, 3])
 
-    # ---- lesions -----------------------------------------------------------------------
-    def r_of(ml):
-        return (3.0 * ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
+def _femoral_canal(cv: _Canvas) -> np.ndarray:
+    """Femoral shaft medullary canal (yellow marrow) for the CT model, boolean mask."""
+    shaft = np.zeros(cv.lab.shape, bool)
+    for side in (-1, 1):
+        s, m = cv.capsule((side * 126.0, 10.0, 870.0), (side * 108.0, 4.0, FOV_BOTTOM_H_MM - 30), 8.0)
+        shaft[s] |= m
+    shaft &= np.isin(cv.lab, [17, 18])
+    return shaft
+
+
+# ----------------------------------------------------------------------------- lesions
+def _sphere_radius_mm(ml: float) -> float:
+    return (3.0 * ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def _paint_lesions(cv: _Canvas, var: _Variation) -> dict[str, tuple[float, float, float]]:
+    """Liver, pancreas, lymph-node and vertebral (L2) lesions; returns their centres (x, y, H)."""
+    r_of = _sphere_radius_mm
     centres = {
-        "lesion_liver": jitter((-78.0, -12.0, 1112.0), 6.0),
-        "lesion_pancreas": jitter((34.0, 14.0, 1100.0), 4.0),
-        "lesion_lymph_node": jitter((-24.0, 10.0, 1045.0), 4.0),
+        "lesion_liver": var.jitter((-78.0, -12.0, 1112.0), 6.0),
+        "lesion_pancreas": var.jitter((34.0, 14.0, 1100.0), 4.0),
+        "lesion_lymph_node": var.jitter((-24.0, 10.0, 1045.0), 4.0),
     }
+    rng = var.rng
     hb = 1170 - 1.5 * 28.0 if rng is None else 1170 - 1.5 * 28.0 + float(rng.uniform(-4, 4))
     centres["lesion_bone"] = (0.0, float(spine_centre(hb)[0]), float(hb))
     soft = [1, 3, 7, 8, 12]
@@ -448,18 +539,7 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
     cv.paint(*cv.ellipsoid(centres["lesion_pancreas"], (r_of(20),) * 3), 23, only=soft)
     cv.paint(*cv.ellipsoid(centres["lesion_lymph_node"], (r_of(7),) * 3), 22, only=soft)
     cv.paint(*cv.ellipsoid(centres["lesion_bone"], (r_of(3),) * 3), 21, only=[15, 19])
-
-    for s, m in airway:
-        cv.paint(s, m, 0, only=[1, 3])
-
-    # femoral shaft medullary canal (yellow marrow) for the CT model
-    shaft = np.zeros(cv.lab.shape, bool)
-    for side in (-1, 1):
-        s, m = cv.capsule((side * 126.0, 10.0, 870.0), (side * 108.0, 4.0, FOV_BOTTOM_H_MM - 30), 8.0)
-        shaft[s] |= m
-    shaft &= np.isin(cv.lab, [17, 18])
-    return Anatomy(cv.lab, x, y, h, v, {"aorta": aux_aorta, "canal": aux_canal, "femoral_canal": shaft},
-                   centres)
+    return centres
 
 
 def _coords(cv: _Canvas, s):

@@ -115,82 +115,34 @@ def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, 
     Raises:
         InputError: unknown tracer or a non-positive voxel size.
     """
-    if tracer not in TRACERS:
-        raise InputError(f"unknown tracer {tracer!r}: use one of {', '.join(TRACERS)}")
-    if not (isinstance(voxel_mm, (int, float)) and 0.5 <= float(voxel_mm) <= 20.0):
-        raise InputError(f"voxel_mm must be between 0.5 and 20 mm, got {voxel_mm!r}")
+    _check_request(tracer, voxel_mm)
     v = float(voxel_mm)
+    # One generator for every random step, drawn in this order: anatomy (seed != 0), CT
+    # noise, activity non-uniformity, then the counts of each frame.
     rng = np.random.default_rng(seed)
     nuclide = TRACERS[tracer]
     t_half = physical_half_life_s(nuclide)
 
     an = _anat.build_anatomy(v, None if seed == 0 else rng)
+    labels_grid, ct, ct_tags = _labels_and_ct(an, v, rng)
     lab = an.labels
-    spacing = (v, v, v)
-    origin = (float(an.x_mm[0]), float(an.y_mm[0]), float(an.h_mm[0] - _anat.VERTEX_H_MM))
-    labels_grid = Grid(lab, spacing, origin, np.eye(3), Kind.LABELS)
-    hu = _img.make_ct(lab, an.h_mm, v, an.aux, rng)
-    ct = labels_grid.with_array(hu, Kind.CT)
-    ct_tags = _img.make_ct_tags(hu, v)
-
     volumes = _anat.label_volumes_ml(lab, v)
     masses = {n: round(m, 2) for n, m in _anat.organ_masses_g(lab, v).items()}
     patient = dict(REFERENCE_PATIENT)
     ia = LU177_INJECTED_BQ if tracer == "lu177-dotatate" else FDG_BQ_PER_KG * patient["weight_kg"]
     tacs = organ_tacs(tracer, ia, volumes, t_half)
 
-    nlut = int(lab.max()) + 1
-    name_to_label = {n: k for k, n in _anat.LABELS.items()}
-    weights = _activity_weights(lab, _img.smooth_field(lab.shape, v, 25.0, rng))
-    voxel_ml = v ** 3 / 1000.0
-
-    def per_voxel(values: dict[str, float]) -> np.ndarray:
-        lut = np.zeros(nlut, dtype=np.float64)
-        for n, val in values.items():
-            lut[name_to_label[n]] = val
-        return (lut[lab] * weights).astype(np.float32)
-
+    per_voxel = _OrganToVoxels(lab, _activity_weights(lab, _img.smooth_field(lab.shape, v, 25.0, rng)))
     truth_tia = labels_grid.with_array(per_voxel({n: m.tia_bq_s() for n, m in tacs.items()}), Kind.TIA)
 
-    # emission grid: SPECT on a coarser 1.2x voxel, larger transaxial field; PET on the CT grid
     modality = "NM" if nuclide == "Lu-177" else "PT"
-    if modality == "NM":
-        vs = 1.2 * v
-        nxy = int(round(1.2 * lab.shape[1] * v / vs))  # 128 at 4.8 mm: a 614 mm SPECT field
-        nzs = int(math.floor(lab.shape[0] * v / vs))
-        centre = np.array(origin) + (np.array(lab.shape[::-1]) - 1) * v / 2.0
-        s_origin = tuple(centre - (np.array([nxy, nxy, nzs]) - 1) * vs / 2.0)
-        em_grid = Grid(np.zeros((nzs, nxy, nxy), np.float32), (vs, vs, vs), s_origin, np.eye(3), Kind.COUNTS)
-    else:
-        em_grid = labels_grid.with_array(np.zeros(lab.shape, np.float32), Kind.ACTIVITY_CONCENTRATION)
-
+    em_grid = _emission_grid(modality, labels_grid)
     frames: list[EmissionFrame] = []
     truth_activity: list[Grid] = []
     for ft in frame_schedule(tracer):
-        act_mid = per_voxel({n: float(m.activity_bq(ft.mid_s)) for n, m in tacs.items()})
+        frame, act_mid = _emission_frame(ft, modality, tacs, per_voxel, labels_grid, em_grid, t_half, rng)
         truth_activity.append(labels_grid.with_array(act_mid, Kind.ACTIVITY))
-        truth = labels_grid.with_array(act_mid / voxel_ml, Kind.ACTIVITY_CONCENTRATION)
-        integ = per_voxel({n: m.integral_bq_s(ft.start_s, ft.start_s + ft.duration_s) for n, m in tacs.items()})
-        start_dt = INJECTION_DATETIME + _dt.timedelta(seconds=ft.start_s)
-        if modality == "NM":
-            sens = _img.SPECT_SENSITIVITY_CPS_PER_MBQ * 1e-6
-            expected = _img.blur(integ * sens, _img.SPECT_FWHM_MM, v) / voxel_ml  # counts per mL
-            expected = _img.sample_on(expected, origin[::-1], spacing, em_grid.shape,
-                                      em_grid.origin_xyz_mm[::-1], em_grid.spacing_zyx_mm) * (vs ** 3 / 1000.0)
-            counts = rng.poisson(np.maximum(expected, 0.0)).astype(np.float32)
-            counts = _img.blur(counts, _img.SPECT_POSTFILTER_FWHM_MM, vs)
-            np.maximum(counts, 0.0, out=counts)
-            image = em_grid.with_array(counts, Kind.COUNTS)
-            cal = _img.SPECT_SENSITIVITY_CPS_PER_MBQ
-        else:
-            sens = _img.PET_SENSITIVITY_CPS_PER_MBQ * 1e-6
-            expected = np.maximum(_img.blur(integ * sens, _img.PET_FWHM_MM, v), 0.0)
-            nec = _img.PET_NEC_FRACTION
-            counts = rng.poisson(expected * nec).astype(np.float32) / nec
-            conc = _img.pet_image_from_counts(counts, sens, ft.duration_s, ft.start_s, t_half, voxel_ml)
-            image = em_grid.with_array(conc, Kind.ACTIVITY_CONCENTRATION)
-            cal = None
-        frames.append(EmissionFrame(modality, start_dt, ft.duration_s, ft.mid_s, image, truth, cal, ft.start_s))
+        frames.append(frame)
 
     return VirtualPatient(
         tracer=tracer, nuclide=nuclide, seed=int(seed), voxel_mm=v, labels=labels_grid,
@@ -198,6 +150,97 @@ def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, 
         injection_datetime=INJECTION_DATETIME, frames=frames, organ_tac=tacs,
         truth_activity=truth_activity, truth_tia=truth_tia, organ_masses_g=masses, patient=patient,
         ct_tags=ct_tags, half_life_s=t_half, lesion_centres_mm=an.lesion_centres_mm)
+
+
+def _check_request(tracer: str, voxel_mm) -> None:
+    if tracer not in TRACERS:
+        raise InputError(f"unknown tracer {tracer!r}: use one of {', '.join(TRACERS)}")
+    if not (isinstance(voxel_mm, (int, float)) and 0.5 <= float(voxel_mm) <= 20.0):
+        raise InputError(f"voxel_mm must be between 0.5 and 20 mm, got {voxel_mm!r}")
+
+
+def _labels_and_ct(an: _anat.Anatomy, v: float, rng: np.random.Generator) -> tuple[Grid, Grid, dict]:
+    """Label grid in LPS (vertex at z = 0), the CT in HU on it and the CT's DICOM tag values."""
+    origin = (float(an.x_mm[0]), float(an.y_mm[0]), float(an.h_mm[0] - _anat.VERTEX_H_MM))
+    labels_grid = Grid(an.labels, (v, v, v), origin, np.eye(3), Kind.LABELS)
+    hu = _img.make_ct(an.labels, an.h_mm, v, an.aux, rng)
+    return labels_grid, labels_grid.with_array(hu, Kind.CT), _img.make_ct_tags(hu, v)
+
+
+class _OrganToVoxels:
+    """Spread per-organ values over the organ's voxels with fixed per-voxel weights.
+
+    Calling it with ``{organ name: value}`` gives a float32 ``(nz, ny, nx)`` array whose
+    sum over each organ's voxels is the organ's value (organs not given are zero).
+    """
+
+    def __init__(self, lab: np.ndarray, weights: np.ndarray):
+        self.lab = lab
+        self.weights = weights
+        self.nlut = int(lab.max()) + 1
+        self.name_to_label = {n: k for k, n in _anat.LABELS.items()}
+
+    def __call__(self, values: dict[str, float]) -> np.ndarray:
+        lut = np.zeros(self.nlut, dtype=np.float64)
+        for n, val in values.items():
+            lut[self.name_to_label[n]] = val
+        return (lut[self.lab] * self.weights).astype(np.float32)
+
+
+def _emission_grid(modality: str, labels_grid: Grid) -> Grid:
+    """Empty emission grid: SPECT on a coarser 1.2x voxel with a larger transaxial field
+    (128 x 128 at 4.8 mm, a 614 mm field, for 4 mm CT voxels); PET on the CT grid."""
+    lab_shape = labels_grid.shape
+    if modality != "NM":
+        return labels_grid.with_array(np.zeros(lab_shape, np.float32), Kind.ACTIVITY_CONCENTRATION)
+    v = labels_grid.spacing_zyx_mm[0]
+    origin = labels_grid.origin_xyz_mm
+    vs = 1.2 * v
+    nxy = int(round(1.2 * lab_shape[1] * v / vs))
+    nzs = int(math.floor(lab_shape[0] * v / vs))
+    centre = np.array(origin) + (np.array(lab_shape[::-1]) - 1) * v / 2.0
+    s_origin = tuple(centre - (np.array([nxy, nxy, nzs]) - 1) * vs / 2.0)
+    return Grid(np.zeros((nzs, nxy, nxy), np.float32), (vs, vs, vs), s_origin, np.eye(3), Kind.COUNTS)
+
+
+def _emission_frame(ft, modality: str, tacs: dict[str, TACModel], per_voxel: _OrganToVoxels,
+                    labels_grid: Grid, em_grid: Grid, t_half: float,
+                    rng: np.random.Generator) -> tuple[EmissionFrame, np.ndarray]:
+    """One measured frame and its truth; also the true activity per voxel (Bq) at mid-frame."""
+    v = labels_grid.spacing_zyx_mm[0]
+    voxel_ml = v ** 3 / 1000.0
+    act_mid = per_voxel({n: float(m.activity_bq(ft.mid_s)) for n, m in tacs.items()})
+    truth = labels_grid.with_array(act_mid / voxel_ml, Kind.ACTIVITY_CONCENTRATION)
+    integ = per_voxel({n: m.integral_bq_s(ft.start_s, ft.start_s + ft.duration_s) for n, m in tacs.items()})
+    start_dt = INJECTION_DATETIME + _dt.timedelta(seconds=ft.start_s)
+    if modality == "NM":
+        image = _spect_counts(integ, labels_grid, em_grid, rng)
+        cal = _img.SPECT_SENSITIVITY_CPS_PER_MBQ
+    else:
+        sens = _img.PET_SENSITIVITY_CPS_PER_MBQ * 1e-6
+        expected = np.maximum(_img.blur(integ * sens, _img.PET_FWHM_MM, v), 0.0)
+        nec = _img.PET_NEC_FRACTION
+        counts = rng.poisson(expected * nec).astype(np.float32) / nec
+        conc = _img.pet_image_from_counts(counts, sens, ft.duration_s, ft.start_s, t_half, voxel_ml)
+        image = em_grid.with_array(conc, Kind.ACTIVITY_CONCENTRATION)
+        cal = None
+    frame = EmissionFrame(modality, start_dt, ft.duration_s, ft.mid_s, image, truth, cal, ft.start_s)
+    return frame, act_mid
+
+
+def _spect_counts(integ: np.ndarray, labels_grid: Grid, em_grid: Grid, rng: np.random.Generator) -> Grid:
+    """SPECT counts on ``em_grid`` from the decays per CT voxel during the frame (``integ``)."""
+    v = labels_grid.spacing_zyx_mm[0]
+    vs = em_grid.spacing_zyx_mm[0]
+    voxel_ml = v ** 3 / 1000.0
+    sens = _img.SPECT_SENSITIVITY_CPS_PER_MBQ * 1e-6
+    expected = _img.blur(integ * sens, _img.SPECT_FWHM_MM, v) / voxel_ml  # counts per mL
+    expected = _img.sample_on(expected, labels_grid.origin_xyz_mm[::-1], labels_grid.spacing_zyx_mm,
+                              em_grid.shape, em_grid.origin_xyz_mm[::-1], em_grid.spacing_zyx_mm) * (vs ** 3 / 1000.0)
+    counts = rng.poisson(np.maximum(expected, 0.0)).astype(np.float32)
+    counts = _img.blur(counts, _img.SPECT_POSTFILTER_FWHM_MM, vs)
+    np.maximum(counts, 0.0, out=counts)
+    return em_grid.with_array(counts, Kind.COUNTS)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -237,87 +280,120 @@ def write_virtual_patient(vp: VirtualPatient, out_dir) -> Path:
         from persodose.io import dicom_write as dw
     except ImportError:
         dw = None
-    lab = vp.labels.array
     with atomic_dir(out_dir) as tmp:
         nif = tmp / "nifti"
         nif.mkdir()
-        _write_image(vp.ct, nif / "ct.nii.gz")
-        _write_image(vp.labels, nif / "labels.nii.gz")
-        # label names beside the map (FILE.json), where persodose's commands look for them
-        (nif / "labels.nii.gz.json").write_text(json.dumps({str(k): v for k, v in sorted(vp.label_names.items())},
-                                                           indent=1))
-        _write_image(vp.truth_tia, nif / "truth_tia.nii.gz")
+        _write_base_nifti(vp, nif)
         dicom_info: dict = {"written": dw is not None}
+        study = None
         if dw is not None:
-            p = vp.patient
-            info = dw.PatientInfo(sex=p["sex"], age_y=p["age_y"], weight_kg=p["weight_kg"],
-                                  height_m=p["height_m"])
-            study_uid, for_uid = dw.new_uid(), dw.new_uid()
-            dicom_info.update(study_instance_uid=study_uid, frame_of_reference_uid=for_uid)
-            ct_time = vp.frames[0].start_datetime - _dt.timedelta(minutes=2)
-            dw.write_ct_series(vp.ct, tmp / "ct", patient=info, study_uid=study_uid,
-                               frame_of_reference_uid=for_uid, acquisition_datetime=ct_time,
-                               series_description="CT virtual patient",
-                               ct_tags={k: v for k, v in vp.ct_tags.items() if k in _img.DICOM_CT_TAG_KEYS})
+            study = _write_ct_dicom(vp, tmp, dw)
+            dicom_info.update(study_instance_uid=study.study_uid, frame_of_reference_uid=study.for_uid)
         else:
             dicom_info["reason"] = "persodose.io.dicom_write is not available"
-        frames_doc = []
-        for i, fr in enumerate(vp.frames, start=1):
-            tag = f"tp{i}" if fr.modality == "NM" else f"frame{i:02d}"
-            _write_image(fr.image, nif / f"{tag}_image.nii.gz")
-            _write_image(fr.truth, nif / f"{tag}_truth.nii.gz")
-            dpath = None
-            if dw is not None:
-                if fr.modality == "NM":
-                    dpath = tmp / "spect" / tag / f"{tag}.dcm"
-                    dpath.parent.mkdir(parents=True, exist_ok=True)
-                    dw.write_nm_tomo(fr.image, dpath, patient=info, study_uid=study_uid,
-                                     frame_of_reference_uid=for_uid, acquisition_datetime=fr.start_datetime,
-                                     frame_duration_s=fr.duration_s, radionuclide=vp.nuclide,
-                                     units="counts", series_description=f"SPECT {tag}",
-                                     injected_activity_bq=vp.injected_activity_bq,
-                                     injection_datetime=vp.injection_datetime)
-                    dpath = dpath.parent
-                else:
-                    dpath = tmp / "pet" / tag
-                    dw.write_pet_series(fr.image, dpath, patient=info, study_uid=study_uid,
-                                        frame_of_reference_uid=for_uid, acquisition_datetime=fr.start_datetime,
-                                        frame_duration_s=fr.duration_s, radionuclide=vp.nuclide,
-                                        injected_activity_bq=vp.injected_activity_bq,
-                                        injection_datetime=vp.injection_datetime, decay_correction="START",
-                                        series_description=f"PET {tag}")
-            mid = fr.mid_time_s
-            frames_doc.append({
-                "modality": fr.modality,
-                "dicom_path": str(dpath.relative_to(tmp)) if dpath is not None else None,
-                "image_path": f"nifti/{tag}_image.nii.gz",
-                "truth_path": f"nifti/{tag}_truth.nii.gz",
-                "image_kind": fr.image.kind.value, "image_unit": fr.image.unit,
-                "image_decay_correction": "START (frame start)" if fr.modality == "PT" else "NONE",
-                "start_datetime": fr.start_datetime.isoformat(),
-                "start_s": fr.start_s, "duration_s": fr.duration_s, "mid_time_s": mid,
-                "calibration_cps_per_mbq": fr.calibration_cps_per_mbq,
-                "organ_true_activity_bq": {n: float(m.activity_bq(mid)) for n, m in vp.organ_tac.items()},
-            })
-        manifest = {
-            "format": "persodose virtual patient v1",
-            "tracer": vp.tracer, "nuclide": vp.nuclide, "half_life_s": vp.half_life_s,
-            "seed": vp.seed, "voxel_mm": vp.voxel_mm,
-            "ct_shape_zyx": list(vp.ct.shape), "ct_origin_xyz_mm": list(vp.ct.origin_xyz_mm),
-            "injected_activity_bq": vp.injected_activity_bq,
-            "injection_datetime": vp.injection_datetime.isoformat(),
-            "patient": vp.patient,
-            "label_names": {str(k): n for k, n in vp.label_names.items()},
-            "organ_masses_g": vp.organ_masses_g,
-            "organ_masses_density_g_cm3": _anat.NOMINAL_DENSITY_G_CM3,
-            "organ_tia_bq_s": {n: m.tia_bq_s() for n, m in vp.organ_tac.items()},
-            "tac_models": {n: m.to_dict() for n, m in vp.organ_tac.items()},
-            "lesion_centres_mm_x_y_height": vp.lesion_centres_mm,
-            "frames": frames_doc,
-            "ct_tags": vp.ct_tags,
-            "dicom": dicom_info,
-            "paths": {"ct": "ct" if dw is not None else None, "ct_nifti": "nifti/ct.nii.gz",
-                      "labels": "nifti/labels.nii.gz", "truth_tia": "nifti/truth_tia.nii.gz"},
-        }
+        frames_doc = [_write_frame(vp, fr, i, tmp, study) for i, fr in enumerate(vp.frames, start=1)]
+        manifest = _manifest(vp, frames_doc, dicom_info, dicom_written=dw is not None)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir / "manifest.json"
+
+
+@dataclass
+class _DicomStudy:
+    """What every DICOM series of one written patient shares."""
+
+    dw: object  # the persodose.io.dicom_write module
+    info: object  # its PatientInfo
+    study_uid: str
+    for_uid: str
+
+
+def _write_base_nifti(vp: VirtualPatient, nif: Path) -> None:
+    """CT, labels (with the label names beside them) and the true TIA as NIfTI."""
+    _write_image(vp.ct, nif / "ct.nii.gz")
+    _write_image(vp.labels, nif / "labels.nii.gz")
+    # label names beside the map (FILE.json), where persodose's commands look for them
+    (nif / "labels.nii.gz.json").write_text(json.dumps({str(k): v for k, v in sorted(vp.label_names.items())},
+                                                       indent=1))
+    _write_image(vp.truth_tia, nif / "truth_tia.nii.gz")
+
+
+def _write_ct_dicom(vp: VirtualPatient, tmp: Path, dw) -> _DicomStudy:
+    """New study and frame of reference; the CT series in ``ct/``, 2 min before the first frame."""
+    p = vp.patient
+    info = dw.PatientInfo(sex=p["sex"], age_y=p["age_y"], weight_kg=p["weight_kg"], height_m=p["height_m"])
+    study = _DicomStudy(dw, info, dw.new_uid(), dw.new_uid())
+    ct_time = vp.frames[0].start_datetime - _dt.timedelta(minutes=2)
+    dw.write_ct_series(vp.ct, tmp / "ct", patient=info, study_uid=study.study_uid,
+                       frame_of_reference_uid=study.for_uid, acquisition_datetime=ct_time,
+                       series_description="CT virtual patient",
+                       ct_tags={k: v for k, v in vp.ct_tags.items() if k in _img.DICOM_CT_TAG_KEYS})
+    return study
+
+
+def _write_frame_dicom(vp: VirtualPatient, fr: EmissionFrame, tag: str, tmp: Path, study: _DicomStudy) -> Path:
+    """One emission frame as DICOM; returns its folder."""
+    dw = study.dw
+    if fr.modality == "NM":
+        dpath = tmp / "spect" / tag / f"{tag}.dcm"
+        dpath.parent.mkdir(parents=True, exist_ok=True)
+        dw.write_nm_tomo(fr.image, dpath, patient=study.info, study_uid=study.study_uid,
+                         frame_of_reference_uid=study.for_uid, acquisition_datetime=fr.start_datetime,
+                         frame_duration_s=fr.duration_s, radionuclide=vp.nuclide,
+                         units="counts", series_description=f"SPECT {tag}",
+                         injected_activity_bq=vp.injected_activity_bq,
+                         injection_datetime=vp.injection_datetime)
+        return dpath.parent
+    dpath = tmp / "pet" / tag
+    dw.write_pet_series(fr.image, dpath, patient=study.info, study_uid=study.study_uid,
+                        frame_of_reference_uid=study.for_uid, acquisition_datetime=fr.start_datetime,
+                        frame_duration_s=fr.duration_s, radionuclide=vp.nuclide,
+                        injected_activity_bq=vp.injected_activity_bq,
+                        injection_datetime=vp.injection_datetime, decay_correction="START",
+                        series_description=f"PET {tag}")
+    return dpath
+
+
+def _write_frame(vp: VirtualPatient, fr: EmissionFrame, i: int, tmp: Path, study: _DicomStudy | None) -> dict:
+    """Frame ``i`` (from 1) as NIfTI (image and truth) and DICOM; returns its manifest entry."""
+    nif = tmp / "nifti"
+    tag = f"tp{i}" if fr.modality == "NM" else f"frame{i:02d}"
+    _write_image(fr.image, nif / f"{tag}_image.nii.gz")
+    _write_image(fr.truth, nif / f"{tag}_truth.nii.gz")
+    dpath = _write_frame_dicom(vp, fr, tag, tmp, study) if study is not None else None
+    mid = fr.mid_time_s
+    return {
+        "modality": fr.modality,
+        "dicom_path": str(dpath.relative_to(tmp)) if dpath is not None else None,
+        "image_path": f"nifti/{tag}_image.nii.gz",
+        "truth_path": f"nifti/{tag}_truth.nii.gz",
+        "image_kind": fr.image.kind.value, "image_unit": fr.image.unit,
+        "image_decay_correction": "START (frame start)" if fr.modality == "PT" else "NONE",
+        "start_datetime": fr.start_datetime.isoformat(),
+        "start_s": fr.start_s, "duration_s": fr.duration_s, "mid_time_s": mid,
+        "calibration_cps_per_mbq": fr.calibration_cps_per_mbq,
+        "organ_true_activity_bq": {n: float(m.activity_bq(mid)) for n, m in vp.organ_tac.items()},
+    }
+
+
+def _manifest(vp: VirtualPatient, frames_doc: list[dict], dicom_info: dict, dicom_written: bool) -> dict:
+    """The ``manifest.json`` document."""
+    return {
+        "format": "persodose virtual patient v1",
+        "tracer": vp.tracer, "nuclide": vp.nuclide, "half_life_s": vp.half_life_s,
+        "seed": vp.seed, "voxel_mm": vp.voxel_mm,
+        "ct_shape_zyx": list(vp.ct.shape), "ct_origin_xyz_mm": list(vp.ct.origin_xyz_mm),
+        "injected_activity_bq": vp.injected_activity_bq,
+        "injection_datetime": vp.injection_datetime.isoformat(),
+        "patient": vp.patient,
+        "label_names": {str(k): n for k, n in vp.label_names.items()},
+        "organ_masses_g": vp.organ_masses_g,
+        "organ_masses_density_g_cm3": _anat.NOMINAL_DENSITY_G_CM3,
+        "organ_tia_bq_s": {n: m.tia_bq_s() for n, m in vp.organ_tac.items()},
+        "tac_models": {n: m.to_dict() for n, m in vp.organ_tac.items()},
+        "lesion_centres_mm_x_y_height": vp.lesion_centres_mm,
+        "frames": frames_doc,
+        "ct_tags": vp.ct_tags,
+        "dicom": dicom_info,
+        "paths": {"ct": "ct" if dicom_written else None, "ct_nifti": "nifti/ct.nii.gz",
+                  "labels": "nifti/labels.nii.gz", "truth_tia": "nifti/truth_tia.nii.gz"},
+    }
