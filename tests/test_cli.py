@@ -17,8 +17,8 @@ def assert_clean_error(proc, *words):
         assert w in lines[0], lines[0]
 
 
-def test_help_lists_commands(cli):
-    proc = cli("--help")
+def test_help_lists_commands(cli_subprocess):
+    proc = cli_subprocess("--help")
     assert proc.returncode == 0
     for name in ("info", "series", "density", "phantom", "demo"):
         assert name in proc.stdout
@@ -32,9 +32,9 @@ def test_info_json(cli):
     assert isinstance(data["gpus"], list)
 
 
-def test_missing_input_is_exit_2_and_writes_nothing(cli, tmp_path):
+def test_missing_input_is_exit_2_and_writes_nothing(cli_subprocess, tmp_path):
     out = tmp_path / "dens.nii.gz"
-    proc = cli("density", "--ct", tmp_path / "nope", "--out", out)
+    proc = cli_subprocess("density", "--ct", tmp_path / "nope", "--out", out)
     assert_clean_error(proc, "does not exist", "nope")
     assert not out.exists()
 

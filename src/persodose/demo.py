@@ -61,123 +61,22 @@ class TracerResult:
     ct_dose: object | None = None  #: CTDoseResult of the CT scan (PET/CT patient)
 
 
-def _organ_sums(activity: Grid, labels: Grid, names: dict[int, str]) -> dict[str, float]:
-    sums = np.bincount(labels.array.ravel().astype(np.int64), weights=activity.array.ravel().astype(np.float64),
-                       minlength=max(names) + 1)
-    return {names[k]: float(sums[k]) for k in sorted(names)}
-
-
 def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> TracerResult:
     """Run the demo steps for one tracer, writing into ``work``."""
-    from persodose.io.image import write_image
-    from persodose.io.load import load_ct
-    from persodose.phantoms import make_virtual_patient, write_virtual_patient
-    from persodose.physics.materials import ct_to_density_and_materials, materials_table
-
+    vp, patient_dir, manifest, timings = _patient_step(tracer, settings, work, log)
     t0 = time.perf_counter()
-    vp = make_virtual_patient(tracer=tracer, voxel_mm=settings.voxel_mm, seed=settings.seed)
-    timings = {"virtual patient": time.perf_counter() - t0}
-    t0 = time.perf_counter()
-    patient_dir = work / f"patient_{tracer}"
-    manifest_path = write_virtual_patient(vp, patient_dir)
-    manifest = json.loads(Path(manifest_path).read_text())
-    timings["write DICOM and NIfTI"] = time.perf_counter() - t0
-    log(f"  {tracer}: virtual patient written to {patient_dir.name}/")
-
-    # Read the CT back through DICOM, as a real patient's would be.
-    t0 = time.perf_counter()
-    ct, ct_info = load_ct(patient_dir / manifest["paths"]["ct"])
-    labels = vp.labels
-    if not ct.same_geometry(labels):
-        raise RuntimeError("the CT read back from DICOM does not sit on the phantom's geometry")
-    hu_err = float(np.max(np.abs(ct.array - np.clip(vp.ct.array, -1024, 3071))))
-    density, materials, mats = ct_to_density_and_materials(ct)
+    res, ct_info = _read_back_step(vp, tracer, patient_dir, manifest, work / tracer, timings)
     timings["read CT, density, materials"] = time.perf_counter() - t0
-    out = work / tracer
-    out.mkdir(parents=True, exist_ok=True)
-    write_image(density, out / "density.nii.gz")
-    write_image(materials, out / "materials.nii.gz")
-    (out / "materials.json").write_text(json.dumps(materials_table(mats), indent=2))
-    # The organ labels as a DICOM SEG on the CT series, read back to check the round trip.
-    from persodose.io.seg import read_seg, write_seg
-
-    seg_path = write_seg(labels, dict(vp.label_names), out / "labels_seg.dcm", ct_info.files)
-    seg_back, _ = read_seg(seg_path, reference=ct)
-    seg_ok = bool(np.array_equal(seg_back.array, labels.array))
-
-    res = TracerResult(tracer, vp.nuclide, patient_dir, ct, labels, dict(vp.label_names), density, materials,
-                       [m.name for m in mats], timings_s=timings)
-    res.checks.append(["CT read back from DICOM: max |HU error|", f"{hu_err:.2f} HU", "< 1 HU (int16 storage)"])
-    res.checks.append(["labels written as DICOM SEG and read back", "identical" if seg_ok else "DIFFERENT",
-                       "identical"])
-
-    # Organ masses: CT-derived density x volume against the phantom's nominal masses.
-    mass_g = np.bincount(labels.array.ravel().astype(np.int64),
-                         weights=density.array.ravel().astype(np.float64) * density.voxel_volume_ml,
-                         minlength=max(res.label_names) + 1)
-    for k, name in sorted(res.label_names.items()):
-        nominal = vp.organ_masses_g.get(name)
-        if nominal is None or mass_g[k] == 0:
-            continue
-        res.mass_rows.append([name, float(nominal), float(mass_g[k]), 100.0 * (mass_g[k] / nominal - 1.0)])
-
-    # Emission images back through DICOM (once: the same time points feed the dosimetry below),
-    # onto the CT grid, organ activities vs truth.
-    from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
-
     t0 = time.perf_counter()
-    nm_cal = next((f["calibration_cps_per_mbq"] for f in manifest["frames"] if f.get("calibration_cps_per_mbq")), None)
-    points, _ = load_time_points([patient_dir / f["dicom_path"] for f in manifest["frames"]], vp.nuclide,
-                                 calibration_cps_per_mbq=nm_cal, ct_info=ct_info)
-    for tp, truth in zip(points, vp.truth_activity):
-        info = tp.info
-        hours = tp.time_s / 3600.0
-        activity = tp.activity  # Bq at mid-frame, the scanner's decay correction undone
-        on_ct = activity.resample_to(ct)
-        res.checks.append([
-            f"{info.modality} {hours:6.1f} h: activity total kept by resampling",
-            f"{on_ct.total() / activity.total():.6f}" if activity.total() else "n/a",
-            "1 (sum-preserving)",
-        ])
-        res.frames_on_ct.append((hours, on_ct))
-        measured = _organ_sums(on_ct, labels, res.label_names)
-        true = _organ_sums(truth.resample_to(ct), labels, res.label_names)
-        for name in res.label_names.values():
-            res.organ_measured_bq.setdefault(name, []).append(measured[name])
-            res.organ_true_bq.setdefault(name, []).append(true[name])
-        res.series_rows.append([info.modality, info.series_description, info.acquisition_datetime.isoformat(sep=" "),
-                                f"{hours:.2f}", info.units, f"{activity.total() / 1e6:.1f}"])
+    points = _emission_step(res, vp, patient_dir, manifest, ct_info)
     timings["read emission, resample"] = time.perf_counter() - t0
-    # Internal dosimetry, twice: (1) the clinical chain from the DICOM images; (2) every
-    # method on the TRUE time-integrated activity with Monte Carlo as the reference, which
-    # isolates the dose-calculation error (the comparison of the SINFONIA FDG study).
     t0 = time.perf_counter()
-    isettings = InternalSettings(vp.nuclide, tia_method="dynamic" if vp.nuclide == "F-18" else "auto",
-                                 method_options={"mc": {"decays": settings.mc_decays}}, kernel_decays=settings.kernel_decays,
-                                 kernel_cache=settings.kernel_cache, seed=12345 + settings.seed)
-    quiet = lambda m: log(m) if "kernel" in m else None  # noqa: E731
-    res.internal_images = run_internal(ct, points, isettings, labels=labels, label_names=res.label_names, log=quiet)
-    write_outputs(res.internal_images, out / "internal_from_images", ct_files=ct_info.files,
-                  title=f"persodose internal dosimetry: {tracer}, from the DICOM images")
-    # same dose grid as the image run, so that the kernels are shared
-    isettings.dose_voxel_mm = float(res.internal_images.density.spacing_zyx_mm[0])
-    res.internal_truth = run_internal(ct, [], isettings, labels=labels, label_names=res.label_names,
-                                      tia_override=vp.truth_tia, log=quiet)
-    write_outputs(res.internal_truth, out / "internal_true_tia", ct_files=ct_info.files,
-                  title=f"persodose internal dosimetry: {tracer}, methods on the true TIA")
+    _internal_step(res, vp, points, settings, ct_info, work / tracer, log)
     timings["internal dosimetry (2 runs)"] = time.perf_counter() - t0
     log(f"  {tracer}: internal dosimetry done ({timings['internal dosimetry (2 runs)']:.0f} s)")
     if tracer == "fdg" and settings.ct_photons > 0:
-        # the CT half of the PET/CT: helical scan with tube-current modulation from the headers
-        from persodose.mc import MCSettings
-        from persodose.workflows.ct import ct_dose, write_ct_outputs
-
         t0 = time.perf_counter()
-        res.ct_dose = ct_dose(ct, ct_info, labels=labels, names=res.label_names, n_photons=settings.ct_photons,
-                              dose_voxel_mm=settings.ct_dose_voxel_mm, ctdi_photons=max(settings.ct_photons // 2, 1000),
-                              settings=MCSettings(n_batches=8, seed=777 + settings.seed))
-        write_ct_outputs(res.ct_dose, out / "ct_dose", ct_files=ct_info.files,
-                         title="persodose CT dosimetry: the virtual patient's PET/CT scan")
+        _ct_step(res, settings, ct_info, work / tracer)
         timings["CT dosimetry"] = time.perf_counter() - t0
         e = res.ct_dose.effective_dose or {}
         log(f"  {tracer}: CT dose: CTDIvol {res.ct_dose.calibration.ctdivol_target_mgy:.2f} mGy, "
@@ -190,6 +89,118 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
                                "", "HU", "-"])
     log(f"  {tracer}: {len(points)} emission frames read back and resampled onto the CT grid")
     return res
+
+
+def _patient_step(tracer: str, settings: DemoSettings, work: Path, log):
+    """The virtual patient, written as DICOM and NIfTI."""
+    from persodose.phantoms import make_virtual_patient, write_virtual_patient
+
+    t0 = time.perf_counter()
+    vp = make_virtual_patient(tracer=tracer, voxel_mm=settings.voxel_mm, seed=settings.seed)
+    timings = {"virtual patient": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    patient_dir = work / f"patient_{tracer}"
+    manifest = json.loads(Path(write_virtual_patient(vp, patient_dir)).read_text())
+    timings["write DICOM and NIfTI"] = time.perf_counter() - t0
+    log(f"  {tracer}: virtual patient written to {patient_dir.name}/")
+    return vp, patient_dir, manifest, timings
+
+
+def _read_back_step(vp, tracer: str, patient_dir: Path, manifest: dict, out: Path, timings: dict):
+    """The CT read back through DICOM as a real patient's would be, density and materials, the
+    labels through DICOM SEG, organ masses against the phantom's."""
+    from persodose.io.image import write_image
+    from persodose.io.load import load_ct
+    from persodose.io.seg import read_seg, write_seg
+    from persodose.metrics.organ import label_sums
+    from persodose.physics.materials import ct_to_density_and_materials, materials_table
+
+    ct, ct_info = load_ct(patient_dir / manifest["paths"]["ct"])
+    labels = vp.labels
+    if not ct.same_geometry(labels):
+        raise RuntimeError("the CT read back from DICOM does not sit on the phantom's geometry")
+    hu_err = float(np.max(np.abs(ct.array - np.clip(vp.ct.array, -1024, 3071))))
+    density, materials, mats = ct_to_density_and_materials(ct)
+    out.mkdir(parents=True, exist_ok=True)
+    write_image(density, out / "density.nii.gz")
+    write_image(materials, out / "materials.nii.gz")
+    (out / "materials.json").write_text(json.dumps(materials_table(mats), indent=2))
+    seg_path = write_seg(labels, dict(vp.label_names), out / "labels_seg.dcm", ct_info.files)
+    seg_back, _ = read_seg(seg_path, reference=ct)
+    seg_ok = bool(np.array_equal(seg_back.array, labels.array))
+    res = TracerResult(tracer, vp.nuclide, patient_dir, ct, labels, dict(vp.label_names), density, materials,
+                       [m.name for m in mats], timings_s=timings)
+    res.checks.append(["CT read back from DICOM: max |HU error|", f"{hu_err:.2f} HU", "< 1 HU (int16 storage)"])
+    res.checks.append(["labels written as DICOM SEG and read back", "identical" if seg_ok else "DIFFERENT",
+                       "identical"])
+    # organ masses: CT-derived density x volume against the phantom's nominal masses
+    mass_g = label_sums(density, labels, res.label_names, weights=np.full(density.array.size, density.voxel_volume_ml))
+    for name, m in mass_g.items():
+        nominal = vp.organ_masses_g.get(name)
+        if nominal is not None and m != 0:
+            res.mass_rows.append([name, float(nominal), float(m), 100.0 * (m / nominal - 1.0)])
+    return res, ct_info
+
+
+def _emission_step(res: TracerResult, vp, patient_dir: Path, manifest: dict, ct_info) -> list:
+    """Emission images back through DICOM (once: the same time points feed the dosimetry), onto
+    the CT grid, organ activities against the truth."""
+    from persodose.metrics.organ import label_sums
+    from persodose.workflows.internal import load_time_points
+
+    nm_cal = next((f["calibration_cps_per_mbq"] for f in manifest["frames"] if f.get("calibration_cps_per_mbq")), None)
+    points, _ = load_time_points([patient_dir / f["dicom_path"] for f in manifest["frames"]], vp.nuclide,
+                                 calibration_cps_per_mbq=nm_cal, ct_info=ct_info)
+    for tp, truth in zip(points, vp.truth_activity):
+        info, hours, activity = tp.info, tp.time_s / 3600.0, tp.activity  # Bq at mid-frame, decay correction undone
+        on_ct = activity.resample_to(res.ct)
+        res.checks.append([f"{info.modality} {hours:6.1f} h: activity total kept by resampling",
+                           f"{on_ct.total() / activity.total():.6f}" if activity.total() else "n/a",
+                           "1 (sum-preserving)"])
+        res.frames_on_ct.append((hours, on_ct))
+        measured = label_sums(on_ct, res.labels, res.label_names)
+        true = label_sums(truth.resample_to(res.ct), res.labels, res.label_names)
+        for name in res.label_names.values():
+            res.organ_measured_bq.setdefault(name, []).append(measured[name])
+            res.organ_true_bq.setdefault(name, []).append(true[name])
+        res.series_rows.append([info.modality, info.series_description, info.acquisition_datetime.isoformat(sep=" "),
+                                f"{hours:.2f}", info.units, f"{activity.total() / 1e6:.1f}"])
+    return points
+
+
+def _internal_step(res: TracerResult, vp, points, settings: DemoSettings, ct_info, out: Path, log) -> None:
+    """Internal dosimetry, twice: (1) the clinical chain from the DICOM images; (2) every method
+    on the TRUE time-integrated activity with Monte Carlo as the reference, which isolates the
+    dose-calculation error (the comparison of the SINFONIA FDG study)."""
+    from persodose.workflows.internal import InternalSettings, run_internal, write_outputs
+
+    isettings = InternalSettings(vp.nuclide, tia_method="dynamic" if vp.nuclide == "F-18" else "auto",
+                                 method_options={"mc": {"decays": settings.mc_decays}},
+                                 kernel_decays=settings.kernel_decays, kernel_cache=settings.kernel_cache,
+                                 seed=12345 + settings.seed)
+    quiet = lambda m: log(m) if "kernel" in m else None  # noqa: E731
+    res.internal_images = run_internal(res.ct, points, isettings, labels=res.labels, label_names=res.label_names,
+                                       log=quiet)
+    write_outputs(res.internal_images, out / "internal_from_images", ct_files=ct_info.files,
+                  title=f"persodose internal dosimetry: {res.tracer}, from the DICOM images")
+    # same dose grid as the image run, so that the kernels are shared
+    isettings.dose_voxel_mm = float(res.internal_images.density.spacing_zyx_mm[0])
+    res.internal_truth = run_internal(res.ct, [], isettings, labels=res.labels, label_names=res.label_names,
+                                      tia_override=vp.truth_tia, log=quiet)
+    write_outputs(res.internal_truth, out / "internal_true_tia", ct_files=ct_info.files,
+                  title=f"persodose internal dosimetry: {res.tracer}, methods on the true TIA")
+
+
+def _ct_step(res: TracerResult, settings: DemoSettings, ct_info, out: Path) -> None:
+    """The CT half of the PET/CT: helical scan with tube-current modulation from the headers."""
+    from persodose.mc import MCSettings
+    from persodose.workflows.ct import ct_dose, write_ct_outputs
+
+    res.ct_dose = ct_dose(res.ct, ct_info, labels=res.labels, names=res.label_names, n_photons=settings.ct_photons,
+                          dose_voxel_mm=settings.ct_dose_voxel_mm, ctdi_photons=max(settings.ct_photons // 2, 1000),
+                          settings=MCSettings(n_batches=8, seed=777 + settings.seed))
+    write_ct_outputs(res.ct_dose, out / "ct_dose", ct_files=ct_info.files,
+                     title="persodose CT dosimetry: the virtual patient's PET/CT scan")
 
 
 #: Organ groups of the method comparison (the issue asks for lung and bone apart from soft tissue).

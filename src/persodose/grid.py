@@ -394,3 +394,15 @@ def make_grid(shape_zyx: Sequence[int], spacing_zyx_mm: Sequence[float],
         half = -(np.asarray(shape[::-1]) - 1) * sp[::-1] / 2.0
         origin_xyz_mm = tuple(half)
     return Grid(np.full(shape, fill, dtype=dtype), tuple(sp), origin_xyz_mm, np.eye(3), Kind(kind))
+
+
+def cubic_grid_over(ct: Grid, voxel_mm: float) -> Grid:
+    """A cubic grid of ``voxel_mm`` covering ``ct``'s field of view, same orientation (the dose
+    grid of the internal and CT workflows); its values are zeros, kind SCALAR."""
+    sp_ct = np.asarray(ct.spacing_zyx_mm)
+    extent = np.asarray(ct.shape) * sp_ct
+    shape = np.maximum(1, np.ceil(extent / voxel_mm - 1e-6)).astype(int)
+    # corner of the CT field of view in index coordinates, then the new first voxel centre
+    shift_zyx = -0.5 * sp_ct + 0.5 * voxel_mm
+    origin = np.asarray(ct.origin_xyz_mm) + ct.direction_xyz @ shift_zyx[::-1]
+    return Grid(np.zeros(tuple(shape), np.float32), (voxel_mm,) * 3, tuple(origin), ct.direction_xyz, Kind.SCALAR)

@@ -30,7 +30,6 @@ ranges at these energies are below about 0.1 mm, far below the voxel size).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -123,23 +122,20 @@ def run_beam_batches(phantom, sampler, n_photons: int, settings=None,
     (Gy, (z, y, x)) to ``reducer`` so that quantities over many voxels (organ means, CTDI)
     get their uncertainty from the spread of the batches, not from voxel variances.
     """
-    from persodose.mc.engine import MCSettings, beam_problem, run_batch
+    from persodose.mc.engine import MCSettings, beam_problem
+    from persodose.mc.run import run_batches
 
     settings = settings or MCSettings()
     problem = beam_problem(phantom, sampler, int(n_photons), settings)
-    tally = problem.empty_tally()
     mass_kg = phantom.mass_kg
     shape = phantom.density.shape
     reduced = []
-    t0 = time.perf_counter()
-    for b in range(problem.n_batches):
-        res = run_batch(problem, b)
-        tally.add(res)
-        if reducer is not None:
-            reduced.append(np.asarray(reducer(res.energy_per_primary_mev.reshape(shape) * MEV_TO_J / mass_kg)))
-        if progress is not None:
-            progress(b + 1, problem.n_batches)
-    seconds = time.perf_counter() - t0
+
+    def reduce(res) -> None:  # the engine's per-batch hook
+        reduced.append(np.asarray(reducer(res.energy_per_primary_mev.reshape(shape) * MEV_TO_J / mass_kg)))
+
+    tally, run = run_batches(problem, progress=progress, on_batch=reduce if reducer is not None else None)
+    seconds = float(run["seconds"])
     dose = tally.mean_mev().reshape(shape) * MEV_TO_J / mass_kg
     unc = tally.relative_uncertainty().reshape(shape)
     return BeamRun(tally, dose, unc, reduced, tally.energy_balance(), seconds)
@@ -160,15 +156,15 @@ def patient_phantom(ct: Grid, dose_voxel_mm: float = 5.0):
     Raises:
         InputError: no voxel above :data:`BODY_THRESHOLD_HU` (no body in the series), bad voxel.
     """
+    from persodose.grid import cubic_grid_over
     from persodose.mc.engine import VoxelPhantom
-    from persodose.workflows.internal import dose_grid_for
 
     v = float(dose_voxel_mm)
     if not (math.isfinite(v) and 0.5 <= v <= 20.0):
         raise InputError(f"dose voxel must be within 0.5-20 mm, got {dose_voxel_mm!r}")
     if not np.any(np.asarray(ct.array) > BODY_THRESHOLD_HU):
         raise InputError(f"the CT holds no voxel above {BODY_THRESHOLD_HU:g} HU: no body in the series")
-    ref = dose_grid_for(ct, v)
+    ref = cubic_grid_over(ct, v)
     ct_d = ct.resample_to(ref)
     return VoxelPhantom.from_ct(ct_d), ct_d
 

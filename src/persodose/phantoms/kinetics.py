@@ -48,16 +48,10 @@ def physical_half_life_s(nuclide: str) -> float:
     its answer is not a positive number within 0.1 % of the ICRP-107 value.
     """
     ref = ICRP107_HALF_LIFE_S[nuclide]
-    try:  # pragma: no cover - depends on a module written elsewhere
-        from persodose.physics.radionuclides import get_nuclide
+    from persodose.physics.radionuclides import get_nuclide
 
-        nuc = get_nuclide(nuclide)
-        val = float(getattr(nuc, "half_life_s"))
-        if val > 0 and abs(val / ref - 1.0) < 1e-3:
-            return val
-    except Exception:  # noqa: BLE001 - optional module, any failure means "use ICRP-107 constant"
-        pass
-    return ref
+    val = float(get_nuclide(nuclide).half_life_s)
+    return val if val > 0 and abs(val / ref - 1.0) < 1e-3 else ref
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import numpy as np
 
 from persodose.errors import InputError
 from persodose.grid import Grid, Kind
+from persodose.report.ct import build_ct_report  # noqa: F401 (re-exported)
 
 __all__ = ["CTDoseResult", "ct_dose", "write_ct_outputs", "build_ct_report", "DEFAULT_PHOTONS",
            "DEFAULT_CTDI_PHOTONS"]
@@ -358,67 +359,3 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
         build_ct_report(result, work / "report.html", title)
     return Path(out) / "report.html"
 
-
-def build_ct_report(result: CTDoseResult, path: Path, title: str) -> Path:
-    """HTML report: acquisition, calibration, dose overlays, tube-current profile, organ doses."""
-    from persodose.report import figures
-    from persodose.report.html import Report
-
-    plt = figures._mpl()
-    rep = Report(title)
-    a, c, k = result.acquisition, result.calibration, result.ctdi
-    rep.table(["setting", "value"], [
-        ["kVp", a.kvp], ["mode / pitch", f"{a.mode} / {a.pitch:g}"], ["collimation (mm)", a.total_collimation_mm],
-        ["rotation time (s)", a.rotation_time_s], ["bowtie", a.bowtie], ["tube current from", a.tube_current_source],
-        ["scanner model", result.scanner.name], ["dose grid", f"{result.dose_mgy.shape} voxels of "
-                                                               f"{result.dose_mgy.spacing_zyx_mm[0]:g} mm"],
-        ["photons", result.statistics.get("n_photons")], ["start angle", result.statistics.get("start_angle")]])
-    for w in result.warnings:
-        rep.text("Warning: " + w, "warn")
-    rep.heading("Calibration on the CTDI phantom")
-    rep.table(["quantity", "value"], [
-        ["CTDI phantom (mm)", k.diameter_mm], ["C/P ratio", f"{k.centre_to_periphery:.3f} ± {k.centre_to_periphery_unc:.3f}"],
-        ["air/PMMA conversion centre, periphery", f"{k.conversion['centre']['ratio']:.3f}, {k.conversion['periphery']['ratio']:.3f}"],
-        ["nCTDIw SpekPy model (mGy/mAs)", k.nctdiw_mgy_per_mas],
-        ["CTDIvol target (mGy)", f"{c.ctdivol_target_mgy:.4g} ({c.ctdivol_source})"],
-        ["CTDIvol of the SpekPy model (mGy)", c.ctdivol_model_mgy],
-        ["implied photons/mAs (before bowtie)", c.implied_photons_per_mas],
-        ["SpekPy photons/mAs", c.spekpy_photons_per_mas], ["tube output factor", c.tube_output_factor],
-        ["mGy per (Gy per simulated photon)", c.mgy_per_gy_per_simulated_photon]])
-    for n in c.notes:
-        rep.text(n, "warn")
-    rep.heading("Dose map")
-    vmax = float(np.percentile(result.dose_mgy.array, 99.9)) or 1.0
-    rep.figure(figures.slices_figure([("CT", result.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000}),
-                                      ("dose (mGy)", result.dose_mgy, {"cmap": "inferno", "vmin": 0, "vmax": vmax})],
-                                     overlay_labels=result.labels), caption="Whole-body dose (mGy), axial and coronal")
-    fig, ax = plt.subplots(figsize=(7, 3))
-    if a.tube_current_ma is not None:
-        ax.plot(a.slice_z_mm, a.tube_current_ma)
-        ax.set_ylabel("tube current (mA)")
-    else:
-        ax.plot(a.slice_z_mm, a.relative_current)
-        ax.set_ylabel("relative tube current")
-    ax.set_xlabel("z (mm)")
-    ax.set_title(f"tube current along z ({a.tube_current_source})", fontsize=9)
-    rep.figure(fig, caption="Tube current profile along the table axis")
-    if result.organs:
-        rep.heading("Organ doses (mGy)")
-        rows = sorted(result.organs, key=lambda r: -r.mass_weighted_mean_gy)
-        rep.table(["organ", "mass (g)", "mean (mGy)", "uncertainty (%)"],
-                  [[r.name, r.mass_g, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent] for r in rows])
-        fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.2))
-        ax.barh([r.name for r in rows][::-1], [1e3 * r.mass_weighted_mean_gy for r in rows][::-1],
-                xerr=[2e1 * (r.uncertainty_percent or 0.0) * r.mass_weighted_mean_gy for r in rows][::-1])
-        ax.set_xlabel("mean absorbed dose (mGy), error bars 2 SD")
-        rep.figure(fig, caption="Organ mean doses")
-    if result.effective_dose:
-        e = result.effective_dose
-        rep.heading("Effective dose (ICRP 103)")
-        rep.text(f"E = {e['effective_dose_msv']:.3g} ± {e['uncertainty_msv']:.2g} mSv, {e['status']}")
-        rep.text("Missing tissues: " + (", ".join(e["missing_tissues"]) or "none"))
-        for n in e.get("notes", []):
-            rep.text(n, "small")
-    rep.table(["step", "seconds"], [[s, v] for s, v in result.statistics.get("timings_s", {}).items()],
-              caption="Run time")
-    return rep.write(path)

@@ -29,7 +29,10 @@ from typing import Sequence
 import numpy as np
 
 from persodose.errors import InputError
-from persodose.grid import Grid, Kind
+from persodose.grid import Grid, Kind, cubic_grid_over
+from persodose.report.internal import SUMMARY_ORGANS_MAX, build_report, comparison_rows  # noqa: F401 (re-exported)
+
+dose_grid_for = cubic_grid_over  # the name this module used to define
 
 #: Methods run when none are chosen (every registered method can be chosen by name).
 DEFAULT_METHODS = ("led", "ssv", "dsv", "msv", "mc")
@@ -231,17 +234,6 @@ def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_c
     return points, injection
 
 
-def dose_grid_for(ct: Grid, voxel_mm: float) -> Grid:
-    """A cubic grid of ``voxel_mm`` covering the CT's field of view, same orientation."""
-    sp_ct = np.asarray(ct.spacing_zyx_mm)
-    extent = np.asarray(ct.shape) * sp_ct
-    shape = np.maximum(1, np.ceil(extent / voxel_mm - 1e-6)).astype(int)
-    # corner of the CT field of view in index coordinates, then the new first voxel centre
-    shift_zyx = -0.5 * sp_ct + 0.5 * voxel_mm
-    origin = np.asarray(ct.origin_xyz_mm) + ct.direction_xyz @ shift_zyx[::-1]
-    return Grid(np.zeros(tuple(shape), np.float32), (voxel_mm,) * 3, tuple(origin), ct.direction_xyz, Kind.SCALAR)
-
-
 # --------------------------------------------------------------------------- run
 def kernel_set(nuclide: str, voxel_mm: float, media: Sequence[str], settings: InternalSettings, log=print):
     """The voxel S-value kernels of ``media`` for ``nuclide`` at ``voxel_mm`` (cached Monte Carlo)."""
@@ -317,7 +309,7 @@ def _dose_grid_step(ct: Grid, time_points, settings: InternalSettings, labels, l
     from persodose.physics.materials import ct_to_density_and_materials
 
     voxel = settings.dose_voxel_mm or (max(time_points[0].activity.spacing_zyx_mm) if time_points else 4.0)
-    ref = dose_grid_for(ct, float(voxel))
+    ref = cubic_grid_over(ct, float(voxel))
     ct_d = ct.resample_to(ref)
     density, materials, mats = ct_to_density_and_materials(ct_d)
     lab = labels.resample_to(ref) if labels is not None else None
@@ -358,7 +350,11 @@ def _tia_step(activities, time_points, grid: dict, settings: InternalSettings, t
         tia = tia_override.resample_to(ref) if not tia_override.same_geometry(ref) else tia_override
         return tia, {"method": "given", "total_bq_s": tia.total()}, {}
     if settings.tia_method == "dynamic":
-        return (*_dynamic_tia(activities, time_points, ref, half_life_s), {})
+        from persodose.kinetics.tia import dynamic_tia_map
+
+        tia, report = dynamic_tia_map(activities, [tp.time_s for tp in time_points],
+                                      [tp.duration_s for tp in time_points], half_life_s)
+        return tia, report, {}
     tia, report = tia_map(activities, times, half_life_s, method=settings.tia_method, labels=lab,
                           names=names or None)
     organ_kin: dict = {}
@@ -367,32 +363,6 @@ def _tia_step(activities, time_points, grid: dict, settings: InternalSettings, t
             warnings.simplefilter("ignore")
             organ_kin = organ_tia(activities, times, lab, names, half_life_s)
     return tia, report, organ_kin
-
-
-def _dynamic_tia(activities, time_points, ref: Grid, half_life_s: float) -> tuple[Grid, dict]:
-    """Dynamic frames (SINFONIA's FDG study) integrated over their own intervals.
-
-    Each frame's activity is its frame average (decay correction undone), integrated exactly
-    over the frame; linear rise from the injection; physical decay after the last frame
-    (:func:`persodose.kinetics.fit.integrate_dynamic`).
-    """
-    from persodose.kinetics.fit import integrate_dynamic
-
-    times = np.asarray([tp.time_s for tp in time_points], dtype=np.float64)
-    durations = np.array([tp.duration_s for tp in time_points], dtype=np.float64)
-    if np.any(durations <= 0):
-        raise InputError("dynamic integration needs every frame's duration (ActualFrameDuration)")
-    starts = times - durations / 2.0
-    if np.any(starts[1:] < starts[:-1] + durations[:-1] - 1e-3):
-        raise InputError("dynamic frames overlap: integrate them with another --tia-method")
-    stack = np.stack([a.array.astype(np.float64) for a in activities])
-    parts = integrate_dynamic(starts, durations, stack, half_life_s)
-    tia = ref.with_array(np.asarray(parts.total, dtype=np.float32), Kind.TIA)
-    report = {"method": "dynamic", "method_used": "dynamic (frame integrals, physical-decay tail)",
-              "n_time_points": len(times), "times_s": times.tolist(),
-              "parts_bq_s": {"before_first": float(np.sum(parts.before_first)), "frames": float(np.sum(parts.frames)),
-                             "gaps": float(np.sum(parts.gaps)), "tail": float(np.sum(parts.tail))}}
-    return tia, report
 
 
 def method_settings(settings: InternalSettings, method: str):
@@ -480,21 +450,6 @@ def _comparison_step(result: InternalResult) -> None:
 
 
 # --------------------------------------------------------------------------- outputs
-SUMMARY_ORGANS_MAX = 12
-
-
-def comparison_rows(result: InternalResult) -> tuple[list[str], list[list]]:
-    """Method comparison in the style of the SINFONIA FDG study: voxel MRAE and organ RE vs MC."""
-    organs = [r.name for r in result.organ_tables.get("mc", []) if r.n_voxels > 0]
-    rows = []
-    for method, comp in result.comparison.items():
-        voxel = comp.get("voxel", {})
-        org = {o["name"]: o for o in comp.get("organs", [])}
-        rows.append([method.upper(), voxel.get("mrae_percent"), voxel.get("nrmse"), voxel.get("ssim")]
-                    + [org.get(n, {}).get("re_percent") for n in organs[:SUMMARY_ORGANS_MAX]])
-    return ["method", "voxel MRAE (%) above 10% of max", "NRMSE", "SSIM"] + [f"{n} RE (%)" for n in organs[:SUMMARY_ORGANS_MAX]], rows
-
-
 def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] | None = None,
                   inputs: dict | None = None, title: str = "persodose internal dosimetry") -> Path:
     """Dose maps (NIfTI, RTDOSE), organ tables, DVHs, kinetics, comparison, provenance, report."""
@@ -547,93 +502,3 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
         build_report(result, work / "report.html", title)
     return Path(out) / "report.html"
 
-
-def build_report(result: InternalResult, path: Path, title: str) -> Path:
-    from persodose.report import figures
-    from persodose.report.html import Report
-
-    rep = Report(title)
-    s = result.settings
-    rep.table(["setting", "value"], [["nuclide", s.nuclide], ["methods", ", ".join(m.upper() for m in s.methods)],
-                                    ["dose grid", f"{result.density.shape} voxels of {result.density.spacing_zyx_mm[0]:g} mm"],
-                                    ["TIA", result.tia_report.get("method_used", result.tia_report.get("method"))],
-                                    ["total TIA (MBq h)", result.tia.total() / 3.6e9]])
-    if result.time_points:
-        rep.heading("Time points")
-        rep.table(["image", "time after injection (h)", "activity in FOV (MBq)"],
-                  [[tp.label, tp.time_s / 3600, a.total() / 1e6] for tp, a in zip(result.time_points, result.activities)])
-    if result.organ_kinetics:
-        rep.heading("Organ kinetics")
-        from persodose.kinetics.models import get_model
-        from persodose.physics.radionuclides import get_nuclide
-
-        half_life = get_nuclide(s.nuclide).half_life_s
-        rows = []
-        curves = {}
-        t_h = np.array([tp.time_s / 3600 for tp in result.time_points])
-        t_dense = np.linspace(0.0, float(t_h.max()) * 1.15, 200)
-        for name, ok in sorted(result.organ_kinetics.items(), key=lambda kv: -kv[1].tia_bq_s):
-            r2 = ok.fit.r2 if ok.fit is not None else None
-            rel = ok.tia_sd_bq_s / ok.tia_bq_s if ok.tia_bq_s > 0 and math.isfinite(ok.tia_sd_bq_s) else None
-            q = getattr(ok, "quality", None)
-            rows.append([name, ok.chosen_model, ok.tia_bq_s / 3.6e9, 100 * rel if rel is not None else None, r2,
-                         q.verdict if q else "-", "; ".join(q.reasons) if q else ""])
-            if len(curves) < 8 and ok.tia_bq_s > 0:
-                fitted = None
-                if ok.fit is not None:
-                    model = get_model(ok.fit.model, half_life)
-                    fitted = np.asarray(model.evaluate(t_dense * 3600.0, ok.fit.params)) / 1e6
-                curves[name] = (np.asarray(ok.activities_bq) / 1e6, fitted)
-        rep.table(["organ", "model (AICc)", "TIA (MBq h)", "TIA uncertainty (%)", "R2", "fit verdict", "reasons"],
-                  rows)
-        if curves:
-            rep.figure(figures.fit_figure(t_h, t_dense, curves, "organ activity (MBq)"),
-                       caption="Organ time-activity data (markers) and the fitted model chosen by AICc (lines)")
-    rep.heading("Dose maps")
-    vmax = float(np.percentile(result.doses.get("mc", next(iter(result.doses.values()))).array, 99.9)) or 1.0
-    panels = [("CT", result.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000})]
-    panels += [(m.upper(), d, {"cmap": "inferno", "vmin": 0, "vmax": vmax}) for m, d in result.doses.items()]
-    # slices through the hottest voxel; Monte Carlo dose in air voxels (tiny mass) hidden in the display only
-    ref_dose = result.doses.get("mc", next(iter(result.doses.values()))).array
-    hot = np.unravel_index(int(np.argmax(np.where(result.density.array >= 0.1, ref_dose, 0))), ref_dose.shape)
-    rep.figure(figures.slices_figure(panels, z_index=int(hot[0]), y_index=int(hot[1]), overlay_labels=result.labels,
-                                     display_mask=result.density.array >= 0.1),
-               caption="CT with organ outlines, and absorbed dose (Gy) by each method through the hottest voxel; "
-                       "dose in air (density < 0.1 g/cm3) not displayed")
-    if result.organ_tables:
-        rep.heading("Organ doses (Gy)")
-        methods = list(result.organ_tables)
-        names = [r.name for r in result.organ_tables[methods[0]] if r.n_voxels > 0]
-        by = {m: {r.name: r for r in rows} for m, rows in result.organ_tables.items()}
-        mird = {r["name"]: r.get("dose_gy") for r in result.organ_mird}
-        last = by[methods[-1]]
-        rep.table(["organ", "mass (g)"] + [f"{m.upper()} mean" for m in methods] + ["organ MIRD"]
-                  + ["D98", "D50", "D2", "TIA fit"],
-                  [[n, by[methods[0]][n].mass_g] + [by[m][n].mean_gy for m in methods] + [mird.get(n)]
-                   + [last[n].d_gy.get("D98"), last[n].d_gy.get("D50"), last[n].d_gy.get("D2"), last[n].tia_fit or "-"]
-                   for n in names],
-                  caption="Mean absorbed dose by each voxel method and by organ-level MIRD (self-dose only, this "
-                          f"patient's masses); D98/D50/D2 of {methods[-1].upper()}; TIA fit: the verdict on the "
-                          "organ's time-activity fit ('unreliable': do not use that organ's dose)")
-        if result.unreliable_kinetics:
-            rep.table(["organ", "why its dose is unreliable"], [[o, w] for o, w in result.unreliable_kinetics])
-        from persodose.metrics.dvh import dvh_figure, dvhs_for_labels
-
-        ref_method = "mc" if "mc" in result.doses else methods[0]
-        dvhs = dvhs_for_labels(result.doses[ref_method], result.labels, result.label_names)
-        means = {r.name: r.mean_gy or 0.0 for r in result.organ_tables[ref_method]}
-        top = sorted(dvhs.values(), key=lambda d: -means.get(d.name, 0.0))[:10]
-        if top:
-            rep.figure(dvh_figure(top, "cumulative"), caption=f"Cumulative DVHs of the ten organs with the highest "
-                                                              f"mean dose ({ref_method.upper()})")
-    if result.organ_mird:
-        rep.heading("Organ-level MIRD (this patient's masses, sphere photon model)")
-        keys = [k for k in ("name", "mass_g", "tia_bq_s", "electron_dose_gy", "photon_dose_gy", "dose_gy") if k in result.organ_mird[0]]
-        rep.table(keys, [[r.get(k) for k in keys] for r in result.organ_mird if r.get("mass_g")])
-    if result.comparison:
-        rep.heading("Methods against Monte Carlo")
-        cols, rows = comparison_rows(result)
-        rep.table(cols, rows, caption="Voxel mean relative absolute error and organ relative errors of each method, "
-                                      "Monte Carlo as reference (as in the SINFONIA FDG study)")
-    rep.table(["step", "seconds"], [[k, v] for k, v in result.timings_s.items()], caption="Run time")
-    return rep.write(path)
