@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from persodose.grid import Grid, Kind
+from persodose.grid import Grid
 from persodose.outputs import atomic_dir, write_provenance
 
 TRACERS = ("lu177-dotatate", "fdg")

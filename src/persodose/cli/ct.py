@@ -40,7 +40,6 @@ def ct(
     """Whole-body dose map (mGy), organ doses, effective dose (ICRP 103) and a report."""
     import json
 
-    from persodose.errors import InputError
     from persodose.io.load import load_ct
     from persodose.mc.engine import MCSettings, check_backend
     from persodose.outputs import check_output_paths

@@ -21,6 +21,7 @@ def demo(
 ) -> None:
     """Make a virtual patient, read it back through DICOM, run every step, write an HTML report."""
     from persodose.demo import TRACERS, DemoSettings, run_demo
+    from persodose.logs import info
     from persodose.errors import InputError
 
     for t in tracer:
@@ -32,4 +33,4 @@ def demo(
 
     check_output_paths(inputs={}, output_dirs={"--out": out})
     run_demo(out, DemoSettings(voxel_mm=voxel_mm, seed=seed, tracers=tuple(tracer)),
-             log=lambda m: typer.echo(m))
+             log=info)

@@ -96,7 +96,9 @@ def internal(
     lab, names = None, None
     if labels is not None:
         lab, names = read_labels(labels, ct_grid, label_names)
-    result = run_internal(ct_grid, points, settings, labels=lab, label_names=names, log=typer.echo)
+    from persodose.logs import info
+
+    result = run_internal(ct_grid, points, settings, labels=lab, label_names=names, log=info)
     report = write_outputs(result, out, ct_files=ct_info.files if ct_info else None,
                            inputs={"ct": str(ct), "emission": [str(e) for e in emission],
                                    "labels": str(labels) if labels else None, "injected_mbq": injected_mbq,

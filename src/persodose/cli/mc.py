@@ -105,7 +105,6 @@ def mc(
     import json
 
     import numpy as np
-    from rich.progress import Progress
 
     from persodose.errors import InputError
     from persodose.io.image import write_image
@@ -130,10 +129,11 @@ def mc(
     settings = MCSettings(n_batches=batches, seed=seed, backend=backend)
     with about("--checkpoint", checkpoint):
         tally = Tally.load(checkpoint) if resume else None
-    with Progress(transient=True) as bar, about("--tia", tia):
-        task = bar.add_task(f"{nuc.name}: {decays:.3g} decays", total=batches)
+    from persodose.progress import progress
+
+    with progress(f"{nuc.name}: {decays:.3g} decays", batches) as update, about("--tia", tia):
         result = simulate_decays(phantom, source, nuc.name, decays, settings, resume=tally,
-                                 checkpoint=checkpoint, progress=lambda done, total: bar.update(task, completed=done))
+                                 checkpoint=checkpoint, progress=update)
     with atomic_dir(out) as work:
         write_image(result.dose_gy, work / "dose.nii.gz")
         write_image(result.relative_uncertainty, work / "uncertainty.nii.gz")

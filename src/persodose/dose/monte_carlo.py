@@ -64,7 +64,8 @@ def mc_dose(inputs: DoseInputs, settings: MCMethodSettings) -> MethodOutput:
                             {"decays": 0, "seed": inputs.seed})
     phantom = VoxelPhantom(inputs.density, inputs.materials, tuple(inputs.material_list))
     res = simulate_decays(phantom, inputs.tia, inputs.nuclide, int(settings.decays),
-                          MCSettings(n_batches=int(settings.batches), seed=inputs.seed, backend=inputs.backend))
+                          MCSettings(n_batches=int(settings.batches), seed=inputs.seed, backend=inputs.backend),
+                          progress=inputs.progress)
     info = {"decays": res.tally.n_primaries, "decays_per_second": res.primaries_per_second,
             "energy_balance_mev_per_decay": res.energy_balance, "seed": inputs.seed, "backend": res.info["backend"]}
     return MethodOutput(res.dose_gy, res.relative_uncertainty, info)

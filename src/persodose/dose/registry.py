@@ -87,6 +87,7 @@ class DoseInputs:
             after injection, s (``"time_points"``: methods working on the images themselves).
         seed: random seed of a stochastic method.
         backend: ``"cpu"`` or ``"cuda"`` for methods that need a ``"device"``.
+        progress: ``update(done, total)`` for long methods (:mod:`persodose.progress`).
     """
 
     tia: Grid
@@ -99,6 +100,7 @@ class DoseInputs:
     times_s: tuple = ()
     seed: int = 12345
     backend: str = "cpu"
+    progress: Callable[[int, int], Any] | None = None
 
 
 @dataclass

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence

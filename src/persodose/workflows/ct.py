@@ -255,8 +255,11 @@ def _transport_step(phantom, positions, lab, n_photons, settings, cal, log):
     reducer = None
     if lab is not None:
         reducer, _ = _organ_reducer(np.asarray(lab.array), int(lab.array.max()) + 1, phantom.mass_kg)
-    run = run_beam_batches(phantom, ScanSampler(positions), int(n_photons), settings, reducer=reducer,
-                           progress=lambda b, n: log(f"batch {b}/{n}"))
+    from persodose.progress import progress
+
+    with progress(f"CT scan: {int(n_photons):.3g} photons") as update:
+        run = run_beam_batches(phantom, ScanSampler(positions), int(n_photons), settings, reducer=reducer,
+                               progress=update)
     scale = cal.mgy_per_gy_per_simulated_photon
     air = np.asarray(phantom.density.array) < AIR_DENSITY_G_CM3
     dose = phantom.density.with_array(np.where(air, 0.0, run.dose_per_primary_gy * scale).astype(np.float32),
