@@ -13,7 +13,7 @@ import math
 import numbers
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from persodose.errors import InputError
 
@@ -94,52 +94,8 @@ class NoSettings(SegmenterSettings):
     """Settings of a segmenter that has none."""
 
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _parse(text: str, hint: Any, where: str) -> Any:
-    """``text`` (from a command line or a settings file) as a value of type ``hint``."""
-    t = text.strip()
-    try:
-        if hint is bool:
-            if t.lower() in _TRUE:
-                return True
-            if t.lower() in _FALSE:
-                return False
-            raise ValueError("not true or false")
-        if hint is int:
-            return int(t)
-        if hint is float:
-            return float(t)
-    except ValueError as exc:
-        raise InputError(f"{where}: cannot read {text!r} as {hint.__name__} ({exc})") from None
-    return t
-
-
 def resolve_settings(settings: Any, settings_type: type, owner: str) -> Any:
-    """A ``settings_type`` instance from ``None`` (defaults), an instance or a mapping.
+    """A segmenter's settings (:func:`persodose.settings.resolve_settings` for a segmenter)."""
+    from persodose.settings import resolve_settings as _resolve
 
-    String values of a mapping are parsed by the field's annotated type, so that
-    ``{"lung_threshold_hu": "-450"}`` from a command line works.
-
-    Raises:
-        InputError: unknown field names (the message lists the known ones), unreadable or
-            out-of-range values.
-    """
-    if settings is None:
-        return settings_type()
-    if isinstance(settings, settings_type):
-        return settings
-    if not isinstance(settings, Mapping):
-        raise InputError(f"settings of segmenter {owner!r} must be {settings_type.__name__} or a mapping, "
-                         f"got {type(settings).__name__}")
-    fields = {f.name for f in dataclasses.fields(settings_type)}
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(f'{owner}.{u}' for u in unknown)}; "
-                         f"{owner} has: {', '.join(sorted(fields)) or 'none'}")
-    hints = typing.get_type_hints(settings_type)
-    values = {k: (_parse(v, hints[k], f"{owner}.{k}") if isinstance(v, str) and hints[k] is not str else v)
-              for k, v in settings.items()}
-    return settings_type(**values)
+    return _resolve(settings, settings_type, owner, what="segmenter")
