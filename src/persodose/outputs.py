@@ -220,7 +220,9 @@ def jsonable(obj: Any) -> Any:
         return obj if math.isfinite(obj) else None
     if hasattr(obj, "value") and hasattr(obj, "name"):  # Enum
         return obj.value
-    return obj
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)  # anything else (a device, a callable) is recorded by its text
 
 
 def versions() -> dict[str, str]:

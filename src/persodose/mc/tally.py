@@ -9,12 +9,9 @@ merged (:class:`Tally`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -22,6 +19,7 @@ from persodose.errors import GeometryError, InputError
 from persodose.grid import Grid
 from persodose.mc import transport as tr
 from persodose.mc.settings import MCSettings
+from persodose.outputs import jsonable
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,23 +234,4 @@ class MCResult:
         return _json_safe(doc)
 
 
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars and arrays to Python, non-finite floats to None."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _json_safe(asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
+_json_safe = jsonable  # the package's one JSON conversion (persodose.outputs.jsonable)
