@@ -310,6 +310,15 @@ def test_two_series_in_one_directory(tmp_path):
     msg = str(exc.value)
     assert ct_uid in msg and "PT" in msg and "'CT A'" in msg and "3 files" in msg
     assert "\n" not in msg
+    # actionable from the command line too: no Python keywords offered as options
+    assert "series_uid=" not in msg and "modality=" not in msg
+    assert f"{tmp_path / 'd'} holds 2 image series (CT, PT)" in msg
+    assert msg.endswith("give a folder that holds only one of them")
+    _write_ct(_ct_grid(nz=2), tmp_path / "d" / "ct2", series_description="CT B")
+    with pytest.raises(DicomError, match=r"holds 2 CT series: .*'CT A'.*'CT B'.*only one of them"):
+        read_ct(tmp_path / "d")
+    for f in (tmp_path / "d" / "ct2").iterdir():
+        f.unlink()
     assert read_series(tmp_path / "d", modality="CT").info.series_instance_uid == ct_uid
     assert read_ct(tmp_path / "d").grid.kind is Kind.CT
     assert read_pet(tmp_path / "d").grid.kind is Kind.ACTIVITY_CONCENTRATION
@@ -513,3 +522,200 @@ def test_dataset_without_preamble_read(tmp_path):
     assert (raw / files[0].name).read_bytes()[:2] == b"\x08\x00"
     a = read_ct(tmp_path / "ct").grid.array
     assert np.array_equal(read_ct(raw).grid.array, a)
+
+
+# ---------------------------------------------------------------------------- corrupt input
+def _one_line(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("which", ["all", "one"])
+def test_zero_rescale_slope_refused(tmp_path, which):
+    files = _write_ct(_ct_grid(nz=5), tmp_path / "ct")
+    for f in (files if which == "all" else files[2:3]):
+        _edit(f, RescaleSlope=0)
+    with pytest.raises(DicomError) as exc:
+        read_ct(tmp_path / "ct")
+    msg = _one_line(exc)
+    assert (files[0] if which == "all" else files[2]).name in msg
+    assert "RescaleSlope 0" in msg and "non-zero" in msg
+    if which == "all":
+        assert "5 of the 5 slices" in msg and str(tmp_path / "ct") in msg
+
+
+@pytest.mark.parametrize("modality", ["CT", "PT"])
+@pytest.mark.parametrize("which", ["all", "one"])
+def test_missing_rescale_refused(tmp_path, modality, which):
+    if modality == "CT":
+        files, read = _write_ct(_ct_grid(nz=4), tmp_path / "s"), read_ct
+    else:
+        files, read = _write_pet(_pet_grid(nz=4), tmp_path / "s"), read_pet
+    for f in (files if which == "all" else files[1:2]):
+        _edit(f, RescaleSlope=None, RescaleIntercept=None)
+    with pytest.raises(DicomError) as exc:
+        read(tmp_path / "s")
+    msg = _one_line(exc)
+    assert (files[0] if which == "all" else files[1]).name in msg
+    assert "no RescaleSlope and RescaleIntercept" in msg
+    assert ("C.8.2.1" if modality == "CT" else "C.8.9.4") in msg
+    # only the intercept missing on one slice: refused as well, naming what is missing
+    files2 = _write_ct(_ct_grid(nz=3), tmp_path / "s2")
+    _edit(files2[2], RescaleIntercept=None)
+    with pytest.raises(DicomError, match=rf"{files2[2].name} has no RescaleIntercept,"):
+        read_ct(tmp_path / "s2")
+
+
+def test_nm_without_rescale_reads_stored_values(tmp_path):
+    # the NM Image IOD has no Modality LUT: no Rescale Slope/Intercept means 1/0
+    grid = _nm_grid()
+    path = _write_nm(grid, tmp_path / "spect.dcm")
+    assert "RescaleSlope" not in pydicom.dcmread(path)
+    assert np.array_equal(read_nm(path).grid.array, grid.array)
+    _edit(path, RescaleSlope=0, RescaleIntercept=0)
+    with pytest.raises(DicomError, match="spect.dcm has RescaleSlope 0"):
+        read_nm(path)
+
+
+def _pixel_data_offset(raw: bytes) -> int:
+    return raw.rfind(b"\xe0\x7f\x10\x00")
+
+
+@pytest.mark.parametrize("where", ["file_meta", "group_0008", "group_0020", "before_pixels",
+                                   "inside_pixels"])
+def test_truncated_slice_in_folder_refused_by_name(tmp_path, where):
+    files = _write_ct(_ct_grid(nz=6), tmp_path / "ct")
+    raw = files[3].read_bytes()
+    ds = pydicom.dcmread(files[3])
+    cut = {"file_meta": 150,
+           "group_0008": 132 + int(ds.file_meta.FileMetaInformationGroupLength) + 12 + 30,
+           "group_0020": raw.find(ds.StudyInstanceUID.encode()) + 5,
+           "before_pixels": _pixel_data_offset(raw),
+           "inside_pixels": len(raw) - 100}[where]
+    files[3].write_bytes(raw[:cut])
+    (tmp_path / "ct" / "README.txt").write_text("notes")
+    (tmp_path / "ct" / "series.json").write_text('{"a": 1}')
+    with pytest.raises(DicomError) as exc:
+        read_ct(tmp_path / "ct")
+    msg = _one_line(exc)
+    assert files[3].name in msg and "gap" not in msg
+    assert any(w in msg for w in ("truncated", "incomplete")), msg
+    if where not in ("before_pixels", "inside_pixels"):  # listing reads headers only
+        with pytest.raises(DicomError, match=files[3].name):
+            list_series(tmp_path / "ct")
+
+
+def test_truncated_dataset_without_preamble_refused(tmp_path):
+    files = _write_ct(_ct_grid(nz=3), tmp_path / "ct")
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        ds.preamble = None
+        pydicom.dcmwrite(raw_dir / f.name, ds, enforce_file_format=False, implicit_vr=True,
+                         little_endian=True)
+    victim = raw_dir / files[1].name
+    data = victim.read_bytes()
+    for cut in (60, data.find(b"\x20\x00\x0d\x00")):  # in SOPClassUID; before StudyInstanceUID
+        victim.write_bytes(data[:cut])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom: invalid UI value
+            with pytest.raises(DicomError) as exc:
+                read_ct(raw_dir)
+        assert files[1].name in _one_line(exc)
+
+
+def test_short_pixel_data_refused(tmp_path):
+    files = _write_ct(_ct_grid(nz=4), tmp_path / "ct")
+    ds = pydicom.dcmread(files[2])
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(files[2])
+    with pytest.raises(DicomError) as exc:
+        read_ct(tmp_path / "ct")
+    msg = _one_line(exc)
+    assert files[2].name in msg and "pixel data is" in msg and "expected" in msg
+
+
+def test_dicomdir_json_and_text_still_skipped(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    _write_ct(_ct_grid(nz=3), tmp_path / "ct")
+    dicomdir = get_testdata_file("DICOMDIR")
+    (tmp_path / "ct" / "DICOMDIR").write_bytes(open(dicomdir, "rb").read())
+    (tmp_path / "ct" / "sidecar.json").write_text('{"Modality": "CT"}')
+    (tmp_path / "ct" / "README.txt").write_text("x" * 500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_ct(tmp_path / "ct").grid.shape[0] == 3
+
+
+def test_negative_pet_activity_refused(tmp_path):
+    files = _write_pet(_pet_grid(nz=4), tmp_path / "pt")
+    _edit(files[2], RescaleIntercept=-5.0e4)
+    with pytest.raises(DicomError) as exc:
+        read_pet(tmp_path / "pt")
+    msg = _one_line(exc)
+    assert files[2].name in msg and "negative activity" in msg and "minimum -" in msg
+    assert "Bq/mL" in msg and str(tmp_path / "pt") in msg
+
+
+def test_negative_nm_activity_refused_and_rounding_tolerated(tmp_path):
+    grid = _nm_grid()
+    arr = grid.array.copy()
+    arr[0, :4] = 0.0  # background
+    grid = grid.with_array(arr)
+    path = _write_nm(grid, tmp_path / "spect.dcm")
+    _edit(path, RescaleSlope=1, RescaleIntercept=-5000)
+    with pytest.raises(DicomError) as exc:
+        read_nm(path, calibration_cps_per_mbq=10.0)
+    msg = _one_line(exc)
+    assert "spect.dcm" in msg and f"negative counts: minimum {float(grid.array.min()) - 5000:g} counts" in msg
+    assert "Rescale Intercept" in msg
+    # a negative within float rounding of the maximum is set to 0, not refused
+    peak = float(grid.array.max())
+    _edit(path, RescaleSlope=1, RescaleIntercept=-peak * 1e-7)
+    arr = read_nm(path).grid.array
+    assert float(arr.min()) == 0.0 and float(arr[0, 0, 0]) == 0.0
+
+
+def test_load_emission_refuses_negative_dicom(tmp_path):
+    from persodose.io.load import load_emission
+
+    files = _write_pet(_pet_grid(nz=3), tmp_path / "pt")
+    for f in files:
+        _edit(f, RescaleIntercept=-1.0e6)
+    with pytest.raises(InputError, match=r"pt.*negative activity: minimum -"):
+        load_emission(tmp_path / "pt")
+
+
+def test_series_messages_name_the_folder(tmp_path):
+    files = _write_ct(_ct_grid(nz=6), tmp_path / "patient" / "ct")
+    folder = str(tmp_path / "patient" / "ct")
+    files[3].unlink()
+    with pytest.raises(DicomError) as exc:
+        read_ct(tmp_path / "patient")
+    msg = _one_line(exc)
+    assert "missing slice" in msg and f"in {folder}" in msg
+    files = _write_pet(_pet_grid(nz=3), tmp_path / "pt")
+    for f in files:
+        _edit(f, Units="GML")
+    with pytest.raises(UnitsError, match=rf"in {tmp_path / 'pt'} has Units 'GML'"):
+        read_pet(tmp_path / "pt")
+    nm = _write_nm(_nm_grid(), tmp_path / "nm" / "spect.dcm")
+    assert read_nm(nm).info.label().endswith(f"in {nm}")
+    _edit(nm, ActualFrameDuration=None, RotationInformationSequence=None)
+    with pytest.raises(DicomError, match=rf"in {nm} has no ActualFrameDuration"):
+        read_nm(nm, calibration_cps_per_mbq=10.0)
+
+
+def test_single_slice_ct_reports_its_slice_count(tmp_path):
+    from persodose.io.load import load_ct
+
+    files = _write_ct(_ct_grid(nz=3), tmp_path / "ct")
+    one = tmp_path / "one"
+    one.mkdir()
+    os.replace(files[1], one / files[1].name)
+    grid, info = load_ct(one)
+    assert grid.shape[0] == 1 and len(info.files) == 1

@@ -189,6 +189,10 @@ def test_csv_other_separators(tmp_path):
         ("HU,density\n-1000,nan\n0,1.0\n", 2),  # NaN
         ("-1000,0.001\n0,1.0,7\n", 2),  # three columns
         ("-1000,0.001\nzero,1.0\n", 2),  # text after data
+        ("HU,density\n-1000,0.001\n0,1.0\n3000,1000000\n", 4),  # kg/m3-sized, or a typo
+        ("HU,density\n-1000,0.001\n3000,22.6\n", 3),  # just above osmium
+        ("HU,density\n-1000,0.001\n500,1.2\n0,1.0\n", 4),  # HU going back
+        ("HU,density\n-1000,0.001\n0,inf\n", 3),  # infinite
     ],
 )
 def test_bad_csv_raises_with_file_and_line(tmp_path, content, line):
@@ -200,10 +204,31 @@ def test_bad_csv_raises_with_file_and_line(tmp_path, content, line):
     assert f"{path}:{line}" in msg and "\n" not in msg
 
 
+def test_csv_density_range_is_physical(tmp_path):
+    from persodose.errors import MaterialError
+    from persodose.physics.materials import MAX_CALIBRATION_DENSITY_G_CM3
+
+    assert MAX_CALIBRATION_DENSITY_G_CM3 == pytest.approx(22.59)  # osmium, CRC Handbook
+    path = tmp_path / "cal_huge.csv"
+    path.write_text("HU,density\n-1000,0.001\n0,1.0\n3000,1000000\n")
+    with pytest.raises(MaterialError) as err:
+        load_calibration_csv(path)
+    msg = str(err.value)
+    assert f"{path}:4" in msg and "1e+06 g/cm3" in msg and "osmium" in msg
+    path.write_text("HU,density\n-1000,-0.5\n0,1.0\n")
+    with pytest.raises(MaterialError, match=rf"{path}:2: negative density -0.5 g/cm3"):
+        load_calibration_csv(path)
+    path.write_text("HU,density\n-1024,0\n3000,22.59\n")  # vacuum to osmium: accepted
+    np.testing.assert_allclose(load_calibration_csv(path).density_g_cm3, [0.0, 22.59])
+
+
 def test_bad_csv_too_few_rows_and_missing(tmp_path):
     path = tmp_path / "one.csv"
     path.write_text("HU,density\n0,1.0\n")
-    with pytest.raises(InputError, match="one.csv"):
+    with pytest.raises(InputError, match="one.csv: a calibration needs at least 2 rows"):
+        load_calibration_csv(path)
+    path.write_text("this is not a calibration\n")
+    with pytest.raises(InputError, match="one.csv: a calibration needs at least 2 rows .* found 0"):
         load_calibration_csv(path)
     with pytest.raises(InputError, match="nothere.csv"):
         load_calibration_csv(tmp_path / "nothere.csv")

@@ -3,30 +3,46 @@
 What is read and how:
 
 * **CT** (one file per slice): stored values are turned into HU with each slice's
-  Rescale Slope/Intercept (DICOM PS3.3 C.11.1, Modality LUT); slices are ordered by their
+  Rescale Slope/Intercept (DICOM PS3.3 C.11.1, Modality LUT), which the CT Image module
+  requires (Type 1, PS3.3 C.8.2.1): a slice without them, or with a slope that is zero or
+  not a finite number, is refused by name; slices are ordered by their
   position along the slice normal (the cross product of the two Image Orientation (Patient)
   vectors, PS3.3 C.7.6.2.1.1), never by Instance Number. Gantry tilt, missing slices,
   uneven or duplicate slice positions and mixed orientations are refused.
 * **PET** (one file per slice): like CT, with a per-slice Rescale Slope (PS3.3 C.8.9.4,
-  which lets every slice have its own slope) and Units (0054,1001). The SUVbw factor follows
+  which lets every slice have its own slope and makes Rescale Slope/Intercept Type 1) and
+  Units (0054,1001). The SUVbw factor follows
   the vendor-neutral QIBA pseudo-code ("Standardized Uptake Value (SUV)", QIBA FDG-PET/CT
   Technical Committee, 2013): SUVbw = C[Bq/mL] * weight[g] / A_inj[Bq] with the injected
   activity decayed from injection to the decay-correction reference time.
 * **NM tomograms** (one multi-frame file, Image Type value 3 ``RECON TOMO``): geometry from
   the Detector Information Sequence (PS3.3 C.8.4.11), slice spacing from Spacing Between
   Slices or Slice Thickness; values in counts unless Units is ``BQML``; counts are
-  converted to Bq/mL with a user calibration (cps/MBq).
+  converted to Bq/mL with a user calibration (cps/MBq). The NM Image IOD has no Modality
+  LUT module, so a missing Rescale Slope/Intercept means 1/0 (stored values as they are); a
+  zero or non-finite slope is refused.
+* **Negative activity** (PET and NM, in Bq/mL or counts) is refused, naming the file and the
+  minimum: activity cannot be negative, and it usually means a wrong Rescale Intercept.
+  Values above ``-1e-6`` times the image maximum (float rounding) are set to 0 instead.
+
+Scanning a folder skips files that are not DICOM (text, JSON sidecars, DICOMDIR is read and
+ignored) but refuses, by name, a file that is DICOM (``DICM`` prefix, or a dataset written
+without the preamble) and cannot be read or is incomplete: an image file without Series
+Instance UID or Rows/Columns, a Part-10 file without SOP Class UID, pixel data shorter than
+Rows x Columns x frames needs. A truncated slice is never dropped silently.
 
 All problems with the input raise :class:`~persodose.errors.DicomError` (or
-:class:`~persodose.errors.UnitsError` for units) with a one-line message naming the file or
-the series.
+:class:`~persodose.errors.UnitsError` for units) with a one-line message naming the file, or
+the series together with the folder that holds it (:meth:`SeriesInfo.label`).
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
+import struct
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -134,8 +150,27 @@ class SeriesInfo:
     extra: dict = field(default_factory=dict)
 
     def label(self) -> str:
-        """Short one-line description used in messages."""
-        return f"series {self.series_instance_uid} ({self.modality}, {self.series_description!r})"
+        """Short one-line description used in messages, with where the series lies.
+
+        ``series <uid> (<modality>, '<description>') in <place>``, where the place is the
+        folder holding the series' files (their common folder), or the file itself for a
+        one-file series.
+        """
+        where = _location(self.files)
+        text = f"series {self.series_instance_uid} ({self.modality}, {self.series_description!r})"
+        return f"{text} in {where}" if where else text
+
+
+def _location(files: list[str]) -> str:
+    """The one file, or the folder the files have in common ("" for none)."""
+    if not files:
+        return ""
+    if len(files) == 1:
+        return str(files[0])
+    try:
+        return os.path.commonpath([os.path.dirname(str(f)) or "." for f in files])
+    except ValueError:  # absolute and relative paths mixed, or different drives
+        return os.path.dirname(str(files[0]))
 
 
 @dataclass
@@ -382,14 +417,55 @@ def _positive(value: Any) -> float | None:
 
 
 # ---------------------------------------------------------------------------- scanning
-def _looks_like_raw_dataset(path: Path) -> bool:
-    """A file without the 128-byte preamble that starts with a group 0002 or 0008 element."""
+#: Media Storage SOP Class of a DICOMDIR (Basic Directory IOD, PS3.10 / PS3.3 F.3): it
+#: carries no SOP Class UID in its dataset and is skipped when scanning.
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+#: Image Storage SOP Classes (PS3.4 B.5) that hold CT, PET or NM pixel data. A file of one of
+#: these classes without Series Instance UID or Rows/Columns is incomplete (truncated).
+_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128": "Positron Emission Tomography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image Storage",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+    "1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine Image Storage",
+}
+#: Value representations (PS3.5 6.2), to recognise an explicit-VR element.
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
+        b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST",
+        b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"}
+
+
+def _has_dicm_prefix(path: Path) -> bool:
+    """A DICOM Part-10 file: 128-byte preamble, then ``DICM`` (PS3.10 7.1)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(2)
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
     except OSError:
         return False
-    return head in (b"\x02\x00", b"\x08\x00")
+
+
+def _looks_like_raw_dataset(path: Path) -> bool:
+    """A file without the 128-byte preamble that starts with a group 0002 or 0008 element.
+
+    The first element must look like one: explicit VR (a known two-letter VR after the tag)
+    or implicit VR (a 32-bit length that fits in the file), little or big endian.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+        return False
+    if head[4:6] in _VRS:
+        return True
+    order = "<" if head[:2] in (b"\x02\x00", b"\x08\x00") else ">"
+    (length,) = struct.unpack(order + "I", head[4:8])
+    return length == 0xFFFFFFFF or length <= size - 8
 
 
 def _set_transfer_syntax(ds) -> None:
@@ -406,30 +482,71 @@ def _set_transfer_syntax(ds) -> None:
     ds.file_meta = meta
 
 
+def _sop_class(ds) -> str:
+    """SOP Class UID of the dataset, else the Media Storage SOP Class UID of its file meta."""
+    value = _str(_get(ds, "SOPClassUID"))
+    if not value:
+        value = _str(_get(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID"))
+    return value
+
+
+def _check_complete(ds, path: Path) -> None:
+    """Refuse a DICOM file that pydicom read only in part (pydicom stops at the end of a
+    truncated file without an error, so the missing attributes tell)."""
+    sop = _sop_class(ds)
+    if sop == _DICOMDIR_SOP_CLASS or path.name.upper() == "DICOMDIR":
+        return
+    if not sop:
+        what = "no data after its file meta" if len(ds) == 0 else "no SOP Class UID"
+        raise DicomError(f"{path} is an incomplete DICOM file ({what}): truncated or corrupt")
+    if not re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*))+", sop) or len(sop) > 64:
+        raise DicomError(f"{path} has a malformed SOP Class UID {sop!r}: truncated or corrupt")
+    name = _IMAGE_SOP_CLASSES.get(sop)
+    if name is None:
+        return
+    if not _is_image(ds):
+        raise DicomError(f"{path} has no pixel data (no Rows/Columns) though it is a {name} "
+                         "file: truncated or corrupt")
+    if not _str(_get(ds, "SeriesInstanceUID")):
+        raise DicomError(f"{path} is a {name} file without Series Instance UID: truncated "
+                         "or corrupt")
+
+
 def _read_header(path: Path, *, strict: bool, pixels: bool = False):
-    """Read one file; ``None`` for a non-DICOM file unless ``strict``."""
+    """Read one file; ``None`` for a file that is not DICOM unless ``strict``.
+
+    A file that is DICOM (``DICM`` prefix or a dataset without preamble) but cannot be read,
+    or is incomplete, raises :class:`DicomError` whether ``strict`` or not.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not pixels)
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except InvalidDicomError as exc:
-        if _looks_like_raw_dataset(path):
-            try:
+        if not _looks_like_raw_dataset(path):
+            if strict:
+                raise DicomError(f"not a DICOM file: {path}") from exc
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # force=True warns about the missing preamble
                 ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
-                if "SOPClassUID" in ds or "SeriesInstanceUID" in ds:
-                    _set_transfer_syntax(ds)
-                    return ds
-            except Exception:
-                pass
-        if strict:
-            raise DicomError(f"not a DICOM file: {path}") from exc
-        return None
-    except Exception as exc:  # truncated or corrupt files raise many different errors
-        if strict:
-            raise DicomError(f"cannot read DICOM file {path}: {exc}".replace("\n", " ")) from exc
-        warnings.warn(f"skipping unreadable DICOM file {path}: {exc}", DicomWarning, stacklevel=3)
-        return None
+        except Exception as exc2:  # noqa: BLE001 - pydicom raises many types for corrupt files
+            raise DicomError(f"cannot read {path}: it looks like a DICOM dataset without "
+                             f"preamble but is corrupt or truncated ({type(exc2).__name__}: "
+                             f"{exc2})".replace("\n", " ")) from None
+        if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+            raise DicomError(f"{path} looks like a DICOM dataset without preamble but has no "
+                             "SOP Class UID or Series Instance UID: truncated or corrupt")
+        _set_transfer_syntax(ds)
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt files raise many types
+        if not strict and not _has_dicm_prefix(path):
+            return None
+        raise DicomError(f"cannot read DICOM file {path} (corrupt or truncated?): "
+                         f"{type(exc).__name__}: {exc}".replace("\n", " ")) from None
+    _check_complete(ds, path)
+    return ds
 
 
 def _scan(path: Path) -> "OrderedDict[str, list[tuple[Path, Any]]]":
@@ -787,8 +904,7 @@ def _build_info(items: list[tuple[Path, Any]], modality: str | None = None) -> S
 def require_acquisition_time(info: SeriesInfo) -> datetime.datetime:
     """The series' acquisition date/time, or :class:`DicomError` when it has none."""
     if info.acquisition_datetime is None:
-        raise DicomError(f"series {info.series_instance_uid} ({info.modality}, "
-                         f"{info.series_description!r}) has no acquisition date/time")
+        raise DicomError(f"{info.label()} has no acquisition date/time")
     return info.acquisition_datetime
 
 
@@ -797,8 +913,10 @@ def list_series(path) -> list[SeriesInfo]:
     """The DICOM image series in a file or under a directory (recursively).
 
     Files are grouped by SeriesInstanceUID. When scanning a directory, files that are not
-    DICOM are skipped silently; a single file that is not DICOM raises :class:`DicomError`.
-    Only headers are read; nothing is validated beyond that.
+    DICOM are skipped silently; a single file that is not DICOM raises :class:`DicomError`,
+    and so does a DICOM file that cannot be read or is cut short in its header (named in
+    the message). Only headers are read; nothing is validated beyond that (a file cut short
+    in its pixel data is found when the series is read).
 
     Args:
         path: a DICOM file or a directory.
@@ -895,8 +1013,10 @@ def _choose(path: Path, series_uid: str | None,
         if len(cands) > 1:
             _drop_orientation_localizers(cands, path)
     if len(cands) > 1:
-        raise DicomError(f"{path} holds {len(cands)} image series; choose one with series_uid= "
-                         f"or modality=: {_describe(cands)}")
+        mods = sorted({_str(_get(it[0][1], "Modality")).upper() for it in cands.values()})
+        what = f"{mods[0]} series" if len(mods) == 1 else f"image series ({', '.join(mods)})"
+        raise DicomError(f"{path} holds {len(cands)} {what}: {_describe(cands)}; persodose reads "
+                         "one series at a time: give a folder that holds only one of them")
     return next(iter(cands.items()))
 
 
@@ -908,13 +1028,40 @@ def _check_consistent(items: list[tuple[Path, Any]], label: str) -> None:
             raise DicomError(f"{label} mixes {what} values {sorted(values)}")
 
 
+def _check_pixel_length(ds, f: Path) -> None:
+    """Refuse uncompressed pixel data shorter than Rows x Columns x frames x bits needs
+    (a file cut short inside its pixel data)."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        compressed = ts is None or bool(ts.is_compressed)
+    except (AttributeError, ValueError):  # not a known transfer syntax
+        compressed = True
+    if compressed or "PixelData" not in ds:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(_get(ds, "BitsAllocated", 0))
+        frames = int(_float(_get(ds, "NumberOfFrames")) or 1)
+        samples = int(_get(ds, "SamplesPerPixel", 1))
+    except (TypeError, ValueError):
+        return
+    if bits <= 0:
+        raise DicomError(f"{f} has no valid BitsAllocated")
+    need = (rows * cols * frames * samples * bits + 7) // 8
+    have = len(ds.PixelData or b"")
+    if have < need:
+        raise DicomError(f"{f}: pixel data is {have} bytes, {need} expected for {frames} frame(s) "
+                         f"of {rows}x{cols} at {bits} bits: truncated or corrupt file")
+
+
 def _load_pixels(f: Path, label: str):
     """Full dataset and its pixel array."""
     ds = _read_header(f, strict=True, pixels=True)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DicomError(f"{f} has no pixel data")
+        raise DicomError(f"{f} has no pixel data (truncated file?)")
     if int(_get(ds, "SamplesPerPixel", 1)) != 1:
         raise DicomError(f"{f} is not a greyscale image (SamplesPerPixel={ds.SamplesPerPixel})")
+    _check_pixel_length(ds, f)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -922,6 +1069,66 @@ def _load_pixels(f: Path, label: str):
         raise DicomError(f"cannot decode the pixel data of {f} (transfer syntax {ts}): "
                          f"{exc}".replace("\n", " ")) from exc
     return ds, arr
+
+
+#: Where DICOM makes Rescale Slope and Rescale Intercept Type 1, by modality.
+_RESCALE_REQUIRED_BY = {"CT": "the CT Image module (DICOM PS3.3 C.8.2.1)",
+                        "PT": "the PET Image module (DICOM PS3.3 C.8.9.4)"}
+
+
+def _rescale_value(ds: Any, keyword: str, f: Path) -> float | None:
+    """A Rescale Slope/Intercept as a finite float; ``None`` when absent or empty."""
+    if keyword not in ds:
+        return None
+    try:
+        raw = ds[keyword].value
+    except Exception as exc:  # noqa: BLE001 - a malformed DS value
+        raise DicomError(f"{f} has an unreadable {keyword}: {exc}".replace("\n", " ")) from None
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise DicomError(f"{f} has a {keyword} that is not one number: {raw!r}") from None
+    if not math.isfinite(value):
+        raise DicomError(f"{f} has a non-finite {keyword} {raw!r}")
+    return value
+
+
+def _rescale(ds: Any, f: Path, modality: str) -> tuple[float, float]:
+    """(slope, intercept) of one image's Modality LUT (PS3.3 C.11.1.1.2).
+
+    Both are required for CT and PET (Type 1); for NM, which has no Modality LUT module,
+    their absence means slope 1 and intercept 0. The slope must be finite and non-zero
+    (a zero slope turns every voxel into the intercept).
+    """
+    slope = _rescale_value(ds, "RescaleSlope", f)
+    intercept = _rescale_value(ds, "RescaleIntercept", f)
+    if modality in _RESCALE_REQUIRED_BY and (slope is None or intercept is None):
+        missing = " and ".join(k for k, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept))
+                               if v is None)
+        raise DicomError(f"{f} has no {missing}, which {_RESCALE_REQUIRED_BY[modality]} "
+                         "requires; its stored values cannot be turned into "
+                         f"{'HU' if modality == 'CT' else 'activity'}")
+    if slope == 0.0:
+        raise DicomError(f"{f} has RescaleSlope 0, which turns every pixel into the intercept; "
+                         "the slope must be a finite, non-zero number")
+    return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+
+
+def _check_rescale(items: list[tuple[Path, Any]], label: str, modality: str) -> None:
+    """Check the Rescale Slope/Intercept of every slice from its header, before any pixel
+    is read; a series where only some slices have them is refused like one where none has."""
+    bad = []
+    for f, ds in items:
+        try:
+            _rescale(ds, f, modality)
+        except DicomError as exc:
+            bad.append((f, exc))
+    if bad:
+        f, exc = bad[0]
+        more = f" ({len(bad)} of the {len(items)} slices of {label})" if len(bad) > 1 else ""
+        raise DicomError(f"{exc}{more}") from None
 
 
 def _read_stack(items: list[tuple[Path, Any]], info_label: str, modality: str):
@@ -936,6 +1143,7 @@ def _read_stack(items: list[tuple[Path, Any]], info_label: str, modality: str):
         if nf is not None and nf > 1:
             raise DicomError(f"{f} is a multi-frame (enhanced) {modality} image; "
                              "only single-frame slices are supported")
+    _check_rescale(kept, info_label, modality)
     stack = _stack_geometry(kept, info_label)
     nz = len(stack.files)
     rows, cols = int(stack.headers[0].Rows), int(stack.headers[0].Columns)
@@ -945,20 +1153,34 @@ def _read_stack(items: list[tuple[Path, Any]], info_label: str, modality: str):
         ds, arr = _load_pixels(f, info_label)
         if arr.shape != (rows, cols):
             raise DicomError(f"{f} pixel data has shape {arr.shape}, expected {(rows, cols)}")
-        slope = _float(_get(ds, "RescaleSlope"))
-        intercept = _float(_get(ds, "RescaleIntercept"))
-        values = arr.astype(np.float64)
+        slope, intercept = _rescale(ds, f, modality)
+        values = arr.astype(np.float64) * slope + intercept
         if modality == "CT":
             pad = _get(ds, "PixelPaddingValue")
-            pad_mask = (arr == int(pad)) if pad is not None else None
-        values = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
-        if "RescaleSlope" in ds and slope is None:
-            raise InputError(f"{f} has a non-finite RescaleSlope {ds.RescaleSlope!r}")
-        if modality == "CT" and pad_mask is not None and pad_mask.any():
-            values[pad_mask] = -1000.0  # padding outside the field of view -> air
+            if pad is not None:
+                pad_mask = arr == int(pad)
+                if pad_mask.any():
+                    values[pad_mask] = -1000.0  # padding outside the field of view -> air
         out[k] = values
         full.append(ds)
     return stack, out, [(f, ds) for f, ds in zip(stack.files, full)]
+
+
+def _non_negative(values: np.ndarray, files: list[Path] | Path, label: str,
+                  unit: str) -> np.ndarray:
+    """Refuse negative activity (or counts) in an emission image, naming the file holding
+    the minimum; values above ``-1e-6`` times the maximum (float rounding) become 0."""
+    from persodose.io.image import require_non_negative_emission
+
+    if not values.size or float(np.min(values)) >= 0.0:
+        return values
+    if isinstance(files, (list, tuple)):
+        k = int(np.unravel_index(int(np.argmin(values)), values.shape)[0])
+        where = f"{files[k]} (slice {k + 1} of {len(files)} of {label})"
+    else:
+        where = label if str(files) in label else f"{files} ({label})"
+    return require_non_negative_emission(values, where, unit, error=DicomError,
+                                         hint="a wrong Rescale Intercept or a corrupt file?")
 
 
 def _counts_to_bqml(values: np.ndarray, info: SeriesInfo, voxel_ml: float,
@@ -974,7 +1196,9 @@ def _counts_to_bqml(values: np.ndarray, info: SeriesInfo, voxel_ml: float,
 
 
 def _read_ct_pet(items, modality, calibration_cps_per_mbq) -> Series:
-    label = _build_info(items[:1], modality).label()
+    first = _build_info(items[:1], modality)
+    first.files = [str(f) for f, _ in items]
+    label = first.label()
     _check_consistent(items, label)
     stack, values, full_items = _read_stack(items, label, modality)
     info = _build_info(full_items, modality)
@@ -989,6 +1213,9 @@ def _read_ct_pet(items, modality, calibration_cps_per_mbq) -> Series:
     if len(units) > 1:
         raise UnitsError(f"{label} mixes Units values {sorted(units)}")
     unit = units.pop()
+    if unit in ("BQML", "CNTS"):
+        values = _non_negative(values, list(stack.files), label,
+                               "Bq/mL" if unit == "BQML" else "counts")
     if unit == "BQML":
         if calibration_cps_per_mbq is not None:
             warnings.warn(f"{label} is already in Bq/mL; calibration_cps_per_mbq ignored",
@@ -1066,15 +1293,16 @@ def _read_nm(items, calibration_cps_per_mbq) -> Series:
     rwvm = _rwvm_bqml(ds)
     unit = _str(_get(ds, "Units")).upper()
     if rwvm is not None and unit != "BQML":
+        if rwvm[0] == 0.0:
+            raise DicomError(f"{f} has a Real World Value Mapping to Bq/ml with slope 0")
         values = values * rwvm[0] + rwvm[1]
         unit = "BQML"
     else:
-        slope = _float(_get(ds, "RescaleSlope"))
-        intercept = _float(_get(ds, "RescaleIntercept"))
-        if "RescaleSlope" in ds and slope is None:
-            raise InputError(f"{f} has a non-finite RescaleSlope {ds.RescaleSlope!r}")
-        values = values * (1.0 if slope is None else slope) + (intercept or 0.0)
+        slope, intercept = _rescale(ds, f, "NM")
+        values = values * slope + intercept
     require_finite(values, f"{label} after rescaling")
+    if unit in ("BQML", "", "CNTS"):
+        values = _non_negative(values, f, label, "Bq/mL" if unit == "BQML" else "counts")
     if unit == "BQML":
         info.units = "Bq/mL"
         if calibration_cps_per_mbq is not None:
@@ -1104,7 +1332,8 @@ def read_series(path, *, series_uid: str | None = None, modality: str | None = N
 
     Args:
         path: a DICOM file (read on its own: one slice of a CT/PET series gives a one-slice
-            grid) or a directory (searched recursively; non-DICOM files are skipped).
+            grid) or a directory (searched recursively; files that are not DICOM are
+            skipped, DICOM files that cannot be read are refused).
         series_uid: SeriesInstanceUID to read when the directory holds several series.
         modality: ``"CT"``, ``"PT"`` or ``"NM"`` to choose among several series.
         calibration_cps_per_mbq: system sensitivity, counts per second per MBq, to turn
@@ -1117,8 +1346,13 @@ def read_series(path, *, series_uid: str | None = None, modality: str | None = N
 
     Raises:
         InputError: missing path; NaN after rescaling.
-        DicomError: not DICOM, no pixel data, several candidate series, mixed patients or
-            frames of reference, gantry tilt, missing or uneven slices, mixed orientations.
+        DicomError: not DICOM; a DICOM file in the folder that cannot be read or is
+            truncated (never skipped); no pixel data or pixel data too short; CT/PET slices
+            without Rescale Slope/Intercept, or a slope of 0; negative activity in PET/NM
+            (values above -1e-6 times the maximum are float rounding and set to 0);
+            several candidate series; mixed patients or frames of reference, gantry tilt,
+            missing or uneven slices, mixed orientations. Messages about a series name it
+            with the folder holding it (:meth:`SeriesInfo.label`).
         UnitsError: PET units other than BQML (CNTS without a calibration).
     """
     p = _existing(path)

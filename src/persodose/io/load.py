@@ -12,7 +12,12 @@ from pathlib import Path
 
 from persodose.errors import InputError
 from persodose.grid import Grid, Kind
-from persodose.io.image import is_image_file, read_image
+from persodose.io.image import (  # noqa: F401 - re-exported
+    NEGATIVE_ROUNDING_FRACTION,
+    is_image_file,
+    read_image,
+    require_non_negative_emission,
+)
 
 
 def _exists(path: str | os.PathLike) -> Path:
@@ -24,6 +29,10 @@ def _exists(path: str | os.PathLike) -> Path:
 
 def load_ct(path: str | os.PathLike):
     """Read a CT (HU) from DICOM or an image file.
+
+    A single DICOM slice (a file, or a folder holding one) is read as a one-slice grid;
+    ``grid.shape[0]`` is the number of slices read (``len(info.files)`` for DICOM), for the
+    caller to refuse a CT too thin to compute dose in.
 
     Returns:
         ``(grid, info)`` where ``info`` is the DICOM :class:`~persodose.io.dicom.SeriesInfo`
@@ -42,20 +51,28 @@ def load_emission(path: str | os.PathLike, *, unit: str | None = None,
                   calibration_cps_per_mbq: float | None = None):
     """Read a PET or SPECT image from DICOM (PT or NM) or an image file.
 
+    Negative activity is refused, naming the file and giving the minimum (both
+    :func:`~persodose.io.image.read_image`, for activity, counts and TIA images, and the
+    DICOM reader, for PET and NM series, check it); negatives above ``-1e-6`` times the
+    maximum are float rounding and are set to 0
+    (:func:`~persodose.io.image.require_non_negative_emission`).
+
     Returns:
         ``(grid, info)``; ``info`` is ``None`` for an image file.
     """
     p = _exists(path)
     if p.is_file() and is_image_file(p):
-        if unit is None:
-            return read_image(p), None
-        return read_image(p, unit=unit), None
+        grid = read_image(p) if unit is None else read_image(p, unit=unit)
+        arr = require_non_negative_emission(grid.array, str(p), grid.unit or "")  # any kind
+        return (grid if arr is grid.array else grid.with_array(arr)), None
     from persodose.io.dicom import list_series, read_series
 
     infos = [i for i in list_series(p) if i.modality in ("PT", "NM")]
     if not infos:
         raise InputError(f"no PET or NM image series found in {p}")
+    modalities = {i.modality for i in infos}
     return _as_tuple(read_series(p, series_uid=infos[0].series_instance_uid if len(infos) == 1 else None,
+                                 modality=modalities.pop() if len(modalities) == 1 else None,
                                  calibration_cps_per_mbq=calibration_cps_per_mbq))
 
 

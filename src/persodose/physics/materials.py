@@ -261,6 +261,13 @@ def schneider_calibration() -> Calibration:
                        "(GATE Schneider2000DensitiesTable), bone line extrapolated to 3071 HU")
 
 
+#: Density of the densest element at room temperature, osmium: 22.587 g/cm3, here 22.59
+#: (W. M. Haynes (ed.), CRC Handbook of Chemistry and Physics, 97th ed., CRC Press 2016,
+#: section 4, densities of the elements). No tissue, implant or contrast agent in a CT is
+#: denser, so a calibration density above it is a typing or unit error (kg/m3 for g/cm3).
+MAX_CALIBRATION_DENSITY_G_CM3 = 22.59
+
+
 def _split_row(line: str) -> list[str]:
     for sep in (",", ";", "\t"):
         if sep in line:
@@ -273,7 +280,8 @@ def load_calibration_csv(path: str | Path) -> Calibration:
 
     Format: one ``HU,density_g_cm3`` pair per line (comma, semicolon, tab or blanks);
     lines starting with ``#`` and blank lines are ignored; the first non-comment line may
-    be a header. HU must be strictly increasing.
+    be a header. HU must be strictly increasing; densities must lie in
+    ``[0, 22.59]`` g/cm3 (:data:`MAX_CALIBRATION_DENSITY_G_CM3`, osmium, the densest element).
 
     Args:
         path: the file.
@@ -283,8 +291,10 @@ def load_calibration_csv(path: str | Path) -> Calibration:
 
     Raises:
         InputError: missing/unreadable file, a row that is not two numbers, NaN or infinite
-            values, HU not strictly increasing, a negative density, fewer than 2 rows. The
-            message names the file and line.
+            values, HU not strictly increasing, fewer than 2 rows. The message names the file
+            and line.
+        MaterialError: (an InputError) a negative density, or one above osmium's
+            22.59 g/cm3; the message names the file and line.
     """
     p = Path(path)
     try:
@@ -315,14 +325,19 @@ def load_calibration_csv(path: str | Path) -> Calibration:
         if not (math.isfinite(h) and math.isfinite(d)):
             raise InputError(f"{p}:{lineno}: NaN or infinite value in {line!r}")
         if d < 0:
-            raise InputError(f"{p}:{lineno}: negative density {d} g/cm3")
+            raise MaterialError(f"{p}:{lineno}: negative density {d:g} g/cm3")
+        if d > MAX_CALIBRATION_DENSITY_G_CM3:
+            raise MaterialError(
+                f"{p}:{lineno}: density {d:g} g/cm3 is above {MAX_CALIBRATION_DENSITY_G_CM3} "
+                "g/cm3, the density of osmium, the densest element (kg/m3 given for g/cm3?)")
         if hu and h <= hu[-1]:
             raise InputError(f"{p}:{lineno}: HU {h} not greater than the previous {hu[-1]} "
                              "(knots must be strictly increasing)")
         hu.append(h)
         rho.append(d)
     if len(hu) < 2:
-        raise InputError(f"{p}: a calibration needs at least 2 rows of 'HU,density', found {len(hu)}")
+        raise InputError(f"{p}: a calibration needs at least 2 rows of 'HU,density' (knots), "
+                         f"found {len(hu)}")
     return Calibration(np.array(hu), np.array(rho), str(p))
 
 
