@@ -101,7 +101,8 @@ def test_unknown_method_is_input_error():
 
 
 def test_register_new_method_and_refuse_name_clash(monkeypatch):
-    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
+    saved = registry.METHODS.snapshot()
+    monkeypatch.setattr(registry.METHODS, "_items", saved)
 
     @register_method("test_double")
     def double(tia, *, nuclide, density, kernels, settings=None):

@@ -18,9 +18,9 @@ from persodose.segmentation import registry
 @pytest.fixture
 def private_registry(monkeypatch):
     """A copy of the registry, so that test registrations vanish after the test."""
-    registry._load_builtins()
-    monkeypatch.setattr(registry, "_SEGMENTERS", dict(registry._SEGMENTERS))
-    return registry._SEGMENTERS
+    registry.SEGMENTERS.load()
+    monkeypatch.setattr(registry.SEGMENTERS, "_items", registry.SEGMENTERS.snapshot())
+    return registry.SEGMENTERS._items
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:

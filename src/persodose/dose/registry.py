@@ -30,6 +30,7 @@ import numpy as np
 
 from persodose.errors import InputError, UnitsError, require_finite
 from persodose.grid import Grid, Kind
+from persodose.registry import Registry
 from persodose.settings import resolve_settings as _resolve
 
 
@@ -202,7 +203,10 @@ def parse_method_options(items: Iterable[str], source: str = "--method-option") 
 
 
 # --------------------------------------------------------------------------- registry
-_SPECS: dict[str, MethodSpec] = {}
+#: The dose methods: the built-ins are registered by importing their modules.
+METHODS: Registry[MethodSpec] = Registry(
+    "dose method", builtins=[f"persodose.dose.{m}" for m in ("led", "svalue", "density_scaling", "msv", "monte_carlo")],
+    identity=lambda spec: spec.function)
 
 
 def register_method(name: str, *, settings: type = NoSettings, needs: Iterable[str] = ("density",),
@@ -226,14 +230,9 @@ def register_method(name: str, *, settings: type = NoSettings, needs: Iterable[s
         raise ValueError("settings must be a dataclass type")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        old = _SPECS.get(key)
-        if old is not None and (old.function.__module__, old.function.__qualname__) != (fn.__module__,
-                                                                                      fn.__qualname__):
-            raise ValueError(f"dose method {key!r} is already registered by "
-                             f"{old.function.__module__}.{old.function.__qualname__}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _SPECS[key] = MethodSpec(key, fn, settings, frozenset(needs), media or (lambda s: ()), linear, stochastic,
-                                 float(accuracy), takes_inputs, summary or (doc[0] if doc else ""))
+        METHODS.add(key, MethodSpec(key, fn, settings, frozenset(needs), media or (lambda s: ()), linear, stochastic,
+                                    float(accuracy), takes_inputs, summary or (doc[0] if doc else "")))
         fn.method_name = key  # type: ignore[attr-defined]
         return fn
 
@@ -246,13 +245,7 @@ def get_spec(name: str) -> MethodSpec:
     Raises:
         InputError: no such method; the message lists the available ones.
     """
-    key = str(name).strip().lower()
-    if key not in _SPECS:
-        _load_builtins()
-    try:
-        return _SPECS[key]
-    except KeyError:
-        raise InputError(f"unknown dose method {name!r}; available: {', '.join(available_methods())}") from None
+    return METHODS.get(name)
 
 
 def get_method(name: str) -> Callable[..., Any]:
@@ -262,19 +255,7 @@ def get_method(name: str) -> Callable[..., Any]:
 
 def available_methods() -> list[str]:
     """Names of the registered dose methods, sorted."""
-    _load_builtins()
-    return sorted(_SPECS)
-
-
-def _load_builtins() -> None:
-    """Import the modules that register the built-in methods and the installed plug-ins."""
-    import importlib
-
-    for module in ("led", "svalue", "density_scaling", "msv", "monte_carlo"):
-        importlib.import_module(f"persodose.dose.{module}")
-    from persodose.plugins import load_entry_points
-
-    load_entry_points()
+    return METHODS.names()
 
 
 # --------------------------------------------------------------------------- input checks

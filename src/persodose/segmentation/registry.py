@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from persodose.registry import Registry
 from persodose.errors import InputError, OptionalDependencyError, require_finite
 from persodose.grid import Grid, Kind
 from persodose.segmentation._settings import NoSettings, SegmenterSettings, resolve_settings
@@ -107,8 +108,9 @@ class Segmentation:
                 "labels": {str(k): v for k, v in sorted(self.names.items())}}
 
 
-_SEGMENTERS: dict[str, SegmenterInfo] = {}
-_BUILTINS = ("persodose.segmentation.threshold",)
+#: The segmenters: the built-ins are registered by importing their modules.
+SEGMENTERS: Registry[SegmenterInfo] = Registry("segmenter", builtins=("persodose.segmentation.threshold",),
+                                               identity=lambda info: info.function)
 
 
 def register_segmenter(name: str, function: Segmenter | None = None, *, settings: type = NoSettings,
@@ -143,34 +145,17 @@ def register_segmenter(name: str, function: Segmenter | None = None, *, settings
         raise ValueError(f"segmenter {key!r} must declare the organs it delivers")
 
     def deco(fn: Segmenter) -> Segmenter:
-        old = _SEGMENTERS.get(key)
-        if old is not None and (old.function.__module__, old.function.__qualname__) != (
-                fn.__module__, fn.__qualname__):
-            raise ValueError(f"segmenter {key!r} is already registered by "
-                             f"{old.function.__module__}.{old.function.__qualname__}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _SEGMENTERS[key] = SegmenterInfo(key, fn, settings, organ_names, tuple(requires), extra,
-                                         summary or (doc[0] if doc else ""))
+        SEGMENTERS.add(key, SegmenterInfo(key, fn, settings, organ_names, tuple(requires), extra,
+                                          summary or (doc[0] if doc else "")))
         return fn
 
     return deco if function is None else deco(function)
 
 
-def _load_builtins() -> None:
-    """Import the modules that register the built-in segmenters and the installed plug-ins."""
-    for module in _BUILTINS:
-        importlib.import_module(module)
-    try:
-        from persodose.plugins import load_entry_points
-    except ImportError:  # pragma: no cover - plug-in support not present
-        return
-    load_entry_points()
-
-
 def available_segmenters() -> list[str]:
     """Names of the registered segmenters, sorted (installed or not; see :class:`SegmenterInfo`)."""
-    _load_builtins()
-    return sorted(_SEGMENTERS)
+    return SEGMENTERS.names()
 
 
 def get_segmenter(name: str) -> SegmenterInfo:
@@ -179,13 +164,7 @@ def get_segmenter(name: str) -> SegmenterInfo:
     Raises:
         InputError: no such segmenter; the message lists the known ones.
     """
-    key = str(name).strip().lower()
-    if key not in _SEGMENTERS:
-        _load_builtins()
-    try:
-        return _SEGMENTERS[key]
-    except KeyError:
-        raise InputError(f"unknown segmenter {name!r}; known: {', '.join(available_segmenters())}") from None
+    return SEGMENTERS.get(name)
 
 
 def _check_ct(ct: Grid) -> None:
