@@ -186,6 +186,8 @@ def _make_files(w: dict, root: Path) -> None:
     (root / "cal_negative.csv").write_text("HU,density\n-1000,-0.5\n0,1.0\n3000,2.5\n")
     for name in ("cal_huge", "cal_decreasing", "cal_junk", "cal_negative"):
         w[name] = root / f"{name}.csv"
+    (root / "junk_plugin.py").write_text("raise RuntimeError('this plug-in is broken')\n")
+    w["junk_py"] = root / "junk_plugin.py"
     junk = root / "junk.dcm"
     junk.write_bytes(b"not DICOM at all " * 40)
     w["junk"] = junk
@@ -319,6 +321,19 @@ CASES = [
     ("mc-decays-1e20", lambda w: _mc(w, decays=str(10**20)), ["--decays"]),
     ("mc-decays-float", lambda w: _mc(w, decays="1e20"), ["--decays"]),
     ("mc-batches-zero", lambda w: _mc(w, "--batches", "0"), ["--batches"]),
+    ("mc-decays-fewer-than-batches", lambda w: _mc(w, "--batches", "100", decays="5"), ["--decays", "--batches"]),
+    ("ct-photons-fewer-than-batches", lambda w: _ct(w, "--photons", "3", "--batches", "5"), ["--photons", "--batches"]),
+    ("internal-mc-decays-fewer-than-batches", lambda w: [("mc" if a == "led" else a) for a in _internal(
+        w, "--method-option", "mc.decays=3", "--method-option", "mc.batches=8")], ["mc.decays"]),
+    ("internal-same-time-twice", lambda w: _internal(w, emission=[w["tp"][0], w["tp"][0]]), ["tp1", "same time"]),
+    ("internal-method-option-unknown", lambda w: _internal(w, "--method-option", "led.energi=all"), ["led.energi"]),
+    ("internal-method-option-bad-value", lambda w: _internal(w, "--method-option", "led.energy=photons"),
+     ["led.energy"]),
+    ("internal-method-options-missing", lambda w: _internal(w, "--method-options", w["missing"]),
+     ["--method-options"]),
+    ("internal-labels-auto-unknown", lambda w: _internal(w, "--labels", "auto:nosuch"), ["nosuch"]),
+    ("plugin-missing", lambda w: ["--plugin", w["missing"], "methods"], ["does_not_exist"]),
+    ("plugin-broken", lambda w: ["--plugin", w["junk_py"], "methods"], ["junk_plugin.py"]),
     ("mc-seed-negative", lambda w: _mc(w, "--seed", "-1"), ["--seed"]),
     ("mc-unknown-nuclide", lambda w: [("Xx-999" if a == "Lu-177" else a) for a in _mc(w)], ["Xx-999"]),
     ("mc-unknown-backend", lambda w: _mc(w, "--backend", "tpu"), ["tpu"]),

@@ -46,6 +46,11 @@ def ct(
     from persodose.workflows.ct import ct_dose, write_ct_outputs
 
     check_backend(backend)
+    for option, n in (("--photons", photons), ("--ctdi-photons", ctdi_photons)):
+        if n < batches:
+            from persodose.errors import InputError
+
+            raise InputError(f"{option} {n} cannot fill --batches {batches}: give at least one photon per batch")
     check_output_paths(inputs={"--ct": ct, "--labels": label_sidecars(labels, label_names)},
                        output_dirs={"--out": out})
     overrides = {k: v for k, v in {"kvp": kvp, "pitch": pitch, "total_collimation_mm": collimation_mm,

@@ -115,6 +115,8 @@ def mc(
 
     check_backend(backend)
     nuc = get_nuclide(nuclide)
+    if decays < batches:
+        raise InputError(f"--decays {decays} cannot fill --batches {batches}: give at least one decay per batch")
     if resume and checkpoint is None:
         raise InputError("--resume needs --checkpoint")
     if resume and not checkpoint.is_file():

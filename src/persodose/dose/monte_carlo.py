@@ -34,6 +34,8 @@ class MCMethodSettings:
             raise InputError(f"mc.decays must be from 1 to 1e12, got {self.decays}")
         if not (1 <= int(self.batches) <= 10_000):
             raise InputError(f"mc.batches must be from 1 to 10000, got {self.batches}")
+        if int(self.decays) < int(self.batches):
+            raise InputError(f"mc.decays {self.decays} cannot fill mc.batches {self.batches}")
 
 
 @register_method("mc", settings=MCMethodSettings, needs=("density", "materials", "device"), stochastic=True,

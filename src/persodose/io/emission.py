@@ -34,6 +34,7 @@ class TimePoint:
     info: object | None = None
     ct: Grid | None = None  #: this time point's own CT (SPECT/CT or PET/CT at each visit), to register
     duration_s: float = 0.0  #: frame duration, s (for the analytic integration of dynamic frames)
+    source: str = ""  #: the file or folder it was read from
 
 
 def undo_decay_correction(grid: Grid, info, nuclide_half_life_s: float, mid: _dt.datetime,
@@ -130,8 +131,11 @@ def load_time_points(paths: Sequence[str | Path], nuclide: str, *, calibration_c
         conc = undo_decay_correction(series.grid, info, nuc.half_life_s, mid, injection) if injection else series.grid
         points.append(TimePoint(t_s, conc.to_activity(), f"{info.modality} {t_s / 3600:.2f} h", info,
                                 ct=own_cts[k][0] if own_cts else None, duration_s=float(duration)))
+    for tp, path in zip(points, paths):
+        tp.source = str(path)
     points.sort(key=lambda tp: tp.time_s)
-    times = [tp.time_s for tp in points]
-    if len(set(np.round(times, 3))) != len(times):
-        raise InputError("two emission images have the same time after injection")
+    for a, b in zip(points, points[1:]):
+        if round(a.time_s, 3) == round(b.time_s, 3):
+            raise InputError(f"emission images {a.source} and {b.source} have the same time after injection "
+                             f"({a.time_s / 3600:.2f} h): give each time point once")
     return points, injection
