@@ -432,10 +432,183 @@ def _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx):
     return _fmax(tz, 0.0), 2
 
 
+@_physics(inline=True)
+def _range_rejected(x, y, z, ix, iy, iz, sz, sy, sx, rho, electron, p, m, i, fr):
+    """True when the CSDA range cannot reach the nearest face of voxel (ix, iy, iz) (range rejection)."""
+    r_mm = _lerp(electron[p, m, 3], i, fr) / rho * 10.0
+    dmin = _fmin(_fmin(_fmin(x - ix * sx, (ix + 1) * sx - x), _fmin(y - iy * sy, (iy + 1) * sy - y)),
+                 _fmin(z - iz * sz, (iz + 1) * sz - z))
+    return r_mm < dmin
+
+
+@_physics()
+def _absorb_charged(positron, e, x, y, z, vox, edep, ctr, stk, sp, rng):
+    """Deposit a stopped electron or positron in its voxel; a positron annihilates at rest into
+    two back-to-back 511 keV photons. Returns the stack pointer."""
+    deposit(edep, vox, e)
+    ctr[C_DEPOSITED] += e
+    ctr[C_BELOW_CUT] += e
+    if positron:
+        a_u, a_v, a_w = _isotropic(rng)
+        sp = _push(stk, sp, PHOTON, MC2, x, y, z, a_u, a_v, a_w, ctr, edep, vox)
+        sp = _push(stk, sp, PHOTON, MC2, x, y, z, -a_u, -a_v, -a_w, ctr, edep, vox)
+        ctr[C_ANNIHILATION] += 2.0 * MC2
+    return sp
+
+
+@_physics(inline=True)
+def _charged_step(positron, e, electron, p, m, rho01, i, fr, wcc, kc, f_eloss, f_lambda1,
+                  log_emin, inv_dlog, n_e, rng):
+    """Length of the next condensed-history step and the cross sections along it.
+
+    The step ends at the sampled hard event, after losing ``f_eloss`` of the energy or after
+    ``f_lambda1`` transport mean free paths. Returns ``(stop, sig_c, sig_h, s, hard, tr1, tr2)``:
+    the restricted stopping power (MeV/mm), the hard-collision and total hard cross sections
+    (1/mm), the step (mm), whether it ends at the hard event, and the transport cross sections
+    at the step's mid-energy.
+    """
+    stop = _lerp(electron[p, m, 0], i, fr) * rho01  # MeV/mm
+    sig_c = _lerp(electron[p, m, 1], i, fr) * rho01  # 1/mm
+    sig_b = _lerp(electron[p, m, 2], i, fr) * rho01
+    tr1 = _lerp(electron[p, m, 4], i, fr) * rho01
+    # hard collisions only possible above 2 wcc (e-) or wcc (e+); brems above kc
+    if (not positron and e <= 2.0 * wcc) or (positron and e <= wcc):
+        sig_c = 0.0
+    if e <= kc:
+        sig_b = 0.0
+    sig_h = sig_c + sig_b
+    s_hard = -math.log(uniform(rng)) / sig_h if sig_h > 0.0 else 1e30
+    s = _fmin(_fmin(s_hard, f_eloss * e / stop), f_lambda1 / tr1)
+    # Midpoint rule: stopping power and transport cross sections at the step's mid-energy
+    # (second order in the step). Start-of-step values made paths 2-4 % too long in water
+    # at max_eloss_fraction = 0.08 (docs/validation_electrons.md).
+    e_mid = _fmax(e - 0.5 * stop * s, 0.5 * e)
+    im, frm = _eidx(_fmax(e_mid, 1e-3), log_emin, inv_dlog, n_e)
+    tr1 = _lerp(electron[p, m, 4], im, frm) * rho01
+    tr2 = _lerp(electron[p, m, 5], im, frm) * rho01
+    return stop, sig_c, sig_h, s, s_hard <= s, tr1, tr2
+
+
+@_physics(inline=True)
+def _hinge_step(s, tr1, tr2, x, y, z, u, v, w, ix, iy, iz, sz, sy, sx, rng):
+    """Move along a step of length s with one multiple-scattering deflection at a random hinge
+    point, stopping at the face of voxel (ix, iy, iz) if the path reaches it.
+
+    Returns ``(x, y, z, u, v, w, travelled, crossed, axis)``: the new position and direction,
+    the path length, whether the face on ``axis`` (0 x, 1 y, 2 z) was reached.
+    """
+    s1 = uniform(rng) * s
+    tb, axis = _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx)
+    crossed = False
+    travelled = 0.0
+    if s1 >= tb:
+        travelled = tb
+        crossed = True
+    else:
+        travelled = s1
+        x += s1 * u
+        y += s1 * v
+        z += s1 * w
+        cos_t = _ms_cosine(s * tr1, s * tr2, rng)
+        u, v, w = _rotate(u, v, w, cos_t, 2.0 * math.pi * uniform(rng))
+        s2 = s - s1
+        tb, axis = _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx)
+        if s2 >= tb:
+            travelled += tb
+            crossed = True
+        else:
+            travelled += s2
+            x += s2 * u
+            y += s2 * v
+            z += s2 * w
+    if crossed:
+        x += tb * u
+        y += tb * v
+        z += tb * w
+    return x, y, z, u, v, w, travelled, crossed, axis
+
+
+@_physics(inline=True)
+def _continuous_loss(e, travelled, stop, electron, p, m, rho01, log_emin, inv_dlog, n_e):
+    """Energy lost over a path ``travelled`` (stopping power at the mid-energy), at most e."""
+    e_mid = _fmax(e - 0.5 * stop * travelled, 0.5 * e)
+    im, frm = _eidx(_fmax(e_mid, 1e-3), log_emin, inv_dlog, n_e)
+    de = _lerp(electron[p, m, 0], im, frm) * rho01 * travelled
+    if de > e:
+        de = e
+    return de
+
+
+@_physics(inline=True)
+def _cross_face(axis, x, y, z, u, v, w, ix, iy, iz, sz, sy, sx):
+    """Enter the neighbour voxel across the face on ``axis``, the position snapped onto the face.
+
+    Returns ``(x, y, z, ix, iy, iz)``.
+    """
+    if axis == 0:
+        ix += 1 if u > 0.0 else -1
+        x = ix * sx if u > 0.0 else (ix + 1) * sx
+    elif axis == 1:
+        iy += 1 if v > 0.0 else -1
+        y = iy * sy if v > 0.0 else (iy + 1) * sy
+    else:
+        iz += 1 if w > 0.0 else -1
+        z = iz * sz if w > 0.0 else (iz + 1) * sz
+    return x, y, z, ix, iy, iz
+
+
+@_physics()
+def _delta_ray(positron, e, x, y, z, u, v, w, wcc, vox, edep, ctr, stk, sp, rng):
+    """Hard inelastic collision (Moller e-, Bhabha e+): the delta ray goes on the stack.
+
+    Returns ``(e, u, v, w, sp)`` of the primary (unchanged below the kinematic threshold).
+    """
+    if positron:
+        if e <= wcc:
+            return e, u, v, w, sp
+        xf = _sample_bhabha_fraction(e, wcc / e, rng)
+    else:
+        if e <= 2.0 * wcc:
+            return e, u, v, w, sp
+        xf = _sample_moller_fraction(e, wcc / e, rng)
+    wd = xf * e
+    tp = e - wd
+    cos_d = math.sqrt(_fmin(1.0, wd * (e + 2.0 * MC2) / (e * (wd + 2.0 * MC2))))
+    cos_p = math.sqrt(_fmin(1.0, tp * (e + 2.0 * MC2) / (e * (tp + 2.0 * MC2))))
+    phi = 2.0 * math.pi * uniform(rng)
+    du, dv, dw = _rotate(u, v, w, cos_d, phi)
+    sp = _push(stk, sp, ELECTRON, wd, x, y, z, du, dv, dw, ctr, edep, vox)
+    u, v, w = _rotate(u, v, w, cos_p, phi + math.pi)
+    return tp, u, v, w, sp
+
+
+@_physics()
+def _hard_brems(e, x, y, z, u, v, w, kc, vox, edep, ctr, stk, sp, rng):
+    """Hard bremsstrahlung: the photon goes on the stack. Returns ``(e, sp)`` of the primary
+    (unchanged at or below the photon cut kc)."""
+    if e <= kc:
+        return e, sp
+    yk = _sample_brems_fraction(kc / e, rng)
+    k = yk * e
+    gam = e / MC2 + 1.0
+    beta = math.sqrt(1.0 - 1.0 / (gam * gam))
+    c0 = 2.0 * uniform(rng) - 1.0
+    cos_k = (c0 + beta) / (1.0 + beta * c0)
+    ku, kv, kw = _rotate(u, v, w, cos_k, 2.0 * math.pi * uniform(rng))
+    sp = _push(stk, sp, PHOTON, k, x, y, z, ku, kv, kw, ctr, edep, vox)
+    return e - k, sp
+
+
 @_physics()
 def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, sy, sx,
                       log_emin, inv_dlog, n_e, electron, electron_cut, wcc, kc,
                       f_eloss, f_lambda1, range_rejection, edep, ctr, stk, sp, rng):
+    """Follow one electron (or positron) to absorption or escape; secondaries go on the stack.
+
+    Each step: absorption below the cut or by range rejection, step length and hard-event
+    sampling, the hinge step to the voxel face at most, the continuous loss, then either the
+    crossing into the next voxel or the hard event. Returns the stack pointer.
+    """
     p = 1 if positron else 0
     ix = int(math.floor(x / sx))
     iy = int(math.floor(y / sy))
@@ -445,98 +618,26 @@ def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, 
         return sp
     vox = (iz * ny + iy) * nx + ix
     while True:
-        absorbed = False
-        if e < electron_cut:
-            absorbed = True
+        absorbed = e < electron_cut
         m = mat[vox]
         rho = dens[vox]
         rho01 = rho * 0.1
         i, fr = _eidx(_fmax(e, 1e-3), log_emin, inv_dlog, n_e)
         if not absorbed and range_rejection:
-            r_mm = _lerp(electron[p, m, 3], i, fr) / rho * 10.0
-            dmin = _fmin(_fmin(_fmin(x - ix * sx, (ix + 1) * sx - x), _fmin(y - iy * sy, (iy + 1) * sy - y)),
-                         _fmin(z - iz * sz, (iz + 1) * sz - z))
-            if r_mm < dmin:
-                absorbed = True
+            absorbed = _range_rejected(x, y, z, ix, iy, iz, sz, sy, sx, rho, electron, p, m, i, fr)
         if absorbed:
-            deposit(edep, vox, e)
-            ctr[C_DEPOSITED] += e
-            ctr[C_BELOW_CUT] += e
-            if positron:
-                a_u, a_v, a_w = _isotropic(rng)
-                sp = _push(stk, sp, PHOTON, MC2, x, y, z, a_u, a_v, a_w, ctr, edep, vox)
-                sp = _push(stk, sp, PHOTON, MC2, x, y, z, -a_u, -a_v, -a_w, ctr, edep, vox)
-                ctr[C_ANNIHILATION] += 2.0 * MC2
-            return sp
+            return _absorb_charged(positron, e, x, y, z, vox, edep, ctr, stk, sp, rng)
         ctr[C_STEPS] += 1.0
-        stop = _lerp(electron[p, m, 0], i, fr) * rho01  # MeV/mm
-        sig_c = _lerp(electron[p, m, 1], i, fr) * rho01  # 1/mm
-        sig_b = _lerp(electron[p, m, 2], i, fr) * rho01
-        tr1 = _lerp(electron[p, m, 4], i, fr) * rho01
-        tr2 = _lerp(electron[p, m, 5], i, fr) * rho01
-        # hard collisions only possible above 2 wcc (e-) or wcc (e+); brems above kc
-        if (not positron and e <= 2.0 * wcc) or (positron and e <= wcc):
-            sig_c = 0.0
-        if e <= kc:
-            sig_b = 0.0
-        sig_h = sig_c + sig_b
-        s_hard = -math.log(uniform(rng)) / sig_h if sig_h > 0.0 else 1e30
-        s = _fmin(_fmin(s_hard, f_eloss * e / stop), f_lambda1 / tr1)
-        # Midpoint rule: stopping power and transport cross sections at the step's mid-energy
-        # (second order in the step). Start-of-step values made paths 2-4 % too long in water
-        # at max_eloss_fraction = 0.08 (docs/validation_electrons.md).
-        e_mid = _fmax(e - 0.5 * stop * s, 0.5 * e)
-        im, frm = _eidx(_fmax(e_mid, 1e-3), log_emin, inv_dlog, n_e)
-        tr1 = _lerp(electron[p, m, 4], im, frm) * rho01
-        tr2 = _lerp(electron[p, m, 5], im, frm) * rho01
-        hard = s_hard <= s
-        # first segment to the random hinge
-        s1 = uniform(rng) * s
-        tb, axis = _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx)
-        crossed = False
-        travelled = 0.0
-        if s1 >= tb:
-            travelled = tb
-            crossed = True
-        else:
-            travelled = s1
-            x += s1 * u
-            y += s1 * v
-            z += s1 * w
-            cos_t = _ms_cosine(s * tr1, s * tr2, rng)
-            u, v, w = _rotate(u, v, w, cos_t, 2.0 * math.pi * uniform(rng))
-            s2 = s - s1
-            tb, axis = _dist_to_face(x, y, z, u, v, w, ix, iy, iz, sz, sy, sx)
-            if s2 >= tb:
-                travelled += tb
-                crossed = True
-            else:
-                travelled += s2
-                x += s2 * u
-                y += s2 * v
-                z += s2 * w
-        if crossed:
-            x += tb * u
-            y += tb * v
-            z += tb * w
-        e_mid = _fmax(e - 0.5 * stop * travelled, 0.5 * e)
-        im, frm = _eidx(_fmax(e_mid, 1e-3), log_emin, inv_dlog, n_e)
-        de = _lerp(electron[p, m, 0], im, frm) * rho01 * travelled
-        if de > e:
-            de = e
+        stop, sig_c, sig_h, s, hard, tr1, tr2 = _charged_step(positron, e, electron, p, m, rho01, i, fr, wcc, kc,
+                                                             f_eloss, f_lambda1, log_emin, inv_dlog, n_e, rng)
+        x, y, z, u, v, w, travelled, crossed, axis = _hinge_step(s, tr1, tr2, x, y, z, u, v, w, ix, iy, iz,
+                                                                 sz, sy, sx, rng)
+        de = _continuous_loss(e, travelled, stop, electron, p, m, rho01, log_emin, inv_dlog, n_e)
         deposit(edep, vox, de)
         ctr[C_DEPOSITED] += de
         e -= de
         if crossed:
-            if axis == 0:
-                ix += 1 if u > 0.0 else -1
-                x = ix * sx if u > 0.0 else (ix + 1) * sx
-            elif axis == 1:
-                iy += 1 if v > 0.0 else -1
-                y = iy * sy if v > 0.0 else (iy + 1) * sy
-            else:
-                iz += 1 if w > 0.0 else -1
-                z = iz * sz if w > 0.0 else (iz + 1) * sz
+            x, y, z, ix, iy, iz = _cross_face(axis, x, y, z, u, v, w, ix, iy, iz, sz, sy, sx)
             if ix < 0 or iy < 0 or iz < 0 or ix >= nx or iy >= ny or iz >= nz:
                 ctr[C_ESCAPED] += e
                 if positron:
@@ -548,35 +649,9 @@ def transport_charged(positron, e, x, y, z, u, v, w, dens, mat, nz, ny, nx, sz, 
             continue
         if hard and e > electron_cut:
             if uniform(rng) * sig_h < sig_c:
-                if positron:
-                    if e <= wcc:
-                        continue
-                    xf = _sample_bhabha_fraction(e, wcc / e, rng)
-                else:
-                    if e <= 2.0 * wcc:
-                        continue
-                    xf = _sample_moller_fraction(e, wcc / e, rng)
-                wd = xf * e
-                tp = e - wd
-                cos_d = math.sqrt(_fmin(1.0, wd * (e + 2.0 * MC2) / (e * (wd + 2.0 * MC2))))
-                cos_p = math.sqrt(_fmin(1.0, tp * (e + 2.0 * MC2) / (e * (tp + 2.0 * MC2))))
-                phi = 2.0 * math.pi * uniform(rng)
-                du, dv, dw = _rotate(u, v, w, cos_d, phi)
-                sp = _push(stk, sp, ELECTRON, wd, x, y, z, du, dv, dw, ctr, edep, vox)
-                u, v, w = _rotate(u, v, w, cos_p, phi + math.pi)
-                e = tp
+                e, u, v, w, sp = _delta_ray(positron, e, x, y, z, u, v, w, wcc, vox, edep, ctr, stk, sp, rng)
             else:
-                if e <= kc:
-                    continue
-                yk = _sample_brems_fraction(kc / e, rng)
-                k = yk * e
-                gam = e / MC2 + 1.0
-                beta = math.sqrt(1.0 - 1.0 / (gam * gam))
-                c0 = 2.0 * uniform(rng) - 1.0
-                cos_k = (c0 + beta) / (1.0 + beta * c0)
-                ku, kv, kw = _rotate(u, v, w, cos_k, 2.0 * math.pi * uniform(rng))
-                sp = _push(stk, sp, PHOTON, k, x, y, z, ku, kv, kw, ctr, edep, vox)
-                e -= k
+                e, sp = _hard_brems(e, x, y, z, u, v, w, kc, vox, edep, ctr, stk, sp, rng)
 
 
 # ----------------------------------------------------------------------------- histories
