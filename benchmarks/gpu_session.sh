@@ -12,7 +12,7 @@
 # ). Writes, under OUTDIR (default $OUT, else ./gpu_out):
 #   device.txt          nvidia-smi and numba's view of the device
 #   gpu_resources.log   registers, spills and occupancy of the kernels (ptxas, sm_90)
-#   gpu_tests.log       pytest -m gpu tests/test_mc_gpu.py (CPU and GPU agree within statistics)
+#   gpu_tests.log       pytest -m gpu tests/mc/test_mc_gpu.py (CPU and GPU agree within statistics)
 #   bench_mc_cuda.log   decays/s for Lu-177, Y-90, F-18 at several launch sizes
 #   bench_mc_cpu.log    the same on this machine's CPU cores (the same-run baseline)
 # and exits non-zero when the GPU tests fail.
@@ -29,7 +29,7 @@ nvidia-smi 2>&1 | tee "$out/device.txt"
 python3 -c "from persodose.mc.gpu import device_info; print(device_info())" 2>&1 | tee -a "$out/device.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "no CUDA device for the Monte Carlo kernels: nothing to check here" >&2; exit 2; }
 python3 benchmarks/gpu_resources.py 2>&1 | tee "$out/gpu_resources.log"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_mc_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+python3 -m pytest -q -m gpu -p no:cacheprovider tests/mc/test_mc_gpu.py 2>&1 | tee "$out/gpu_tests.log"
 status=${PIPESTATUS[0]}
 python3 benchmarks/bench_mc.py --backend cuda 2>&1 | tee "$out/bench_mc_cuda.log"
 python3 benchmarks/bench_mc.py --backend cpu 2>&1 | tee "$out/bench_mc_cpu.log"

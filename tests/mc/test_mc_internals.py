@@ -1,7 +1,7 @@
 """Monte Carlo internals: module layout, one batch loop, per-source kernel arguments, kernel cache key.
 
 Small problems only (a few hundred primaries in a 6^3 phantom): these tests check the
-plumbing, not the physics (tests/test_mc.py and the validation tests do that).
+plumbing, not the physics (tests/mc/test_mc.py and the validation tests do that).
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ from persodose.grid import Grid, Kind
 from persodose.mc.engine import MCSettings, VoxelPhantom, beam_problem, run_batch
 from persodose.mc.tables import TransportSettings, build_tables
 from persodose.physics.materials import Material
+from tests import DATA_DIR
 
-DATA = Path(__file__).parent / "data"
+DATA = DATA_DIR
 
 #: TG-195 PMMA: H 8.0541, C 59.9846, O 31.9613 % by mass, 1.19 g/cm3 (AAPM Report 195, Case 4).
 PMMA_TG195 = Material(0, "pmma_tg195", math.nan, math.nan, 1.19,

@@ -11,11 +11,12 @@ import pytest
 from persodose.errors import InputError, MaterialError
 from persodose.physics import electron_data as ed
 from persodose.physics.materials import AVOGADRO_PER_MOL, default_materials, get_material
+from tests import DATA_DIR
 
 #: numpy >= 2 renamed trapz to trapezoid; the project supports numpy >= 1.26.
 _trapz = getattr(np, "trapezoid", None) or np.trapz
 
-DATA = Path(__file__).parent / "data" / "estar_water.csv"
+DATA = DATA_DIR / "estar_water.csv"
 
 # CSDA ranges of liquid water quoted in the issue (NIST ESTAR), g/cm2
 ISSUE_RANGES = [(0.01, 2.515e-4), (0.02, 8.575e-4), (0.05, 4.320e-3), (0.1, 1.431e-2),

@@ -1,6 +1,6 @@
 """Validation of the Monte Carlo ELECTRON TRANSPORT in water (issue 3) against published data.
 
-The CSDA ranges of the electron data are checked in ``tests/test_electron_data.py``; this file
+The CSDA ranges of the electron data are checked in ``tests/physics/test_electron_data.py``; this file
 checks what the class II condensed-history transport of :mod:`persodose.mc.transport` does with
 them: multiple scattering, energy-loss straggling, backscatter. Method, sources, tables and the
 explanation of every disagreement: ``docs/validation_electrons.md``. Reference numbers and their
@@ -42,8 +42,9 @@ from persodose.mc.rng import seed_state
 from persodose.mc.tables import TransportSettings
 from persodose.physics.electron_data import csda_range_g_cm2
 from persodose.physics.materials import get_material
+from tests import DATA_DIR
 
-DATA = Path(__file__).parent / "data" / "electron_depth_dose_reference.csv"
+DATA = DATA_DIR / "electron_depth_dose_reference.csv"
 
 #: numpy >= 2 renamed trapz to trapezoid; the project supports numpy >= 1.26.
 _trapz = getattr(np, "trapezoid", None) or np.trapz

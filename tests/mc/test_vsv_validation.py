@@ -30,8 +30,9 @@ import pytest
 from persodose.mc import MCSettings
 from persodose.mc.kernels import generate_kernel
 from persodose.physics.radionuclides import get_nuclide
+from tests import DATA_DIR
 
-DATA = Path(__file__).parent / "data" / "published_vsv.csv"
+DATA = DATA_DIR / "published_vsv.csv"
 
 #: Tolerances of the acceptance criterion (relative).
 CENTRE_TOL = 0.03

@@ -9,7 +9,7 @@ import pytest
 
 from persodose.errors import InputError
 from persodose.grid import Kind
-from tests.test_cli import assert_clean_error
+from tests.cli.test_cli import assert_clean_error
 
 
 @pytest.fixture(scope="module")
