@@ -255,8 +255,7 @@ def _nuclide_rows(name: str) -> list[list]:
 
 
 def build_report(results: list[TracerResult], settings: DemoSettings, path: Path, timings: dict[str, float]) -> Path:
-    """Write the demo's HTML report."""
-    from persodose.report import figures
+    """Write the demo's HTML report: one group of sections per tracer."""
     from persodose.report.html import Report
 
     rep = Report("persodose demo: virtual patient")
@@ -265,96 +264,120 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
     rep.table(["setting", "value"], [["voxel size (mm)", settings.voxel_mm], ["seed", settings.seed],
                                     ["tracers", ", ".join(settings.tracers)]])
     for res in results:
-        rep.heading(f"{res.tracer} ({res.nuclide})")
-        rep.table(["modality", "description", "acquired", "hours p.i. (mid-frame)", "units",
-                   "activity in the field of view at mid-frame (MBq)"], res.series_rows,
-                  caption="Series read from DICOM")
-        rep.figure(figures.slices_figure([
-            ("CT", res.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000}),
-            ("density", res.density, {"cmap": "viridis", "vmin": 0, "vmax": 2.0}),
-            ("materials", res.materials, {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest",
-                                          "label": "material index"}),
-        ], overlay_labels=res.labels), caption="CT, mass density (Schneider et al. 2000) and material classes")
-        rep.figure(figures.labels_figure(res.labels, res.label_names), caption="Organ and lesion labels")
-        if res.mass_rows:
-            rep.table(["organ", "phantom mass (g)", "mass from CT density (g)", "difference (%)"], res.mass_rows,
-                      caption="Organ masses: phantom definition vs the CT-derived density")
-        hours = np.array([h for h, _ in res.frames_on_ct])
-        frames = [(f"{h:.1f} h", g.to_concentration().with_array(g.to_concentration().array / 1e3, unit="kBq/mL"))
-                  for h, g in res.frames_on_ct]
-        if len(frames) > 6:
-            pick = np.linspace(0, len(frames) - 1, 6).round().astype(int)
-            frames = [frames[i] for i in pick]
-        rep.figure(figures.mip_row(frames, unit="kBq/mL",
-                                   vmax=float(np.percentile(np.concatenate([f.array.max(axis=1).ravel() for _, f in frames]), 99.5))),
-                   caption="Emission images on the CT grid (coronal maximum-intensity projections)")
-        # Organs with specific uptake: rank by the highest true mean concentration.
-        counts = np.bincount(res.labels.array.ravel().astype(np.int64), minlength=max(res.label_names) + 1)
-        n_vox = {name: int(counts[k]) for k, name in res.label_names.items()}
-        organs = [n for n in res.organ_true_bq if max(res.organ_true_bq[n]) > 0 and n_vox.get(n, 0) > 0]
-        organs.sort(key=lambda n: -max(res.organ_true_bq[n]) / n_vox[n])
-        show = organs[:8]
-        rep.figure(figures.curves_figure(hours, {n: (np.array(res.organ_measured_bq[n]) / 1e6,
-                                                     np.array(res.organ_true_bq[n]) / 1e6) for n in show},
-                                         "organ activity (MBq)", log=True),
-                   caption="Organ activity measured in the images (markers) and true (lines) for the organs "
-                           "with the highest uptake; the difference is the partial-volume effect of the "
-                           "scanner's resolution")
-        totals = [sum(res.organ_true_bq[n][i] for n in res.organ_true_bq) for i in range(len(hours))]
-        rows = []
-        for n in organs:
-            m, t = res.organ_measured_bq[n], res.organ_true_bq[n]
-            rows.append([n] + [100.0 * (mi / ti - 1.0) if ti > 1e-3 * tot else "n/a"
-                               for mi, ti, tot in zip(m, t, totals)])
-        rep.table(["organ"] + [f"{h:.2f} h" for h in hours], rows,
-                  caption="Measured / true organ activity - 1 (%) at each time point, organs by uptake; "
-                          "n/a where the organ holds under 0.1% of the activity. Low-uptake organs next to "
-                          "hot ones (bone, lungs) gain activity by spill-in.")
+        _patient_section(rep, res)
+        _emission_section(rep, res)
         if res.internal_truth is not None:
-            rep.heading(f"{res.tracer}: dose methods against Monte Carlo (true TIA)")
-            rep.text("Every method applied to the true time-integrated activity, Monte Carlo on the CT's "
-                     "densities and materials as the reference; organ mean-dose errors in % (the comparison of "
-                     "the SINFONIA FDG study). Full outputs: " f"{res.tracer}/internal_true_tia/report.html.")
-            cols, rows = method_comparison(res.internal_truth)
-            rep.table(cols, rows)
-            mc_rows = [r for r in res.internal_truth.organ_tables["mc"] if r.n_voxels]
-            mc_rows.sort(key=lambda r: -r.mean_gy)
-            unc = res.internal_truth.uncertainty_mc
-            rep.table(["organ", "MC mean dose (Gy)", "D98 (Gy)", "D2 (Gy)"],
-                      [[r.name, r.mean_gy, r.d_gy.get("D98"), r.d_gy.get("D2")] for r in mc_rows[:15]],
-                      caption=f"Monte Carlo organ doses, {res.internal_truth.mc_info.get('decays', 0):.3g} decays; "
-                              f"median voxel uncertainty in the body "
-                              f"{100 * float(np.median(unc.array[res.internal_truth.labels.array > 0])):.1f} %")
+            _methods_section(rep, res)
         if res.internal_images is not None:
-            rep.heading(f"{res.tracer}: the clinical chain from the DICOM images")
-            img = {r.name: r.mean_gy for r in res.internal_images.organ_tables["mc"]}
-            true = {r.name: r.mean_gy for r in res.internal_truth.organ_tables["mc"]}
-            rep.table(["organ", "MC from images (Gy)", "MC on true TIA (Gy)", "difference (%)"],
-                      [[n, img[n], true[n], 100 * (img[n] / true[n] - 1) if true[n] else None]
-                       for g in ORGAN_GROUPS.values() for n in g if n in true and true[n] > 0],
-                      caption="Image-based TIA (partial-volume, noise, sampling) against the truth, "
-                              f"both with Monte Carlo dose. Full outputs: {res.tracer}/internal_from_images/report.html.")
+            _clinical_chain_section(rep, res)
         if res.ct_dose is not None:
-            cd = res.ct_dose
-            rep.heading(f"{res.tracer}: dose from the CT scan")
-            rep.text("Helical CT with tube-current modulation read from the DICOM headers, Monte Carlo on the "
-                     "patient's density and materials, calibrated to the header CTDIvol with a CTDI-phantom "
-                     f"simulation. Full outputs: {res.tracer}/ct_dose/report.html.")
-            rows = sorted((r for r in cd.organs if r.mass_weighted_mean_gy is not None and r.mass_g),
-                          key=lambda r: -r.mass_weighted_mean_gy)
-            rep.table(["organ", "mean dose (mGy)", "uncertainty (%)"],
-                      [[r.name, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent] for r in rows[:15]])
-            e = cd.effective_dose or {}
-            rep.table(["quantity", "value"],
-                      [["CTDIvol (header mean, mGy)", cd.calibration.ctdivol_target_mgy],
-                       ["effective dose (mSv, partial)", e.get("effective_dose_msv")],
-                       ["ICRP 103 weight covered by the labels", e.get("covered_weight")],
-                       ["tissues missing from the labels", ", ".join(e.get("missing_tissues", []))]])
+            _ct_section(rep, res)
         rep.table(["radionuclide data (ICRP-107)", "value"], _nuclide_rows(res.nuclide))
         rep.table(["check", "result", "expected"], res.checks, caption="Checks")
         rep.table(["step", "seconds"], [[k, round(v, 2)] for k, v in res.timings_s.items()])
     rep.table(["stage", "seconds"], [[k, round(v, 2)] for k, v in timings.items()], caption="Run time")
     return rep.write(path)
+
+
+def _patient_section(rep, res: TracerResult) -> None:
+    """Series read, CT, density, materials, labels and organ masses."""
+    from persodose.report import figures
+
+    rep.heading(f"{res.tracer} ({res.nuclide})")
+    rep.table(["modality", "description", "acquired", "hours p.i. (mid-frame)", "units",
+               "activity in the field of view at mid-frame (MBq)"], res.series_rows,
+              caption="Series read from DICOM")
+    rep.figure(figures.slices_figure([
+        ("CT", res.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000}),
+        ("density", res.density, {"cmap": "viridis", "vmin": 0, "vmax": 2.0}),
+        ("materials", res.materials, {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest",
+                                      "label": "material index"}),
+    ], overlay_labels=res.labels), caption="CT, mass density (Schneider et al. 2000) and material classes")
+    rep.figure(figures.labels_figure(res.labels, res.label_names), caption="Organ and lesion labels")
+    if res.mass_rows:
+        rep.table(["organ", "phantom mass (g)", "mass from CT density (g)", "difference (%)"], res.mass_rows,
+                  caption="Organ masses: phantom definition vs the CT-derived density")
+
+
+def _emission_section(rep, res: TracerResult) -> None:
+    """Emission images on the CT grid and organ activities measured against the truth."""
+    from persodose.metrics.organ import label_sums
+    from persodose.report import figures
+
+    hours = np.array([h for h, _ in res.frames_on_ct])
+    frames = [(f"{h:.1f} h", g.to_concentration().with_array(g.to_concentration().array / 1e3, unit="kBq/mL"))
+              for h, g in res.frames_on_ct]
+    if len(frames) > 6:
+        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, 6).round().astype(int)]
+    vmax = float(np.percentile(np.concatenate([f.array.max(axis=1).ravel() for _, f in frames]), 99.5))
+    rep.figure(figures.mip_row(frames, unit="kBq/mL", vmax=vmax),
+               caption="Emission images on the CT grid (coronal maximum-intensity projections)")
+    # organs with specific uptake, ranked by the highest true mean concentration
+    n_vox = label_sums(np.ones(res.labels.array.size), res.labels, res.label_names)
+    organs = [n for n in res.organ_true_bq if max(res.organ_true_bq[n]) > 0 and n_vox.get(n, 0) > 0]
+    organs.sort(key=lambda n: -max(res.organ_true_bq[n]) / n_vox[n])
+    rep.figure(figures.curves_figure(hours, {n: (np.array(res.organ_measured_bq[n]) / 1e6,
+                                                 np.array(res.organ_true_bq[n]) / 1e6) for n in organs[:8]},
+                                     "organ activity (MBq)", log=True),
+               caption="Organ activity measured in the images (markers) and true (lines) for the organs "
+                       "with the highest uptake; the difference is the partial-volume effect of the "
+                       "scanner's resolution")
+    totals = [sum(res.organ_true_bq[n][i] for n in res.organ_true_bq) for i in range(len(hours))]
+    rows = [[n] + [100.0 * (mi / ti - 1.0) if ti > 1e-3 * tot else "n/a"
+                   for mi, ti, tot in zip(res.organ_measured_bq[n], res.organ_true_bq[n], totals)] for n in organs]
+    rep.table(["organ"] + [f"{h:.2f} h" for h in hours], rows,
+              caption="Measured / true organ activity - 1 (%) at each time point, organs by uptake; "
+                      "n/a where the organ holds under 0.1% of the activity. Low-uptake organs next to "
+                      "hot ones (bone, lungs) gain activity by spill-in.")
+
+
+def _methods_section(rep, res: TracerResult) -> None:
+    """Every dose method on the true TIA against Monte Carlo."""
+    truth = res.internal_truth
+    rep.heading(f"{res.tracer}: dose methods against Monte Carlo (true TIA)")
+    rep.text("Every method applied to the true time-integrated activity, Monte Carlo on the CT's "
+             "densities and materials as the reference; organ mean-dose errors in % (the comparison of "
+             "the SINFONIA FDG study). Full outputs: " f"{res.tracer}/internal_true_tia/report.html.")
+    cols, rows = method_comparison(truth)
+    rep.table(cols, rows)
+    mc_rows = sorted((r for r in truth.organ_tables["mc"] if r.n_voxels), key=lambda r: -r.mean_gy)
+    unc = truth.uncertainty_mc
+    rep.table(["organ", "MC mean dose (Gy)", "D98 (Gy)", "D2 (Gy)"],
+              [[r.name, r.mean_gy, r.d_gy.get("D98"), r.d_gy.get("D2")] for r in mc_rows[:15]],
+              caption=f"Monte Carlo organ doses, {truth.mc_info.get('decays', 0):.3g} decays; "
+                      f"median voxel uncertainty in the body "
+                      f"{100 * float(np.median(unc.array[truth.labels.array > 0])):.1f} %")
+
+
+def _clinical_chain_section(rep, res: TracerResult) -> None:
+    """Monte Carlo dose from the images' TIA against the dose from the true TIA."""
+    rep.heading(f"{res.tracer}: the clinical chain from the DICOM images")
+    img = {r.name: r.mean_gy for r in res.internal_images.organ_tables["mc"]}
+    true = {r.name: r.mean_gy for r in res.internal_truth.organ_tables["mc"]}
+    rep.table(["organ", "MC from images (Gy)", "MC on true TIA (Gy)", "difference (%)"],
+              [[n, img[n], true[n], 100 * (img[n] / true[n] - 1) if true[n] else None]
+               for g in ORGAN_GROUPS.values() for n in g if n in true and true[n] > 0],
+              caption="Image-based TIA (partial-volume, noise, sampling) against the truth, "
+                      f"both with Monte Carlo dose. Full outputs: {res.tracer}/internal_from_images/report.html.")
+
+
+def _ct_section(rep, res: TracerResult) -> None:
+    """Organ doses and effective dose of the CT scan."""
+    cd = res.ct_dose
+    rep.heading(f"{res.tracer}: dose from the CT scan")
+    rep.text("Helical CT with tube-current modulation read from the DICOM headers, Monte Carlo on the "
+             "patient's density and materials, calibrated to the header CTDIvol with a CTDI-phantom "
+             f"simulation. Full outputs: {res.tracer}/ct_dose/report.html.")
+    rows = sorted((r for r in cd.organs if r.mass_weighted_mean_gy is not None and r.mass_g),
+                  key=lambda r: -r.mass_weighted_mean_gy)
+    rep.table(["organ", "mean dose (mGy)", "uncertainty (%)"],
+              [[r.name, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent] for r in rows[:15]])
+    e = cd.effective_dose or {}
+    rep.table(["quantity", "value"],
+              [["CTDIvol (header mean, mGy)", cd.calibration.ctdivol_target_mgy],
+               ["effective dose (mSv, partial)", e.get("effective_dose_msv")],
+               ["ICRP 103 weight covered by the labels", e.get("covered_weight")],
+               ["tissues missing from the labels", ", ".join(e.get("missing_tissues", []))]])
 
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, log=print) -> Path:
