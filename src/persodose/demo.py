@@ -78,10 +78,10 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
         t0 = time.perf_counter()
         _ct_step(res, settings, ct_info, work / tracer)
         timings["CT dosimetry"] = time.perf_counter() - t0
-        e = res.ct_dose.effective_dose or {}
-        log(f"  {tracer}: CT dose: CTDIvol {res.ct_dose.calibration.ctdivol_target_mgy:.2f} mGy, "
-            f"effective dose {e.get('effective_dose_msv', float('nan')):.2f} mSv (partial: "
-            f"{e.get('covered_weight', float('nan')):.2f} of the ICRP 103 weight) ({timings['CT dosimetry']:.0f} s)")
+        e = res.ct_dose.effective_dose
+        if e is not None:
+            log(f"  {tracer}: CT dose: CTDIvol {res.ct_dose.calibration.ctdivol_target_mgy:.2f} mGy, "
+                f"effective dose {e.effective_dose_msv:.2f} mSv ({e.status}) ({timings['CT dosimetry']:.0f} s)")
     for line in method_comparison_lines(res.internal_truth):
         log("    " + line)
     res.series_rows.insert(0, ["CT", ct_info.series_description if ct_info else "CT",
@@ -372,12 +372,12 @@ def _ct_section(rep, res: TracerResult) -> None:
                   key=lambda r: -r.mass_weighted_mean_gy)
     rep.table(["organ", "mean dose (mGy)", "uncertainty (%)"],
               [[r.name, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent] for r in rows[:15]])
-    e = cd.effective_dose or {}
+    e = cd.effective_dose
     rep.table(["quantity", "value"],
               [["CTDIvol (header mean, mGy)", cd.calibration.ctdivol_target_mgy],
-               ["effective dose (mSv, partial)", e.get("effective_dose_msv")],
-               ["ICRP 103 weight covered by the labels", e.get("covered_weight")],
-               ["tissues missing from the labels", ", ".join(e.get("missing_tissues", []))]])
+               ["effective dose (mSv)", e.effective_dose_msv if e else None],
+               ["ICRP 103 weight covered by the labels", e.covered_weight if e else None],
+               ["tissues missing from the labels", ", ".join(e.missing_tissues) if e else ""]])
 
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, log=print) -> Path:

@@ -87,7 +87,7 @@ def ct(
                f"{result.ctdi.centre_to_periphery:.3f}; max dose {float(result.dose_mgy.array.max()):.3g} mGy")
     if result.effective_dose:
         e = result.effective_dose
-        typer.echo(f"effective dose {e['effective_dose_msv']:.3g} mSv ({e['status']})")
+        typer.echo(f"effective dose {e.effective_dose_msv:.3g} mSv ({e.status})")
     if result.organs:
         typer.echo("organ doses (mGy): " + json.dumps({r.name: round(1e3 * r.mass_weighted_mean_gy, 3)
                                                       for r in result.organs}))

@@ -66,9 +66,9 @@ def build_ct_report(result, path: Path, title: str) -> Path:
     if result.effective_dose:
         e = result.effective_dose
         rep.heading("Effective dose (ICRP 103)")
-        rep.text(f"E = {e['effective_dose_msv']:.3g} ± {e['uncertainty_msv']:.2g} mSv, {e['status']}")
-        rep.text("Missing tissues: " + (", ".join(e["missing_tissues"]) or "none"))
-        for n in e.get("notes", []):
+        rep.text(f"E = {e.effective_dose_msv:.3g} ± {e.uncertainty_msv:.2g} mSv, {e.status}")
+        rep.text("Missing tissues: " + (", ".join(e.missing_tissues) or "none"))
+        for n in e.notes:
             rep.text(n, "small")
     rep.table(["step", "seconds"], [[s, v] for s, v in result.statistics.get("timings_s", {}).items()],
               caption="Run time")

@@ -140,9 +140,21 @@ class EffectiveDose:
     remainder_missing: list
     unmapped_labels: list
     notes: list = field(default_factory=list)
+    reference: str = "ICRP Publication 103 (2007), Table 3; w_R = 1 for photons"
+
+    @property
+    def effective_dose_msv(self) -> float:
+        """The effective dose, mSv."""
+        return self.effective_dose_sv * 1e3
+
+    @property
+    def uncertainty_msv(self) -> float:
+        """Its standard uncertainty, mSv."""
+        return self.uncertainty_sv * 1e3
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, plus the effective dose and its uncertainty in mSv (``effective_dose.json``)."""
+        return {**asdict(self), "effective_dose_msv": self.effective_dose_msv, "uncertainty_msv": self.uncertainty_msv}
 
 
 def _combine(values: list[tuple[str, float, float | None, float | None]]) -> tuple[float, float]:

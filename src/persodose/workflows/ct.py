@@ -62,8 +62,7 @@ class CTDoseResult:
         organs: one :class:`~persodose.metrics.organ.OrganDoseRow` per label (Gy); the organ dose
             is ``mass_weighted_mean_gy`` (energy over mass), its ``uncertainty_percent`` from
             the batch spread.
-        effective_dose: :class:`persodose.risk.effective_dose.EffectiveDose` as a dict (mSv keys
-            added), or None without labels.
+        effective_dose: :class:`persodose.risk.effective_dose.EffectiveDose`, or None without labels.
         acquisition, scanner, positions: the source model used.
         ctdi: :class:`persodose.ct.ctdi.CTDIResult`; calibration: :class:`persodose.ct.dose.Calibration`.
         warnings: acquisition warnings (one line each).
@@ -77,7 +76,7 @@ class CTDoseResult:
     labels: Grid | None
     label_names: dict
     organs: list
-    effective_dose: dict | None
+    effective_dose: Any
     acquisition: Any
     scanner: Any
     positions: Any
@@ -292,12 +291,8 @@ def _organ_step(run, dose: Grid, cal, lab, label_names, phantom, spectrum):
             row = _marrow_row(row, dose, lab, phantom, spectrum)
         organs.append(row)
     dose_gy = {r.name: r.mass_weighted_mean_gy for r in organs}
-    e = effective_dose(dose_gy, {r.name: r.mass_g for r in organs},
-                       {r.name: (r.uncertainty_percent or 0.0) / 100 * dose_gy[r.name] for r in organs})
-    eff = e.to_dict()
-    eff["effective_dose_msv"] = e.effective_dose_sv * 1e3
-    eff["uncertainty_msv"] = e.uncertainty_sv * 1e3
-    eff["reference"] = "ICRP Publication 103 (2007), Table 3; w_R = 1 for photons"
+    eff = effective_dose(dose_gy, {r.name: r.mass_g for r in organs},
+                         {r.name: (r.uncertainty_percent or 0.0) / 100 * dose_gy[r.name] for r in organs})
     return organs, eff
 
 
