@@ -325,6 +325,9 @@ CASES = [
     ("ct-photons-fewer-than-batches", lambda w: _ct(w, "--photons", "3", "--batches", "5"), ["--photons", "--batches"]),
     ("internal-mc-decays-fewer-than-batches", lambda w: [("mc" if a == "led" else a) for a in _internal(
         w, "--method-option", "mc.decays=3", "--method-option", "mc.batches=8")], ["mc.decays"]),
+    ("internal-times-h-count", lambda w: _internal(w, "--times-h", "4,5,6"), ["--times-h", "--emission"]),
+    ("compare-realisation-of-another-kind", lambda w: _compare(w, "--realisation", w["tia_like_dose"],
+                                                               "--realisation", w["dose_a"]), ["tia_like_dose"]),
     ("internal-same-time-twice", lambda w: _internal(w, emission=[w["tp"][0], w["tp"][0]]), ["tp1", "same time"]),
     ("internal-method-option-unknown", lambda w: _internal(w, "--method-option", "led.energi=all"), ["led.energi"]),
     ("internal-method-option-bad-value", lambda w: _internal(w, "--method-option", "led.energy=photons"),

@@ -67,6 +67,11 @@ def compare(
     result = {k: v for k, v in result.items() if k != "mask"}
     if realisation:
         grids = [load("--realisation", p) for p in realisation]
+        for p, g in zip(realisation, grids):
+            if g.kind is not tst.kind or g.unit != tst.unit or not g.same_geometry(tst):
+                raise InputError(f"--realisation {p} holds {g.kind.value} ({g.unit}) on a {g.shape} grid; "
+                                 f"the realisations must be maps like --test {test} ({tst.kind.value}, {tst.unit}, "
+                                 f"{tst.shape})")
         result["ensemble_noise_percent"] = ensemble_noise(grids, (lab.array > 0) if lab is not None else None)
     v = result["voxel"]
     typer.echo(f"MAE {v['mae']:.4g}  ME {v['me']:.4g}  RMSE {v['rmse']:.4g}  NRMSE {v['nrmse']:.4g}  "

@@ -87,6 +87,9 @@ def internal(
             raise InputError(f"--times-h {times_h!r} must be comma-separated numbers") from None
         if not all(0 <= h < 1e5 for h in hours):
             raise InputError(f"--times-h {times_h!r}: hours after injection must be finite and not negative")
+        if len(hours) != len(emission):
+            raise InputError(f"--times-h {times_h!r} gives {len(hours)} time(s) for {len(emission)} --emission "
+                             "image(s): give one time per image")
     with about("--ct", ct):
         ct_grid, ct_info = load_ct(ct)
         require_volume(ct_grid)
