@@ -14,7 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from persodose.cli import compare, ct, density, demo, info, internal, kernel, mc, methods, nuclide, phantom, series
+import importlib
+import importlib.util
 
 app = typer.Typer(
     name="persodose",
@@ -24,8 +25,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (info, series, nuclide, density, internal, ct, mc, kernel, compare, phantom, demo, methods):
-    module.register(app)
+#: Command groups, one module each in persodose/cli with a ``register(app)`` function; a new
+#: group is one file plus its name here (a name whose module does not exist yet is skipped).
+COMMAND_MODULES = ("info", "series", "nuclide", "density", "internal", "ct", "mc", "kernel", "compare", "phantom",
+                   "demo", "methods", "dataset", "train", "weights", "evaluate", "segment")
+
+for _name in COMMAND_MODULES:
+    if importlib.util.find_spec(f"persodose.cli.{_name}") is not None:
+        importlib.import_module(f"persodose.cli.{_name}").register(app)
 
 
 @app.callback()
