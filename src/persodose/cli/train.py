@@ -1,0 +1,75 @@
+"""``persodose train``: fit a registered network to a dataset (resumable, reproducible)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from persodose.cli._common import count, positive
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+def _network_options(items: list[str]) -> dict[str, str]:
+    from persodose.errors import InputError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--network-option {item!r} must be SETTING=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def train(
+    network: str = typer.Argument(..., help="Registered network name (e.g. residual-cnn3d)."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder written by 'persodose dataset make' (train and val splits)."),
+    out: Path = typer.Option(..., "--out", help="Weights file to write (.pt); OUT.json, OUT.loss.csv/.png and OUT.ckpt beside it."),
+    epochs: int = typer.Option(10, "--epochs", callback=count(1, 100000), help="Epochs in total (a resumed run continues up to it)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", callback=count(2, 100000), help="Samples per step, >= 2 (default 2)."),
+    lr: Optional[float] = typer.Option(None, "--lr", callback=positive(1.0), help="Adam learning rate (default 1e-3)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint OUT.ckpt up to --epochs (same result as an uninterrupted run); options not given come from the checkpoint."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default OUT.ckpt)."),
+    seed: Optional[int] = typer.Option(None, "--seed", callback=count(0, 2**63 - 1), help="Random seed (default 0)."),
+    patience: Optional[int] = typer.Option(None, "--patience", callback=count(1, 100000), help="Stop after this many epochs without a better validation loss."),
+    plateau_factor: Optional[float] = typer.Option(None, "--plateau-factor", help="Reduce the learning rate by this factor (0..1) on a plateau."),
+    plateau_patience: Optional[int] = typer.Option(None, "--plateau-patience", callback=count(0, 100000), help="Epochs of plateau before reducing (default 2)."),
+    threads: Optional[int] = typer.Option(None, "--threads", callback=count(1, 4096), help="CPU threads of torch during the run (fix it for bitwise resumes)."),
+    network_option: Optional[List[str]] = typer.Option(None, "--network-option", help="Network setting SETTING=VALUE (repeat)."),
+) -> None:
+    """Train NETWORK on --data and write the weights --out (Adam, the network's loss, early stopping)."""
+    from persodose.dl.train import TrainSettings, checkpoint_settings, output_paths
+    from persodose.dl.train import train as run_training
+    from persodose.dl.device import parse_device
+
+    from persodose.outputs import check_output_paths
+
+    parse_device(device)
+    side = output_paths(out)
+    check_output_paths(inputs={"--data": data}, output_files={"--out": [side["weights"], side["sidecar"], side["csv"],
+                                                                        side["png"]]})
+    given = {"batch_size": batch_size, "lr": lr, "seed": seed, "patience": patience,
+             "plateau_factor": plateau_factor, "plateau_patience": plateau_patience, "threads": threads}
+    given = {k: v for k, v in given.items() if v is not None}
+    ck = checkpoint if checkpoint is not None else output_paths(out)["checkpoint"]
+    base = checkpoint_settings(ck) if resume else {}
+    base.pop("device", None)
+    settings = TrainSettings(**{**base, **given, "epochs": epochs, "device": device})
+    command = " ".join(["persodose train", network, f"--data {data}", f"--out {out}", f"--epochs {epochs}",
+                        f"--batch-size {settings.batch_size}", f"--lr {settings.lr:g}", f"--seed {settings.seed}"]
+                       + ([f"--patience {settings.patience}"] if settings.patience else [])
+                       + ([f"--plateau-factor {settings.plateau_factor:g}"] if settings.plateau_factor else [])
+                       + ([f"--threads {settings.threads}"] if settings.threads else [])
+                       + [f"--network-option {o}" for o in network_option or []])
+    result = run_training(network, data, out, settings, network_settings=_network_options(network_option or []),
+                          resume=resume, checkpoint=ck, command=command)
+    last = result.history[-1]
+    typer.echo(f"trained {network}: {len(result.history)} epoch(s), val loss {last['val_loss']:.6g} "
+               f"(best {result.final_validation_loss:.6g} at epoch {result.best_epoch}"
+               f"{', stopped early' if result.stopped_early else ''}); weights {result.weights}")

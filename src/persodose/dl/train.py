@@ -1,0 +1,636 @@
+"""One training loop for every registered network, resumable bit for bit.
+
+:func:`train` fits a network of :mod:`persodose.dl.networks` to a dataset written by
+``persodose dataset make`` (read by :func:`read_dataset`): Adam, the network's loss (MSE by
+default), the validation loss on the ``val`` split after every epoch, early stopping after
+``patience`` epochs without improvement, optional reduce-on-plateau of the learning rate,
+mixed precision (``torch.autocast``, bfloat16) on CUDA only.
+
+After every epoch a checkpoint is written atomically (model, optimizer, scheduler, the RNG
+states of torch, numpy, Python and the data loader, epoch, history, best weights), so that
+``resume=True`` continues a stopped run and gives the same result as an uninterrupted one:
+bitwise on the CPU, where deterministic algorithms are switched on for the run and the
+number of threads is fixed (recorded in the checkpoint).
+
+Outputs beside the weights file ``OUT`` (the state dict of the best validation epoch,
+``torch.save``): ``OUT.json`` (the fields of
+:class:`~persodose.dl.weights_registry.WeightsEntry` and how the weights were made),
+``OUT.loss.csv`` and ``OUT.loss.png`` (loss curves) and the checkpoint ``OUT.ckpt``.
+
+Dataset format (``persodose-dataset/1``): a folder with ``manifest.json`` =
+``{"format", "kind", "patients": [{"id", "seed", "split", "shard", "n", "sha256"}],
+"input_shape": [C, D, H, W], "target_shape": [C', D, H, W]}`` and HDF5 shards holding
+``inputs`` (N, C, D, H, W) and ``targets`` (N, C', D, H, W), float32. A patient's samples are
+its shard's rows; patients sharing a shard take consecutive rows in manifest order (or from
+an ``offset`` field when present). :func:`open_data` opens it with
+``persodose.dl.datasets.open_dataset`` when that module is there, else with this module's own
+small reader :func:`read_dataset`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from persodose.errors import InputError
+from persodose.outputs import atomic_file
+
+__all__ = ["DATASET_FORMAT", "CHECKPOINT_FORMAT", "DatasetOnDisk", "read_dataset", "TrainSettings",
+           "TrainResult", "train", "weights_entry", "output_paths", "batches", "checkpoint_settings",
+           "open_data", "check_dataset_for"]
+
+log = logging.getLogger(__name__)
+
+DATASET_FORMAT = "persodose-dataset/1"
+CHECKPOINT_FORMAT = "persodose-checkpoint/1"
+SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------- dataset reader
+@dataclass(frozen=True)
+class DatasetOnDisk:
+    """A dataset folder (its manifest read and checked; arrays read on demand).
+
+    Attributes:
+        path: the folder.
+        kind: dataset kind (the networks' ``dataset_kind``).
+        patients: manifest entries (``id``, ``split``, ``shard``, ``n`` ...), in manifest order.
+        input_shape: ``(C, D, H, W)`` of one input sample.
+        target_shape: ``(C', D, H, W)`` of one target sample.
+        manifest_sha256: SHA-256 of ``manifest.json``.
+    """
+
+    path: Path
+    kind: str
+    patients: tuple
+    input_shape: tuple
+    target_shape: tuple
+    manifest_sha256: str
+    opened: Any = field(default=None, repr=False, compare=False)
+
+    def split_ids(self, split: str) -> list[str]:
+        return [str(p["id"]) for p in self.patients if p["split"] == split]
+
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``(inputs (N, C, D, H, W), targets (N, C', D, H, W), patient id of each sample)``, float32.
+
+        Raises:
+            InputError: no patient in ``split``, a missing, corrupt or mis-shaped shard.
+        """
+        chosen = [p for p in self.patients if p["split"] == split]
+        if not chosen:
+            raise InputError(f"dataset {self.path}: no patient in the {split!r} split")
+        if self.opened is not None:  # persodose.dl.datasets reads its own format
+            inputs, targets = self.opened.load_split(split)
+            ids = [str(p["id"]) for p in chosen for _ in range(int(p["n"]))]
+            return self._checked(split, np.asarray(inputs, np.float32), np.asarray(targets, np.float32), ids)
+        h5py = _h5py()
+        rows = _row_ranges(self.patients)
+        xs, ys, ids = [], [], []
+        for p in chosen:
+            shard = self.path / str(p["shard"])
+            start, n = rows[id(p)]
+            try:
+                with h5py.File(shard, "r") as f:
+                    x, y = f["inputs"], f["targets"]
+                    if x.shape[0] < start + n or y.shape[0] < start + n:
+                        raise InputError(f"dataset {self.path}: shard {p['shard']} holds {x.shape[0]} samples, "
+                                         f"patient {p['id']!r} needs rows {start}..{start + n - 1}")
+                    xs.append(np.asarray(x[start:start + n], dtype=np.float32))
+                    ys.append(np.asarray(y[start:start + n], dtype=np.float32))
+            except (OSError, KeyError) as exc:
+                raise InputError(f"dataset {self.path}: cannot read shard {p['shard']} "
+                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+            ids += [str(p["id"])] * n
+        return self._checked(split, np.concatenate(xs), np.concatenate(ys), ids)
+
+    def _checked(self, split: str, inputs: np.ndarray, targets: np.ndarray, ids: list[str]):
+        if inputs.shape[0] != len(ids) or targets.shape[0] != len(ids):
+            raise InputError(f"dataset {self.path}: the {split!r} split holds {inputs.shape[0]} samples, "
+                             f"the manifest says {len(ids)}")
+        if inputs.shape[1:] != self.input_shape or targets.shape[1:] != self.target_shape:
+            raise InputError(f"dataset {self.path}: shards hold {list(inputs.shape[1:])} / {list(targets.shape[1:])}"
+                             f", the manifest says {list(self.input_shape)} / {list(self.target_shape)}")
+        if not (np.all(np.isfinite(inputs)) and np.all(np.isfinite(targets))):
+            raise InputError(f"dataset {self.path}: the {split!r} split holds NaN or infinite values")
+        return inputs, targets, ids
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, manifest checksum and the patients with their splits (for the weights sidecar)."""
+        return {"path": str(self.path), "kind": self.kind, "manifest_sha256": self.manifest_sha256,
+                "input_shape": list(self.input_shape), "target_shape": list(self.target_shape),
+                "patients": [{"id": str(p["id"]), "split": p["split"]} for p in self.patients]}
+
+
+def _h5py():
+    from persodose._optional import optional_import
+
+    return optional_import("h5py", "dl")
+
+
+def _row_ranges(patients: Sequence[dict]) -> dict[int, tuple[int, int]]:
+    """``id(patient) -> (first row, n)`` in its shard."""
+    next_row: dict[str, int] = {}
+    out = {}
+    for p in patients:
+        start = int(p["offset"]) if "offset" in p else next_row.get(p["shard"], 0)
+        out[id(p)] = (start, int(p["n"]))
+        next_row[p["shard"]] = start + int(p["n"])
+    return out
+
+
+def read_dataset(path: str | Path, verify: bool = True) -> DatasetOnDisk:
+    """Read and check a dataset folder's manifest (and the shards' SHA-256 when ``verify``).
+
+    Raises:
+        InputError: no such folder, no or unreadable manifest, another format, bad entries,
+            a missing shard or one whose checksum differs.
+    """
+    from persodose.dl.weights_registry import sha256_file
+
+    root = Path(path)
+    mpath = root / "manifest.json"
+    if not root.is_dir():
+        raise InputError(f"dataset {root}: no such folder")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"dataset {root}: cannot read manifest.json ({type(exc).__name__})") from None
+    if not isinstance(m, dict) or m.get("format") != DATASET_FORMAT:
+        got = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise InputError(f"dataset {root}: manifest format {got!r}, expected {DATASET_FORMAT!r}")
+    try:
+        kind = str(m["kind"])
+        ins, tgt = tuple(int(v) for v in m["input_shape"]), tuple(int(v) for v in m["target_shape"])
+        patients = tuple(dict(p) for p in m["patients"])
+        for p in patients:
+            if p["split"] not in SPLITS or int(p["n"]) < 1 or not str(p["shard"]).strip():
+                raise ValueError(f"patient {p.get('id')!r}: split must be one of {SPLITS}, n >= 1, shard named")
+            str(p["id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"dataset {root}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    if verify:
+        checked: dict[str, str] = {}
+        for p in patients:
+            shard = root / str(p["shard"])
+            if not shard.is_file():
+                raise InputError(f"dataset {root}: shard {p['shard']} of patient {p['id']!r} is missing")
+            if p.get("sha256"):
+                got = checked.setdefault(str(p["shard"]), sha256_file(shard))
+                if got != str(p["sha256"]).lower():
+                    raise InputError(f"dataset {root}: shard {p['shard']} sha256 {got[:12]}... differs from the "
+                                     f"manifest's {str(p['sha256'])[:12]}... (damaged or changed)")
+    return DatasetOnDisk(root, kind, patients, ins, tgt, sha256_file(mpath))
+
+
+def open_data(path: str | Path) -> DatasetOnDisk:
+    """The dataset at ``path``: opened by ``persodose.dl.datasets.open_dataset`` (the reader of
+    ``persodose dataset make``, which checks every shard's SHA-256 and shape) when that module
+    is installed, else by this module's :func:`read_dataset`.
+    """
+    try:
+        from persodose.dl.datasets import open_dataset
+    except ImportError:
+        return read_dataset(path)
+    from persodose.dl.weights_registry import sha256_file
+
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(f"dataset {root}: no such folder")
+    ds = open_dataset(root)
+    try:
+        patients = tuple(dict(p) for p in ds.patients)
+        for p in patients:
+            if p["split"] not in SPLITS or int(p["n"]) < 1:
+                raise ValueError(f"patient {p.get('id')!r}: split must be one of {SPLITS} and n >= 1")
+        shapes = tuple(int(v) for v in ds.input_shape), tuple(int(v) for v in ds.target_shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"dataset {root}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    return DatasetOnDisk(root, str(ds.kind), patients, shapes[0], shapes[1], sha256_file(root / "manifest.json"),
+                         opened=ds)
+
+
+def check_dataset_for(spec, data: DatasetOnDisk, split: str) -> None:
+    """Refuse a dataset of another kind, shapes that do not fit, or an empty ``split``."""
+    from persodose.dl.networks import check_shapes
+
+    if data.kind != spec.dataset_kind:
+        raise InputError(f"dataset {data.path} is of kind {data.kind!r}; network {spec.name!r} trains on "
+                         f"{spec.dataset_kind!r}")
+    check_shapes(spec, data.input_shape, data.target_shape, where=f"dataset {data.path}")
+    if not data.split_ids(split):
+        raise InputError(f"dataset {data.path}: no patient in the {split!r} split; network {spec.name!r} needs one")
+
+
+# --------------------------------------------------------------------------- settings, result
+@dataclass(frozen=True)
+class TrainSettings:
+    """Settings of a training run.
+
+    Attributes:
+        epochs: epochs to reach in total (a resumed run continues up to it).
+        batch_size: samples per step, >= 2 (a batch of 1 leaves oneDNN's fast 3-D path).
+        lr: Adam learning rate.
+        seed: seed of torch, numpy, Python and the data loader.
+        patience: stop after this many epochs without a better validation loss; None: never.
+        plateau_factor: reduce-on-plateau factor of the learning rate (0 < f < 1); None: off.
+        plateau_patience: epochs without improvement before the learning rate is reduced.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: CPU threads of torch during the run (None: as it is; recorded either way).
+        amp: mixed precision (bfloat16 autocast), used on CUDA only.
+    """
+
+    epochs: int = 10
+    batch_size: int = 2
+    lr: float = 1e-3
+    seed: int = 0
+    patience: int | None = None
+    plateau_factor: float | None = None
+    plateau_patience: int = 2
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        from persodose.dl.device import parse_device
+
+        if self.epochs < 1 or self.batch_size < 2:
+            raise InputError(f"epochs must be >= 1 and batch size >= 2, got {self.epochs}, {self.batch_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.seed < 0:
+            raise InputError(f"learning rate must be positive and seed >= 0, got {self.lr}, {self.seed}")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience must be >= 1, got {self.patience}")
+        if self.plateau_factor is not None and not (0 < self.plateau_factor < 1):
+            raise InputError(f"plateau factor must lie in (0, 1), got {self.plateau_factor}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be >= 1, got {self.threads}")
+        parse_device(self.device)
+
+
+@dataclass
+class TrainResult:
+    """What a training run made.
+
+    Attributes:
+        weights: the weights file (state dict of the best validation epoch).
+        sidecar: its JSON sidecar (WeightsEntry fields and provenance).
+        checkpoint: the last checkpoint.
+        history: one row per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``lr``.
+        best_epoch: the epoch whose weights were written (1-based).
+        final_validation_loss: validation loss of the written weights.
+        stopped_early: whether the patience ran out.
+        state_dict: the written state dict (tensors).
+    """
+
+    weights: Path
+    sidecar: Path
+    checkpoint: Path
+    history: list[dict]
+    best_epoch: int
+    final_validation_loss: float
+    stopped_early: bool
+    state_dict: Any = field(default=None, repr=False)
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """The files written beside the weights file ``out``."""
+    o = Path(out)
+    return {"weights": o, "sidecar": Path(f"{o}.json"), "csv": Path(f"{o}.loss.csv"),
+            "png": Path(f"{o}.loss.png"), "checkpoint": Path(f"{o}.ckpt")}
+
+
+def batches(n: int, batch_size: int) -> list[slice]:
+    """Consecutive slices of ``n`` samples; a last batch of 1 is merged into the one before."""
+    out = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(out) > 1 and out[-1].stop - out[-1].start == 1:
+        out[-2] = slice(out[-2].start, n)
+        out.pop()
+    return out
+
+
+# --------------------------------------------------------------------------- torch state
+@contextlib.contextmanager
+def _deterministic(torch, threads: int | None) -> Iterator[int]:
+    """Deterministic algorithms and a fixed thread count for the block; restored after."""
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+        torch.set_num_threads(old_threads)
+
+
+def _rng_state(torch, loader_gen) -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "loader": loader_gen.get_state(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                       int(np_state[3]), float(np_state[4])),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(torch, loader_gen, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    loader_gen.set_state(state["loader"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(torch, seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _loss_function(torch, name: str):
+    return {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss,
+            "smooth_l1": torch.nn.functional.smooth_l1_loss}[name]
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class _Run:
+    """Everything a step needs (built once per run)."""
+
+    torch: Any
+    spec: Any
+    network_settings: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    loader_gen: Any
+    val: tuple
+    device: Any
+    loss_fn: Any
+    amp: bool
+    batch_size: int
+    memory_format: Any
+
+
+def _train_epoch(r: _Run) -> float:
+    torch = r.torch
+    r.model.train()
+    total, count = 0.0, 0
+    for x, y in r.loader:
+        x, y = x.to(r.device, memory_format=r.memory_format), y.to(r.device)
+        r.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=r.amp):
+            loss = r.loss_fn(r.model(x).float(), y)
+        loss.backward()
+        r.optimizer.step()
+        total += float(loss.detach()) * x.shape[0]
+        count += x.shape[0]
+    return total / count
+
+
+def _val_loss(r: _Run) -> float:
+    torch = r.torch
+    x_all, y_all = r.val
+    r.model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for s in batches(x_all.shape[0], r.batch_size):
+            x, y = x_all[s].to(r.device, memory_format=r.memory_format), y_all[s].to(r.device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=r.amp):
+                pred = r.model(x).float()
+            total += float(r.loss_fn(pred, y)) * x.shape[0]
+    return total / x_all.shape[0]
+
+
+def _checkpoint(r: _Run, epoch: int, history: list, best: dict, stopped: bool, settings: TrainSettings,
+                data: DatasetOnDisk, threads: int) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "network": r.spec.name,
+            "network_settings": dataclasses.asdict(r.network_settings),
+            "train_settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "epochs"},
+            "data": {"kind": data.kind, "patients": data.describe()["patients"]},
+            "model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
+            "scheduler": r.scheduler.state_dict() if r.scheduler is not None else None,
+            "rng": _rng_state(r.torch, r.loader_gen), "epoch": epoch, "history": history,
+            "best": best, "stopped_early": stopped, "threads": threads}
+
+
+def _save(torch, obj: Any, path: Path) -> None:
+    """``torch.save`` atomically; through a buffer, so that the bytes do not depend on the
+    temporary file's name (torch names the archive's folder after the file)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _read_checkpoint(torch, path: Path, spec, network_settings, settings: TrainSettings,
+                     data: DatasetOnDisk) -> dict:
+    """The checkpoint at ``path``, checked to belong to this network, data and settings."""
+    checkpoint_settings(path)  # refuses a missing or foreign file
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if ck["network"] != spec.name or ck["network_settings"] != dataclasses.asdict(network_settings):
+        raise InputError(f"checkpoint {path} is of network {ck['network']!r} {ck['network_settings']}, "
+                         f"not {spec.name!r} {dataclasses.asdict(network_settings)}; cannot resume")
+    if ck["data"] != {"kind": data.kind, "patients": data.describe()["patients"]}:
+        raise InputError(f"checkpoint {path} was trained on other data (kind or patients differ); cannot resume")
+    mine = {k: v for k, v in dataclasses.asdict(settings).items() if k != "epochs"}
+    diff = sorted(k for k in mine if k not in ("patience", "device") and ck["train_settings"].get(k) != mine[k])
+    if diff:
+        theirs = ", ".join(f"{k}={ck['train_settings'].get(k)}" for k in diff)
+        raise InputError(f"checkpoint {path}: {', '.join(diff)} differ from the checkpoint's "
+                         f"({theirs}); cannot resume")
+    return ck
+
+
+def _build_run(torch, spec, network_settings, model, settings: TrainSettings, data: DatasetOnDisk,
+               device) -> _Run:
+    x_tr, y_tr, _ = data.load_split("train")
+    if x_tr.shape[0] < 2:
+        raise InputError(f"dataset {data.path}: the train split holds {x_tr.shape[0]} sample; at least 2 are needed")
+    x_va, y_va, _ = data.load_split("val")
+    loader_gen = _seed_everything(torch, settings.seed)
+    model.load_state_dict(spec.builder(network_settings).state_dict())  # same init after seeding
+    model.to(device)
+    fmt = torch.channels_last_3d if (device.type == "cpu" and spec.channels_last_cpu) else torch.contiguous_format
+    model.to(memory_format=fmt)
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr))
+    loader = torch.utils.data.DataLoader(ds, batch_size=settings.batch_size, shuffle=True, generator=loader_gen,
+                                         num_workers=0, drop_last=(x_tr.shape[0] % settings.batch_size == 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scheduler = None
+    if settings.plateau_factor is not None:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=settings.plateau_factor,
+                                                               patience=settings.plateau_patience)
+    return _Run(torch, spec, network_settings, model, optimizer, scheduler, loader, loader_gen,
+                (torch.from_numpy(x_va), torch.from_numpy(y_va)), device, _loss_function(torch, spec.loss),
+                bool(settings.amp and device.type == "cuda"), settings.batch_size, fmt)
+
+
+def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSettings | None = None, *,
+          network_settings: Any = None, resume: bool = False, checkpoint: str | Path | None = None,
+          command: str = "", after_epoch=None) -> TrainResult:
+    """Train ``network`` on the dataset at ``data_dir``; write the weights ``out`` and its sidecars.
+
+    Args:
+        network: a registered network name (:func:`persodose.dl.networks.available_networks`).
+        data_dir: dataset folder (``train`` and ``val`` splits needed).
+        out: weights file to write (``.pt``); see :func:`output_paths` for the others.
+        settings: :class:`TrainSettings` (default: its defaults).
+        network_settings: the network's settings (instance or mapping).
+        resume: continue from the checkpoint (default ``OUT.ckpt``) up to ``settings.epochs``.
+        checkpoint: the checkpoint file (default ``OUT.ckpt``).
+        command: the command line, recorded in the sidecar.
+        after_epoch: ``callback(epoch, history)`` after each checkpoint (tests interrupt here).
+
+    Raises:
+        InputError: data of another kind or shape, no train/val split, a checkpoint of another
+            network, data or settings.
+    """
+    from persodose.dl.device import select_device
+    from persodose.dl.networks import build_network
+
+    settings = settings or TrainSettings()
+    spec, net_settings, model = build_network(network, network_settings)
+    data = open_data(data_dir)
+    check_dataset_for(spec, data, "train")
+    check_dataset_for(spec, data, "val")
+    paths = output_paths(out)
+    ck_path = Path(checkpoint) if checkpoint is not None else paths["checkpoint"]
+    torch = __import__("torch")
+    device = select_device(settings.device)
+    with _deterministic(torch, settings.threads) as threads:
+        ck = _read_checkpoint(torch, ck_path, spec, net_settings, settings, data) if resume else None
+        r = _build_run(torch, spec, net_settings, model, settings, data, device)
+        history: list[dict] = []
+        best = {"epoch": 0, "val_loss": math.inf, "model": None}
+        stopped, start = False, 0
+        if ck is not None:
+            if ck["threads"] != threads:
+                log.warning("resuming with %d threads; the checkpoint was made with %d: results may differ "
+                            "in the last bits", threads, ck["threads"])
+            model.load_state_dict(ck["model"])
+            r.optimizer.load_state_dict(ck["optimizer"])
+            if r.scheduler is not None:
+                r.scheduler.load_state_dict(ck["scheduler"])
+            _set_rng_state(torch, r.loader_gen, ck["rng"])
+            history, best, stopped, start = list(ck["history"]), dict(ck["best"]), bool(ck["stopped_early"]), ck["epoch"]
+        for epoch in range(start + 1, settings.epochs + 1):
+            if stopped:
+                break
+            train_loss = _train_epoch(r)
+            val_loss = _val_loss(r)
+            if r.scheduler is not None:
+                r.scheduler.step(val_loss)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "lr": float(r.optimizer.param_groups[0]["lr"])})
+            if val_loss < best["val_loss"]:
+                best = {"epoch": epoch, "val_loss": val_loss,
+                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            stopped = settings.patience is not None and epoch - best["epoch"] >= settings.patience
+            log.info("epoch %d: train loss %.6g, val loss %.6g", epoch, train_loss, val_loss)
+            _save(torch, _checkpoint(r, epoch, history, best, stopped, settings, data, threads), ck_path)
+            if after_epoch is not None:
+                after_epoch(epoch, history)
+    if best["model"] is None:  # every validation loss was NaN: the run diverged
+        raise InputError(f"training of {spec.name!r} diverged (validation loss not finite); try a smaller --lr")
+    return _write_outputs(torch, paths, spec, net_settings, settings, data, history, best, stopped, ck_path,
+                          command, threads, str(device))
+
+
+# --------------------------------------------------------------------------- outputs
+def _write_outputs(torch, paths, spec, net_settings, settings, data, history, best, stopped, ck_path,
+                   command, threads, device) -> TrainResult:
+    from persodose.dl.weights_registry import sha256_file
+
+    state = {k: v.contiguous() for k, v in best["model"].items()}
+    _save(torch, state, paths["weights"])
+    _write_curves(paths, history, spec.loss)
+    sha, size = sha256_file(paths["weights"]), paths["weights"].stat().st_size
+    described = data.describe()
+    sidecar = {
+        "name": paths["weights"].name.split(".")[0] or spec.name, "file": paths["weights"].name,
+        "sha256": sha, "size_bytes": size,
+        "training_command": command or f"persodose train {spec.name} --data {data.path} --out {paths['weights']}",
+        "seed": settings.seed, "epochs": len(history), "final_validation_loss": float(best["val_loss"]),
+        "network": spec.name, "description": f"{spec.name} trained on {data.kind} ({len(data.patients)} patients)",
+        "data_manifest": f"{data.path / 'manifest.json'} sha256 {data.manifest_sha256} (kind {data.kind})",
+        "best_epoch": int(best["epoch"]), "stopped_early": bool(stopped), "loss": spec.loss,
+        "network_settings": dataclasses.asdict(net_settings), "train_settings": dataclasses.asdict(settings),
+        "data": described, "history": history, "checkpoint": str(ck_path), "threads": threads, "device": device,
+        "torch": torch.__version__,
+    }
+    with atomic_file(paths["sidecar"]) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(paths["weights"], paths["sidecar"], ck_path, history, int(best["epoch"]),
+                       float(best["val_loss"]), bool(stopped), state)
+
+
+def _write_curves(paths, history: list[dict], loss: str) -> None:
+    with atomic_file(paths["csv"]) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "lr"])
+            w.writeheader()
+            w.writerows(history)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"loss ({loss})")
+    if all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in history):
+        ax.set_yscale("log")
+    ax.legend()
+    with atomic_file(paths["png"]) as tmp:
+        fig.savefig(tmp, dpi=100)
+
+
+def weights_entry(sidecar: str | Path):
+    """The :class:`~persodose.dl.weights_registry.WeightsEntry` of a training sidecar (to register it)."""
+    from persodose.dl.weights_registry import WeightsEntry
+
+    raw = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+    names = {f.name for f in dataclasses.fields(WeightsEntry)}
+    return WeightsEntry(**{k: v for k, v in raw.items() if k in names})
+
+
+def checkpoint_settings(path: str | Path) -> dict[str, Any]:
+    """The training settings stored in a checkpoint (all but ``epochs``), to resume with them.
+
+    Raises:
+        InputError: no such file, or not a persodose checkpoint.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--resume: no checkpoint {p} (train without --resume first)")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise InputError(f"checkpoint {p}: not a readable persodose checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"checkpoint {p}: not a persodose checkpoint")
+    return dict(ck["train_settings"])

@@ -1,0 +1,114 @@
+"""Tests of persodose.dl.evaluate through ``persodose evaluate`` (in-process)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("h5py")
+
+from persodose.cli.main import main  # noqa: E402
+from persodose.dl.evaluate import score_sample, summarise  # noqa: E402
+from persodose.metrics import voxel  # noqa: E402
+from tests.dl.test_train import make_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = make_dataset(root / "ds")
+    out = root / "w.pt"
+    assert main(["train", "residual-cnn3d", "--data", str(data), "--out", str(out), "--device", "cpu",
+                 "--epochs", "2", "--threads", "1"]) == 0
+    return data, out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("persodose: error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_evaluate_writes_json_and_markdown(trained, tmp_path, capsys):
+    data, weights = trained
+    out = tmp_path / "metrics"
+    assert main(["evaluate", "residual-cnn3d", "--test", str(data), "--weights", str(weights), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    shown = capsys.readouterr().out
+    assert "| channel | MAE | ME | MRAE (%) | RMSE | NRMSE | SSIM | PSNR (dB) |" in shown
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["n_samples"] == 4 and result["kind"] == "density-led"  # 2 test patients x 2 samples
+    assert result["provenance"]["sha256"] == json.loads(Path(f"{weights}.json").read_text())["sha256"]
+    assert {r["patient"] for r in result["per_sample"]} == {"p006", "p007"}
+    assert (out / "metrics.md").read_text().count("\n| 0 |") == 1
+
+    # the per-sample scores are persodose.metrics.voxel's on the network's own prediction
+    from persodose.dl.evaluate import predict
+    from persodose.dl.networks import build_network
+    from persodose.dl.train import read_dataset
+
+    x, y, _ = read_dataset(data).load_split("test")
+    _, _, model = build_network("residual-cnn3d")
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    pred = predict(model, x, device="cpu")
+    first = result["per_sample"][0]
+    assert first["mae"] == pytest.approx(voxel.mae(y[0, 0], pred[0, 0]), rel=1e-6)
+    assert first["ssim"] == pytest.approx(voxel.ssim(y[0, 0], pred[0, 0]), rel=1e-6)
+    assert first["mrae_percent"] == pytest.approx(voxel.mrae(y[0, 0], pred[0, 0]), rel=1e-6)
+    mean_rmse = np.mean([r["rmse"] for r in result["per_sample"]])
+    assert result["channels"][0]["rmse"] == pytest.approx(mean_rmse)
+
+
+def test_score_of_a_perfect_and_a_biased_prediction():
+    t = np.random.default_rng(1).random((5, 5, 5)) + 0.5
+    perfect = score_sample(t, t)
+    assert perfect.mae == 0 and perfect.me == 0 and perfect.ssim == pytest.approx(1.0) and perfect.psnr_db == math.inf
+    biased = score_sample(t, t + 0.1)
+    assert biased.me == pytest.approx(0.1) and biased.mae == pytest.approx(0.1) and biased.rmse == pytest.approx(0.1)
+    # an all-zero target: no relative error and no data range (NaN, left out of the means)
+    zero = score_sample(np.zeros((5, 5, 5)), np.full((5, 5, 5), 0.1))
+    assert math.isnan(zero.mrae_percent) and math.isnan(zero.psnr_db) and math.isnan(zero.ssim)
+    assert zero.mae == pytest.approx(0.1)
+    mean = summarise([perfect, biased])
+    assert mean.me == pytest.approx(0.05)
+
+
+def test_evaluate_bad_inputs_exit_2(trained, tmp_path, capsys):
+    data, weights = trained
+    no_test = make_dataset(tmp_path / "notest", splits=("train", "val"))
+    other = make_dataset(tmp_path / "other", kind="ct-dose", splits=("test",))
+    corrupt = tmp_path / "corrupt.pt"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(raw))
+    Path(f"{corrupt}.json").write_text(Path(f"{weights}.json").read_text())
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    cases = [
+        ((data, weights, "--sha256", "0" * 64), "does not match"),
+        ((data, corrupt), "does not match"),
+        ((data, junk), "not a readable PyTorch weights file"),
+        ((data, tmp_path / "missing.pt"), "no such file"),
+        ((no_test, weights), "no patient in the 'test' split"),
+        ((other, weights), "of kind 'ct-dose'"),
+    ]
+    for (ds, w, *extra), expected in cases:
+        assert main(["evaluate", "residual-cnn3d", "--test", str(ds), "--weights", str(w), "--device", "cpu",
+                     *extra]) == 2
+        assert expected in _one_error_line(capsys)
+    side = json.loads(Path(f"{weights}.json").read_text())
+    side["network"] = "another-net"
+    relabelled = tmp_path / "other-net.pt"
+    relabelled.write_bytes(weights.read_bytes())
+    Path(f"{relabelled}.json").write_text(json.dumps(side))
+    assert main(["evaluate", "residual-cnn3d", "--test", str(data), "--weights", str(relabelled)]) == 2
+    assert "are for network 'another-net'" in _one_error_line(capsys)
+    wide = tmp_path / "wide.pt"
+    torch.save({"head.weight": torch.zeros(3)}, wide)
+    assert main(["evaluate", "residual-cnn3d", "--test", str(data), "--weights", str(wide)]) == 2
+    assert "do not fit network" in _one_error_line(capsys)

@@ -1,0 +1,238 @@
+"""Tests of persodose.dl.networks and persodose.dl.train through ``persodose train`` (in-process).
+
+A tiny residual CNN trains on a tiny generated dataset (the ``persodose-dataset/1`` format,
+written here with h5py); a run stopped after epoch 2 and resumed gives bit for bit the
+weights and loss history of an uninterrupted 4-epoch run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+h5py = pytest.importorskip("h5py")
+
+from persodose.cli.main import main  # noqa: E402
+from persodose.dl import networks  # noqa: E402
+from persodose.dl.train import TrainSettings, batches, open_data, read_dataset, train, weights_entry  # noqa: E402
+from persodose.errors import InputError  # noqa: E402
+
+SPLITS = ("train",) * 4 + ("val",) * 2 + ("test",) * 2
+
+
+def make_dataset(root: Path, kind: str = "density-led", splits=SPLITS, n: int = 2, shape=(6, 6, 6),
+                 in_channels: int = 2, out_channels: int = 1, seed: int = 0) -> Path:
+    """A tiny dataset: density and activity in, a smoothed activity / density 'dose' out."""
+    from scipy import ndimage
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    patients = []
+    for i, split in enumerate(splits):
+        dens = 1.0 + 0.1 * rng.standard_normal((n, 1) + tuple(shape))
+        act = rng.random((n, 1) + tuple(shape)) ** 3
+        x = np.concatenate([dens, act, dens], axis=1)[:, :in_channels].astype(np.float32)
+        y = np.stack([ndimage.uniform_filter(a[0], 3) / d[0] for a, d in zip(act, dens)])[:, None]
+        y = np.repeat(y, out_channels, axis=1).astype(np.float32)
+        name = f"shard_{i:05d}.h5"
+        with h5py.File(root / name, "w") as f:
+            f["inputs"] = x
+            f["targets"] = y
+        patients.append({"id": f"p{i:03d}", "seed": seed + i, "split": split, "shard": name, "n": n,
+                         "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest()})
+    manifest = {"format": "persodose-dataset/1", "kind": kind, "settings": {}, "seed": seed, "patients": patients,
+                "input_shape": [in_channels, *shape], "target_shape": [out_channels, *shape]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "residual-cnn3d", "--data", str(data), "--out", str(out), "--device", "cpu",
+                 "--seed", "3", "--threads", "1", "--batch-size", "2", *extra])
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("persodose: error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- the resume contract
+def test_resumed_training_equals_uninterrupted_run(data, tmp_path, capsys):
+    full, halves, killed = tmp_path / "full" / "w.pt", tmp_path / "halves" / "w.pt", tmp_path / "killed" / "w.pt"
+    assert _train(data, full, "--epochs", "4") == 0
+    # stopped after epoch 2, then resumed to 4
+    assert _train(data, halves, "--epochs", "2") == 0
+    assert _train(data, halves, "--epochs", "4", "--resume") == 0
+
+    # killed by an exception after epoch 2 of a 4-epoch run, then resumed from its checkpoint
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, history):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train("residual-cnn3d", data, killed, TrainSettings(epochs=4, seed=3, threads=1, device="cpu"),
+              after_epoch=kill)
+    assert not killed.exists() and Path(f"{killed}.ckpt").is_file()
+    assert _train(data, killed, "--epochs", "4", "--resume") == 0
+
+    ref = torch.load(full, weights_only=True)
+    ref_side = json.loads(Path(f"{full}.json").read_text())
+    assert [h["epoch"] for h in ref_side["history"]] == [1, 2, 3, 4]
+    assert ref_side["history"][-1]["val_loss"] < ref_side["history"][0]["val_loss"]  # it learns
+    for other in (halves, killed):
+        got = torch.load(other, weights_only=True)
+        assert got.keys() == ref.keys()
+        assert all(torch.equal(ref[k], got[k]) for k in ref)
+        side = json.loads(Path(f"{other}.json").read_text())
+        assert side["history"] == ref_side["history"]
+        assert side["sha256"] == ref_side["sha256"]
+    ck_full = torch.load(f"{full}.ckpt", weights_only=True)
+    ck_killed = torch.load(f"{killed}.ckpt", weights_only=True)
+    assert all(torch.equal(ck_full["model"][k], ck_killed["model"][k]) for k in ck_full["model"])
+    assert torch.equal(ck_full["rng"]["loader"], ck_killed["rng"]["loader"])
+
+
+def test_outputs_sidecar_and_curves(data, tmp_path):
+    out = tmp_path / "w.pt"
+    assert _train(data, out, "--epochs", "2", "--patience", "5", "--plateau-factor", "0.5") == 0
+    side = json.loads(Path(f"{out}.json").read_text())
+    entry = weights_entry(f"{out}.json")  # the sidecar holds a registrable WeightsEntry
+    assert entry.network == "residual-cnn3d" and entry.seed == 3 and entry.epochs == 2
+    assert entry.sha256 == hashlib.sha256(out.read_bytes()).hexdigest() and entry.size_bytes == out.stat().st_size
+    assert "persodose train residual-cnn3d" in entry.training_command and "--seed 3" in entry.training_command
+    assert side["data"]["kind"] == "density-led"
+    assert {p["split"] for p in side["data"]["patients"]} == {"train", "val", "test"}
+    best = min(side["history"], key=lambda h: h["val_loss"])
+    assert side["best_epoch"] == best["epoch"] and side["final_validation_loss"] == best["val_loss"]
+    rows = Path(f"{out}.loss.csv").read_text().splitlines()
+    assert rows[0] == "epoch,train_loss,val_loss,lr" and len(rows) == 3
+    assert Path(f"{out}.loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_early_stopping_on_patience(data, tmp_path):
+    res = train("residual-cnn3d", data, tmp_path / "w.pt",
+                TrainSettings(epochs=30, lr=0.5, seed=0, threads=1, device="cpu", patience=1))
+    # a learning rate of 0.5 does not improve for long: the patience of 1 ends the run early
+    assert res.stopped_early and len(res.history) < 30
+    assert len(res.history) == res.best_epoch + 1
+
+
+# ----------------------------------------------------------------------------- user mistakes
+def test_bad_inputs_exit_2_with_one_line(data, tmp_path, capsys):
+    other_kind = make_dataset(tmp_path / "ct", kind="ct-dose", splits=("train", "val"))
+    three_ch = make_dataset(tmp_path / "c3", in_channels=3, splits=("train", "val"))
+    no_val = make_dataset(tmp_path / "noval", splits=("train", "train", "test"))
+    cases = [
+        ((other_kind, "--epochs", "1"), "of kind 'ct-dose'"),
+        ((three_ch, "--epochs", "1"), "takes 2 input"),
+        ((no_val, "--epochs", "1"), "no patient in the 'val' split"),
+        ((tmp_path / "nothing", "--epochs", "1"), "no such folder"),
+        ((data, "--epochs", "1", "--resume"), "no checkpoint"),
+        ((data, "--epochs", "1", "--batch-size", "1"), "--batch-size"),
+    ]
+    for (ds, *extra), expected in cases:
+        out = tmp_path / "bad" / "w.pt"
+        assert main(["train", "residual-cnn3d", "--data", str(ds), "--out", str(out), "--device", "cpu",
+                     "--threads", "1", *extra]) == 2
+        assert expected in _one_error_line(capsys)
+        assert not out.exists()
+    assert main(["train", "no-such-net", "--data", str(data), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "known: " in _one_error_line(capsys)
+
+
+def test_resume_from_another_networks_checkpoint_is_refused(data, tmp_path, capsys):
+    saved = networks.NETWORKS.snapshot()
+    try:
+        networks.register_network("test-other-cnn3d", lambda s: networks.residual_cnn3d(s),
+                                  dataset_kind="density-led", in_channels=2, out_channels=1,
+                                  settings=networks.ResidualCNN3DSettings)
+        out = tmp_path / "w.pt"
+        assert main(["train", "test-other-cnn3d", "--data", str(data), "--out", str(out), "--device", "cpu",
+                     "--epochs", "1", "--threads", "1"]) == 0
+        capsys.readouterr()
+        assert _train(data, out, "--epochs", "2", "--resume") == 2
+        assert "network 'test-other-cnn3d'" in _one_error_line(capsys)
+        assert _train(data, out, "--epochs", "2", "--resume", "--network-option", "width=4") == 2
+        _one_error_line(capsys)
+    finally:
+        networks.NETWORKS.restore(saved)
+    assert "test-other-cnn3d" not in networks.available_networks()
+
+
+def test_resume_with_other_settings_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "w.pt"
+    assert _train(data, out, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert _train(data, out, "--epochs", "2", "--resume", "--lr", "0.01") == 2
+    assert "lr" in _one_error_line(capsys)
+
+
+def test_corrupt_shard_is_refused(tmp_path):
+    ds = make_dataset(tmp_path / "ds", splits=("train", "val"))
+    shard = ds / "shard_00000.h5"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="sha256"):
+        read_dataset(ds)
+    with pytest.raises(InputError, match="(?i)sha-?256"):
+        open_data(ds)
+
+
+# ----------------------------------------------------------------------------- units
+def test_network_registry_and_shapes():
+    assert "residual-cnn3d" in networks.available_networks()
+    spec, settings, model = networks.build_network("residual-cnn3d", {"width": "4"})
+    assert settings.width == 4 and spec.dataset_kind == "density-led"
+    x = torch.zeros((2, 2, 5, 6, 7))
+    assert model(x).shape == (2, 1, 5, 6, 7)
+    with pytest.raises(InputError, match="known: .*residual-cnn3d"):
+        networks.get_network("nope")
+    with pytest.raises(InputError, match="does not fit"):
+        networks.check_shapes(spec, (2, 2, 6, 6), (1, 2, 6, 6))
+
+
+def test_batches_never_leave_a_batch_of_one():
+    assert batches(5, 2) == [slice(0, 2), slice(2, 5)]
+    assert batches(4, 2) == [slice(0, 2), slice(2, 4)]
+    assert batches(1, 2) == [slice(0, 1)]
+
+
+def test_weights_list_and_check(data, tmp_path, capsys):
+    assert main(["weights", "list"]) == 0
+    assert capsys.readouterr().out.strip() == "none shipped yet"
+    out = tmp_path / "w.pt"
+    assert _train(data, out, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert main(["weights", "check", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+    raw = bytearray(out.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    out.write_bytes(bytes(raw))
+    assert main(["weights", "check", str(out)]) == 2  # FILE.json's sha256 no longer matches
+    assert "does not match" in _one_error_line(capsys)
+    assert main(["weights", "check", str(tmp_path / "missing.pt")]) == 2
+    assert "no such file" in _one_error_line(capsys)
+
+
+def test_own_reader_agrees_with_open_data(data):
+    mine, opened = read_dataset(data), open_data(data)
+    assert (mine.kind, mine.input_shape, mine.target_shape) == (opened.kind, opened.input_shape, opened.target_shape)
+    for split in ("train", "val", "test"):
+        a, b = mine.load_split(split), opened.load_split(split)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert mine.load_split("test")[2] == ["p006", "p006", "p007", "p007"]
