@@ -118,9 +118,36 @@ def test_outputs_sidecar_and_curves(data, tmp_path):
     assert {p["split"] for p in side["data"]["patients"]} == {"train", "val", "test"}
     best = min(side["history"], key=lambda h: h["val_loss"])
     assert side["best_epoch"] == best["epoch"] and side["final_validation_loss"] == best["val_loss"]
+    x, y, _ = read_dataset(data).load_split("train")
+    assert side["input_scale"] == pytest.approx(np.sqrt(np.mean(x.astype(float) ** 2, axis=(0, 2, 3, 4))), rel=1e-6)
+    assert side["target_scale"] == pytest.approx([np.sqrt(np.mean(y.astype(float) ** 2))], rel=1e-6)
+    assert torch.load(out, weights_only=True)["target_scale"].flatten().tolist() == side["target_scale"]
     rows = Path(f"{out}.loss.csv").read_text().splitlines()
     assert rows[0] == "epoch,train_loss,val_loss,lr" and len(rows) == 3
     assert Path(f"{out}.loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_units_of_the_data_do_not_change_the_training(tmp_path):
+    """Targets in mGy instead of Gy: the same normalised losses, outputs 1000 times larger."""
+    gy = make_dataset(tmp_path / "gy", splits=("train", "train", "val"))
+    mgy = make_dataset(tmp_path / "mgy", splits=("train", "train", "val"))
+    for shard in mgy.glob("shard_*.h5"):
+        with h5py.File(shard, "r+") as f:
+            f["targets"][...] = f["targets"][...] * 1000.0
+    manifest = json.loads((mgy / "manifest.json").read_text())
+    for p in manifest["patients"]:
+        p["sha256"] = hashlib.sha256((mgy / p["shard"]).read_bytes()).hexdigest()
+    (mgy / "manifest.json").write_text(json.dumps(manifest))
+    s = TrainSettings(epochs=2, seed=0, threads=1, device="cpu")
+    a, b = train("residual-cnn3d", gy, tmp_path / "a.pt", s), train("residual-cnn3d", mgy, tmp_path / "b.pt", s)
+    assert [h["val_loss"] for h in b.history] == pytest.approx([h["val_loss"] for h in a.history], rel=1e-4)
+    _, _, model_a = networks.build_network("residual-cnn3d")
+    _, _, model_b = networks.build_network("residual-cnn3d")
+    model_a.load_state_dict(a.state_dict)
+    model_b.load_state_dict(b.state_dict)
+    x = torch.from_numpy(read_dataset(gy).load_split("val")[0])
+    with torch.no_grad():
+        assert torch.allclose(model_b(x), 1000.0 * model_a(x), rtol=1e-3, atol=1e-3)
 
 
 def test_early_stopping_on_patience(data, tmp_path):

@@ -7,6 +7,10 @@ and :func:`persodose.dl.evaluate.evaluate` find it here by name, so a new networ
 other change.
 
 PyTorch is imported only inside the builders (never when this module is imported).
+:func:`build_network` wraps the builder's module in :func:`scaled`: inputs and targets are
+divided by per-channel scales (the root mean square of the training split, saved as buffers
+in the weights), so that a network sees numbers near 1 whatever the units (Gy, Bq s) and
+still takes and gives physical units.
 
 Built-in:
 
@@ -28,7 +32,7 @@ from persodose.registry import Registry
 from persodose.settings import resolve_settings
 
 __all__ = ["NetworkSpec", "NETWORKS", "LOSSES", "register_network", "get_network", "available_networks",
-           "build_network", "check_shapes", "ResidualCNN3DSettings"]
+           "build_network", "scaled", "set_scales", "check_shapes", "ResidualCNN3DSettings"]
 
 #: Losses a network may declare (the training loop maps them to torch functions).
 LOSSES = ("mse", "l1", "smooth_l1")
@@ -118,10 +122,67 @@ def available_networks() -> list[str]:
 
 
 def build_network(name: str, settings: Any = None) -> tuple[NetworkSpec, Any, Any]:
-    """``(spec, settings, module)``: the network ``name`` built with its settings (imports PyTorch)."""
+    """``(spec, settings, module)``: the network ``name`` built with its settings (imports PyTorch).
+
+    The module is the builder's network inside :func:`scaled` (unit scales until training
+    sets them), so that it takes and gives physical units.
+    """
     spec = get_network(name)
     resolved = spec.settings(settings)
-    return spec, resolved, spec.builder(resolved)
+    return spec, resolved, scaled(spec.builder(resolved), spec.in_channels, spec.out_channels)
+
+
+@functools.lru_cache(maxsize=None)
+def _scaled_class():
+    import torch
+    from torch import nn
+
+    class ScaledNetwork(nn.Module):
+        """``y = target_scale * core(x / input_scale)``, scales per channel (buffers, saved with the weights)."""
+
+        def __init__(self, core: nn.Module, in_channels: int, out_channels: int):
+            super().__init__()
+            self.core = core
+            self.register_buffer("input_scale", torch.ones(1, in_channels, 1, 1, 1))
+            self.register_buffer("target_scale", torch.ones(1, out_channels, 1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.normalised(x) * self.target_scale
+
+        def normalised(self, x: torch.Tensor) -> torch.Tensor:
+            """The core's output, in units of ``target_scale`` (what the loss is computed on)."""
+            return self.core(x / self.input_scale)
+
+    return ScaledNetwork
+
+
+def scaled(core: Any, in_channels: int, out_channels: int) -> Any:
+    """``core`` wrapped so that inputs are divided by ``input_scale`` and outputs multiplied by
+    ``target_scale`` (per channel; set from the training data by :func:`set_scales`).
+
+    Dose maps and activities span many decades in SI units (Gy, Bq s); the wrapper lets every
+    network train on numbers near 1 and still take and give physical units, the scales
+    travelling in its state dict.
+    """
+    return _scaled_class()(core, int(in_channels), int(out_channels))
+
+
+def set_scales(model: Any, inputs, targets) -> tuple[list[float], list[float]]:
+    """Set ``model``'s scales to the per-channel root mean square of ``inputs`` (N, C, D, H, W)
+    and ``targets`` (N, C', D, H, W) (1 for an all-zero channel); returns them as lists."""
+    import numpy as np
+    import torch
+
+    def rms(a) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        v = np.sqrt(np.mean(np.square(a), axis=(0, 2, 3, 4)))
+        return np.where(np.isfinite(v) & (v > 0), v, 1.0)
+
+    s_in, s_out = rms(inputs), rms(targets)
+    with torch.no_grad():
+        model.input_scale.copy_(torch.as_tensor(s_in, dtype=model.input_scale.dtype).view(1, -1, 1, 1, 1))
+        model.target_scale.copy_(torch.as_tensor(s_out, dtype=model.target_scale.dtype).view(1, -1, 1, 1, 1))
+    return [float(v) for v in s_in], [float(v) for v in s_out]
 
 
 def check_shapes(spec: NetworkSpec, input_shape, target_shape, where: str = "dataset") -> None:

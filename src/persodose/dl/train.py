@@ -1,8 +1,9 @@
 """One training loop for every registered network, resumable bit for bit.
 
 :func:`train` fits a network of :mod:`persodose.dl.networks` to a dataset written by
-``persodose dataset make`` (read by :func:`read_dataset`): Adam, the network's loss (MSE by
-default), the validation loss on the ``val`` split after every epoch, early stopping after
+``persodose dataset make`` (read by :func:`open_data`): Adam, the network's loss (MSE by
+default) on inputs and targets divided by per-channel scales (the training split's root mean
+square, saved in the weights: :func:`persodose.dl.networks.scaled`), the validation loss on the ``val`` split after every epoch, early stopping after
 ``patience`` epochs without improvement, optional reduce-on-plateau of the learning rate,
 mixed precision (``torch.autocast``, bfloat16) on CUDA only.
 
@@ -398,7 +399,7 @@ def _train_epoch(r: _Run) -> float:
         x, y = x.to(r.device, memory_format=r.memory_format), y.to(r.device)
         r.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=r.amp):
-            loss = r.loss_fn(r.model(x).float(), y)
+            loss = r.loss_fn(r.model.normalised(x).float(), y / r.model.target_scale)
         loss.backward()
         r.optimizer.step()
         total += float(loss.detach()) * x.shape[0]
@@ -415,8 +416,8 @@ def _val_loss(r: _Run) -> float:
         for s in batches(x_all.shape[0], r.batch_size):
             x, y = x_all[s].to(r.device, memory_format=r.memory_format), y_all[s].to(r.device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=r.amp):
-                pred = r.model(x).float()
-            total += float(r.loss_fn(pred, y)) * x.shape[0]
+                pred = r.model.normalised(x).float()
+            total += float(r.loss_fn(pred, y / r.model.target_scale)) * x.shape[0]
     return total / x_all.shape[0]
 
 
@@ -462,14 +463,16 @@ def _read_checkpoint(torch, path: Path, spec, network_settings, settings: TrainS
     return ck
 
 
-def _build_run(torch, spec, network_settings, model, settings: TrainSettings, data: DatasetOnDisk,
-               device) -> _Run:
+def _build_run(torch, spec, network_settings, settings: TrainSettings, data: DatasetOnDisk, device) -> _Run:
     x_tr, y_tr, _ = data.load_split("train")
     if x_tr.shape[0] < 2:
         raise InputError(f"dataset {data.path}: the train split holds {x_tr.shape[0]} sample; at least 2 are needed")
     x_va, y_va, _ = data.load_split("val")
     loader_gen = _seed_everything(torch, settings.seed)
-    model.load_state_dict(spec.builder(network_settings).state_dict())  # same init after seeding
+    from persodose.dl.networks import scaled, set_scales
+
+    model = scaled(spec.builder(network_settings), spec.in_channels, spec.out_channels)  # seeded init
+    set_scales(model, x_tr, y_tr)
     model.to(device)
     fmt = torch.channels_last_3d if (device.type == "cpu" and spec.channels_last_cpu) else torch.contiguous_format
     model.to(memory_format=fmt)
@@ -507,10 +510,11 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
             network, data or settings.
     """
     from persodose.dl.device import select_device
-    from persodose.dl.networks import build_network
+    from persodose.dl.networks import get_network
 
     settings = settings or TrainSettings()
-    spec, net_settings, model = build_network(network, network_settings)
+    spec = get_network(network)
+    net_settings = spec.settings(network_settings)
     data = open_data(data_dir)
     check_dataset_for(spec, data, "train")
     check_dataset_for(spec, data, "val")
@@ -520,7 +524,8 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
     device = select_device(settings.device)
     with _deterministic(torch, settings.threads) as threads:
         ck = _read_checkpoint(torch, ck_path, spec, net_settings, settings, data) if resume else None
-        r = _build_run(torch, spec, net_settings, model, settings, data, device)
+        r = _build_run(torch, spec, net_settings, settings, data, device)
+        model = r.model
         history: list[dict] = []
         best = {"epoch": 0, "val_loss": math.inf, "model": None}
         stopped, start = False, 0
@@ -575,6 +580,8 @@ def _write_outputs(torch, paths, spec, net_settings, settings, data, history, be
         "network": spec.name, "description": f"{spec.name} trained on {data.kind} ({len(data.patients)} patients)",
         "data_manifest": f"{data.path / 'manifest.json'} sha256 {data.manifest_sha256} (kind {data.kind})",
         "best_epoch": int(best["epoch"]), "stopped_early": bool(stopped), "loss": spec.loss,
+        "loss_unit": "normalised: prediction and target divided by target_scale (train-split RMS per channel)",
+        "input_scale": state["input_scale"].flatten().tolist(), "target_scale": state["target_scale"].flatten().tolist(),
         "network_settings": dataclasses.asdict(net_settings), "train_settings": dataclasses.asdict(settings),
         "data": described, "history": history, "checkpoint": str(ck_path), "threads": threads, "device": device,
         "torch": torch.__version__,
