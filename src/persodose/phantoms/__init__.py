@@ -9,15 +9,21 @@ Labels (:data:`LABELS`): 1 body (remaining soft tissue), 2 skin_fat, 3 muscle, 4
 (cortical), 16 pelvis (cortical), 17/18 femoral_head_left/right (proximal femur), 19
 red_marrow (trabecular spine, ilia, sacrum), 20 lesion_liver, 21 lesion_bone, 22
 lesion_lymph_node, 23 lesion_pancreas, 30 ribs (and sternum), 31 shoulder_girdle
-(clavicles, scapulae); 0 is air (outside and airway lumen).
+(clavicles, scapulae); 0 is air (outside and airway lumen). Population patients
+(:mod:`persodose.phantoms.population`) also carry :data:`SEX_LABELS`: 24 breast, 25 uterus,
+26 ovaries, 27 prostate, 28 testes.
 """
 
-from persodose.phantoms.anatomy import (LABELS, LESION_LABELS, NOMINAL_DENSITY_G_CM3,
-                                        REFERENCE_MASS_G, build_anatomy, organ_masses_g)
-from persodose.phantoms.kinetics import FrameTiming, TACModel, frame_schedule, organ_tacs
-from persodose.phantoms.virtual_patient import (EmissionFrame, VirtualPatient, make_virtual_patient,
-                                                write_virtual_patient)
+from persodose.phantoms.anatomy import (ALL_LABELS, LABELS, LESION_LABELS, NOMINAL_DENSITY_G_CM3,
+                                        REFERENCE_MASS_G, SEX_LABELS, AnatomyParams, build_anatomy,
+                                        organ_masses_g)
+from persodose.phantoms.kinetics import FrameTiming, KineticParams, TACModel, frame_schedule, organ_tacs
+from persodose.phantoms.population import make_population, write_population
+from persodose.phantoms.virtual_patient import (EmissionFrame, PatientVariation, VirtualPatient,
+                                                make_virtual_patient, write_virtual_patient)
 
 __all__ = ["LABELS", "LESION_LABELS", "NOMINAL_DENSITY_G_CM3", "REFERENCE_MASS_G", "build_anatomy",
            "organ_masses_g", "TACModel", "FrameTiming", "frame_schedule", "organ_tacs",
-           "EmissionFrame", "VirtualPatient", "make_virtual_patient", "write_virtual_patient"]
+           "EmissionFrame", "VirtualPatient", "make_virtual_patient", "write_virtual_patient",
+           "ALL_LABELS", "SEX_LABELS", "AnatomyParams", "KineticParams", "PatientVariation",
+           "make_population", "write_population"]

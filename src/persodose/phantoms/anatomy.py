@@ -24,7 +24,7 @@ Sizes
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,6 +65,14 @@ LABELS: dict[int, str] = {
     31: "shoulder_girdle",   # clavicles and scapulae
 }
 
+#: Sex-specific labels, used only by patients built with ``AnatomyParams(sex_organs=True)``
+#: (the population of :mod:`persodose.phantoms.population`); the canonical patient has
+#: none of them. Names map to ICRP 103 tissues in :mod:`persodose.risk.effective_dose`
+#: (breast, gonads, uterus -> uterus_cervix, prostate).
+SEX_LABELS: dict[int, str] = {24: "breast", 25: "uterus", 26: "ovaries", 27: "prostate", 28: "testes"}
+#: Every label any virtual patient can carry.
+ALL_LABELS: dict[int, str] = {**LABELS, **SEX_LABELS}
+
 LESION_LABELS = (20, 21, 22, 23)
 BONE_LABELS = (14, 15, 16, 17, 18, 19, 21, 30, 31)
 
@@ -89,6 +97,11 @@ NOMINAL_DENSITY_G_CM3: dict[str, float] = {
 #: (both; split 55 % right / 45 % left), heart 840 (330 tissue + 510 blood), brain 1450.
 #: Whole organs with contents: urinary bladder 50 g wall + 200 mL urine, stomach 150 g
 #: wall + 250 g contents (content masses as in the ICRP 89/110 reference male).
+#: Nominal densities of :data:`SEX_LABELS`, g/cm3 (ICRU 46 / ICRP 89 rounded: breast, a
+#: glandular/adipose mixture, 0.98; uterus, ovaries, prostate, testes 1.04).
+SEX_ORGAN_DENSITY_G_CM3: dict[str, float] = {"breast": 0.98, "uterus": 1.04, "ovaries": 1.04,
+                                             "prostate": 1.04, "testes": 1.04}
+
 REFERENCE_MASS_G: dict[str, float] = {
     "liver": 1800.0, "spleen": 150.0, "kidneys": 310.0, "lungs": 1200.0, "heart": 840.0,
     "brain": 1450.0, "bladder": 250.0, "stomach": 400.0,
@@ -142,7 +155,11 @@ class Anatomy:
         x_mm, y_mm, h_mm: voxel-centre coordinates along x, y and height H (1-D).
         voxel_mm: isotropic voxel size, mm.
         aux: boolean helper masks used by the CT model (aorta, spinal canal, femoral shaft).
-        lesion_centres_mm: lesion centres (x, y, H).
+        lesion_centres_mm: lesion centres (x, y, H); for a population patient (``params``
+            given) name -> list of ``{"centre_mm_lps", "volume_ml"}`` in real LPS mm.
+        origin_xyz_mm: LPS origin of the grid when the coordinates above are reference
+            coordinates of a scaled patient (``None``: the canonical patient, origin from
+            the coordinates).
     """
 
     labels: np.ndarray
@@ -151,7 +168,8 @@ class Anatomy:
     h_mm: np.ndarray
     voxel_mm: float
     aux: dict[str, np.ndarray]
-    lesion_centres_mm: dict[str, tuple[float, float, float]]
+    lesion_centres_mm: dict
+    origin_xyz_mm: tuple[float, float, float] | None = None
 
 
 class _Canvas:
@@ -208,15 +226,84 @@ class _Canvas:
 _RIB_IN_MM = 30.0
 
 
+@dataclass(frozen=True)
+class LesionSpec:
+    """One lesion of a population patient.
+
+    Attributes:
+        name: lesion label name (``lesion_liver``, ``lesion_bone``, ``lesion_lymph_node``,
+            ``lesion_pancreas``).
+        volume_ml: volume of the sphere in the patient (real mm), mL.
+        u: three numbers in [0, 1) that choose the place (host voxel or position along the
+            lesion's site), drawn by the caller.
+    """
+
+    name: str
+    volume_ml: float
+    u: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class AnatomyParams:
+    """Deterministic anatomical parameters of one patient; the defaults are the canonical patient.
+
+    The patient is the canonical (reference-male) anatomy evaluated at scaled coordinates:
+    a real point ``(x, y, z)`` (LPS, vertex at z = 0) is painted as the reference point
+    ``(x / width_scale, y / width_scale, VERTEX_H_MM + z / height_scale)``, so that the
+    skeleton and organs follow the patient's height and frame. The field of view is
+    ``FOV_LENGTH_MM * height_scale`` long (same anatomical coverage for everyone) and at
+    least ``FOV_WIDTH_MM`` wide.
+
+    Attributes:
+        sex: ``"M"`` or ``"F"`` (only used when ``sex_organs``).
+        height_scale: patient height / 1.76 m.
+        width_scale: lateral and antero-posterior scale of the lean body (frame).
+        fat_extra_mm: subcutaneous fat thickness added to the canonical 15 mm (negative thins
+            it; at least -9 mm), real mm.
+        organ_volume_factor: organ name -> factor on its volume in reference coordinates
+            (names: lung_left, lung_right, heart, liver, stomach, spleen, kidney_left,
+            kidney_right, bladder, brain, breast, uterus, ovaries, prostate, testes).
+        organ_shift_mm: organ name -> (dx, dy, dH) shift of its centre, reference mm.
+        sex_organs: paint breasts, uterus and ovaries (F) or prostate and testes (M).
+        lesions: ``None`` for the canonical four lesions; else the list to paint.
+    """
+
+    sex: str = "M"
+    height_scale: float = 1.0
+    width_scale: float = 1.0
+    fat_extra_mm: float = 0.0
+    organ_volume_factor: dict = field(default_factory=dict)
+    organ_shift_mm: dict = field(default_factory=dict)
+    sex_organs: bool = False
+    lesions: tuple | None = None
+
+    @property
+    def is_canonical(self) -> bool:
+        return self == AnatomyParams()
+
+
 class _Variation:
     """Per-patient anatomical variation drawn from ``rng``; ``None`` is the canonical patient.
 
     The draws happen in the order the structures are painted, so the same seed always
-    gives the same patient.
+    gives the same patient. ``params`` adds deterministic per-organ volume factors and
+    shifts (identity for the defaults).
     """
 
-    def __init__(self, rng: np.random.Generator | None):
+    def __init__(self, rng: np.random.Generator | None, params: AnatomyParams | None = None):
         self.rng = rng
+        self.params = params or AnatomyParams()
+
+    def organ(self, name: str, c, semi):
+        """Centre and semi-axes of organ ``name`` after the parameters' shift and volume factor,
+        then the seeded scale of :meth:`scale`."""
+        shift = self.params.organ_shift_mm.get(name)
+        if shift is not None:
+            c = tuple(float(ci) + float(d) for ci, d in zip(c, shift))
+        f = self.params.organ_volume_factor.get(name)
+        if f is not None and f != 1.0:
+            semi = tuple(float(si) * float(f) ** (1.0 / 3.0) for si in semi)
+        return c, self.scale(semi)
 
     def scale(self, semi):
         """Semi-axes scaled for an organ volume factor drawn uniformly in [0.95, 1.05]."""
@@ -232,18 +319,23 @@ class _Variation:
         return tuple(float(ci) + float(d) for ci, d in zip(c, self.rng.uniform(-mm, mm, 3)))
 
 
-def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None) -> Anatomy:
-    """Voxelise the reference male.
+def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None,
+                  params: AnatomyParams | None = None) -> Anatomy:
+    """Voxelise the reference male, or a patient described by ``params``.
 
     Args:
         voxel_mm: isotropic voxel size, mm.
         rng: when given (seed != 0), organ volumes are scaled by a factor drawn uniformly
             in [0.95, 1.05] and lesion centres are shifted by a few mm; ``None`` gives the
             canonical patient.
+        params: :class:`AnatomyParams` of a population patient; ``None`` (or the defaults)
+            gives the canonical geometry bit for bit.
 
     Returns:
         :class:`Anatomy`.
     """
+    if params is not None and not params.is_canonical:
+        return _build_scaled(float(voxel_mm), rng, params)
     v = float(voxel_mm)
     nxy = int(round(FOV_WIDTH_MM / v))
     nz = int(round(FOV_LENGTH_MM / v))
@@ -273,12 +365,58 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None)
                    centres)
 
 
+def _scaled_axes(v: float, p: AnatomyParams):
+    """Real voxel-centre coordinates and the reference coordinates painted there, and the origin."""
+    sz, sw = float(p.height_scale), float(p.width_scale)
+    half_w = (205.0 + max(p.fat_extra_mm, 0.0) / sw + 40.0) * sw  # widest trunk + fat + breasts
+    nxy = int(round(max(FOV_WIDTH_MM, 2.0 * half_w) / v))
+    nz = int(round(FOV_LENGTH_MM * sz / v))
+    x = (np.arange(nxy) - (nxy - 1) / 2.0) * v
+    z = -nz * v + (np.arange(nz) + 0.5) * v  # LPS z of the voxel centres, vertex at 0
+    origin = (float(x[0]), float(x[0]), float(z[0]))
+    return x / sw, x / sw, VERTEX_H_MM + z / sz, origin
+
+
+def _build_scaled(v: float, rng, p: AnatomyParams) -> Anatomy:
+    """:func:`build_anatomy` for a patient of :class:`AnatomyParams` (see its docstring)."""
+    x, y, h, origin = _scaled_axes(v, p)
+    cv = _Canvas(x, y, h)
+    var = _Variation(rng, p)
+    aux_aorta = np.zeros(cv.lab.shape, bool)
+    aux_canal = np.zeros(cv.lab.shape, bool)
+    fat_ref = max(float(p.fat_extra_mm), -9.0) / float(p.width_scale)
+    _paint_outline(cv, fat_ref)
+    if p.sex_organs and p.sex == "F":
+        _paint_breasts(cv, var, fat_ref)
+    _paint_muscles(cv)
+    airway = _airway(cv)
+    _paint_thorax(cv, var, aux_aorta)
+    _paint_abdomen(cv, var)
+    _paint_head(cv, var)
+    _paint_spine(cv, aux_canal)
+    _paint_ribs_and_shoulders(cv)
+    _paint_pelvis(cv)
+    _paint_femora(cv)
+    if p.sex_organs:
+        _paint_sex_organs(cv, var, p.sex)
+    if p.lesions is None:
+        centres = _paint_lesions(cv, var)
+    else:
+        centres = _paint_lesion_list(cv, p, origin)
+    for s, m in airway:
+        cv.paint(s, m, 0, only=[1, 3])
+    shaft = _femoral_canal(cv)
+    return Anatomy(cv.lab, x, y, h, v, {"aorta": aux_aorta, "canal": aux_canal, "femoral_canal": shaft},
+                   centres, origin)
+
+
 # ----------------------------------------------------------------------------- outline
 _HEAD_C, _HEAD_SEMI = (0.0, 0.0, 1660.0), (80.0, 100.0, 102.0)
 
 
 def _trunk_mask(cv: _Canvas, shrink, hlim=(866, 1472)):
-    s, X, Y, H = cv.box((-200, 200), (-130, 140), hlim)
+    pad = max(0.0, -float(shrink))
+    s, X, Y, H = cv.box((-200 - pad, 200 + pad), (-130 - pad, 140 + pad), hlim)
     a, b, yc = trunk_outline(H, shrink)
     return s, (X / a) ** 2 + ((Y - yc) / b) ** 2 <= 1.0
 
@@ -286,7 +424,8 @@ def _trunk_mask(cv: _Canvas, shrink, hlim=(866, 1472)):
 def _thigh_masks(cv: _Canvas, shrink):
     out = []
     for side in (-1, 1):
-        s, X, Y, H = cv.box((-190, 190), (-100, 110), (FOV_BOTTOM_H_MM - 10, 905))
+        pad = max(0.0, -float(shrink))
+        s, X, Y, H = cv.box((-190 - pad, 190 + pad), (-100 - pad, 110 + pad), (FOV_BOTTOM_H_MM - 10 - pad, 905))
         f = (H - FOV_BOTTOM_H_MM) / (905 - FOV_BOTTOM_H_MM)
         a, b, xc = 68 + 17 * f - shrink, 74 + 14 * f - shrink, side * (88 + 6 * f)
         out.append((s, ((X - xc) / a) ** 2 + ((Y - 6) / b) ** 2 <= 1.0))
@@ -294,16 +433,21 @@ def _thigh_masks(cv: _Canvas, shrink):
 
 
 def _neck_mask(cv: _Canvas, shrink):
-    s, X, Y, H = cv.box((-70, 70), (-60, 80), (1440, 1600))
+    pad = max(0.0, -float(shrink))
+    s, X, Y, H = cv.box((-70 - pad, 70 + pad), (-60 - pad, 80 + pad), (1440, 1600))
     return s, (X / (58 - shrink)) ** 2 + ((Y - 12) / (62 - shrink)) ** 2 <= 1.0
 
 
-def _paint_outline(cv: _Canvas) -> None:
-    """Trunk, thighs, neck and head: skin/fat, the muscle layer under it, soft tissue inside."""
-    cv.paint(*_trunk_mask(cv, 0.0), 2)
-    for s, m in _thigh_masks(cv, 0.0):
+def _paint_outline(cv: _Canvas, fat_extra_mm: float = 0.0) -> None:
+    """Trunk, thighs, neck and head: skin/fat, the muscle layer under it, soft tissue inside.
+
+    ``fat_extra_mm`` (reference mm) grows the outer outline of trunk and thighs (the neck by
+    half of it) over the canonical 15 mm of subcutaneous fat; 0 is the canonical patient.
+    """
+    cv.paint(*_trunk_mask(cv, -fat_extra_mm if fat_extra_mm else 0.0), 2)
+    for s, m in _thigh_masks(cv, -fat_extra_mm if fat_extra_mm else 0.0):
         cv.paint(s, m, 2)
-    cv.paint(*_neck_mask(cv, 0.0), 2)
+    cv.paint(*_neck_mask(cv, -0.5 * fat_extra_mm if fat_extra_mm else 0.0), 2)
     cv.paint(*cv.ellipsoid(_HEAD_C, _HEAD_SEMI), 2)
     # muscle layer under the fat, then remaining soft tissue inside it
     cv.paint(*_trunk_mask(cv, 15.0, (900, 1462)), 3)
@@ -348,13 +492,14 @@ def _in_thorax(X, Y, H, extra=0.0):
 
 def _paint_thorax(cv: _Canvas, var: _Variation, aux_aorta: np.ndarray) -> None:
     """Lungs, heart and aorta (blood, label body; its voxels also go to ``aux_aorta``)."""
-    lung_semi = {4: var.scale((62.0, 92.0, 150.0)), 5: var.scale((66.0, 94.0, 150.0))}
+    lung_semi = {4: var.organ("lung_left", (0, 0, 0), (62.0, 92.0, 150.0))[1],
+                 5: var.organ("lung_right", (0, 0, 0), (66.0, 94.0, 150.0))[1]}
     for lab, xc in ((4, 82.0), (5, -82.0)):
         s, m = cv.ellipsoid((xc, 14.0, 1335.0), lung_semi[lab])
         X, Y, H = _coords(cv, s)
         m = m & _in_thorax(X, Y, H) & (H >= 1185 + (12 if lab == 4 else 0) - 0.25 * (Y - 14))
         cv.paint(s, m, lab, only=[1])
-    cv.paint(*cv.ellipsoid((22.0, -24.0, 1250.0), var.scale((60.0, 49.0, 64.0)),
+    cv.paint(*cv.ellipsoid(*var.organ("heart", (22.0, -24.0, 1250.0), (60.0, 49.0, 64.0)),
                            rot=_rot("z", -35) @ _rot("y", 25)), 6, only=[1, 4, 5])
     # aorta: ascending, arch, descending (blood; label body)
     aorta = [cv.capsule((-8, -22, 1290), (-12, -18, 1378), 14.0),
@@ -372,24 +517,24 @@ def _paint_thorax(cv: _Canvas, var: _Variation, aux_aorta: np.ndarray) -> None:
 
 def _paint_abdomen(cv: _Canvas, var: _Variation) -> None:
     """Liver, stomach, spleen, kidneys and bladder."""
-    s, m = cv.ellipsoid((-52.0, 2.0, 1125.0), var.scale((101.0, 76.0, 74.0)), rot=_rot("y", -18))
+    s, m = cv.ellipsoid(*var.organ("liver", (-52.0, 2.0, 1125.0), (101.0, 76.0, 74.0)), rot=_rot("y", -18))
     X, Y, H = _coords(cv, s)
     m = m & (X < 55 - 0.5 * (Y + 20)) & _in_thorax(X, Y, H, -14)
     cv.paint(s, m, 7, only=[1, 5])
-    cv.paint(*cv.ellipsoid((62.0, -30.0, 1138.0), var.scale((40.0, 35.0, 64.0)), rot=_rot("y", 35)), 12,
+    cv.paint(*cv.ellipsoid(*var.organ("stomach", (62.0, -30.0, 1138.0), (40.0, 35.0, 64.0)), rot=_rot("y", 35)), 12,
              only=[1, 4, 7])
-    cv.paint(*cv.ellipsoid((86.0, 42.0, 1140.0), var.scale((26.0, 54.0, 24.0)),
+    cv.paint(*cv.ellipsoid(*var.organ("spleen", (86.0, 42.0, 1140.0), (26.0, 54.0, 24.0)),
                            rot=_rot("z", 35) @ _rot("x", 10)), 8, only=[1, 3, 4, 7, 12])
-    kid_semi = var.scale((28.0, 23.0, 55.0))
-    cv.paint(*cv.ellipsoid((76.0, 52.0, 1082.0), kid_semi, rot=_rot("y", -14)), 9, only=[1, 3, 7, 8])
-    kid_semi = var.scale((28.0, 23.0, 55.0))
-    cv.paint(*cv.ellipsoid((-74.0, 54.0, 1064.0), kid_semi, rot=_rot("y", 14)), 10, only=[1, 3, 7])
-    cv.paint(*cv.ellipsoid((0.0, -32.0, 936.0), var.scale((45.0, 36.5, 35.5))), 11, only=[1, 3])
+    kid_c, kid_semi = var.organ("kidney_left", (76.0, 52.0, 1082.0), (28.0, 23.0, 55.0))
+    cv.paint(*cv.ellipsoid(kid_c, kid_semi, rot=_rot("y", -14)), 9, only=[1, 3, 7, 8])
+    kid_c, kid_semi = var.organ("kidney_right", (-74.0, 54.0, 1064.0), (28.0, 23.0, 55.0))
+    cv.paint(*cv.ellipsoid(kid_c, kid_semi, rot=_rot("y", 14)), 10, only=[1, 3, 7])
+    cv.paint(*cv.ellipsoid(*var.organ("bladder", (0.0, -32.0, 936.0), (45.0, 36.5, 35.5))), 11, only=[1, 3])
 
 
 def _paint_head(cv: _Canvas, var: _Variation) -> None:
     """Skull, CSF / meninges (body) and brain."""
-    brain_c, brain_semi = (0.0, 4.0, 1680.0), var.scale((63.0, 84.0, 64.0))
+    brain_c, brain_semi = var.organ("brain", (0.0, 4.0, 1680.0), (63.0, 84.0, 64.0))
     cv.paint(*cv.ellipsoid(brain_c, brain_semi, grow=9.0), 14, only=[1, 2])
     cv.paint(*cv.ellipsoid(brain_c, brain_semi, grow=2.0), 1, only=[14])  # CSF / meninges
     cv.paint(*cv.ellipsoid(brain_c, brain_semi), 13, only=[1])
@@ -542,17 +687,85 @@ def _paint_lesions(cv: _Canvas, var: _Variation) -> dict[str, tuple[float, float
     return centres
 
 
+# ----------------------------------------------------------------------------- sex organs
+def _paint_breasts(cv: _Canvas, var: _Variation, fat_ref_mm: float) -> None:
+    """Breasts (label 24): ellipsoids on the anterior chest over the fat layer, at about T4-T6."""
+    for side, name in ((1, "breast"), (-1, "breast")):
+        front = -96.7 - max(fat_ref_mm, 0.0)
+        c, semi = var.organ(name, (side * 80.0, front - 4.0, 1280.0), (47.0, 36.0, 44.0))
+        cv.paint(*cv.ellipsoid(c, semi), 24, only=[0, 2])
+
+
+def _paint_sex_organs(cv: _Canvas, var: _Variation, sex: str) -> None:
+    """Uterus (25) and ovaries (26) behind and above the bladder (F); prostate (27) under the
+    bladder and testes (28) in a scrotum of skin/fat between the thighs (M)."""
+    if sex == "F":
+        cv.paint(*cv.ellipsoid(*var.organ("uterus", (0.0, 22.0, 975.0), (28.0, 20.0, 34.0))), 25, only=[1])
+        for side in (-1, 1):
+            cv.paint(*cv.ellipsoid(*var.organ("ovaries", (side * 48.0, 25.0, 985.0), (14.0, 9.0, 10.5))), 26,
+                     only=[1, 3])
+        return
+    cv.paint(*cv.ellipsoid(*var.organ("prostate", (0.0, -20.0, 884.0), (19.0, 14.0, 15.0))), 27, only=[1, 3])
+    cv.paint(*cv.ellipsoid((0.0, -88.0, 790.0), (36.0, 22.0, 30.0)), 2, only=[0])
+    for side in (-1, 1):
+        cv.paint(*cv.ellipsoid(*var.organ("testes", (side * 14.0, -88.0, 790.0), (12.5, 14.5, 22.5))), 28,
+                 only=[0, 2])
+
+
+def _lesion_centre_ref(cv: _Canvas, les: LesionSpec, r_vox: float) -> tuple[float, float, float]:
+    """Reference-coordinate centre of a population lesion, chosen by ``les.u``."""
+    u0, u1, u2 = les.u
+    if les.name in ("lesion_liver", "lesion_bone"):
+        host = cv.lab == (7 if les.name == "lesion_liver" else 19)
+        if les.name == "lesion_liver" and r_vox >= 1.5:
+            from scipy import ndimage
+
+            inner = ndimage.binary_erosion(host, iterations=int(0.8 * r_vox))
+            host = inner if inner.any() else host
+        idx = np.flatnonzero(host)
+        k, j, i = np.unravel_index(idx[min(int(u0 * idx.size), idx.size - 1)], host.shape)
+        return float(cv.x[i]), float(cv.y[j]), float(cv.h[k])
+    if les.name == "lesion_lymph_node":  # para-aortic / common iliac chain
+        h = 960.0 + u0 * 290.0
+        ys, _, sb = (float(q) for q in spine_centre(h))
+        side = 1.0 if u1 >= 0.5 else -1.0
+        return 6.0 + (h - 990.0) * 0.03 + side * (16.0 + 24.0 * abs(2 * u1 - 1)), ys - sb - 14.0 + (u2 - 0.5) * 16, h
+    return 34.0 + (u0 - 0.5) * 50.0, 14.0 + (u1 - 0.5) * 16.0, 1100.0 + (u2 - 0.5) * 24.0  # pancreas
+
+
+_LESION_LABEL = {"lesion_liver": 20, "lesion_bone": 21, "lesion_lymph_node": 22, "lesion_pancreas": 23}
+_LESION_ONLY = {"lesion_liver": [7], "lesion_bone": [15, 16, 19], "lesion_lymph_node": [1, 3, 7, 8, 12],
+                "lesion_pancreas": [1, 3, 7, 8, 12]}
+
+
+def _paint_lesion_list(cv: _Canvas, p: AnatomyParams, origin) -> dict:
+    """Paint ``p.lesions`` (spheres in real mm); returns name -> list of centre (LPS mm) and volume."""
+    v = float(cv.x[1] - cv.x[0]) * float(p.width_scale)
+    out: dict[str, list] = {}
+    for les in p.lesions:
+        r = _sphere_radius_mm(les.volume_ml)
+        c = _lesion_centre_ref(cv, les, r / v)
+        semi = (r / p.width_scale, r / p.width_scale, r / p.height_scale)
+        cv.paint(*cv.ellipsoid(c, semi), _LESION_LABEL[les.name], only=_LESION_ONLY[les.name])
+        lps = (c[0] * p.width_scale, c[1] * p.width_scale, (c[2] - VERTEX_H_MM) * p.height_scale)
+        out.setdefault(les.name, []).append({"centre_mm_lps": [round(q, 2) for q in lps],
+                                             "volume_ml": round(les.volume_ml, 3)})
+    return out
+
+
 def _coords(cv: _Canvas, s):
     return cv.x[s[2]][None, None, :], cv.y[s[1]][None, :, None], cv.h[s[0]][:, None, None]
 
 
-def label_volumes_ml(labels: np.ndarray, voxel_mm: float) -> dict[str, float]:
-    """Volume of each named label, mL."""
-    counts = np.bincount(labels.ravel(), minlength=max(LABELS) + 1)
+def label_volumes_ml(labels: np.ndarray, voxel_mm: float, names: dict[int, str] | None = None) -> dict[str, float]:
+    """Volume of each named label (``names``, default :data:`LABELS`), mL."""
+    names = LABELS if names is None else names
+    counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
     vox_ml = voxel_mm ** 3 / 1000.0
-    return {name: float(counts[k]) * vox_ml for k, name in LABELS.items()}
+    return {name: float(counts[k]) * vox_ml for k, name in names.items()}
 
 
-def organ_masses_g(labels: np.ndarray, voxel_mm: float) -> dict[str, float]:
-    """Mass of each label, g, with :data:`NOMINAL_DENSITY_G_CM3`."""
-    return {n: v * NOMINAL_DENSITY_G_CM3[n] for n, v in label_volumes_ml(labels, voxel_mm).items()}
+def organ_masses_g(labels: np.ndarray, voxel_mm: float, names: dict[int, str] | None = None) -> dict[str, float]:
+    """Mass of each label, g, with :data:`NOMINAL_DENSITY_G_CM3` (and :data:`SEX_ORGAN_DENSITY_G_CM3`)."""
+    dens = {**NOMINAL_DENSITY_G_CM3, **SEX_ORGAN_DENSITY_G_CM3}
+    return {n: v * dens[n] for n, v in label_volumes_ml(labels, voxel_mm, names).items()}

@@ -21,7 +21,10 @@ from persodose.phantoms.anatomy import LABELS
 BASE_HU = {0: -1000.0, 1: 30.0, 2: -100.0, 3: 45.0, 4: -760.0, 5: -760.0, 6: 40.0, 7: 60.0,
            8: 50.0, 9: 35.0, 10: 35.0, 11: 5.0, 12: 20.0, 13: 35.0, 14: 1250.0, 15: 1100.0,
            16: 1100.0, 17: 1250.0, 18: 1250.0, 19: 300.0, 20: 40.0, 21: 600.0, 22: 35.0,
-           23: 40.0, 30: 1000.0, 31: 1000.0}
+           23: 40.0, 30: 1000.0, 31: 1000.0,
+           # sex organs of population patients: breast (glandular/adipose mix), uterus,
+           # ovaries, prostate, testes
+           24: -40.0, 25: 45.0, 26: 35.0, 27: 40.0, 28: 35.0}
 TRABECULAR_HU = {14: 650.0, 17: 320.0, 18: 320.0, 30: 260.0, 31: 260.0}
 CT_NOISE_SD_HU = 12.0
 
@@ -41,12 +44,14 @@ def smooth_field(shape, voxel_mm: float, corr_mm: float, rng: np.random.Generato
 
 
 def make_ct(labels: np.ndarray, h_mm: np.ndarray, voxel_mm: float, aux: dict[str, np.ndarray],
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, lung_hu_offset: float = 0.0) -> np.ndarray:
     """CT numbers, HU (float32), from the label map.
 
     Adds lung parenchyma texture with vessel-like dots, a fat/bowel mixture with some gas in
     the abdominal remainder, mediastinal fat, CSF, cortical/trabecular bone and Gaussian
-    noise of :data:`CT_NOISE_SD_HU`.
+    noise of :data:`CT_NOISE_SD_HU`. ``lung_hu_offset`` (HU) moves the mean lung
+    parenchyma from -760 HU (lung density of a population patient; 0 is the canonical one).
+    ``h_mm`` are reference heights (see :class:`persodose.phantoms.anatomy.AnatomyParams`).
     """
     lut = np.full(int(labels.max()) + 1 if labels.size else 1, 30.0, dtype=np.float32)
     for k, v in BASE_HU.items():
@@ -66,6 +71,8 @@ def make_ct(labels: np.ndarray, h_mm: np.ndarray, voxel_mm: float, aux: dict[str
     f1 = smooth_field(labels.shape, voxel_mm, 10.0, rng)
     f2 = smooth_field(labels.shape, voxel_mm, 6.0, rng)
     hu[lung] += 35.0 * f1[lung] + np.where(f2[lung] > 1.7, 600.0, 0.0)
+    if lung_hu_offset:
+        hu[lung] += np.float32(lung_hu_offset)
     # abdomen remainder: bowel loops in mesenteric fat, some gas
     f3 = smooth_field(labels.shape, voxel_mm, 14.0, rng)
     abd = body1 & (H > 866) & (H < 1180)

@@ -28,7 +28,7 @@ Half-lives: ICRP Publication 107 (2008): Lu-177 6.647 d (574 300.8 s), F-18 109.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -127,16 +127,73 @@ def _uptake(frac, t_up_s, t_wash_s=math.inf, blood=None):
 
 
 # -------------------------------------------------------------------- tracer parameters
-def _lu177_specific() -> tuple[dict[str, _Fractions], _Fractions]:
+@dataclass(frozen=True)
+class KineticParams:
+    """Per-patient changes of the kinetics; the defaults are the canonical patient.
+
+    Attributes:
+        uptake_factor: organ name -> factor on its specific uptake fraction (the organ's
+            own term, not the blood-borne term of FDG).
+        teff_factor: organ name -> factor on its effective half-life (177Lu-DOTATATE only;
+            kept below 0.95 of the physical half-life).
+        drop_absent: organs with specific uptake and no voxel (a population patient without
+            a lesion of that kind) are left out; their share goes to the remainder.
+    """
+
+    uptake_factor: dict = field(default_factory=dict)
+    teff_factor: dict = field(default_factory=dict)
+    drop_absent: bool = False
+
+
+def _apply(spec: dict[str, "_Fractions"], kp: "KineticParams | None") -> dict[str, "_Fractions"]:
+    """Scale the organ-specific (first two) terms of each organ by ``kp.uptake_factor``."""
+    if kp is None or not kp.uptake_factor:
+        return spec
+    out = {}
+    for n, fr in spec.items():
+        f = float(kp.uptake_factor.get(n, 1.0))
+        fr_ = list(fr.fractions)
+        fr_[0] *= f
+        fr_[1] *= f
+        out[n] = _Fractions(tuple(fr_), fr.half_lives_s)
+    return out
+
+
+def _lu177_specific(kp: "KineticParams | None" = None) -> tuple[dict[str, _Fractions], _Fractions]:
     """Organ-specific TACs and the non-specific remainder for 177Lu-DOTATATE."""
     H = HOUR_S
     teff2bio = {}
+    _tf = {} if kp is None else kp.teff_factor
+    _cur = [None]
 
     def tb(teff_h):  # biological half-life from an effective one (Lu-177 T1/2 = 159.5 h)
         tp = ICRP107_HALF_LIFE_S["Lu-177"] / H
+        if _cur[0] is not None:
+            teff_h = min(teff_h * float(_cur[0]), 0.95 * tp)
         teff2bio[teff_h] = 1.0 / (1.0 / teff_h - 1.0 / tp) * H
         return teff2bio[teff_h]
 
+    def organ(name, frac, t_up_s, teff_h):
+        _cur[0] = _tf.get(name)
+        out = _uptake(frac, t_up_s, tb(teff_h))
+        _cur[0] = None
+        return out
+
+    if _tf:
+        spec = {
+            "kidney_left": organ("kidney_left", 0.0095, 0.5 * H, 55.0),
+            "kidney_right": organ("kidney_right", 0.0095, 0.5 * H, 55.0),
+            "liver": organ("liver", 0.022, 1.0 * H, 72.0),
+            "spleen": organ("spleen", 0.011, 1.0 * H, 68.0),
+            "stomach": organ("stomach", 0.002, 1.0 * H, 50.0),
+            "bladder": _uptake(0.15, 1.0 * H, 3.0 * H),
+            "red_marrow": _Fractions((0.010, 0.0015), (1.8 * H, tb(60.0))),
+            "lesion_liver": organ("lesion_liver", 0.012, 2.0 * H, 90.0),
+            "lesion_pancreas": organ("lesion_pancreas", 0.006, 2.0 * H, 90.0),
+            "lesion_lymph_node": organ("lesion_lymph_node", 0.002, 2.0 * H, 85.0),
+            "lesion_bone": organ("lesion_bone", 0.0012, 2.0 * H, 100.0),
+        }
+        return _with_remainder_lu(_apply(spec, kp))
     spec = {
         "kidney_left": _uptake(0.0095, 0.5 * H, tb(55.0)),
         "kidney_right": _uptake(0.0095, 0.5 * H, tb(55.0)),
@@ -150,13 +207,19 @@ def _lu177_specific() -> tuple[dict[str, _Fractions], _Fractions]:
         "lesion_lymph_node": _uptake(0.002, 2.0 * H, tb(85.0)),
         "lesion_bone": _uptake(0.0012, 2.0 * H, tb(100.0)),
     }
+    return _with_remainder_lu(_apply(spec, kp))
+
+
+def _with_remainder_lu(spec: dict[str, _Fractions]) -> tuple[dict[str, _Fractions], _Fractions]:
+    """The 177Lu-DOTATATE remainder: what is not in ``spec`` at t = 0, with three clearance phases."""
+    H = HOUR_S
     slow, mid = 0.10, 0.12
     at0 = sum(f.value(0.0) for f in spec.values())
     remainder = _Fractions((1.0 - at0 - slow - mid, mid, slow), (1.8 * H, 20.0 * H, 80.0 * H))
     return spec, remainder
 
 
-def _fdg_specific() -> tuple[dict[str, _Fractions], _Fractions]:
+def _fdg_specific(kp: "KineticParams | None" = None, keep=None) -> tuple[dict[str, _Fractions], _Fractions]:
     """Organ-specific TACs and the non-specific remainder for 18F-FDG (first hour)."""
     M = MIN_S
     blood = _Fractions((0.60, 0.25, 0.15), (1.0 * M, 12.0 * M, 90.0 * M))  # whole blood, IA fraction
@@ -177,6 +240,9 @@ def _fdg_specific() -> tuple[dict[str, _Fractions], _Fractions]:
         "lesion_lymph_node": _uptake(0.0012, 40.0 * M, blood=(0.0004, blood)),
         "lesion_bone": _uptake(0.0005, 40.0 * M, blood=(0.0002, blood)),
     }
+    spec = _apply(spec, kp)
+    if keep is not None:
+        spec = keep(spec)
     # Remainder = whole body (no excretion out of the body in the first hour) minus the rest.
     f, h = [1.0], [math.inf]
     for tac in spec.values():
@@ -192,15 +258,17 @@ REMAINDER_WEIGHTS = {
     "lu177-dotatate": {"body": 1.0, "skin_fat": 0.3, "muscle": 0.6, "lung_left": 0.5,
                        "lung_right": 0.5, "heart": 2.0, "brain": 0.1, "skull": 0.05,
                        "spine": 0.05, "pelvis": 0.05, "femoral_head_left": 0.1,
-                       "femoral_head_right": 0.1, "ribs": 0.05, "shoulder_girdle": 0.05},
+                       "femoral_head_right": 0.1, "ribs": 0.05, "shoulder_girdle": 0.05,
+                       "breast": 0.3, "uterus": 0.8, "ovaries": 0.8, "prostate": 0.8, "testes": 0.8},
     "fdg": {"body": 1.0, "skin_fat": 0.3, "muscle": 0.8, "skull": 0.1, "spine": 0.1,
             "pelvis": 0.1, "femoral_head_left": 0.2, "femoral_head_right": 0.2, "ribs": 0.1,
-            "shoulder_girdle": 0.1},
+            "shoulder_girdle": 0.1,
+            "breast": 0.5, "uterus": 1.2, "ovaries": 1.2, "prostate": 1.0, "testes": 1.5},
 }
 
 
 def organ_tacs(tracer: str, injected_activity_bq: float, label_volumes_ml: dict[str, float],
-               phys_half_life_s: float) -> dict[str, TACModel]:
+               phys_half_life_s: float, params: KineticParams | None = None) -> dict[str, TACModel]:
     """True TAC of every label of the patient.
 
     Organs with specific uptake get their own curve; the non-specific remainder is shared
@@ -211,11 +279,22 @@ def organ_tacs(tracer: str, injected_activity_bq: float, label_volumes_ml: dict[
         injected_activity_bq: injected activity, Bq.
         label_volumes_ml: volume of each label in the voxelised patient, mL.
         phys_half_life_s: physical half-life, s.
+        params: per-patient :class:`KineticParams` (``None``: the canonical kinetics).
 
     Returns:
         label name -> :class:`TACModel` (Bq, decay included).
     """
-    spec, remainder = _lu177_specific() if tracer == "lu177-dotatate" else _fdg_specific()
+    drop = params is not None and params.drop_absent
+
+    def keep(spec):  # organs with specific uptake but no voxel are left out (population lesions)
+        return {n: f for n, f in spec.items() if label_volumes_ml.get(n, 0.0) > 0.0} if drop else spec
+
+    if tracer == "lu177-dotatate":
+        spec, remainder = _lu177_specific(params)
+        if drop:
+            spec, remainder = _with_remainder_lu(keep(spec))
+    else:
+        spec, remainder = _fdg_specific(params, keep)
     weights = {n: w * label_volumes_ml.get(n, 0.0) for n, w in REMAINDER_WEIGHTS[tracer].items()}
     total_w = sum(weights.values())
     out: dict[str, TACModel] = {}
@@ -257,5 +336,5 @@ def frame_schedule(tracer: str) -> list[FrameTiming]:
     return [FrameTiming(float(s), float(d)) for s, d in zip(starts, durs)]
 
 
-__all__ = ["TACModel", "FrameTiming", "organ_tacs", "frame_schedule", "physical_half_life_s",
+__all__ = ["TACModel", "KineticParams", "FrameTiming", "organ_tacs", "frame_schedule", "physical_half_life_s",
            "ICRP107_HALF_LIFE_S", "TRACERS", "REMAINDER_WEIGHTS"]

@@ -19,7 +19,7 @@ from persodose.errors import InputError
 from persodose.grid import Grid, Kind
 from persodose.phantoms import anatomy as _anat
 from persodose.phantoms import imaging as _img
-from persodose.phantoms.kinetics import (TRACERS, TACModel, frame_schedule, organ_tacs,
+from persodose.phantoms.kinetics import (TRACERS, KineticParams, TACModel, frame_schedule, organ_tacs,
                                          physical_half_life_s)
 
 #: Reference patient (ICRP Publication 89 reference adult male).
@@ -30,6 +30,25 @@ INJECTION_DATETIME = _dt.datetime(2024, 1, 15, 9, 0, 0)
 #: 3.5 MBq/kg (EANM procedure guideline for FDG PET/CT v2.0, 2015, order of magnitude).
 LU177_INJECTED_BQ = 7.4e9
 FDG_BQ_PER_KG = 3.5e6
+
+
+@dataclass(frozen=True)
+class PatientVariation:
+    """What makes a population patient differ from the canonical one (see
+    :mod:`persodose.phantoms.population`, which draws it).
+
+    Attributes:
+        anatomy: :class:`persodose.phantoms.anatomy.AnatomyParams`.
+        kinetics: :class:`persodose.phantoms.kinetics.KineticParams`.
+        patient: DICOM patient attributes ``sex``, ``age_y``, ``weight_kg``, ``height_m``
+            (FDG activity follows ``weight_kg``).
+        lung_hu_offset: shift of the mean lung CT number from -760 HU, HU.
+    """
+
+    anatomy: _anat.AnatomyParams
+    kinetics: KineticParams
+    patient: dict
+    lung_hu_offset: float = 0.0
 
 
 @dataclass
@@ -100,7 +119,8 @@ def _activity_weights(labels: np.ndarray, field_: np.ndarray, amplitude: float =
     return (g / sums[labels]).astype(np.float32)
 
 
-def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, seed: int = 0) -> VirtualPatient:
+def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, seed: int = 0,
+                         variation: PatientVariation | None = None) -> VirtualPatient:
     """Build the virtual patient.
 
     Args:
@@ -108,6 +128,9 @@ def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, 
         voxel_mm: isotropic CT voxel size, mm (4 mm gives 264 x 128 x 128).
         seed: ``numpy.random.Generator`` seed; 0 is the canonical patient (no anatomical
             perturbation), other seeds scale organ volumes by +-5 % and move the lesions.
+            With ``variation`` the seed only drives the image noise and texture.
+        variation: a population patient's :class:`PatientVariation` (``None``: the
+            built-in patient of ``seed``).
 
     Returns:
         :class:`VirtualPatient`.
@@ -123,14 +146,22 @@ def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, 
     nuclide = TRACERS[tracer]
     t_half = physical_half_life_s(nuclide)
 
-    an = _anat.build_anatomy(v, None if seed == 0 else rng)
-    labels_grid, ct, ct_tags = _labels_and_ct(an, v, rng)
+    if variation is None:
+        an = _anat.build_anatomy(v, None if seed == 0 else rng)
+        labels_grid, ct, ct_tags = _labels_and_ct(an, v, rng)
+        names = dict(_anat.LABELS)
+        patient = dict(REFERENCE_PATIENT)
+    else:
+        an = _anat.build_anatomy(v, None, variation.anatomy)
+        labels_grid, ct, ct_tags = _labels_and_ct(an, v, rng, variation.lung_hu_offset)
+        present = set(np.unique(an.labels).tolist())
+        names = {**_anat.LABELS, **{k: n for k, n in _anat.SEX_LABELS.items() if k in present}}
+        patient = dict(variation.patient)
     lab = an.labels
-    volumes = _anat.label_volumes_ml(lab, v)
-    masses = {n: round(m, 2) for n, m in _anat.organ_masses_g(lab, v).items()}
-    patient = dict(REFERENCE_PATIENT)
+    volumes = _anat.label_volumes_ml(lab, v, names)
+    masses = {n: round(m, 2) for n, m in _anat.organ_masses_g(lab, v, names).items()}
     ia = LU177_INJECTED_BQ if tracer == "lu177-dotatate" else FDG_BQ_PER_KG * patient["weight_kg"]
-    tacs = organ_tacs(tracer, ia, volumes, t_half)
+    tacs = organ_tacs(tracer, ia, volumes, t_half, None if variation is None else variation.kinetics)
 
     per_voxel = _OrganToVoxels(lab, _activity_weights(lab, _img.smooth_field(lab.shape, v, 25.0, rng)))
     truth_tia = labels_grid.with_array(per_voxel({n: m.tia_bq_s() for n, m in tacs.items()}), Kind.TIA)
@@ -146,7 +177,7 @@ def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, 
 
     return VirtualPatient(
         tracer=tracer, nuclide=nuclide, seed=int(seed), voxel_mm=v, labels=labels_grid,
-        label_names=dict(_anat.LABELS), ct=ct, injected_activity_bq=float(ia),
+        label_names=names, ct=ct, injected_activity_bq=float(ia),
         injection_datetime=INJECTION_DATETIME, frames=frames, organ_tac=tacs,
         truth_activity=truth_activity, truth_tia=truth_tia, organ_masses_g=masses, patient=patient,
         ct_tags=ct_tags, half_life_s=t_half, lesion_centres_mm=an.lesion_centres_mm)
@@ -159,11 +190,15 @@ def _check_request(tracer: str, voxel_mm) -> None:
         raise InputError(f"voxel_mm must be between 0.5 and 20 mm, got {voxel_mm!r}")
 
 
-def _labels_and_ct(an: _anat.Anatomy, v: float, rng: np.random.Generator) -> tuple[Grid, Grid, dict]:
+def _labels_and_ct(an: _anat.Anatomy, v: float, rng: np.random.Generator,
+                   lung_hu_offset: float = 0.0) -> tuple[Grid, Grid, dict]:
     """Label grid in LPS (vertex at z = 0), the CT in HU on it and the CT's DICOM tag values."""
-    origin = (float(an.x_mm[0]), float(an.y_mm[0]), float(an.h_mm[0] - _anat.VERTEX_H_MM))
+    if an.origin_xyz_mm is None:
+        origin = (float(an.x_mm[0]), float(an.y_mm[0]), float(an.h_mm[0] - _anat.VERTEX_H_MM))
+    else:
+        origin = tuple(float(q) for q in an.origin_xyz_mm)
     labels_grid = Grid(an.labels, (v, v, v), origin, np.eye(3), Kind.LABELS)
-    hu = _img.make_ct(an.labels, an.h_mm, v, an.aux, rng)
+    hu = _img.make_ct(an.labels, an.h_mm, v, an.aux, rng, lung_hu_offset)
     return labels_grid, labels_grid.with_array(hu, Kind.CT), _img.make_ct_tags(hu, v)
 
 
@@ -178,7 +213,7 @@ class _OrganToVoxels:
         self.lab = lab
         self.weights = weights
         self.nlut = int(lab.max()) + 1
-        self.name_to_label = {n: k for k, n in _anat.LABELS.items()}
+        self.name_to_label = {n: k for k, n in _anat.ALL_LABELS.items()}
 
     def __call__(self, values: dict[str, float]) -> np.ndarray:
         lut = np.zeros(self.nlut, dtype=np.float64)
@@ -375,6 +410,11 @@ def _write_frame(vp: VirtualPatient, fr: EmissionFrame, i: int, tmp: Path, study
     }
 
 
+def _masses_density(vp: VirtualPatient) -> dict:
+    extra = {n: d for n, d in _anat.SEX_ORGAN_DENSITY_G_CM3.items() if n in vp.organ_masses_g}
+    return {**_anat.NOMINAL_DENSITY_G_CM3, **extra} if extra else _anat.NOMINAL_DENSITY_G_CM3
+
+
 def _manifest(vp: VirtualPatient, frames_doc: list[dict], dicom_info: dict, dicom_written: bool) -> dict:
     """The ``manifest.json`` document."""
     return {
@@ -387,7 +427,7 @@ def _manifest(vp: VirtualPatient, frames_doc: list[dict], dicom_info: dict, dico
         "patient": vp.patient,
         "label_names": {str(k): n for k, n in vp.label_names.items()},
         "organ_masses_g": vp.organ_masses_g,
-        "organ_masses_density_g_cm3": _anat.NOMINAL_DENSITY_G_CM3,
+        "organ_masses_density_g_cm3": _masses_density(vp),
         "organ_tia_bq_s": {n: m.tia_bq_s() for n, m in vp.organ_tac.items()},
         "tac_models": {n: m.to_dict() for n, m in vp.organ_tac.items()},
         "lesion_centres_mm_x_y_height": vp.lesion_centres_mm,
