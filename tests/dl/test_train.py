@@ -206,6 +206,9 @@ def test_resume_with_other_settings_is_refused(data, tmp_path, capsys):
     capsys.readouterr()
     assert _train(data, out, "--epochs", "2", "--resume", "--lr", "0.01") == 2
     assert "lr" in _one_error_line(capsys)
+    Path(f"{out}.ckpt").write_bytes(b"not a checkpoint")
+    assert _train(data, out, "--epochs", "2", "--resume") == 2
+    assert "not a readable persodose checkpoint" in _one_error_line(capsys)
 
 
 def test_corrupt_shard_is_refused(tmp_path):

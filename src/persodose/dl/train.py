@@ -447,8 +447,7 @@ def _save(torch, obj: Any, path: Path) -> None:
 def _read_checkpoint(torch, path: Path, spec, network_settings, settings: TrainSettings,
                      data: DatasetOnDisk) -> dict:
     """The checkpoint at ``path``, checked to belong to this network, data and settings."""
-    checkpoint_settings(path)  # refuses a missing or foreign file
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = _load_checkpoint(path)
     if ck["network"] != spec.name or ck["network_settings"] != dataclasses.asdict(network_settings):
         raise InputError(f"checkpoint {path} is of network {ck['network']!r} {ck['network_settings']}, "
                          f"not {spec.name!r} {dataclasses.asdict(network_settings)}; cannot resume")
@@ -629,6 +628,11 @@ def checkpoint_settings(path: str | Path) -> dict[str, Any]:
     Raises:
         InputError: no such file, or not a persodose checkpoint.
     """
+    return dict(_load_checkpoint(path)["train_settings"])
+
+
+def _load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's content (tensors and plain values only: ``weights_only=True``)."""
     import torch
 
     p = Path(path)
@@ -640,4 +644,4 @@ def checkpoint_settings(path: str | Path) -> dict[str, Any]:
         raise InputError(f"checkpoint {p}: not a readable persodose checkpoint ({type(exc).__name__})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"checkpoint {p}: not a persodose checkpoint")
-    return dict(ck["train_settings"])
+    return ck
