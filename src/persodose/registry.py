@@ -11,6 +11,7 @@ module reload) is allowed.
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from persodose.errors import InputError
@@ -40,6 +41,7 @@ class Registry(Generic[T]):
         self._identity = identity
         self._items: dict[str, T] = {}
         self._loaded = False
+        self._lock = threading.RLock()
 
     @staticmethod
     def key(name: str) -> str:
@@ -61,12 +63,15 @@ class Registry(Generic[T]):
         """Import the built-in modules and the installed plug-ins (once)."""
         if self._loaded:
             return
-        self._loaded = True
-        for module in self.builtins:
-            importlib.import_module(module)
-        from persodose.plugins import load_entry_points
+        with self._lock:  # threads of one Dask worker may look up a fresh registry at once
+            if self._loaded:
+                return
+            for module in self.builtins:
+                importlib.import_module(module)
+            from persodose.plugins import load_entry_points
 
-        load_entry_points()
+            load_entry_points()
+            self._loaded = True
 
     def get(self, name: str) -> T:
         """The component registered as ``name``; an unknown name lists the known ones."""
