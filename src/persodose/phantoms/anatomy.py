@@ -19,6 +19,12 @@ Sizes
     densities of :data:`NOMINAL_DENSITY_G_CM3`, lie within a few per cent of the
     reference masses in :data:`REFERENCE_MASS_G` at 4 mm voxels. Arms are not modelled
     (as if raised out of the field of view, as in most SPECT/CT and PET/CT acquisitions).
+
+Population patients
+    :class:`AnatomyParams` (defaults: the canonical patient, bit for bit) stretches the same
+    anatomy to another height and build, thickens or thins the subcutaneous fat, scales and
+    shifts organs, adds the sex organs of :data:`SEX_LABELS` and replaces the four canonical
+    lesions by a drawn list; :mod:`persodose.phantoms.population` draws them.
 """
 
 from __future__ import annotations
