@@ -396,6 +396,8 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, log=p
         timings["report"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         write_provenance(work / "provenance.json", "demo", settings=settings, timings_s=timings,
+                         checks={r.tracer: [{"check": c[0], "result": c[1], "expected": c[2]} for c in r.checks]
+                                 for r in results},
                          finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     log(f"report: {Path(out) / 'report.html'} ({timings['total']:.1f} s)")
     return Path(out) / "report.html"
