@@ -21,8 +21,9 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/persodose demo --out demo_out
 
+# Tests run on every core (pytest-xdist): on the 2-core CI machine two workers.
 test: install
-	$(BIN)/python -m pytest -q -m "not validate" tests
+	$(BIN)/python -m pytest -q -m "not validate" -n auto tests
 
 validate: install
 	$(BIN)/python -m pytest -q -m validate tests
