@@ -261,7 +261,7 @@ def write_seg(labels: Grid, names: dict[int, str], out_path: str | os.PathLike,
             series_description="persodose segmentation",
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise DicomError(f"cannot build a SEG from reference CT {files[0]}: {exc}") from exc
+        raise DicomError(f"cannot build a SEG from reference CT {reference_ct_files[0]}: {exc}") from exc
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
