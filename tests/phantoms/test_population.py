@@ -152,3 +152,21 @@ def test_write_population_and_cli(tmp_path, capsys):
         lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("persodose: warning:")]
         assert code == 2 and len(lines) == 1 and "--population" in lines[0], err
         assert not (tmp_path / "bad").exists()
+
+
+def test_population_is_the_same_made_in_one_or_two_processes(tmp_path):
+    import hashlib
+
+    import nibabel as nib
+
+    from persodose.phantoms.population import write_population
+
+    def arrays(d):
+        return {str(f.relative_to(d)): hashlib.sha1(np.asarray(nib.load(str(f)).dataobj).tobytes()).hexdigest()
+                for f in sorted(d.rglob("*.nii.gz"))}
+
+    one = write_population(tmp_path / "one", 2, 11, voxel_mm=12.0, report=False, workers=1)
+    two = write_population(tmp_path / "two", 2, 11, voxel_mm=12.0, report=False, workers=2)
+    assert json.loads(one.read_text()) == json.loads(two.read_text())
+    a = arrays(tmp_path / "one")
+    assert a == arrays(tmp_path / "two") and len(a) > 10

@@ -20,6 +20,8 @@ def phantom(
     tracer: str = typer.Option("lu177-dotatate", "--tracer", help="lu177-dotatate (SPECT, 4 time points) or fdg (dynamic PET)."),
     voxel_mm: float = typer.Option(4.0, "--voxel-mm", help="Isotropic voxel size of the anatomy and CT, mm."),
     seed: int = typer.Option(0, "--seed", callback=count(0, MAX_SEED), help="Random seed; seed 0 is the canonical patient."),
+    workers: int = typer.Option(None, "--workers", callback=count(1, 256),
+                                help="Processes that make a population's patients at once (default: one per core)."),
     population: int = typer.Option(None, "--population",
                                    help="Write N different patients (1-1000) drawn from --seed, with population.json "
                                         "(seeds, training/validation/test split, sizes, organ masses) and a report."),
@@ -40,7 +42,7 @@ def phantom(
     if population is not None:
         from persodose.phantoms.population import write_population
 
-        path = write_population(out, population, seed, tracer=tracer, voxel_mm=voxel_mm)
+        path = write_population(out, population, seed, tracer=tracer, voxel_mm=voxel_mm, workers=workers)
         typer.echo(f"virtual population ({population} patients, {tracer}, {voxel_mm} mm, seed {seed}): {path}")
         return
     from persodose.phantoms import make_virtual_patient, write_virtual_patient

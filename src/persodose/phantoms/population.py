@@ -355,34 +355,51 @@ def _patient_doc(spec: PatientSpec, vp, folder: str) -> dict:
             "injected_activity_bq": vp.injected_activity_bq}
 
 
+def _write_one(spec: PatientSpec, tracer: str, voxel_mm: float, folder: Path, report: bool):
+    """Make one patient and write it to ``folder``; its population entry and report thumbnail."""
+    from persodose.phantoms.virtual_patient import write_virtual_patient
+
+    vp = make_population_patient(spec, tracer, voxel_mm)
+    write_virtual_patient(vp, folder)
+    return _patient_doc(spec, vp, folder.name), (_coronal(vp) if report else None)
+
+
 def write_population(out_dir, n: int, seed: int, tracer: str = "lu177-dotatate", voxel_mm: float = 4.0,
-                     report: bool = True) -> Path:
+                     report: bool = True, workers: int | None = None) -> Path:
     """Write ``n`` patients (``patient_000/`` ...), ``population.json`` and the report, atomically.
+
+    Patients are independent (each made from its own seed), so they are made and written in
+    ``workers`` processes at once (default: one per CPU core, at most ``n``); the result is
+    the same whatever the number (DICOM UIDs aside, which are new for every file written).
 
     Returns:
         Path of ``population.json``.
     """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from persodose.errors import InputError
     from persodose.outputs import atomic_dir
-    from persodose.phantoms.virtual_patient import write_virtual_patient
 
     specs = draw_population(n, seed)
-    docs, thumbs = [], []
+    workers = int(workers) if workers is not None else min(len(specs), os.cpu_count() or 1)
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        for spec in specs:
-            vp = make_population_patient(spec, tracer, voxel_mm)
-            folder = f"patient_{spec.index:03d}"
-            write_virtual_patient(vp, tmp / folder)
-            docs.append(_patient_doc(spec, vp, folder))
-            if report:
-                thumbs.append(_coronal(vp))
-            del vp
+        jobs = [(spec, tracer, voxel_mm, tmp / f"patient_{spec.index:03d}", report) for spec in specs]
+        if workers == 1:
+            done = [_write_one(*job) for job in jobs]
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                done = list(pool.map(_write_one, *zip(*jobs)))
+        docs = [d for d, _ in done]
         doc = _population_doc(n, seed, tracer, voxel_mm, docs)
         (tmp / "population.json").write_text(json.dumps(doc, indent=2))
         if report:
             from persodose.phantoms._population_report import population_report
 
-            population_report(doc, thumbs).write(tmp / "population_report.html")
+            population_report(doc, [t for _, t in done]).write(tmp / "population_report.html")
     return out_dir / "population.json"
 
 
