@@ -50,9 +50,9 @@ def test_evaluate_writes_json_and_markdown(trained, tmp_path, capsys):
     # the per-sample scores are persodose.metrics.voxel's on the network's own prediction
     from persodose.dl.evaluate import predict
     from persodose.dl.networks import build_network
-    from persodose.dl.train import read_dataset
+    from persodose.dl.train import open_data
 
-    x, y, _ = read_dataset(data).load_split("test")
+    x, y, _ = open_data(data).load_split("test")
     _, _, model = build_network("residual-cnn3d")
     model.load_state_dict(torch.load(weights, weights_only=True))
     pred = predict(model, x, device="cpu")

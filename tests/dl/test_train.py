@@ -19,7 +19,7 @@ h5py = pytest.importorskip("h5py")
 
 from persodose.cli.main import main  # noqa: E402
 from persodose.dl import networks  # noqa: E402
-from persodose.dl.train import TrainSettings, batches, open_data, read_dataset, train, weights_entry  # noqa: E402
+from persodose.dl.train import TrainSettings, batches, open_data, train, weights_entry  # noqa: E402
 from persodose.errors import InputError  # noqa: E402
 
 SPLITS = ("train",) * 4 + ("val",) * 2 + ("test",) * 2
@@ -118,7 +118,7 @@ def test_outputs_sidecar_and_curves(data, tmp_path):
     assert {p["split"] for p in side["data"]["patients"]} == {"train", "val", "test"}
     best = min(side["history"], key=lambda h: h["val_loss"])
     assert side["best_epoch"] == best["epoch"] and side["final_validation_loss"] == best["val_loss"]
-    x, y, _ = read_dataset(data).load_split("train")
+    x, y, _ = open_data(data).load_split("train")
     assert side["input_scale"] == pytest.approx(np.sqrt(np.mean(x.astype(float) ** 2, axis=(0, 2, 3, 4))), rel=1e-6)
     assert side["target_scale"] == pytest.approx([np.sqrt(np.mean(y.astype(float) ** 2))], rel=1e-6)
     assert torch.load(out, weights_only=True)["target_scale"].flatten().tolist() == side["target_scale"]
@@ -145,7 +145,7 @@ def test_units_of_the_data_do_not_change_the_training(tmp_path):
     _, _, model_b = networks.build_network("residual-cnn3d")
     model_a.load_state_dict(a.state_dict)
     model_b.load_state_dict(b.state_dict)
-    x = torch.from_numpy(read_dataset(gy).load_split("val")[0])
+    x = torch.from_numpy(open_data(gy).load_split("val")[0])
     with torch.no_grad():
         assert torch.allclose(model_b(x), 1000.0 * model_a(x), rtol=1e-3, atol=1e-3)
 
@@ -217,8 +217,6 @@ def test_corrupt_shard_is_refused(tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[-10] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    with pytest.raises(InputError, match="sha256"):
-        read_dataset(ds)
     with pytest.raises(InputError, match="(?i)sha-?256"):
         open_data(ds)
 
@@ -257,12 +255,3 @@ def test_weights_list_and_check(data, tmp_path, capsys):
     assert "does not match" in _one_error_line(capsys)
     assert main(["weights", "check", str(tmp_path / "missing.pt")]) == 2
     assert "no such file" in _one_error_line(capsys)
-
-
-def test_own_reader_agrees_with_open_data(data):
-    mine, opened = read_dataset(data), open_data(data)
-    assert (mine.kind, mine.input_shape, mine.target_shape) == (opened.kind, opened.input_shape, opened.target_shape)
-    for split in ("train", "val", "test"):
-        a, b = mine.load_split(split), opened.load_split(split)
-        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
-    assert mine.load_split("test")[2] == ["p006", "p006", "p007", "p007"]

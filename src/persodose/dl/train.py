@@ -21,11 +21,8 @@ Outputs beside the weights file ``OUT`` (the state dict of the best validation e
 Dataset format (``persodose-dataset/1``): a folder with ``manifest.json`` =
 ``{"format", "kind", "patients": [{"id", "seed", "split", "shard", "n", "sha256"}],
 "input_shape": [C, D, H, W], "target_shape": [C', D, H, W]}`` and HDF5 shards holding
-``inputs`` (N, C, D, H, W) and ``targets`` (N, C', D, H, W), float32. A patient's samples are
-its shard's rows; patients sharing a shard take consecutive rows in manifest order (or from
-an ``offset`` field when present). :func:`open_data` opens it with
-``persodose.dl.datasets.open_dataset`` when that module is there, else with this module's own
-small reader :func:`read_dataset`.
+``inputs`` (N, C, D, H, W) and ``targets`` (N, C', D, H, W), float32. One shard per patient. :func:`open_data` opens it with
+:func:`persodose.dl.datasets.open_dataset`.
 """
 
 from __future__ import annotations
@@ -39,14 +36,14 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
 from persodose.errors import InputError
 from persodose.outputs import atomic_file
 
-__all__ = ["DATASET_FORMAT", "CHECKPOINT_FORMAT", "DatasetOnDisk", "read_dataset", "TrainSettings",
+__all__ = ["DATASET_FORMAT", "CHECKPOINT_FORMAT", "DatasetOnDisk", "TrainSettings",
            "TrainResult", "train", "weights_entry", "output_paths", "batches", "checkpoint_settings",
            "open_data", "check_dataset_for"]
 
@@ -77,7 +74,7 @@ class DatasetOnDisk:
     input_shape: tuple
     target_shape: tuple
     manifest_sha256: str
-    opened: Any = field(default=None, repr=False, compare=False)
+    opened: Any = field(repr=False, compare=False)  #: the persodose.dl.datasets.Dataset
 
     def split_ids(self, split: str) -> list[str]:
         return [str(p["id"]) for p in self.patients if p["split"] == split]
@@ -91,29 +88,9 @@ class DatasetOnDisk:
         chosen = [p for p in self.patients if p["split"] == split]
         if not chosen:
             raise InputError(f"dataset {self.path}: no patient in the {split!r} split")
-        if self.opened is not None:  # persodose.dl.datasets reads its own format
-            inputs, targets = self.opened.load_split(split)
-            ids = [str(p["id"]) for p in chosen for _ in range(int(p["n"]))]
-            return self._checked(split, np.asarray(inputs, np.float32), np.asarray(targets, np.float32), ids)
-        h5py = _h5py()
-        rows = _row_ranges(self.patients)
-        xs, ys, ids = [], [], []
-        for p in chosen:
-            shard = self.path / str(p["shard"])
-            start, n = rows[id(p)]
-            try:
-                with h5py.File(shard, "r") as f:
-                    x, y = f["inputs"], f["targets"]
-                    if x.shape[0] < start + n or y.shape[0] < start + n:
-                        raise InputError(f"dataset {self.path}: shard {p['shard']} holds {x.shape[0]} samples, "
-                                         f"patient {p['id']!r} needs rows {start}..{start + n - 1}")
-                    xs.append(np.asarray(x[start:start + n], dtype=np.float32))
-                    ys.append(np.asarray(y[start:start + n], dtype=np.float32))
-            except (OSError, KeyError) as exc:
-                raise InputError(f"dataset {self.path}: cannot read shard {p['shard']} "
-                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
-            ids += [str(p["id"])] * n
-        return self._checked(split, np.concatenate(xs), np.concatenate(ys), ids)
+        inputs, targets = self.opened.load_split(split)  # persodose.dl.datasets reads its own format
+        ids = [str(p["id"]) for p in chosen for _ in range(int(p["n"]))]
+        return self._checked(split, np.asarray(inputs, np.float32), np.asarray(targets, np.float32), ids)
 
     def _checked(self, split: str, inputs: np.ndarray, targets: np.ndarray, ids: list[str]):
         if inputs.shape[0] != len(ids) or targets.shape[0] != len(ids):
@@ -133,76 +110,12 @@ class DatasetOnDisk:
                 "patients": [{"id": str(p["id"]), "split": p["split"]} for p in self.patients]}
 
 
-def _h5py():
-    from persodose._optional import optional_import
-
-    return optional_import("h5py", "dl")
-
-
-def _row_ranges(patients: Sequence[dict]) -> dict[int, tuple[int, int]]:
-    """``id(patient) -> (first row, n)`` in its shard."""
-    next_row: dict[str, int] = {}
-    out = {}
-    for p in patients:
-        start = int(p["offset"]) if "offset" in p else next_row.get(p["shard"], 0)
-        out[id(p)] = (start, int(p["n"]))
-        next_row[p["shard"]] = start + int(p["n"])
-    return out
-
-
-def read_dataset(path: str | Path, verify: bool = True) -> DatasetOnDisk:
-    """Read and check a dataset folder's manifest (and the shards' SHA-256 when ``verify``).
-
-    Raises:
-        InputError: no such folder, no or unreadable manifest, another format, bad entries,
-            a missing shard or one whose checksum differs.
-    """
-    from persodose.dl.weights_registry import sha256_file
-
-    root = Path(path)
-    mpath = root / "manifest.json"
-    if not root.is_dir():
-        raise InputError(f"dataset {root}: no such folder")
-    try:
-        m = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"dataset {root}: cannot read manifest.json ({type(exc).__name__})") from None
-    if not isinstance(m, dict) or m.get("format") != DATASET_FORMAT:
-        got = m.get("format") if isinstance(m, dict) else type(m).__name__
-        raise InputError(f"dataset {root}: manifest format {got!r}, expected {DATASET_FORMAT!r}")
-    try:
-        kind = str(m["kind"])
-        ins, tgt = tuple(int(v) for v in m["input_shape"]), tuple(int(v) for v in m["target_shape"])
-        patients = tuple(dict(p) for p in m["patients"])
-        for p in patients:
-            if p["split"] not in SPLITS or int(p["n"]) < 1 or not str(p["shard"]).strip():
-                raise ValueError(f"patient {p.get('id')!r}: split must be one of {SPLITS}, n >= 1, shard named")
-            str(p["id"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"dataset {root}: malformed manifest ({type(exc).__name__}: {exc})") from None
-    if verify:
-        checked: dict[str, str] = {}
-        for p in patients:
-            shard = root / str(p["shard"])
-            if not shard.is_file():
-                raise InputError(f"dataset {root}: shard {p['shard']} of patient {p['id']!r} is missing")
-            if p.get("sha256"):
-                got = checked.setdefault(str(p["shard"]), sha256_file(shard))
-                if got != str(p["sha256"]).lower():
-                    raise InputError(f"dataset {root}: shard {p['shard']} sha256 {got[:12]}... differs from the "
-                                     f"manifest's {str(p['sha256'])[:12]}... (damaged or changed)")
-    return DatasetOnDisk(root, kind, patients, ins, tgt, sha256_file(mpath))
-
-
 def open_data(path: str | Path) -> DatasetOnDisk:
-    """The dataset at ``path``: opened by ``persodose.dl.datasets.open_dataset`` (the reader of
-    ``persodose dataset make``, which checks every shard's SHA-256 and shape) when that module
-    is installed, else by this module's :func:`read_dataset`.
+    """The dataset at ``path``, opened by :func:`persodose.dl.datasets.open_dataset` (the reader
+    of ``persodose dataset make``, which checks every shard's SHA-256 and shape), with the
+    checks training needs (splits, sample counts).
     """
-    try:
-        from persodose.dl.datasets import open_dataset
-    except ImportError:
-        return read_dataset(path)
+    from persodose.dl.datasets import open_dataset
     from persodose.dl.weights_registry import sha256_file
 
     root = Path(path)
