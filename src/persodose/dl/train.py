@@ -43,15 +43,13 @@ import numpy as np
 from persodose.errors import InputError
 from persodose.outputs import atomic_file
 
-__all__ = ["DATASET_FORMAT", "CHECKPOINT_FORMAT", "DatasetOnDisk", "TrainSettings",
+__all__ = ["CHECKPOINT_FORMAT", "DatasetOnDisk", "TrainSettings",
            "TrainResult", "train", "weights_entry", "output_paths", "batches", "checkpoint_settings",
            "open_data", "check_dataset_for"]
 
 log = logging.getLogger(__name__)
 
-DATASET_FORMAT = "persodose-dataset/1"
 CHECKPOINT_FORMAT = "persodose-checkpoint/1"
-SPLITS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------- dataset reader
@@ -115,7 +113,7 @@ def open_data(path: str | Path) -> DatasetOnDisk:
     of ``persodose dataset make``, which checks every shard's SHA-256 and shape), with the
     checks training needs (splits, sample counts).
     """
-    from persodose.dl.datasets import open_dataset
+    from persodose.dl.datasets import SPLITS, open_dataset
     from persodose.dl.weights_registry import sha256_file
 
     root = Path(path)
