@@ -13,13 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
 from persodose.grid import Grid, Kind
 from persodose.io.image import write_image
+from tests.io.test_image_io import _nifti as nifti_with_header  # a NIfTI with patched header fields
 
 
 # ------------------------------------------------------------------------------- the world
@@ -38,25 +38,6 @@ def _edit_all(folder: Path, fn) -> None:
             ds = pydicom.dcmread(f)
             fn(f, ds)
             ds.save_as(f)
-
-
-def _nifti_raw(path: Path, data: np.ndarray, affine: np.ndarray, descrip: str,
-               patch: dict[int, float] | None = None) -> Path:
-    """A NIfTI-1 file (uncompressed), with float32 header fields overwritten at byte offsets.
-
-    Offsets from the NIfTI-1 header layout: pixdim[i] at 76 + 4 i, srow_x/y/z at 280/296/312.
-    """
-    img = nib.Nifti1Image(data, affine)
-    img.header["descrip"] = descrip.encode()
-    img.set_qform(None, code=0)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-    if patch:
-        raw = bytearray(path.read_bytes())
-        for offset, value in patch.items():
-            raw[offset:offset + 4] = np.float32(value).tobytes()
-        path.write_bytes(bytes(raw))
-    return path
 
 
 def _make_ct_variants(w: dict, root: Path) -> None:
@@ -150,13 +131,9 @@ def _make_images(w: dict, root: Path) -> None:
     (root / "materials_bad.nii.gz.json").write_text(json.dumps(materials_table(mat_list)))
     w["materials_badjson"] = write_image(mats, root / "materials_badjson.nii.gz")
     (root / "materials_badjson.nii.gz.json").write_text("{not json")
-    aff = np.diag([10.0, 10.0, 10.0, 1.0])
-    w["tia_furlongs"] = _nifti_raw(root / "tia_furlongs.nii", np.ones((4, 4, 4), np.float32), aff,
-                                   "persodose kind=tia unit=furlongs")
-    w["tia_nan_voxel"] = _nifti_raw(root / "tia_nan_voxel.nii", np.ones((4, 4, 4), np.float32), aff,
-                                    "persodose kind=tia unit=Bq s", patch={80: np.nan, 280: np.nan})
-    w["tia_zero_voxel"] = _nifti_raw(root / "tia_zero_voxel.nii", np.ones((4, 4, 4), np.float32), aff,
-                                     "persodose kind=tia unit=Bq s", patch={84: 0.0, 300: 0.0})
+    w["tia_furlongs"] = nifti_with_header(root / "tia_furlongs.nii", "persodose kind=tia unit=furlongs")
+    w["tia_nan_voxel"] = nifti_with_header(root / "tia_nan_voxel.nii", patch={80: np.nan, 280: np.nan})
+    w["tia_zero_voxel"] = nifti_with_header(root / "tia_zero_voxel.nii", patch={84: 0.0, 300: 0.0})
     w["ct_nii"] = write_image(ct_grid, root / "ct.nii.gz")
     nan_ct = ct_grid.array.copy()
     nan_ct[3, 3, 3] = np.nan
