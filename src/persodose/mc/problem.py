@@ -106,7 +106,9 @@ class MCProblem:
         t = self.tables
         ts = t.settings
         settings_f = np.array([ts.photon_cut_mev, ts.electron_cut_mev, ts.hard_collision_cut_mev, ts.brems_cut_mev,
-                               ts.max_eloss_fraction, ts.max_step_lambda1], dtype=np.float64)
+                               ts.max_eloss_fraction, ts.max_step_lambda1,
+                               1.0 if ts.photon_estimator == "tle" else 0.0, ts.tle_range_fraction],
+                              dtype=np.float64)
         nz, ny, nx = (int(v) for v in self.shape_zyx)
         sz, sy, sx = (float(v) for v in self.spacing_zyx_mm)
         geometry = (nz, ny, nx, sz, sy, sx, arr(self.density_g_cm3), arr(self.material_index, np.int64))

@@ -28,6 +28,11 @@ from persodose.physics.constants import ELECTRON_MASS_MEV, R_E_CM, ALPHA, AVOGAD
 
 # Indices of the packed photon table.
 PH_PHOTO, PH_COMPTON, PH_RAYLEIGH, PH_PAIR = 0, 1, 2, 3
+#: Row of the packed photon table holding the track-length estimator's coefficient
+#: (:func:`tle_coefficient`); it is not an interaction and is not part of the total.
+PH_TLE = 4
+#: Photon estimators: analog (every secondary electron transported) or track length.
+PHOTON_ESTIMATORS = ("analog", "tle")
 # Indices of the packed electron table.
 EL_STOP, EL_MOLLER, EL_BREMS, EL_RANGE, EL_TR1, EL_TR2 = 0, 1, 2, 3, 4, 5
 
@@ -50,6 +55,13 @@ class TransportSettings:
     range_rejection: bool = True  #: deposit an electron locally when its CSDA range cannot leave the voxel
     emax_mev: float = 3.0  #: top of the energy tables
     n_energies: int = 600  #: points of the log-uniform energy grid
+    #: "analog", or "tle": photon energy deposition scored by the track-length estimator
+    #: where the secondary electrons' range is short against the voxel (see
+    #: :mod:`persodose.mc.transport`, "Track-length estimator")
+    photon_estimator: str = "analog"
+    #: TLE is used in a voxel when the CSDA range of the most energetic secondary electron
+    #: is at most this fraction of the voxel's smallest side
+    tle_range_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("electron_cut_mev", "photon_cut_mev", "hard_collision_cut_mev", "brems_cut_mev",
@@ -65,6 +77,12 @@ class TransportSettings:
             raise InputError("max_eloss_fraction must be within (0, 0.25]")
         if self.emax_mev > 10.0:
             raise InputError("emax_mev above 10 MeV is outside the interaction data")
+        if self.photon_estimator not in PHOTON_ESTIMATORS:
+            raise InputError(f"photon_estimator must be one of {', '.join(PHOTON_ESTIMATORS)}, "
+                             f"got {self.photon_estimator!r}")
+        v = self.tle_range_fraction
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
+            raise InputError(f"tle_range_fraction must be within (0, 1], got {v!r}")
 
 
 def ms_transport_cross_sections(material: Material, energy_mev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +132,10 @@ class TransportTables:
         log_emin: ln of the lowest grid energy (MeV).
         inv_dlog: 1 / (ln step) of the grid.
         energy_mev: the grid, shape (n_e,).
-        photon: (n_mat, 4, n_e) photo, Compton, Rayleigh, pair mass attenuation, cm2/g.
-        photon_total: (n_mat, n_e) their sum, cm2/g.
+        photon: (n_mat, 5, n_e) photo, Compton, Rayleigh, pair mass attenuation, cm2/g, and
+            the track-length estimator's mass energy-deposition coefficient
+            (:func:`tle_coefficient`, row :data:`PH_TLE`), cm2/g.
+        photon_total: (n_mat, n_e) the sum of the four interactions, cm2/g.
         electron: (2, n_mat, 6, n_e) for e- (0) and e+ (1): restricted stopping power
             (MeV cm2/g), hard-collision and hard-bremsstrahlung cross sections (cm2/g),
             CSDA range (g/cm2), first and second transport cross sections (cm2/g).
@@ -158,6 +178,30 @@ class TransportTables:
         return env * 1.0001
 
 
+def tle_coefficient(pt, material: Material) -> np.ndarray:
+    """Mass energy-deposition coefficient that the track-length estimator scores, cm2/g.
+
+    The photon's expected energy given to electrons that stay local, *as the analog engine
+    treats it*, per unit mass and path: ``mu_photo (1 - g_photo) + mu_incoh f_incoh
+    (1 - g_incoh)``, with the Compton energy-transfer fraction ``f_incoh`` averaged over
+    Klein-Nishina x S(x) (:mod:`persodose.physics.photon_data`) and the radiation yield
+    ``g`` of the secondary electrons (:func:`persodose.physics.electron_data.radiation_yield`).
+    It differs from mu_en/rho (Hubbell & Seltzer, NISTIR 5632) in one respect only: the
+    binding energy of a photoabsorption is not reduced by K fluorescence, because the
+    engine deposits it where the absorption happens (see :mod:`persodose.physics.photon_data`,
+    "Transport conventions"). Pair production is absent: the estimator is not used above
+    2 m c^2 (the positron's annihilation photons must be transported).
+    """
+    from persodose.physics.electron_data import radiation_yield
+
+    e = pt.energy_mev
+    mu = pt.mu_over_rho_cm2_g
+    f_c = pt.compton_energy_transfer_fraction
+    g_photo = radiation_yield(material, np.clip(e, 1e-3, 10.0))
+    g_compt = radiation_yield(material, np.clip(f_c * e, 1e-3, 10.0))
+    return np.asarray(mu["photo"] * (1.0 - g_photo) + mu["compton"] * f_c * (1.0 - g_compt), dtype=np.float64)
+
+
 def build_tables(materials: Sequence[Material], settings: TransportSettings | None = None) -> TransportTables:
     """Build the packed tables for a list of materials (index = material number)."""
     from persodose.physics.electron_data import electron_tables
@@ -172,7 +216,7 @@ def build_tables(materials: Sequence[Material], settings: TransportSettings | No
     log_emin = math.log(emin)
     inv_dlog = (n - 1) / (math.log(settings.emax_mev) - log_emin)
     n_mat = len(materials)
-    photon = np.zeros((n_mat, 4, n))
+    photon = np.zeros((n_mat, 5, n))
     electron = np.zeros((2, n_mat, 6, n))
     x_nodes = None
     sf_rows, ray_rows = [], []
@@ -180,6 +224,7 @@ def build_tables(materials: Sequence[Material], settings: TransportSettings | No
         pt = photon_tables(mat, energy)
         for k, key in enumerate(("photo", "compton", "rayleigh", "pair")):
             photon[m, k] = pt.mu_over_rho_cm2_g[key]
+        photon[m, PH_TLE] = tle_coefficient(pt, mat)
         st = scattering_tables(mat, emax_mev=settings.emax_mev)
         if x_nodes is None:
             x_nodes = np.asarray(st.x_per_angstrom, dtype=np.float64)
@@ -199,7 +244,7 @@ def build_tables(materials: Sequence[Material], settings: TransportSettings | No
             electron[p, m, EL_TR2] = tr2
     return TransportTables(
         settings=settings, log_emin=log_emin, inv_dlog=inv_dlog, energy_mev=energy,
-        photon=np.ascontiguousarray(photon), photon_total=np.ascontiguousarray(photon.sum(axis=1)),
+        photon=np.ascontiguousarray(photon), photon_total=np.ascontiguousarray(photon[:, :PH_TLE].sum(axis=1)),
         electron=np.ascontiguousarray(electron), x_nodes=x_nodes,
         compton_sf=np.ascontiguousarray(np.vstack(sf_rows)),
         rayleigh_cum=np.ascontiguousarray(np.vstack(ray_rows)),
