@@ -193,7 +193,7 @@ def decay_problem(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays: i
         src = src * source.voxel_volume_ml
     src_index, src_cdf = voxel_source(src)
     ts = settings.transport
-    dt = decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev)
+    dt = decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev, settings.emissions)
     per_batch = _primaries_per_batch(n_decays, settings, "decays")
     tables = _tables_for(phantom, settings, tables)
     total = float(src.sum()) if source.kind is Kind.TIA else None

@@ -14,6 +14,45 @@ from persodose.mc.tables import TransportSettings
 #: particle stacks take 8 KiB per chunk on the device (1 GiB at 131072 chunks).
 DEFAULT_CHUNKS = {"cpu": 32, "cuda": 131072}
 
+#: Emission categories a decay run can be restricted to, named after the ICRP Publication 107
+#: radiation types they take (ICRP 2008, Ann. ICRP 38(3); mapping in
+#: :data:`persodose.mc.sources.CATEGORY_LINES`): ``beta`` (β-, with delayed β-), ``positron``
+#: (β+), ``gamma``, ``xray``, ``ic`` (internal-conversion electrons), ``auger`` and ``alpha``
+#: (alpha particles and their recoils). Annihilation photons are not a decay emission: the
+#: transport makes them where each positron stops.
+EMISSION_CATEGORIES = ("beta", "positron", "gamma", "xray", "ic", "auger", "alpha")
+
+
+def normalise_emissions(emissions) -> tuple[str, ...] | None:
+    """The canonical form of an emission selection: ``None`` for all, else a tuple in
+    :data:`EMISSION_CATEGORIES` order.
+
+    Args:
+        emissions: ``None``, ``"all"``, a comma list (``"beta,gamma,xray"``, case-insensitive)
+            or a sequence of category names. A selection of every category is ``None``.
+
+    Raises:
+        InputError: an unknown name, an empty selection or ``all`` mixed with other names.
+    """
+    if emissions is None:
+        return None
+    items = emissions.split(",") if isinstance(emissions, str) else list(emissions)
+    names = [str(v).strip().lower() for v in items]
+    names = [v for v in names if v]
+    valid = ", ".join(EMISSION_CATEGORIES)
+    if not names:
+        raise InputError(f"no emissions selected; choose all or a comma list of {valid}")
+    if "all" in names:
+        if len(set(names)) > 1:
+            raise InputError("'all' cannot be combined with other emissions")
+        return None
+    unknown = [v for v in names if v not in EMISSION_CATEGORIES]
+    if unknown:
+        hint = " (annihilation photons come from positrons: select positron)" if "annihilation" in unknown else ""
+        raise InputError(f"unknown emission {unknown[0]!r}{hint}; choose all or a comma list of {valid}")
+    chosen = tuple(c for c in EMISSION_CATEGORIES if c in names)
+    return None if len(chosen) == len(EMISSION_CATEGORIES) else chosen
+
 
 def check_backend(backend: str, *, require_device: bool = True) -> str:
     """``backend`` if it is known (and, with ``require_device``, can run here).
@@ -44,8 +83,12 @@ class MCSettings:
     transport: TransportSettings = field(default_factory=TransportSettings)
     #: "cpu" (Numba, parallel over chunks) or "cuda" (one GPU thread per chunk)
     backend: str = "cpu"
+    #: emission categories a decay run emits (:data:`EMISSION_CATEGORIES`); ``None`` = all.
+    #: A comma string or sequence is accepted and normalised by :func:`normalise_emissions`.
+    emissions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        self.emissions = normalise_emissions(self.emissions)
         check_backend(self.backend, require_device=False)  # settings may be made where they do not run
         if self.chunks_per_batch is None:
             self.chunks_per_batch = DEFAULT_CHUNKS[self.backend]

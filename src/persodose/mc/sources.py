@@ -14,6 +14,12 @@ electron cut-off, alpha particles and recoils) are not sampled: their mean energ
 decay is deposited in the decay voxel, which is exact in expectation and adds no variance.
 Annihilation photons are not taken from the table: the transport makes them when each
 positron stops.
+
+A run may emit only some categories of emission (``MCSettings.emissions``, names in
+:data:`persodose.mc.settings.EMISSION_CATEGORIES`, ICRP-107 radiation types in
+:data:`CATEGORY_LINES`), to compare with published kernels computed from fewer emission
+types. The filter applies to everything a category contributes: its transported lines or
+spectrum and its share of the energy deposited at the decay site.
 """
 
 from __future__ import annotations
@@ -23,12 +29,30 @@ from dataclasses import dataclass
 import numpy as np
 
 from persodose.errors import InputError
+from persodose.mc.settings import EMISSION_CATEGORIES, normalise_emissions
 from persodose.mc.transport import ELECTRON, PHOTON
 from persodose.physics.radionuclides import get_nuclide
 
 _PHOTON_LINES = ("gamma", "xray")
 _ELECTRON_LINES = ("ic", "auger")
 _LOCAL_LINES = ("alpha", "alpha_recoil")
+
+#: Emission category -> the ICRP Publication 107 radiation types (keys of
+#: :attr:`persodose.physics.radionuclides.Nuclide.lines`) it takes. ``beta`` holds the β-
+#: branches and the delayed β- of fission fragments (both sampled from the β- spectrum);
+#: neutrons and fission fragments are not emitted by the engine in any selection, and
+#: annihilation photons are made by the transport from the positrons.
+CATEGORY_LINES = {
+    "beta": ("beta-", "beta_delayed"),
+    "positron": ("beta+",),
+    "gamma": ("gamma",),
+    "xray": ("xray",),
+    "ic": ("ic",),
+    "auger": ("auger",),
+    "alpha": ("alpha", "alpha_recoil"),
+}
+assert tuple(CATEGORY_LINES) == EMISSION_CATEGORIES
+_BETA_CATEGORY = {"beta-": "beta", "beta+": "positron"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +67,11 @@ class DecayTables:
             distributions on an energy grid (MeV); a dummy pair where there is no branch.
         line_kind, line_e, line_cum: discrete emissions that are transported.
         line_total: total yield of those emissions per decay.
-        mean_emitted_mev: expected energy emitted per decay (excluding annihilation).
+        mean_emitted_mev: expected energy emitted per decay (excluding annihilation) by the
+            selected emissions.
+        emissions: the selected categories (:data:`CATEGORY_LINES`), ``None`` for all.
+        full_emitted_mev: expected energy emitted per decay with all emissions; equal to
+            ``mean_emitted_mev`` when ``emissions`` is ``None``.
     """
 
     nuclide: str
@@ -58,6 +86,13 @@ class DecayTables:
     line_cum: np.ndarray
     line_total: float
     mean_emitted_mev: float
+    emissions: tuple[str, ...] | None = None
+    full_emitted_mev: float = float("nan")
+
+    @property
+    def left_out_mev(self) -> float:
+        """Energy per decay that the selection leaves out, MeV."""
+        return self.full_emitted_mev - self.mean_emitted_mev
 
 
 def _spectrum_cdf(energy_mev: np.ndarray, density: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -70,17 +105,46 @@ def _spectrum_cdf(energy_mev: np.ndarray, density: np.ndarray) -> tuple[np.ndarr
     return e, cdf, total, mean
 
 
-def decay_tables(nuclide: str, photon_cut_mev: float, electron_cut_mev: float, emax_mev: float) -> DecayTables:
+def decay_tables(nuclide: str, photon_cut_mev: float, electron_cut_mev: float, emax_mev: float,
+                 emissions=None) -> DecayTables:
     """Build the sampling tables of a nuclide for given cut-offs.
 
+    Args:
+        nuclide: ICRP-107 radionuclide.
+        photon_cut_mev, electron_cut_mev: below these, emissions are deposited at the decay site.
+        emax_mev: top energy of the transport tables.
+        emissions: the categories to emit (see :func:`persodose.mc.settings.normalise_emissions`);
+            ``None`` or ``"all"`` for all, which gives exactly the tables of every category.
+
     Raises:
-        NuclideError: unknown nuclide. InputError: an emission above the tables' top energy.
+        NuclideError: unknown nuclide. InputError: an emission above the tables' top energy,
+        an unknown category, or a selection that emits nothing of this nuclide.
     """
     nuc = get_nuclide(nuclide)
-    local = sum(nuc.lines[k].energy_per_decay_mev for k in _LOCAL_LINES)
+    selected = normalise_emissions(emissions)
+    full = _build(nuc, photon_cut_mev, electron_cut_mev, emax_mev, None)
+    if selected is None:
+        return full
+    tables = _build(nuc, photon_cut_mev, electron_cut_mev, emax_mev, frozenset(selected))
+    if not tables.mean_emitted_mev > 0:
+        has = [c for c in EMISSION_CATEGORIES
+               if any(nuc.lines[k].energy_per_decay_mev > 0 for k in CATEGORY_LINES[c])]
+        raise InputError(f"{nuc.name} emits nothing of {','.join(selected)}; it emits {','.join(has)}")
+    return DecayTables(**{**tables.__dict__, "emissions": selected, "full_emitted_mev": full.mean_emitted_mev})
+
+
+def _build(nuc, photon_cut_mev: float, electron_cut_mev: float, emax_mev: float,
+           selected: frozenset | None) -> DecayTables:
+    """The tables of the categories ``selected`` (``None``: all)."""
+    def keep(key: str) -> bool:
+        return selected is None or any(key in CATEGORY_LINES[c] for c in selected)
+
+    local = sum(nuc.lines[k].energy_per_decay_mev for k in _LOCAL_LINES if keep(k))
     kinds, energies, yields = [], [], []
     for group, kind, cut in ((_PHOTON_LINES, PHOTON, photon_cut_mev), (_ELECTRON_LINES, ELECTRON, electron_cut_mev)):
         for key in group:
+            if not keep(key):
+                continue
             em = nuc.lines[key]
             for e, y in zip(np.asarray(em.energy_mev, float), np.asarray(em.yield_per_decay, float)):
                 if y <= 0:
@@ -99,7 +163,7 @@ def decay_tables(nuclide: str, photon_cut_mev: float, electron_cut_mev: float, e
     mean_beta = 0.0
     for b, kind in enumerate(("beta-", "beta+")):
         y_branch = nuc.lines[kind].total_yield + (nuc.lines["beta_delayed"].total_yield if kind == "beta-" else 0.0)
-        if y_branch > 0:
+        if y_branch > 0 and (selected is None or _BETA_CATEGORY[kind] in selected):
             e, dens = nuc.beta_spectrum(kind)
             grid, cdf, total, mean = _spectrum_cdf(e, dens)
             if total <= 0:
@@ -124,6 +188,7 @@ def decay_tables(nuclide: str, photon_cut_mev: float, electron_cut_mev: float, e
         beta_plus_e=spectra[1][0], beta_plus_cdf=spectra[1][1],
         line_kind=line_kind, line_e=line_e, line_cum=line_cum,
         line_total=float(y_arr.sum()) if y_arr.size else 0.0, mean_emitted_mev=mean_emitted,
+        full_emitted_mev=mean_emitted,
     )
 
 
