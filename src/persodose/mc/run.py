@@ -9,6 +9,13 @@ the per-batch hook and reports progress (:class:`BatchLog`, which the Dask loop 
 :mod:`persodose.mc.distributed` uses as well). :func:`simulate_decays`,
 :func:`simulate_point_source` and :func:`simulate_beam` build a problem and run it through it.
 
+Target uncertainty: given an :class:`~persodose.mc.tally.UncertaintyTarget`, the loop checks
+the criterion before each batch (once ``min_batches`` are in) and stops when it is met; the
+problem's primaries and batches are then the limit. As batch ``b`` depends only on
+``(seed, b)``, a run stopped after ``k`` batches holds exactly the first ``k`` batches of the
+full run (and can be resumed to more). When the limit comes first a
+:class:`TargetNotMetWarning` says so and the results stand.
+
 Absorbed dose: ``D = E_dep / m`` with ``E_dep`` in J (1 MeV = 1.602176634e-13 J, exact SI)
 and ``m = rho V``. Per decay for a unit source, absolute with the number of decays of a
 time-integrated activity (1 Bq s = 1 decay).
@@ -20,6 +27,7 @@ import dataclasses
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,13 +40,69 @@ from persodose.mc.primaries import BatchPlan
 from persodose.mc.problem import MCProblem, beam_problem, decay_problem, point_source_problem
 from persodose.mc.settings import MCSettings
 from persodose.mc.tables import TransportTables
-from persodose.mc.tally import BatchResult, MCResult, Tally
+from persodose.errors import InputError
+from persodose.mc.tally import BatchResult, MCResult, Tally, TargetOutcome, UncertaintyTarget
 from persodose.physics.constants import MEV_TO_J
 
 #: Progress callback: ``(batches of this seed done, batches of the run)``.
 Progress = Callable[[int, int], Any]
 #: Per-batch hook: called with each :class:`BatchResult` once it is in the tally.
 BatchHook = Callable[[BatchResult], Any]
+
+#: Batches of a run with a target uncertainty when the caller does not choose: more, smaller
+#: batches than a fixed run (10), so that the run can stop close to the target.
+TARGET_BATCHES = 50
+
+
+class TargetNotMetWarning(UserWarning):
+    """A run with a target uncertainty reached its limit of primaries first (its results stand)."""
+
+
+class TargetMonitor:
+    """A target uncertainty bound to a problem and its tally: is it met, and how did the run end.
+
+    Registers the target's region with the tally (its per-batch energies are kept, and saved
+    with the checkpoint), so that the region's uncertainty comes from the batches' sums.
+
+    Raises:
+        InputError: the run has fewer batches than the target's ``min_batches``, the resumed
+            tally lacks the region's sums.
+        GeometryError: the region mask is of another grid.
+    """
+
+    def __init__(self, problem: MCProblem, tally: Tally, target: UncertaintyTarget):
+        if problem.n_batches < int(target.min_batches):
+            raise InputError(f"a target uncertainty needs at least {target.min_batches} batches; the run has "
+                             f"{problem.n_batches} (give more batches)")
+        self.problem, self.tally, self.target = problem, tally, target
+        if target.region_mask is not None:
+            tally.track_region(target.region_key, target.region_mask)
+
+    def achieved(self) -> float:
+        return self.target.achieved(self.tally, self.problem.density_g_cm3)
+
+    def met(self) -> bool:
+        """True once ``min_batches`` are in and the criterion is at or below the target."""
+        if self.tally.n_batches < int(self.target.min_batches):
+            return False
+        return self.achieved() <= self.target.relative
+
+    def outcome(self) -> TargetOutcome:
+        t, p = self.target, self.problem
+        return TargetOutcome(target=float(t.relative), achieved=float(self.achieved()), met=self.met(),
+                             metric=t.metric(), region=t.region_name,
+                             above_fraction=None if t.region_mask is not None else float(t.above_fraction),
+                             n_batches=int(self.tally.n_batches), n_primaries=int(self.tally.n_primaries),
+                             batches_limit=int(p.n_batches), primaries_limit=int(p.n_primaries),
+                             min_batches=int(t.min_batches))
+
+    def finish(self, run: dict, what: str = "primaries") -> TargetOutcome:
+        """Put the outcome in ``run`` (``run["target"]``); warn when the target was not met."""
+        out = self.outcome()
+        run["target"] = out.record()
+        if not out.met:
+            warnings.warn(out.summary(what), TargetNotMetWarning, stacklevel=3)
+        return out
 
 
 class _Workspace:
@@ -188,10 +252,12 @@ class BatchLog:
 
 def run_batches(problem: MCProblem, tally: Tally | None = None, *, progress: Progress | None = None,
                 checkpoint: str | Path | None = None, on_batch: BatchHook | None = None,
-                n_threads: int | None = None) -> tuple[Tally, dict]:
+                n_threads: int | None = None, target: UncertaintyTarget | None = None) -> tuple[Tally, dict]:
     """Run, in this process, the batches of ``problem`` not yet in ``tally``, adding them in batch order.
 
-    The one loop of every in-process run, whatever the source kind or backend.
+    The one loop of every in-process run, whatever the source kind or backend. With a
+    ``target`` it stops before the next batch once the target uncertainty is met (module
+    docstring); a resumed tally that already meets it runs no batch.
 
     Args:
         problem: from :func:`decay_problem`, :func:`point_source_problem` or :func:`beam_problem`.
@@ -200,26 +266,44 @@ def run_batches(problem: MCProblem, tally: Tally | None = None, *, progress: Pro
         checkpoint: a ``.npz`` file the tally is saved to after each batch.
         on_batch: per-batch hook, called with each :class:`BatchResult` (see :class:`BatchLog`).
         n_threads: Numba threads per batch (see :func:`run_batch`).
+        target: stop once this uncertainty is met (:class:`~persodose.mc.tally.UncertaintyTarget`);
+            the problem's primaries and batches are then the limit.
 
     Returns:
         ``(tally, run)``: ``run`` holds ``n_new`` (primaries simulated now), ``seconds``
-        (wall time), ``records`` (one per batch run) and ``backend`` (for provenance).
+        (wall time), ``records`` (one per batch run), ``backend`` (for provenance) and, with
+        a target, ``target`` (:meth:`~persodose.mc.tally.TargetOutcome.record`).
 
     Raises:
         GeometryError: ``tally`` was made on another grid.
+        InputError: a target with fewer batches than its ``min_batches``.
+
+    Warns:
+        TargetNotMetWarning: the limit was reached before the target.
     """
     import numba
 
     tally = problem.check_tally(tally if tally is not None else problem.empty_tally())
+    monitor = TargetMonitor(problem, tally, target) if target is not None else None
     log = BatchLog(problem, tally, checkpoint=checkpoint, progress=progress, on_batch=on_batch)
     ws = _Workspace(problem.n_voxels, min(int(n_threads), numba.config.NUMBA_NUM_THREADS) if n_threads else None)
     t0 = time.perf_counter()
     for b in problem.pending(tally):
+        if monitor is not None and monitor.met():
+            break
         res = run_batch(problem, b, n_threads=n_threads, workspace=ws)
         tally.add(res)
         log.added(res)
     seconds = time.perf_counter() - t0
-    return tally, log.run(seconds, backend_info(problem.settings))
+    run = log.run(seconds, backend_info(problem.settings))
+    if monitor is not None:
+        monitor.finish(run, _primary_word(problem))
+    return tally, run
+
+
+def _primary_word(problem: MCProblem) -> str:
+    """What one primary is, for messages: decays, particles or photons."""
+    return {"decays": "decays", "particles": "particles", "beam": "photons"}.get(problem.source.kernel, "primaries")
 
 
 def _numba_backend(n_threads: int | None = None) -> dict:
@@ -270,19 +354,30 @@ def result_of(phantom: VoxelPhantom, problem: MCProblem, tally: Tally, run: dict
     """The :class:`MCResult` of a run of ``problem`` (``run`` from :func:`run_batches` or the Dask loop)."""
     info = problem.source.describe(tally.n_primaries)
     info.update(backend=run["backend"], batches=run["records"])
+    if run.get("target") is not None:
+        info["target"] = run["target"]
     return _finish(phantom, tally, problem.settings, run["seconds"], run["n_new"], problem.source.total_decays, info)
 
 
 def _simulate(phantom: VoxelPhantom, problem: MCProblem, resume: Tally | None, checkpoint: str | Path | None,
-              progress: Progress | None, on_batch: BatchHook | None) -> MCResult:
-    tally, run = run_batches(problem, resume, progress=progress, checkpoint=checkpoint, on_batch=on_batch)
+              progress: Progress | None, on_batch: BatchHook | None, target: UncertaintyTarget | None) -> MCResult:
+    tally, run = run_batches(problem, resume, progress=progress, checkpoint=checkpoint, on_batch=on_batch,
+                             target=target)
     return result_of(phantom, problem, tally, run)
+
+
+def default_settings(settings: MCSettings | None, target: UncertaintyTarget | None) -> MCSettings:
+    """``settings``, or the defaults: :data:`TARGET_BATCHES` batches with a target, else :class:`MCSettings`'s."""
+    if settings is not None:
+        return settings
+    return MCSettings(n_batches=TARGET_BATCHES) if target is not None else MCSettings()
 
 
 def simulate_decays(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays: int,
                     settings: MCSettings | None = None, tables: TransportTables | None = None,
                     resume: Tally | None = None, checkpoint: str | Path | None = None,
-                    progress: Progress | None = None, *, on_batch: BatchHook | None = None) -> MCResult:
+                    progress: Progress | None = None, *, on_batch: BatchHook | None = None,
+                    target: UncertaintyTarget | None = None) -> MCResult:
     """Simulate ``n_decays`` decays of ``nuclide`` spread like ``source`` in ``phantom``.
 
     Args:
@@ -291,23 +386,29 @@ def simulate_decays(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays:
             phantom's geometry (any non-negative weights; a TIA in Bq s also gives the
             absolute dose).
         nuclide: any ICRP-107 nuclide name.
-        n_decays: decays to simulate in all batches.
-        settings: batches, seed, transport settings.
+        n_decays: decays to simulate in all batches (the most, with a ``target``).
+        settings: batches (the most, with a ``target``), seed, transport settings; default
+            :class:`MCSettings` (:data:`TARGET_BATCHES` batches with a ``target``).
         tables: prebuilt tables (must match ``settings.transport`` and the phantom's materials).
         resume: a tally from an interrupted run with the same settings; its batches are kept
             (it is updated in place).
         checkpoint: a ``.npz`` file the tally is saved to after every batch.
         progress: callable ``(batches_done, batches_total)``.
         on_batch: called with each :class:`BatchResult` once it is in the tally.
+        target: stop once this uncertainty is met (:class:`~persodose.mc.tally.UncertaintyTarget`);
+            how the run ended is in ``info["target"]`` and the provenance.
 
     Returns:
         :class:`MCResult`; ``dose_gy`` is absolute when ``source`` is a TIA (Bq s).
 
+    Warns:
+        TargetNotMetWarning: the limit was reached before the target.
+
     Raises:
         InputError, GeometryError, MaterialError, NuclideError for bad input.
     """
-    problem = decay_problem(phantom, source, nuclide, n_decays, settings, tables)
-    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch)
+    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables)
+    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch, target)
 
 
 def simulate_point_source(phantom: VoxelPhantom, particle: str, energy_mev: float | tuple[np.ndarray, np.ndarray],
@@ -315,7 +416,7 @@ def simulate_point_source(phantom: VoxelPhantom, particle: str, energy_mev: floa
                           direction_xyz: Sequence[float] | None = None, settings: MCSettings | None = None,
                           tables: TransportTables | None = None, *, resume: Tally | None = None,
                           checkpoint: str | Path | None = None, progress: Progress | None = None,
-                          on_batch: BatchHook | None = None) -> MCResult:
+                          on_batch: BatchHook | None = None, target: UncertaintyTarget | None = None) -> MCResult:
     """Particles of one kind from a point: isotropic, or a pencil beam along ``direction_xyz``.
 
     Args:
@@ -325,26 +426,26 @@ def simulate_point_source(phantom: VoxelPhantom, particle: str, energy_mev: floa
         position_xyz_mm: position in mm from the grid's corner in the (x, y, z) index axes;
             default the centre of the grid.
         direction_xyz: unit vector in the (x, y, z) index axes for a pencil beam.
-        resume, checkpoint, progress, on_batch: as in :func:`simulate_decays`.
+        resume, checkpoint, progress, on_batch, target: as in :func:`simulate_decays`.
     """
     problem = point_source_problem(phantom, particle, energy_mev, n_particles, position_xyz_mm, direction_xyz,
-                                   settings, tables)
-    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch)
+                                   default_settings(settings, target), tables)
+    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch, target)
 
 
 def simulate_beam(phantom: VoxelPhantom, sampler, n_photons: int, settings: MCSettings | None = None,
                   tables: TransportTables | None = None, progress: Progress | None = None, *,
                   resume: Tally | None = None, checkpoint: str | Path | None = None,
-                  on_batch: BatchHook | None = None) -> MCResult:
+                  on_batch: BatchHook | None = None, target: UncertaintyTarget | None = None) -> MCResult:
     """Transport photons from external sources through ``phantom``.
 
     Args:
         sampler: see :class:`persodose.mc.primaries.BeamSource`.
-        resume, checkpoint, progress, on_batch: as in :func:`simulate_decays`.
+        resume, checkpoint, progress, on_batch, target: as in :func:`simulate_decays`.
 
     Returns:
         :class:`MCResult` per source photon: ``energy_per_primary_mev`` and
         ``dose_per_primary_gy`` (Gy per photon emitted by the sampler).
     """
-    problem = beam_problem(phantom, sampler, n_photons, settings, tables)
-    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch)
+    problem = beam_problem(phantom, sampler, n_photons, default_settings(settings, target), tables)
+    return _simulate(phantom, problem, resume, checkpoint, progress, on_batch, target)

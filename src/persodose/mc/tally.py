@@ -5,11 +5,20 @@ its square, so that the relative standard uncertainty of each voxel is the stand
 of the batch means (the batch method, e.g. Walters, Kawrakow & Rogers, Med. Phys. 29 (2002)
 2745), a run can be saved after any batch and resumed, and runs with different seeds can be
 merged (:class:`Tally`).
+
+A run may stop at a target uncertainty instead of a fixed number of primaries
+(:class:`UncertaintyTarget`): the median voxel uncertainty over the voxels above a fraction
+of the maximum dose, or the uncertainty of the mean dose in a region, whose per-batch
+energies the tally keeps (:meth:`Tally.track_region`) because the uncertainty of a sum over
+voxels needs the batches' sums, not the voxels' variances (neighbouring voxels are
+correlated).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +29,161 @@ from persodose.grid import Grid
 from persodose.mc import transport as tr
 from persodose.mc.settings import MCSettings
 from persodose.outputs import jsonable
+
+#: Voxels below this density (air around and inside the body) are left out of the voxel
+#: criterion of a target uncertainty: their dose per mass is noisy and no tissue's, g/cm3.
+TARGET_AIR_DENSITY_G_CM3 = 0.05
+
+
+def parse_relative_uncertainty(value, what: str = "target uncertainty") -> float:
+    """A relative uncertainty from ``"2%"``, ``"2 %"``, ``"0.02"`` or a number (0.02).
+
+    Returns:
+        The relative value, strictly between 0 and 1.
+
+    Raises:
+        InputError: not a number, NaN, <= 0 or >= 100 % (one line naming ``what``).
+    """
+    text = str(value).strip()
+    percent = text.endswith("%")
+    try:
+        v = float(text[:-1].strip() if percent else text)
+    except ValueError:
+        raise InputError(f"{what} {value!r} is not a number: write e.g. 2% or 0.02") from None
+    if percent:
+        v /= 100.0
+    if not (math.isfinite(v) and 0.0 < v < 1.0):
+        raise InputError(f"{what} {value!r} must lie above 0 and below 100 % (e.g. 2% or 0.02)")
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class UncertaintyTarget:
+    """When a run may stop: a relative standard uncertainty to reach (the batch method).
+
+    The criterion (checked after every batch, once ``min_batches`` are in) is either
+
+    * the median relative uncertainty of the voxels whose dose (energy over mass; voxels
+      below :data:`TARGET_AIR_DENSITY_G_CM3` left out) is at least ``above_fraction`` of the
+      maximum dose, or
+    * with ``region_mask``, the relative uncertainty of the region's mean dose (energy
+      deposited in the region over its mass: the organ dose of ICRP and MIRD), from the
+      spread of the batches' region energies.
+
+    Attributes:
+        relative: the target, e.g. 0.02 for 2 % (strings like ``"2%"`` are accepted).
+        above_fraction: voxel criterion: the dose threshold as a fraction of the maximum.
+        region_name: the region's name (provenance, messages).
+        region_mask: (z, y, x) or flat boolean mask of the region on the phantom's grid.
+        min_batches: batches before the criterion is trusted (a spread of 2 batches is
+            meaningless).
+    """
+
+    relative: float
+    above_fraction: float = 0.1
+    region_name: str | None = None
+    region_mask: np.ndarray | None = None
+    min_batches: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "relative", parse_relative_uncertainty(self.relative))
+        a = self.above_fraction
+        if not (isinstance(a, (int, float)) and math.isfinite(a) and 0.0 <= a < 1.0):
+            raise InputError(f"target-above fraction must lie within [0, 1), got {a!r}")
+        if int(self.min_batches) < 2:
+            raise InputError("a target uncertainty needs at least 2 batches before it is trusted")
+        if self.region_mask is not None:
+            mask = np.asarray(self.region_mask).astype(bool).ravel()
+            if not mask.any():
+                raise InputError(f"target region {self.region_name or ''} holds no voxel".replace("  ", " "))
+            object.__setattr__(self, "region_mask", mask)
+            object.__setattr__(self, "region_name", str(self.region_name or "region"))
+        elif self.region_name is not None:
+            raise InputError(f"target region {self.region_name!r} needs its mask (a label map)")
+
+    @property
+    def region_key(self) -> str | None:
+        """The name under which the tally keeps the region's per-batch energies (name and mask digest)."""
+        if self.region_mask is None:
+            return None
+        digest = hashlib.sha1(np.packbits(self.region_mask).tobytes()).hexdigest()[:12]
+        return f"{self.region_name}#{digest}"
+
+    def metric(self) -> str:
+        """The criterion in words."""
+        if self.region_mask is not None:
+            return f"relative uncertainty of the mean dose in {self.region_name}"
+        return f"median voxel relative uncertainty above {100 * self.above_fraction:g} % of the maximum dose"
+
+    def achieved(self, tally: "Tally", density_g_cm3: np.ndarray) -> float:
+        """The criterion's value for ``tally`` (``inf`` while it cannot be told)."""
+        if self.region_mask is not None:
+            return tally.region_relative_uncertainty(self.region_key)
+        return voxel_median_uncertainty(tally, density_g_cm3, self.above_fraction)
+
+
+def voxel_median_uncertainty(tally: "Tally", density_g_cm3: np.ndarray, above_fraction: float) -> float:
+    """Median relative uncertainty of the voxels with dose >= ``above_fraction`` x the maximum.
+
+    Dose is taken as energy over density (all voxels have the same volume); voxels below
+    :data:`TARGET_AIR_DENSITY_G_CM3` are left out unless every voxel is that light.
+    Returns ``inf`` before two batches or when nothing was deposited.
+    """
+    if tally.n_batches < 2:
+        return math.inf
+    rho = np.asarray(density_g_cm3, dtype=np.float64).ravel()
+    body = rho >= TARGET_AIR_DENSITY_G_CM3
+    if not body.any():
+        body = rho > 0
+    mean = tally.mean_mev()
+    dose = np.zeros(mean.shape)
+    np.divide(mean, rho, out=dose, where=body)
+    top = float(dose.max()) if dose.size else 0.0
+    if not top > 0:
+        return math.inf
+    sel = dose >= float(above_fraction) * top
+    if above_fraction == 0:
+        sel &= dose > 0
+    return float(np.median(tally.relative_uncertainty()[sel]))
+
+
+@dataclass
+class TargetOutcome:
+    """How a run with a target uncertainty ended (for provenance and the console).
+
+    Attributes:
+        target: the relative uncertainty aimed at; achieved: the criterion's value at the end.
+        met: whether it was reached; metric: the criterion in words; region: its name or None.
+        n_batches / n_primaries: batches and primaries in the tally at the end.
+        batches_limit / primaries_limit: the most the run could have done.
+    """
+
+    target: float
+    achieved: float
+    met: bool
+    metric: str
+    region: str | None
+    above_fraction: float | None
+    n_batches: int
+    n_primaries: int
+    batches_limit: int
+    primaries_limit: int
+    min_batches: int
+
+    def record(self) -> dict:
+        return _json_safe(asdict(self))
+
+    def summary(self, what: str = "primaries") -> str:
+        """One line: met or not, the value reached and at how many primaries."""
+        a = self.achieved
+        got = "n/a" if a is None or not math.isfinite(a) else f"{100 * a:.3g} %"
+        if self.met:
+            return (f"target uncertainty {100 * self.target:.3g} % met ({self.metric}: {got}) after "
+                    f"{self.n_primaries:.4g} {what} in {self.n_batches} batches "
+                    f"(limit {self.primaries_limit:.4g} in {self.batches_limit})")
+        return (f"target uncertainty {100 * self.target:.3g} % not met: {self.metric} is {got} at the limit of "
+                f"{self.n_primaries:.4g} {what} in {self.n_batches} batches; the results have that uncertainty "
+                f"(give more {what} to reach the target)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +225,8 @@ class Tally:
         n_batches: batches done; batch_ids: which (seed, batch) pairs are in.
         n_primaries: primaries (decays or particles) simulated in all batches.
         counters: energy bookkeeping in MeV per primary, summed over batches.
+        region_sums: per tracked region (:meth:`track_region`), the energy per primary
+            deposited in it by each batch, MeV, in ``batch_ids`` order.
     """
 
     sum_mev: np.ndarray
@@ -69,12 +235,53 @@ class Tally:
     n_primaries: int = 0
     batch_ids: list = field(default_factory=list)
     counters: np.ndarray = field(default_factory=lambda: np.zeros(tr.C_N))
+    region_sums: dict = field(default_factory=dict)
+
+    def track_region(self, key: str, mask: np.ndarray) -> None:
+        """Keep, from now on, each batch's energy deposited in the voxels of ``mask`` under ``key``.
+
+        Raises:
+            InputError: the tally already holds batches without that region's sums (a
+                checkpoint of a run without this target region), or the mask is of another grid.
+        """
+        mask = np.asarray(mask).astype(bool).ravel()
+        if mask.size != self.sum_mev.size:
+            raise GeometryError(f"the target region has {mask.size} voxels, the tally {self.sum_mev.size}")
+        have = self.region_sums.get(key)
+        if have is None and self.n_batches:
+            name = key.split("#")[0]
+            raise InputError(f"the resumed tally holds {self.n_batches} batches without the energies of target region "
+                             f"{name} (made without it, or with another label map): resume with the target it "
+                             "was started with, or start a new run")
+        if have is not None and len(have) != self.n_batches:
+            raise InputError(f"the resumed tally's sums of region {key.split('#')[0]} do not match its batches")
+        self.region_sums.setdefault(key, [])
+        self.__dict__.setdefault("_tracked", {})[key] = np.flatnonzero(mask)
+
+    def region_relative_uncertainty(self, key: str) -> float:
+        """Relative standard uncertainty of the region's mean energy per primary (``inf`` before 2 batches).
+
+        The standard error of the batches' region energies over their mean: the batch method
+        applied to the region's sum, which carries the voxels' correlations.
+        """
+        x = np.asarray(self.region_sums.get(key, []), dtype=np.float64)
+        if x.size < 2:
+            return math.inf
+        mean = float(x.mean())
+        if not mean > 0:
+            return math.inf
+        return float(x.std(ddof=1) / math.sqrt(x.size) / mean)
 
     @classmethod
     def empty(cls, n_vox: int) -> "Tally":
         return cls(np.zeros(n_vox), np.zeros(n_vox))
 
     def add_batch(self, per_primary_mev: np.ndarray, counters_per_primary: np.ndarray, n: int, batch_id) -> None:
+        tracked = self.__dict__.get("_tracked", {})
+        for key in [k for k in self.region_sums if k not in tracked]:
+            del self.region_sums[key]  # not followed in this run: it would no longer match the batches
+        for key, idx in tracked.items():
+            self.region_sums[key].append(float(per_primary_mev[idx].sum()))
         self.sum_mev += per_primary_mev
         self.sum2_mev2 += per_primary_mev * per_primary_mev
         self.counters += counters_per_primary
@@ -109,9 +316,11 @@ class Tally:
         overlap = {tuple(b) for b in self.batch_ids} & {tuple(b) for b in other.batch_ids}
         if overlap:
             raise InputError(f"cannot merge tallies that share batches {sorted(overlap)[:3]}: use another seed")
+        regions = {k: list(v) + list(other.region_sums[k]) for k, v in self.region_sums.items()
+                   if k in other.region_sums}
         return Tally(self.sum_mev + other.sum_mev, self.sum2_mev2 + other.sum2_mev2,
                      self.n_batches + other.n_batches, self.n_primaries + other.n_primaries,
-                     self.batch_ids + other.batch_ids, self.counters + other.counters)
+                     self.batch_ids + other.batch_ids, self.counters + other.counters, regions)
 
     def mean_mev(self) -> np.ndarray:
         """Energy deposited per primary, MeV (mean over batches)."""
@@ -154,16 +363,17 @@ class Tally:
         with atomic_file(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, sum_mev=self.sum_mev, sum2_mev2=self.sum2_mev2, counters=self.counters,
                                 meta=json.dumps({"n_batches": self.n_batches, "n_primaries": self.n_primaries,
-                                                 "batch_ids": self.batch_ids}))
+                                                 "batch_ids": self.batch_ids, "region_sums": self.region_sums}))
 
     @classmethod
     def load(cls, path: str | Path) -> "Tally":
         try:
             with np.load(path) as f:
                 meta = json.loads(str(f["meta"]))
+                regions = {str(k): [float(x) for x in v] for k, v in (meta.get("region_sums") or {}).items()}
                 return cls(f["sum_mev"].copy(), f["sum2_mev2"].copy(), int(meta["n_batches"]),
-                           int(meta["n_primaries"]), meta["batch_ids"], f["counters"].copy())
-        except (OSError, KeyError, ValueError) as exc:
+                           int(meta["n_primaries"]), meta["batch_ids"], f["counters"].copy(), regions)
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
             raise InputError(f"cannot read Monte Carlo checkpoint {path}: {exc}") from None
 
 
@@ -209,7 +419,7 @@ class MCResult:
         bal = dict(self.energy_balance)
         into = bal.get("emitted_mev", 0.0) + bal.get("annihilation_rest_energy_mev", 0.0)
         out = bal.get("deposited_mev", 0.0) + bal.get("escaped_mev", 0.0)
-        source = {k: v for k, v in self.info.items() if k not in ("backend", "batches")}
+        source = {k: v for k, v in self.info.items() if k not in ("backend", "batches", "target")}
         doc = {
             "engine": "persodose.mc",
             "seed": int(self.settings.seed),
@@ -225,6 +435,7 @@ class MCResult:
                             "hard_collision": ts.hard_collision_cut_mev, "bremsstrahlung": ts.brems_cut_mev},
             "energy_balance_mev_per_primary": bal,
             "energy_balance_relative_residual": (into - out) / into if into > 0 else None,
+            "target_uncertainty": self.info.get("target"),
             "backend": self.info.get("backend", {"name": "unknown"}),
             "batches_run": self.info.get("batches", []),
             "wall_time_s": float(self.seconds),
