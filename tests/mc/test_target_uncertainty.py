@@ -193,3 +193,19 @@ def test_simulate_decays_with_a_target_records_it_and_defaults_to_more_batches()
     # and without one, the provenance says so
     res = simulate_decays(ph, src, "F-18", 200, MCSettings(n_batches=2, seed=3))
     assert res.provenance()["target_uncertainty"] is None and "target" not in res.info
+
+
+def test_dask_loop_stops_at_the_same_batch_as_the_in_process_loop(problem, fixed):
+    distributed = pytest.importorskip("distributed")
+    from persodose.mc.distributed import run_problem_dask
+
+    _, results, voxel = fixed
+    target = UncertaintyTarget(voxel[7])
+    ref, ref_run = run_batches(problem, target=target, n_threads=1)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        tally, run = run_problem_dask(problem, client=client, target=target)
+        assert tally.n_batches == ref.n_batches < N_BATCHES and run["target"] == ref_run["target"]
+        assert np.array_equal(tally.sum_mev, ref.sum_mev) and tally.batch_ids == ref.batch_ids
+        # a resumed tally that already meets the target needs no cluster
+        again, run = run_problem_dask(problem, ref, client=client, target=target)
+        assert run["n_new"] == 0 and "met the target" in run["backend"]["note"]

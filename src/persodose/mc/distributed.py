@@ -10,6 +10,11 @@ Numba thread per batch, otherwise up to the rounding of per-thread sums).
 
 Needs the optional dependency ``dask[distributed]``.
 
+Target uncertainty: with a ``target`` the batches are submitted a few at a time (two per
+worker in flight) and added in batch order; once the target is met no further batch is
+added (those still running are cancelled and their results, if any, dropped), so the tally
+is the first ``k`` batches, as in the in-process loop.
+
 Threads: every worker process runs one batch at a time (a worker resource on the clusters
 started here, and a lock in :func:`run_batch` everywhere), with as many Numba threads as
 the worker has threads, so ``n_workers * threads_per_worker`` threads run in all.
@@ -27,10 +32,10 @@ from persodose.errors import InputError
 from persodose.grid import Grid
 from persodose.mc.phantom import VoxelPhantom
 from persodose.mc.problem import MCProblem, decay_problem
-from persodose.mc.run import BatchLog, result_of, run_batch, warm_up
+from persodose.mc.run import BatchLog, TargetMonitor, _primary_word, default_settings, result_of, run_batch, warm_up
 from persodose.mc.settings import MCSettings
 from persodose.mc.tables import TransportTables
-from persodose.mc.tally import BatchResult, MCResult, Tally
+from persodose.mc.tally import BatchResult, MCResult, Tally, UncertaintyTarget
 
 #: Worker resource held by a running batch on the clusters this module starts (one per worker).
 MC_RESOURCE = "persodose_mc"
@@ -118,10 +123,13 @@ class _InOrder:
     in-process loop.
     """
 
-    def __init__(self, pending: list[int], tally: Tally, on_add: Callable[[BatchResult], Any] | None = None):
+    def __init__(self, pending: list[int], tally: Tally, on_add: Callable[[BatchResult], Any] | None = None,
+                 stop: Callable[[], bool] | None = None):
         self.order = sorted(pending)
         self.tally = tally
         self.on_add = on_add
+        self.stop = stop  #: checked before each addition: True ends the run (a target met)
+        self.stopped = False
         self.waiting: dict[int, BatchResult] = {}
         self.next = 0
 
@@ -130,6 +138,9 @@ class _InOrder:
             raise InputError(f"batch {batch_index} was not expected")
         self.waiting[batch_index] = result
         while self.next < len(self.order) and self.order[self.next] in self.waiting:
+            if self.stop is not None and self.stop():
+                self.stopped = True
+                return
             res = self.waiting.pop(self.order[self.next])
             self.tally.add(res)
             self.next += 1
@@ -144,7 +155,8 @@ class _InOrder:
 def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=None, n_workers: int | None = None,
                      threads_per_worker: int | None = None, checkpoint: str | Path | None = None,
                      progress: Callable[[int, int], Any] | None = None,
-                     on_batch: Callable[[BatchResult], Any] | None = None) -> tuple[Tally, dict]:
+                     on_batch: Callable[[BatchResult], Any] | None = None,
+                     target: UncertaintyTarget | None = None) -> tuple[Tally, dict]:
     """Run the batches of ``problem`` not yet in ``tally`` on a Dask cluster.
 
     The problem is scattered to the workers once, one task per missing batch is
@@ -166,19 +178,26 @@ def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=N
         checkpoint: ``.npz`` file for the tally after every batch.
         progress: callable ``(batches_done, batches_total)``.
         on_batch: called with each :class:`~persodose.mc.tally.BatchResult` once it is in the tally.
+        target: stop once this uncertainty is met (module docstring; as
+            :func:`~persodose.mc.run.run_batches`).
 
     Returns:
         ``(tally, run)``: ``run`` holds ``n_new`` (primaries simulated now), ``seconds``
-        (wall time from submission to the last result), ``records`` (one per batch run)
-        and ``backend`` (a description for provenance).
+        (wall time from submission to the last result), ``records`` (one per batch run),
+        ``backend`` (a description for provenance) and, with a target, ``target``.
     """
     tally = problem.check_tally(tally if tally is not None else problem.empty_tally())
+    monitor = TargetMonitor(problem, tally, target) if target is not None else None
     pending = problem.pending(tally)
     backend: dict = {"name": "dask.distributed"}
     log = BatchLog(problem, tally, checkpoint=checkpoint, progress=progress, on_batch=on_batch)
-    if not pending:
-        backend["note"] = "all batches were already in the tally; no cluster was used"
-        return tally, log.run(0.0, backend)
+    if not pending or (monitor is not None and monitor.met()):
+        backend["note"] = ("all batches were already in the tally" if not pending else
+                           "the tally already met the target") + "; no cluster was used"
+        run = log.run(0.0, backend)
+        if monitor is not None:
+            monitor.finish(run, _primary_word(problem))
+        return tally, run
     distributed = _distributed()
     backend["distributed_version"] = distributed.__version__
     # Compile (or load) the kernel here first: the workers then load it from Numba's cache
@@ -194,10 +213,12 @@ def run_problem_dask(problem: MCProblem, tally: Tally | None = None, *, client=N
         client = start_local_cluster(nw, numba_threads)
     try:
         backend["cluster_start_s"] = time.perf_counter() - t_start if own else 0.0
-        seconds = _run_on(client, own, problem, pending, numba_threads, _InOrder(pending, tally, log.added),
-                          backend)
+        adder = _InOrder(pending, tally, log.added, monitor.met if monitor is not None else None)
+        seconds = _run_on(client, own, problem, pending, numba_threads, adder, backend)
         run = log.run(seconds, backend)
         backend["numba_threads"] = sorted({r["n_threads"] for r in run["records"]})
+        if monitor is not None:
+            monitor.finish(run, _primary_word(problem))
         return tally, run
     finally:
         if own:
@@ -223,14 +244,30 @@ def _run_on(client, own: bool, problem: MCProblem, pending: list[int], numba_thr
         shared = client.scatter(problem, broadcast=True, hash=False)
         tag = uuid.uuid4().hex[:8]
         extra = {"resources": {MC_RESOURCE: 1}} if use_resource else {}
-        for b in pending:
+        todo = iter(pending)
+
+        def submit_next():
+            b = next(todo, None)
+            if b is None:
+                return None
             fut = client.submit(_batch_task, shared, b, numba_threads, key=f"persodose-mc-{problem.seed}-{b}-{tag}",
                                 pure=False, **extra)
             futures[fut] = b
-        for fut in distributed.as_completed(list(futures)):
+            return fut
+
+        # all at once, or with a target a window of two per worker (the rest would be wasted on a stop)
+        window = len(pending) if adder.stop is None else max(2, 2 * len(workers))
+        first = [f for f in (submit_next() for _ in range(window)) if f is not None]
+        completed = distributed.as_completed(first)
+        for fut in completed:
             res = fut.result()  # re-raises a worker's exception here
             adder.put(futures.pop(fut), res)
             fut.release()
+            if adder.stopped:
+                break
+            more = submit_next()
+            if more is not None:
+                completed.add(more)
         return time.perf_counter() - t0
     finally:
         for fut in futures:
@@ -242,7 +279,8 @@ def simulate_decays_dask(phantom: VoxelPhantom, source: Grid, nuclide: str, n_de
                          resume: Tally | None = None, checkpoint: str | Path | None = None,
                          progress: Callable[[int, int], Any] | None = None, *, client=None,
                          n_workers: int | None = None, threads_per_worker: int | None = None,
-                         on_batch: Callable[[BatchResult], Any] | None = None) -> MCResult:
+                         on_batch: Callable[[BatchResult], Any] | None = None,
+                         target: UncertaintyTarget | None = None) -> MCResult:
     """:func:`persodose.mc.engine.simulate_decays` with the batches run on a Dask cluster.
 
     Same arguments and result as ``simulate_decays``, plus:
@@ -252,6 +290,7 @@ def simulate_decays_dask(phantom: VoxelPhantom, source: Grid, nuclide: str, n_de
             ``n_workers`` processes with ``threads_per_worker`` threads (and as many Numba
             threads) each, started for this run and closed afterwards.
         n_workers, threads_per_worker: see :func:`run_problem_dask`.
+        target: stop once this uncertainty is met (as in ``simulate_decays``).
 
     Returns:
         :class:`~persodose.mc.engine.MCResult`; ``info["backend"]`` describes the cluster
@@ -261,8 +300,8 @@ def simulate_decays_dask(phantom: VoxelPhantom, source: Grid, nuclide: str, n_de
         InputError, GeometryError, MaterialError, NuclideError for bad input; InputError
         when dask[distributed] is not installed; a worker's exception as raised there.
     """
-    problem = decay_problem(phantom, source, nuclide, n_decays, settings, tables)
+    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables)
     tally, run = run_problem_dask(problem, resume, client=client, n_workers=n_workers,
                                   threads_per_worker=threads_per_worker, checkpoint=checkpoint, progress=progress,
-                                  on_batch=on_batch)
+                                  on_batch=on_batch, target=target)
     return result_of(phantom, problem, tally, run)
