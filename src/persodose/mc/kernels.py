@@ -12,6 +12,7 @@ expectation and reduces the variance.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -48,6 +49,17 @@ def kernel_material(medium: str):
 GY_PER_DECAY_TO_MGY_PER_MBQ_S = 1e9
 
 
+def emissions_note(nuclide: str, settings: MCSettings) -> str:
+    """``"emissions beta,gamma,xray: 0.2877 of 0.334 MeV per decay"``: the selection of
+    ``settings`` and the energy it emits per decay out of the full decay's (ICRP 107)."""
+    from persodose.mc.sources import decay_tables
+
+    ts = settings.transport
+    dt = decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev, settings.emissions)
+    chosen = ",".join(settings.emissions) if settings.emissions is not None else "all"
+    return f"emissions {chosen}: {dt.mean_emitted_mev:.6g} of {dt.full_emitted_mev:.6g} MeV per decay"
+
+
 def symmetrise(kernel: np.ndarray, cubic: bool) -> np.ndarray:
     """Average a centred kernel over the lattice's reflections (and permutations if cubic)."""
     out = np.zeros_like(kernel, dtype=np.float64)
@@ -67,7 +79,7 @@ def symmetrise(kernel: np.ndarray, cubic: bool) -> np.ndarray:
 
 def generate_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", size: int = 11,
                     n_decays: int = 1_000_000, density_g_cm3: float | None = None, margin: int | None = None,
-                    settings: MCSettings | None = None):
+                    settings: MCSettings | None = None, emissions=None):
     """Compute a voxel S-value kernel by Monte Carlo.
 
     Args:
@@ -78,6 +90,11 @@ def generate_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", 
         n_decays: decays simulated in the central voxel.
         density_g_cm3: medium density; default from :data:`KERNEL_MEDIA`.
         margin: extra medium around the kernel, voxels; default ``max(3, size // 4)``.
+        settings: the run's settings (seed, batches, backend, transport, emissions).
+        emissions: emission categories to simulate (see
+            :func:`persodose.mc.settings.normalise_emissions`, e.g. ``"beta,gamma,xray"``);
+            when given it replaces ``settings.emissions``. The kernel's ``source`` then names
+            the selection and the energy per decay it emits out of the full decay's.
 
     Returns:
         A :class:`persodose.dose.kernels.VoxelKernel` and the relative standard uncertainty
@@ -99,15 +116,20 @@ def generate_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", 
     src = phantom.density.with_array(np.zeros(phantom.density.shape), "tia")
     c = n // 2
     src.array[c, c, c] = 1.0
-    res = simulate_decays(phantom, src, nuc.name, int(n_decays), settings or MCSettings())
+    settings = settings or MCSettings()
+    if emissions is not None:
+        settings = dataclasses.replace(settings, emissions=emissions)
+    res = simulate_decays(phantom, src, nuc.name, int(n_decays), settings)
     h = int(size) // 2
     crop = (slice(c - h, c + h + 1),) * 3
     dose = res.dose_per_primary_gy.array[crop] * GY_PER_DECAY_TO_MGY_PER_MBQ_S
     sym = symmetrise(dose, cubic=True)
     unc = float(res.relative_uncertainty.array[c, c, c])
+    source = f"persodose Monte Carlo, {res.tally.n_primaries} decays, seed {res.settings.seed}"
+    if settings.emissions is not None:
+        source += ", " + emissions_note(nuc.name, settings)
     kernel = VoxelKernel(sym.astype(np.float32), (voxel_mm,) * 3, medium=medium, density_g_cm3=rho,
-                         nuclide=nuc.name,
-                         source=f"persodose Monte Carlo, {res.tally.n_primaries} decays, seed {res.settings.seed}")
+                         nuclide=nuc.name, source=source)
     return kernel, unc
 
 
@@ -140,45 +162,53 @@ def default_kernel_size(nuclide: str, voxel_mm: float) -> int:
 
 
 def kernel_cache_path(nuclide: str, voxel_mm: float, medium: str, size: int, n_decays: int, seed: int,
-                      cache_dir=None) -> Path:
+                      cache_dir=None, emissions=None) -> Path:
     """Where :func:`cached_kernel` keeps a kernel: its file name is the cache key.
 
     The key holds everything the kernel depends on: nuclide, medium, voxel size, width,
     decays and seed, and the physics tag (:func:`persodose.mc.version.physics_tag`: the
     engine's :data:`~persodose.mc.version.PHYSICS_VERSION` and the versions of the decay
     and photon data), so a kernel computed by another physics or other data is never
-    read back. The directory is ``cache_dir``, else ``$PERSODOSE_CACHE``, else
-    ``~/.cache/persodose``, then ``kernels``.
+    read back. A selection of emissions other than all (``emissions``, see
+    :func:`persodose.mc.settings.normalise_emissions`) adds ``_em-beta+gamma+xray`` (its
+    canonical categories) before the physics tag; the key of all emissions is the one used
+    before selections existed, so kernels cached then stay valid. The directory is
+    ``cache_dir``, else ``$PERSODOSE_CACHE``, else ``~/.cache/persodose``, then ``kernels``.
     """
+    from persodose.mc.settings import normalise_emissions
     from persodose.mc.version import physics_tag
 
     root = Path(cache_dir or os.environ.get("PERSODOSE_CACHE") or Path.home() / ".cache" / "persodose") / "kernels"
-    return root / f"{nuclide}_{medium}_{voxel_mm:.4g}mm_{int(size)}_{int(n_decays)}_{int(seed)}_{physics_tag()}.txt"
+    chosen = normalise_emissions(emissions)
+    em = "" if chosen is None else "_em-" + "+".join(chosen)
+    return root / f"{nuclide}_{medium}_{voxel_mm:.4g}mm_{int(size)}_{int(n_decays)}_{int(seed)}{em}_{physics_tag()}.txt"
 
 
 def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", size: int | None = None,
-                  n_decays: int = 1_000_000, cache_dir=None, seed: int = 12345, log=None, backend: str = "cpu"):
+                  n_decays: int = 1_000_000, cache_dir=None, seed: int = 12345, log=None, backend: str = "cpu",
+                  emissions=None):
     """A kernel from the on-disk cache, computed and stored on first use.
 
     Kernels are octant text tables at :func:`kernel_cache_path` (in ``cache_dir``, else
     ``$PERSODOSE_CACHE``, else ``~/.cache/persodose``), named by nuclide, medium, voxel
-    size, width, decays, seed and physics version, so a cached kernel is exactly the one
-    that would be computed (on the CPU; a kernel computed with ``backend="cuda"`` agrees
-    with it within statistics) by this physics with these data.
+    size, width, decays, seed, emission selection (``emissions``, default all) and physics
+    version, so a cached kernel is exactly the one that would be computed (on the CPU; a
+    kernel computed with ``backend="cuda"`` agrees with it within statistics) by this
+    physics with these data.
     """
     from persodose.dose.kernels import read_octant_table, write_octant_table
     from persodose.physics.radionuclides import get_nuclide
 
     name = get_nuclide(nuclide).name
     size = int(size or default_kernel_size(name, voxel_mm))
-    path = kernel_cache_path(name, voxel_mm, medium, size, n_decays, seed, cache_dir)
+    settings = MCSettings(seed=seed, backend=backend, emissions=emissions)  # checks the selection first
+    path = kernel_cache_path(name, voxel_mm, medium, size, n_decays, seed, cache_dir, settings.emissions)
     material, rho = kernel_material(medium)
     if path.exists():
         return read_octant_table(path, voxel_mm, medium=medium, density_g_cm3=rho, nuclide=name)
     if log:
         log(f"computing the {name} {medium} kernel ({size}^3 voxels of {voxel_mm:g} mm, {n_decays:.2g} decays)")
-    kernel, _ = generate_kernel(name, voxel_mm, medium, size, n_decays,
-                                settings=MCSettings(seed=seed, backend=backend))
+    kernel, _ = generate_kernel(name, voxel_mm, medium, size, n_decays, settings=settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_octant_table(kernel, path)
     return kernel
