@@ -32,11 +32,13 @@ def _panels_figure(thumbs: list[dict], patients: list[dict], key: str):
         ext = (-w / 2, w / 2, top - h, top)
         if key == "ct":
             ax.imshow(img, cmap="gray", vmin=-400, vmax=500, extent=ext, interpolation="nearest")
-        else:
-            ax.imshow(np.ma.masked_equal(img, 0), cmap="tab20", vmin=0, vmax=31, extent=ext, interpolation="nearest")
+        else:  # per-lesion labels (40 ...) shown in one colour, their necrotic cores (70 ...) in another
+            img = np.where(img >= 70, 29, np.where(img >= 40, 22, img))
+            ax.imshow(np.ma.masked_equal(img, 0), cmap="tab20", vmin=0, vmax=32, extent=ext, interpolation="nearest")
         ax.set_xlim(-x_max / 2, x_max / 2)
         ax.set_ylim(z_min, z_max)
-        ax.set_title(f"#{p['index']} {p['sex']} {p['height_m'] * 100:.0f} cm\n{p['weight_kg']:.0f} kg {p['split']}",
+        arms = {"up": ", arms up", "down": ", arms down"}.get(p.get("arms"), "")
+        ax.set_title(f"#{p['index']} {p['sex']} {p['height_m'] * 100:.0f} cm\n{p['weight_kg']:.0f} kg {p['split']}{arms}",
                      fontsize=7)
     fig.tight_layout()
     return fig
@@ -71,9 +73,13 @@ def population_report(doc: dict, thumbs: list[dict]):
                caption="Coronal CT (-400 to 500 HU), head up, common mm scale, each slice at its true height above "
                        "the soles")
     rep.figure(_panels_figure(thumbs, pts, "labels"), caption="Coronal labels, same slices")
-    cols = ["#", "seed", "split", "sex", "height cm", "weight kg", "BMI", "fat mm", "lung HU", "lesions"]
+    cols = ["#", "seed", "split", "sex", "height cm", "weight kg", "BMI", "fat mm", "lung HU", "arms",
+            "organ deformation rms mm", "lesions (necrotic)", "lesion kinds"]
     rows = [[p["index"], p["seed"], p["split"], p["sex"], round(p["height_m"] * 100, 1), p["weight_kg"], p["bmi"],
-             p["fat_thickness_mm"], p["lung_hu"], len(p["lesions"])] for p in pts]
+             p["fat_thickness_mm"], p["lung_hu"], p.get("arms"), p.get("deformation_rms_mm"),
+             f"{len(p['lesions'])} ({sum(1 for q in p['lesions'] if q.get('necrotic_fraction'))})",
+             ", ".join(sorted({q.get("kind", q["name"]).replace("lesion_", "") for q in p["lesions"]}))]
+            for p in pts]
     rep.table(cols, rows, caption="Patients")
     rep.heading("Organ masses against ICRP 89")
     cols = ["#", "sex"] + [f"{o} g (ICRP 89 ref / scaled)" for o in _MASS_COLUMNS]

@@ -30,6 +30,7 @@ Population patients
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,8 +77,15 @@ LABELS: dict[int, str] = {
 #: none of them. Names map to ICRP 103 tissues in :mod:`persodose.risk.effective_dose`
 #: (breast, gonads, uterus -> uterus_cervix, prostate).
 SEX_LABELS: dict[int, str] = {24: "breast", 25: "uterus", 26: "ovaries", 27: "prostate", 28: "testes"}
-#: Every label any virtual patient can carry.
-ALL_LABELS: dict[int, str] = {**LABELS, **SEX_LABELS}
+#: Arm bones (humerus, radius, ulna) of population patients with arms (``AnatomyParams.arms``).
+ARM_LABELS: dict[int, str] = {32: "arm_bones"}
+#: Every fixed label any virtual patient can carry. Population lesions have their own values
+#: from :data:`LESION_LABEL_FIRST` (one per lesion) and their necrotic cores that value plus
+#: :data:`NECROSIS_LABEL_OFFSET` (:func:`lesion_labels`).
+ALL_LABELS: dict[int, str] = {**LABELS, **SEX_LABELS, **ARM_LABELS}
+LESION_LABEL_FIRST = 40
+NECROSIS_LABEL_OFFSET = 30
+MAX_LESIONS = 30
 
 LESION_LABELS = (20, 21, 22, 23)
 BONE_LABELS = (14, 15, 16, 17, 18, 19, 21, 30, 31)
@@ -97,6 +105,10 @@ NOMINAL_DENSITY_G_CM3: dict[str, float] = {
     "red_marrow": 1.18, "lesion_liver": 1.04, "lesion_bone": 1.18, "lesion_lymph_node": 1.04,
     "lesion_pancreas": 1.04, "ribs": 1.41, "shoulder_girdle": 1.41,
 }
+#: Nominal densities of population-only structures, g/cm3: arm bones as the whole femur
+#: (1.33, ICRP 89 whole long bone as above), lung lesions soft tissue (1.04), necrotic cores
+#: as fluid-rich soft tissue (1.02, ICRU 46 body fluids ~1.02).
+EXTRA_DENSITY_G_CM3: dict[str, float] = {"arm_bones": 1.33, "lesion_lung": 1.04, "necrosis": 1.02}
 
 #: Reference masses, g, of the organs the model is tuned to. ICRP Publication 89 (2002),
 #: Table 2.8, adult male: liver 1800, spleen 150, kidneys 310 (both), lungs with blood 1200
@@ -166,6 +178,7 @@ class Anatomy:
         origin_xyz_mm: LPS origin of the grid when the coordinates above are reference
             coordinates of a scaled patient (``None``: the canonical patient, origin from
             the coordinates).
+        extra_labels: value -> name of the per-lesion labels (and necrotic cores) painted.
     """
 
     labels: np.ndarray
@@ -176,14 +189,16 @@ class Anatomy:
     aux: dict[str, np.ndarray]
     lesion_centres_mm: dict
     origin_xyz_mm: tuple[float, float, float] | None = None
+    extra_labels: dict = field(default_factory=dict)
 
 
 class _Canvas:
     """Label array with bounding-box painting of analytic solids."""
 
-    def __init__(self, x, y, h):
+    def __init__(self, x, y, h, warp=None):
         self.x, self.y, self.h = x, y, h
         self.lab = np.zeros((h.size, y.size, x.size), dtype=np.uint16)
+        self.warp = warp  # (modes array, max amplitude mm) of deformation_field, or None
 
     def box(self, xlim, ylim, hlim):
         def sl(c, lo, hi):
@@ -204,11 +219,20 @@ class _Canvas:
         view[m] = label
 
     # ---- solids -------------------------------------------------------------------
-    def ellipsoid(self, c, semi, rot=None, grow=0.0):
-        """(slice, mask) of an ellipsoid centre ``c`` (x, y, H), semi-axes, rotation."""
+    def ellipsoid(self, c, semi, rot=None, grow=0.0, warp=False):
+        """(slice, mask) of an ellipsoid centre ``c`` (x, y, H), semi-axes, rotation.
+
+        With ``warp`` and a canvas deformation, the ellipsoid is deformed by it: a point ``p``
+        is inside when ``p + d(p)`` is inside the undeformed solid (:func:`deformation_field`).
+        """
         semi = np.asarray(semi, float) + grow
         r = float(np.max(semi)) + 1.0
+        if warp and self.warp is not None:
+            r += self.warp[1]
         s, X, Y, H = self.box((c[0] - r, c[0] + r), (c[1] - r, c[1] + r), (c[2] - r, c[2] + r))
+        if warp and self.warp is not None:
+            d = deformation_field(self.warp[0], X, Y, H)
+            X, Y, H = X + d[0], Y + d[1], H + d[2]
         dx, dy, dh = X - c[0], Y - c[1], H - c[2]
         if rot is not None:  # body-frame coordinates q = R^T p
             q = [rot[0, i] * dx + rot[1, i] * dy + rot[2, i] * dh for i in range(3)]
@@ -228,6 +252,31 @@ class _Canvas:
                    + (H - p0[2] - t * d[2]) ** 2) <= radius ** 2
 
 
+def deformation_field(modes, X, Y, H):
+    """Smooth displacement ``d(p) = sum_k a_k u_k sin(w_k . p + phi_k)``, reference mm.
+
+    Each mode is a plane transverse wave (``u_k`` perpendicular to ``w_k``), so the field is
+    divergence-free: it bends and shifts organs without changing their volumes (to first
+    order). The population keeps ``sum_k a_k |w_k| < 1``, so ``p -> p + d(p)`` is one-to-one:
+    painting every organ through the same map keeps organs apart and in their order.
+
+    Args:
+        modes: array (K, 8) of ``(a_mm, ux, uy, uz, wx, wy, wz, phase)`` (``w`` in rad/mm).
+        X, Y, H: broadcastable coordinate arrays, mm.
+
+    Returns:
+        ``(dX, dY, dH)`` arrays of the broadcast shape, mm.
+    """
+    shape = np.broadcast(X, Y, H).shape
+    out = [np.zeros(shape), np.zeros(shape), np.zeros(shape)]
+    for a, ux, uy, uz, wx, wy, wz, ph in np.asarray(modes, float):
+        w = a * np.sin(wx * X + wy * Y + wz * H + ph)
+        out[0] += ux * w
+        out[1] += uy * w
+        out[2] += uz * w
+    return out
+
+
 #: The rib ring lies this far inside the body outline, mm.
 _RIB_IN_MM = 30.0
 
@@ -242,11 +291,42 @@ class LesionSpec:
         volume_ml: volume of the sphere in the patient (real mm), mL.
         u: three numbers in [0, 1) that choose the place (host voxel or position along the
             lesion's site), drawn by the caller.
+        necrotic_fraction: radius of the necrotic core (no uptake, its own label) as a
+            fraction of the lesion's radius; 0 for none.
     """
 
     name: str
     volume_ml: float
     u: tuple[float, float, float]
+    necrotic_fraction: float = 0.0
+
+
+def lesion_labels(lesions) -> list[tuple[int, str, int | None, str | None]]:
+    """Label values and names of a population patient's lesions, in paint order.
+
+    Lesion ``i`` (from 0) of kind ``lesion_K`` gets the value ``LESION_LABEL_FIRST + i`` and the
+    name ``lesion_K_j`` (``j`` counts the lesions of that kind from 1); a necrotic core gets
+    ``value + NECROSIS_LABEL_OFFSET`` and ``lesion_K_j_necrosis``.
+
+    Returns:
+        ``[(value, name, core value or None, core name or None), ...]``.
+    """
+    out, seen = [], {}
+    for i, les in enumerate(lesions or ()):
+        seen[les.name] = seen.get(les.name, 0) + 1
+        val, name = LESION_LABEL_FIRST + i, f"{les.name}_{seen[les.name]}"
+        core = (val + NECROSIS_LABEL_OFFSET, f"{name}_necrosis") if les.necrotic_fraction > 0 else (None, None)
+        out.append((val, name, *core))
+    return out
+
+
+def lesion_kind(name: str) -> str | None:
+    """The lesion kind (``lesion_liver`` ...) of a per-lesion label name, ``"necrosis"`` for a
+    necrotic core, ``None`` for another name."""
+    m = re.fullmatch(r"(lesion_[a-z_]+?)_\d+(_necrosis)?", name)
+    if m is None:
+        return None
+    return "necrosis" if m.group(2) else m.group(1)
 
 
 @dataclass(frozen=True)
@@ -271,7 +351,16 @@ class AnatomyParams:
             kidney_right, bladder, brain, breast, uterus, ovaries, prostate, testes).
         organ_shift_mm: organ name -> (dx, dy, dH) shift of its centre, reference mm.
         sex_organs: paint breasts, uterus and ovaries (F) or prostate and testes (M).
-        lesions: ``None`` for the canonical four lesions; else the list to paint.
+        lesions: ``None`` for the canonical four lesions; else the list to paint, each with its
+            own label (:func:`lesion_labels`).
+        arms: ``None`` (no arms: the canonical patient), ``"down"`` (along the trunk, in the
+            trunk's field of view, the usual CT position) or ``"up"`` (raised beside and above the
+            head, out of the trunk's field, the usual PET/CT and SPECT/CT position).
+        deformation: modes of a smooth displacement field applied to the organ shapes
+            (:func:`deformation_field`), each ``(amplitude_mm, ux, uy, uz, kx, ky, kz, phase)``
+            in reference mm; empty for none.
+        pelvis_width: lateral scale of the bony pelvis, hip joints and proximal femora about
+            the midline (1 for the male model; the female pelvis is wider).
     """
 
     sex: str = "M"
@@ -282,6 +371,9 @@ class AnatomyParams:
     organ_shift_mm: dict = field(default_factory=dict)
     sex_organs: bool = False
     lesions: tuple | None = None
+    arms: str | None = None
+    deformation: tuple = ()
+    pelvis_width: float = 1.0
 
     @property
     def is_canonical(self) -> bool:
@@ -372,21 +464,36 @@ def build_anatomy(voxel_mm: float = 4.0, rng: np.random.Generator | None = None,
 
 
 def _scaled_axes(v: float, p: AnatomyParams):
-    """Real voxel-centre coordinates and the reference coordinates painted there, and the origin."""
+    """Real voxel-centre coordinates and the reference coordinates painted there, and the origin.
+
+    The field is as wide (y) as the trunk with its fat and breasts need, and along x as wide
+    as hanging arms need too (so arms down widen only x).
+    """
     sz, sw = float(p.height_scale), float(p.width_scale)
     half_w = (205.0 + max(p.fat_extra_mm, 0.0) / sw + 40.0) * sw  # widest trunk + fat + breasts
-    nxy = int(round(max(FOV_WIDTH_MM, 2.0 * half_w) / v))
+    ny = int(round(max(FOV_WIDTH_MM, 2.0 * half_w) / v))
+    half_x = half_w
+    if p.arms == "down":
+        half_x = max(half_w, arm_half_width_mm(max(float(p.fat_extra_mm), -9.0) / sw) * sw)
+    nx = int(round(max(FOV_WIDTH_MM, 2.0 * half_x) / v))
     nz = int(round(FOV_LENGTH_MM * sz / v))
-    x = (np.arange(nxy) - (nxy - 1) / 2.0) * v
+    x = (np.arange(nx) - (nx - 1) / 2.0) * v
+    y = (np.arange(ny) - (ny - 1) / 2.0) * v
     z = -nz * v + (np.arange(nz) + 0.5) * v  # LPS z of the voxel centres, vertex at 0
-    origin = (float(x[0]), float(x[0]), float(z[0]))
-    return x / sw, x / sw, VERTEX_H_MM + z / sz, origin
+    origin = (float(x[0]), float(y[0]), float(z[0]))
+    return x / sw, y / sw, VERTEX_H_MM + z / sz, origin
 
 
 def _build_scaled(v: float, rng, p: AnatomyParams) -> Anatomy:
     """:func:`build_anatomy` for a patient of :class:`AnatomyParams` (see its docstring)."""
+    if p.arms not in (None, "down", "up"):
+        raise ValueError(f"arms must be None, 'down' or 'up', got {p.arms!r}")
     x, y, h, origin = _scaled_axes(v, p)
-    cv = _Canvas(x, y, h)
+    warp = None
+    if p.deformation:
+        modes = np.asarray(p.deformation, float).reshape(-1, 8)
+        warp = (modes, float(np.abs(modes[:, 0]).sum()))
+    cv = _Canvas(x, y, h, warp)
     var = _Variation(rng, p)
     aux_aorta = np.zeros(cv.lab.shape, bool)
     aux_canal = np.zeros(cv.lab.shape, bool)
@@ -401,19 +508,23 @@ def _build_scaled(v: float, rng, p: AnatomyParams) -> Anatomy:
     _paint_head(cv, var)
     _paint_spine(cv, aux_canal)
     _paint_ribs_and_shoulders(cv)
-    _paint_pelvis(cv)
-    _paint_femora(cv)
+    xs = float(p.pelvis_width)
+    _paint_pelvis(cv, xs)
+    _paint_femora(cv, xs)
+    if p.arms is not None:
+        _paint_arms(cv, p.arms, fat_ref)
     if p.sex_organs:
         _paint_sex_organs(cv, var, p.sex)
+    extra: dict[int, str] = {}
     if p.lesions is None:
         centres = _paint_lesions(cv, var)
     else:
-        centres = _paint_lesion_list(cv, p, origin)
+        centres, extra = _paint_lesion_list(cv, p)
     for s, m in airway:
         cv.paint(s, m, 0, only=[1, 3])
-    shaft = _femoral_canal(cv)
+    shaft = _femoral_canal(cv, xs)
     return Anatomy(cv.lab, x, y, h, v, {"aorta": aux_aorta, "canal": aux_canal, "femoral_canal": shaft},
-                   centres, origin)
+                   centres, origin, extra)
 
 
 # ----------------------------------------------------------------------------- outline
@@ -501,12 +612,12 @@ def _paint_thorax(cv: _Canvas, var: _Variation, aux_aorta: np.ndarray) -> None:
     lung_semi = {4: var.organ("lung_left", (0, 0, 0), (62.0, 92.0, 150.0))[1],
                  5: var.organ("lung_right", (0, 0, 0), (66.0, 94.0, 150.0))[1]}
     for lab, xc in ((4, 82.0), (5, -82.0)):
-        s, m = cv.ellipsoid((xc, 14.0, 1335.0), lung_semi[lab])
+        s, m = cv.ellipsoid((xc, 14.0, 1335.0), lung_semi[lab], warp=True)
         X, Y, H = _coords(cv, s)
         m = m & _in_thorax(X, Y, H) & (H >= 1185 + (12 if lab == 4 else 0) - 0.25 * (Y - 14))
         cv.paint(s, m, lab, only=[1])
     cv.paint(*cv.ellipsoid(*var.organ("heart", (22.0, -24.0, 1250.0), (60.0, 49.0, 64.0)),
-                           rot=_rot("z", -35) @ _rot("y", 25)), 6, only=[1, 4, 5])
+                           rot=_rot("z", -35) @ _rot("y", 25), warp=True), 6, only=[1, 4, 5])
     # aorta: ascending, arch, descending (blood; label body)
     aorta = [cv.capsule((-8, -22, 1290), (-12, -18, 1378), 14.0),
              cv.capsule((-12, -18, 1378), (16, 40, 1372), 12.5)]
@@ -523,19 +634,19 @@ def _paint_thorax(cv: _Canvas, var: _Variation, aux_aorta: np.ndarray) -> None:
 
 def _paint_abdomen(cv: _Canvas, var: _Variation) -> None:
     """Liver, stomach, spleen, kidneys and bladder."""
-    s, m = cv.ellipsoid(*var.organ("liver", (-52.0, 2.0, 1125.0), (101.0, 76.0, 74.0)), rot=_rot("y", -18))
+    s, m = cv.ellipsoid(*var.organ("liver", (-52.0, 2.0, 1125.0), (101.0, 76.0, 74.0)), rot=_rot("y", -18), warp=True)
     X, Y, H = _coords(cv, s)
     m = m & (X < 55 - 0.5 * (Y + 20)) & _in_thorax(X, Y, H, -14)
     cv.paint(s, m, 7, only=[1, 5])
-    cv.paint(*cv.ellipsoid(*var.organ("stomach", (62.0, -30.0, 1138.0), (40.0, 35.0, 64.0)), rot=_rot("y", 35)), 12,
+    cv.paint(*cv.ellipsoid(*var.organ("stomach", (62.0, -30.0, 1138.0), (40.0, 35.0, 64.0)), rot=_rot("y", 35), warp=True), 12,
              only=[1, 4, 7])
     cv.paint(*cv.ellipsoid(*var.organ("spleen", (86.0, 42.0, 1140.0), (26.0, 54.0, 24.0)),
-                           rot=_rot("z", 35) @ _rot("x", 10)), 8, only=[1, 3, 4, 7, 12])
+                           rot=_rot("z", 35) @ _rot("x", 10), warp=True), 8, only=[1, 3, 4, 7, 12])
     kid_c, kid_semi = var.organ("kidney_left", (76.0, 52.0, 1082.0), (28.0, 23.0, 55.0))
-    cv.paint(*cv.ellipsoid(kid_c, kid_semi, rot=_rot("y", -14)), 9, only=[1, 3, 7, 8])
+    cv.paint(*cv.ellipsoid(kid_c, kid_semi, rot=_rot("y", -14), warp=True), 9, only=[1, 3, 7, 8])
     kid_c, kid_semi = var.organ("kidney_right", (-74.0, 54.0, 1064.0), (28.0, 23.0, 55.0))
-    cv.paint(*cv.ellipsoid(kid_c, kid_semi, rot=_rot("y", 14)), 10, only=[1, 3, 7])
-    cv.paint(*cv.ellipsoid(*var.organ("bladder", (0.0, -32.0, 936.0), (45.0, 36.5, 35.5))), 11, only=[1, 3])
+    cv.paint(*cv.ellipsoid(kid_c, kid_semi, rot=_rot("y", 14), warp=True), 10, only=[1, 3, 7])
+    cv.paint(*cv.ellipsoid(*var.organ("bladder", (0.0, -32.0, 936.0), (45.0, 36.5, 35.5)), warp=True), 11, only=[1, 3])
 
 
 def _paint_head(cv: _Canvas, var: _Variation) -> None:
@@ -623,15 +734,23 @@ def _pelvis_shell(cv: _Canvas, s, dist, outer=6.5, inner=3.0, sel=None) -> None:
     cv.paint(s, (np.abs(dist) <= inner) & sel, 19, only=[16])
 
 
-def _paint_pelvis(cv: _Canvas) -> None:
-    """Ilia, pubis / ischia, sacrum and acetabula (label 16 cortical, 19 trabecular interior)."""
-    s, X, Y, H = cv.box((-160, 160), (-80, 120), (930, 1088))
+def _paint_pelvis(cv: _Canvas, xs: float = 1.0) -> None:
+    """Ilia, pubis / ischia, sacrum and acetabula (label 16 cortical, 19 trabecular interior).
+
+    ``xs`` scales the ilia, pubis, ischia and acetabula laterally about the midline (1: the
+    male model).
+    """
+    s, X, Y, H = cv.box((-160 * xs, 160 * xs), (-80, 120), (930, 1088))
+    if xs != 1.0:
+        X = X / xs
     ai, bi, yi = 80 + (H - 930) * 0.33, 68 + (H - 930) * 0.12, 22.0
     rho = np.sqrt((X / ai) ** 2 + ((Y - yi) / bi) ** 2)
     phi = np.degrees(np.arctan2(Y - yi, np.abs(X)))
     tmin = -8 - (H - 930) * 0.2
     _pelvis_shell(cv, s, (rho - 1) * np.sqrt(ai * bi), sel=(phi >= tmin) & (phi <= 62) & (np.abs(X) > 38))
-    s, X, Y, H = cv.box((-150, 150), (-110, 60), (880, 935))
+    s, X, Y, H = cv.box((-150 * xs, 150 * xs), (-110, 60), (880, 935))
+    if xs != 1.0:
+        X = X / xs
     rho = np.sqrt((X / 86) ** 2 + ((Y + 2) / 76) ** 2)
     phi = np.degrees(np.arctan2(Y + 2, np.abs(X)))
     _pelvis_shell(cv, s, (rho - 1) * 80.0, outer=6.0, inner=2.5, sel=(phi <= -15) & (phi >= -92))
@@ -640,30 +759,32 @@ def _paint_pelvis(cv: _Canvas) -> None:
     cv.paint(s, m, 16, only=[1, 3, 15])
     cv.paint(*cv.ellipsoid((0.0, 68.0, 985.0), (40.0, 14.0, 56.0), rot=sac_rot), 19, only=[16])
     for side in (-1, 1):
-        cv.paint(*cv.ellipsoid((side * 58.0, 42.0, 884.0), (16.0, 26.0, 30.0)), 16, only=[1, 3])
-        cv.paint(*cv.ellipsoid((side * 58.0, 42.0, 884.0), (11.0, 20.0, 25.0)), 19, only=[16])
-        s, m_out = cv.ellipsoid((side * 95.0, 0.0, 915.0), (34.0, 34.0, 34.0))
+        cv.paint(*cv.ellipsoid((side * 58.0 * xs, 42.0, 884.0), (16.0, 26.0, 30.0)), 16, only=[1, 3])
+        cv.paint(*cv.ellipsoid((side * 58.0 * xs, 42.0, 884.0), (11.0, 20.0, 25.0)), 19, only=[16])
+        xa = 95.0 * xs
+        s, m_out = cv.ellipsoid((side * xa, 0.0, 915.0), (34.0, 34.0, 34.0))
         X, Y, H = _coords(cv, s)
-        r2 = (X - side * 95.0) ** 2 + Y ** 2 + (H - 915.0) ** 2
-        cv.paint(s, m_out & (r2 > 27 ** 2) & ((H > 908) | (side * X < 95)), 16, only=[1, 3])
+        r2 = (X - side * xa) ** 2 + Y ** 2 + (H - 915.0) ** 2
+        cv.paint(s, m_out & (r2 > 27 ** 2) & ((H > 908) | (side * X < xa)), 16, only=[1, 3])
 
 
-def _paint_femora(cv: _Canvas) -> None:
-    """Proximal femora: head, neck, trochanter, shaft (labels 17 left = +x, 18 right)."""
+def _paint_femora(cv: _Canvas, xs: float = 1.0) -> None:
+    """Proximal femora: head, neck, trochanter, shaft (labels 17 left = +x, 18 right); ``xs``
+    moves them laterally with the hip joints (:func:`_paint_pelvis`)."""
     for side, lab in ((1, 17), (-1, 18)):
-        head = (side * 95.0, 0.0, 915.0)
+        head = (side * 95.0 * xs, 0.0, 915.0)
         cv.paint(*cv.ellipsoid(head, (24.0, 24.0, 24.0)), lab, only=[1, 2, 3, 16])
-        cv.paint(*cv.capsule(head, (side * 128.0, 6.0, 888.0), 15.0), lab, only=[1, 2, 3, 16])
-        cv.paint(*cv.ellipsoid((side * 136.0, 10.0, 888.0), (18.0, 22.0, 26.0)), lab, only=[1, 2, 3])
-        cv.paint(*cv.capsule((side * 126.0, 10.0, 880.0), (side * 108.0, 4.0, FOV_BOTTOM_H_MM - 30), 14.0), lab,
-                 only=[1, 2, 3])
+        cv.paint(*cv.capsule(head, (side * 128.0 * xs, 6.0, 888.0), 15.0), lab, only=[1, 2, 3, 16])
+        cv.paint(*cv.ellipsoid((side * 136.0 * xs, 10.0, 888.0), (18.0, 22.0, 26.0)), lab, only=[1, 2, 3])
+        cv.paint(*cv.capsule((side * 126.0 * xs, 10.0, 880.0), (side * 108.0 * xs, 4.0, FOV_BOTTOM_H_MM - 30), 14.0),
+                 lab, only=[1, 2, 3])
 
 
-def _femoral_canal(cv: _Canvas) -> np.ndarray:
+def _femoral_canal(cv: _Canvas, xs: float = 1.0) -> np.ndarray:
     """Femoral shaft medullary canal (yellow marrow) for the CT model, boolean mask."""
     shaft = np.zeros(cv.lab.shape, bool)
     for side in (-1, 1):
-        s, m = cv.capsule((side * 126.0, 10.0, 870.0), (side * 108.0, 4.0, FOV_BOTTOM_H_MM - 30), 8.0)
+        s, m = cv.capsule((side * 126.0 * xs, 10.0, 870.0), (side * 108.0 * xs, 4.0, FOV_BOTTOM_H_MM - 30), 8.0)
         shaft[s] |= m
     shaft &= np.isin(cv.lab, [17, 18])
     return shaft
@@ -706,24 +827,28 @@ def _paint_sex_organs(cv: _Canvas, var: _Variation, sex: str) -> None:
     """Uterus (25) and ovaries (26) behind and above the bladder (F); prostate (27) under the
     bladder and testes (28) in a scrotum of skin/fat between the thighs (M)."""
     if sex == "F":
-        cv.paint(*cv.ellipsoid(*var.organ("uterus", (0.0, 22.0, 975.0), (28.0, 20.0, 34.0))), 25, only=[1])
+        cv.paint(*cv.ellipsoid(*var.organ("uterus", (0.0, 22.0, 975.0), (28.0, 20.0, 34.0)), warp=True), 25, only=[1])
         for side in (-1, 1):
-            cv.paint(*cv.ellipsoid(*var.organ("ovaries", (side * 48.0, 25.0, 985.0), (14.0, 9.0, 10.5))), 26,
+            cv.paint(*cv.ellipsoid(*var.organ("ovaries", (side * 48.0, 25.0, 985.0), (14.0, 9.0, 10.5)), warp=True), 26,
                      only=[1, 3])
         return
-    cv.paint(*cv.ellipsoid(*var.organ("prostate", (0.0, -20.0, 884.0), (19.0, 14.0, 15.0))), 27, only=[1, 3])
+    cv.paint(*cv.ellipsoid(*var.organ("prostate", (0.0, -20.0, 884.0), (19.0, 14.0, 15.0)), warp=True), 27, only=[1, 3])
     cv.paint(*cv.ellipsoid((0.0, -88.0, 790.0), (36.0, 22.0, 30.0)), 2, only=[0])
     for side in (-1, 1):
         cv.paint(*cv.ellipsoid(*var.organ("testes", (side * 14.0, -88.0, 790.0), (12.5, 14.5, 22.5))), 28,
                  only=[0, 2])
 
 
+#: Host labels of the lesions placed at a host voxel: liver parenchyma, red marrow, lungs.
+_LESION_HOST = {"lesion_liver": (7,), "lesion_bone": (19,), "lesion_lung": (4, 5)}
+
+
 def _lesion_centre_ref(cv: _Canvas, les: LesionSpec, r_vox: float) -> tuple[float, float, float]:
     """Reference-coordinate centre of a population lesion, chosen by ``les.u``."""
     u0, u1, u2 = les.u
-    if les.name in ("lesion_liver", "lesion_bone"):
-        host = cv.lab == (7 if les.name == "lesion_liver" else 19)
-        if les.name == "lesion_liver" and r_vox >= 1.5:
+    if les.name in _LESION_HOST:
+        host = np.isin(cv.lab, _LESION_HOST[les.name])
+        if les.name != "lesion_bone" and r_vox >= 1.5:
             from scipy import ndimage
 
             inner = ndimage.binary_erosion(host, iterations=int(0.8 * r_vox))
@@ -741,22 +866,91 @@ def _lesion_centre_ref(cv: _Canvas, les: LesionSpec, r_vox: float) -> tuple[floa
 
 _LESION_LABEL = {"lesion_liver": 20, "lesion_bone": 21, "lesion_lymph_node": 22, "lesion_pancreas": 23}
 _LESION_ONLY = {"lesion_liver": [7], "lesion_bone": [15, 16, 19], "lesion_lymph_node": [1, 3, 7, 8, 12],
-                "lesion_pancreas": [1, 3, 7, 8, 12]}
+                "lesion_pancreas": [1, 3, 7, 8, 12], "lesion_lung": [4, 5]}
+#: Lesion kinds a population patient can have.
+LESION_KINDS = tuple(_LESION_ONLY)
 
 
-def _paint_lesion_list(cv: _Canvas, p: AnatomyParams, origin) -> dict:
-    """Paint ``p.lesions`` (spheres in real mm); returns name -> list of centre (LPS mm) and volume."""
+def _paint_lesion_list(cv: _Canvas, p: AnatomyParams) -> tuple[dict, dict]:
+    """Paint ``p.lesions`` (spheres in real mm), each with its own label and its necrotic core.
+
+    Returns:
+        kind -> list of ``{"label", "name", "centre_mm_lps", "volume_ml", "necrotic_fraction"}``,
+        and value -> name of the labels painted (cores included).
+    """
     v = float(cv.x[1] - cv.x[0]) * float(p.width_scale)
     out: dict[str, list] = {}
-    for les in p.lesions:
+    names: dict[int, str] = {}
+    for les, (val, name, cval, cname) in zip(p.lesions, lesion_labels(p.lesions)):
         r = _sphere_radius_mm(les.volume_ml)
         c = _lesion_centre_ref(cv, les, r / v)
         semi = (r / p.width_scale, r / p.width_scale, r / p.height_scale)
-        cv.paint(*cv.ellipsoid(c, semi), _LESION_LABEL[les.name], only=_LESION_ONLY[les.name])
+        cv.paint(*cv.ellipsoid(c, semi), val, only=_LESION_ONLY[les.name])
+        names[val] = name
+        if cval is not None:
+            f = float(les.necrotic_fraction)
+            cv.paint(*cv.ellipsoid(c, tuple(q * f for q in semi)), cval, only=[val])
+            names[cval] = cname
         lps = (c[0] * p.width_scale, c[1] * p.width_scale, (c[2] - VERTEX_H_MM) * p.height_scale)
-        out.setdefault(les.name, []).append({"centre_mm_lps": [round(q, 2) for q in lps],
-                                             "volume_ml": round(les.volume_ml, 3)})
-    return out
+        out.setdefault(les.name, []).append({"label": val, "name": name, "centre_mm_lps": [round(q, 2) for q in lps],
+                                             "volume_ml": round(les.volume_ml, 3),
+                                             "necrotic_fraction": round(float(les.necrotic_fraction), 3)})
+    return out, names
+
+
+# ----------------------------------------------------------------------------- arms
+#: Trunk outer half-breadth at the armpits (H = 1380 mm), mm (:data:`_TRUNK_A`).
+_ARMPIT_HALF_MM = 176.0
+#: Canonical arm radii (muscle and bone, without the fat layer), mm: upper arm 34, forearm
+#: 26 (mid-arm circumference ~30 cm and forearm ~26 cm with fat, typical adult male; e.g.
+#: NHANES anthropometry, CDC Vital Health Stat 11(252), 2012), and the arm's subcutaneous fat,
+#: 8 mm plus 0.4 of the trunk's extra fat (illustrative).
+_ARM_R_UP, _ARM_R_FORE, _ARM_FAT_MM = 34.0, 26.0, 8.0
+
+
+def _arm_fat_mm(fat_ref_mm: float) -> float:
+    return max(_ARM_FAT_MM + 0.4 * fat_ref_mm, 3.0)
+
+
+def arm_half_width_mm(fat_ref_mm: float) -> float:
+    """Half-width of a patient with its arms down, reference mm (arms, fat and a 4 mm margin)."""
+    return _ARMPIT_HALF_MM + fat_ref_mm + 3.0 + 2.0 * (_ARM_R_UP + _arm_fat_mm(fat_ref_mm)) + 4.0
+
+
+def _arm_segments(arms: str, side: int, fat_ref_mm: float):
+    """(p0, p1, radius without fat, bone radius, two bones) of the upper arm and forearm."""
+    fat = _arm_fat_mm(fat_ref_mm)
+    if arms == "down":  # hanging straight beside the trunk, 3 mm of air between
+        xc = side * (_ARMPIT_HALF_MM + fat_ref_mm + 3.0 + _ARM_R_UP + fat)
+        return [((xc, 20.0, 1415.0), (xc, 25.0, 1120.0), _ARM_R_UP, 11.0, False),
+                ((xc, 25.0, 1120.0), (xc, 5.0, 870.0), _ARM_R_FORE, 7.0, True)]
+    # raised: the upper arm beside the head (head half-breadth 80 mm), the forearm above it
+    xe = side * (86.0 + _ARM_R_UP + fat)
+    return [((side * 170.0, 20.0, 1445.0), (xe, 15.0, 1745.0), _ARM_R_UP, 11.0, False),
+            ((xe, 15.0, 1745.0), (side * 60.0, 15.0, 1960.0), _ARM_R_FORE, 7.0, True)]
+
+
+def _paint_arms(cv: _Canvas, arms: str, fat_ref_mm: float) -> None:
+    """Arms ``"down"`` or ``"up"``: skin/fat (2) over muscle (3) around the humerus, radius and
+    ulna (32); the hands of hanging arms as soft tissue. Painted on air only (the fat layer),
+    so the trunk stays as it is (its fat under the shoulder becomes deltoid muscle)."""
+    fat = _arm_fat_mm(fat_ref_mm)
+    for side in (-1, 1):
+        segs = _arm_segments(arms, side, fat_ref_mm)
+        for p0, p1, r, _, _ in segs:
+            cv.paint(*cv.capsule(p0, p1, r + fat), 2, only=[0])
+        for p0, p1, r, _, _ in segs:
+            cv.paint(*cv.capsule(p0, p1, r), 3, only=[2])
+        for p0, p1, _, rb, two in segs:
+            a, b = np.asarray(p0, float), np.asarray(p1, float)
+            offs = (-12.0, 12.0) if two else (0.0,)
+            for o in offs:  # radius and ulna side by side (AP), or the humerus
+                d = np.array([0.0, o, 0.0])
+                cv.paint(*cv.capsule(a + d, b + d, rb), 32, only=[3])
+        if arms == "down":
+            hand = (side * (_ARMPIT_HALF_MM + fat_ref_mm + 3.0 + _ARM_R_UP + fat), 0.0, 790.0)
+            cv.paint(*cv.ellipsoid(hand, (14.0 + fat, 42.0, 75.0)), 2, only=[0])
+            cv.paint(*cv.ellipsoid(hand, (14.0, 40.0 - fat, 72.0 - fat)), 3, only=[2])
 
 
 def _coords(cv: _Canvas, s):
@@ -771,7 +965,22 @@ def label_volumes_ml(labels: np.ndarray, voxel_mm: float, names: dict[int, str] 
     return {name: float(counts[k]) * vox_ml for k, name in names.items()}
 
 
+def nominal_density_g_cm3(name: str) -> float:
+    """Nominal density of a label name, g/cm3 (:data:`NOMINAL_DENSITY_G_CM3`,
+    :data:`SEX_ORGAN_DENSITY_G_CM3`, :data:`EXTRA_DENSITY_G_CM3`; a per-lesion label has the
+    density of its kind)."""
+    for table in (NOMINAL_DENSITY_G_CM3, SEX_ORGAN_DENSITY_G_CM3, EXTRA_DENSITY_G_CM3):
+        if name in table:
+            return table[name]
+    kind = lesion_kind(name)
+    if kind is None:
+        raise KeyError(name)
+    return nominal_density_g_cm3(kind)
+
+
 def organ_masses_g(labels: np.ndarray, voxel_mm: float, names: dict[int, str] | None = None) -> dict[str, float]:
-    """Mass of each label, g, with :data:`NOMINAL_DENSITY_G_CM3` (and :data:`SEX_ORGAN_DENSITY_G_CM3`)."""
+    """Mass of each label, g, with :data:`NOMINAL_DENSITY_G_CM3` (and :data:`SEX_ORGAN_DENSITY_G_CM3`,
+    :data:`EXTRA_DENSITY_G_CM3`; see :func:`nominal_density_g_cm3`)."""
     dens = {**NOMINAL_DENSITY_G_CM3, **SEX_ORGAN_DENSITY_G_CM3}
-    return {n: v * dens[n] for n, v in label_volumes_ml(labels, voxel_mm, names).items()}
+    return {n: v * (dens[n] if n in dens else nominal_density_g_cm3(n))
+            for n, v in label_volumes_ml(labels, voxel_mm, names).items()}

@@ -24,8 +24,15 @@ BASE_HU = {0: -1000.0, 1: 30.0, 2: -100.0, 3: 45.0, 4: -760.0, 5: -760.0, 6: 40.
            23: 40.0, 30: 1000.0, 31: 1000.0,
            # sex organs of population patients: breast (glandular/adipose mix), uterus,
            # ovaries, prostate, testes
-           24: -40.0, 25: 45.0, 26: 35.0, 27: 40.0, 28: 35.0}
-TRABECULAR_HU = {14: 650.0, 17: 320.0, 18: 320.0, 30: 260.0, 31: 260.0}
+           24: -40.0, 25: 45.0, 26: 35.0, 27: 40.0, 28: 35.0,
+           # arm bones (humerus, radius, ulna): cortical as the femur
+           32: 1250.0}
+TRABECULAR_HU = {14: 650.0, 17: 320.0, 18: 320.0, 30: 260.0, 31: 260.0, 32: 320.0}
+#: Mean CT numbers of population lesions by kind, HU (unenhanced: soft-tissue metastases and
+#: nodes 35-40, a solid lung nodule 40, a sclerotic bone metastasis 600 as the canonical one)
+#: and of a necrotic core, 15 HU (fluid-like necrosis, 10-20 HU; e.g. Lamba et al., AJR 2014).
+LESION_HU = {"lesion_liver": 40.0, "lesion_bone": 600.0, "lesion_lymph_node": 35.0, "lesion_pancreas": 40.0,
+             "lesion_lung": 40.0, "necrosis": 15.0}
 CT_NOISE_SD_HU = 12.0
 
 
@@ -44,7 +51,8 @@ def smooth_field(shape, voxel_mm: float, corr_mm: float, rng: np.random.Generato
 
 
 def make_ct(labels: np.ndarray, h_mm: np.ndarray, voxel_mm: float, aux: dict[str, np.ndarray],
-            rng: np.random.Generator, lung_hu_offset: float = 0.0) -> np.ndarray:
+            rng: np.random.Generator, lung_hu_offset: float = 0.0,
+            label_hu: dict[int, float] | None = None) -> np.ndarray:
     """CT numbers, HU (float32), from the label map.
 
     Adds lung parenchyma texture with vessel-like dots, a fat/bowel mixture with some gas in
@@ -52,9 +60,13 @@ def make_ct(labels: np.ndarray, h_mm: np.ndarray, voxel_mm: float, aux: dict[str
     noise of :data:`CT_NOISE_SD_HU`. ``lung_hu_offset`` (HU) moves the mean lung
     parenchyma from -760 HU (lung density of a population patient; 0 is the canonical one).
     ``h_mm`` are reference heights (see :class:`persodose.phantoms.anatomy.AnatomyParams`).
+    ``label_hu`` gives the mean CT number of labels outside :data:`BASE_HU` (per-lesion labels).
     """
     lut = np.full(int(labels.max()) + 1 if labels.size else 1, 30.0, dtype=np.float32)
     for k, v in BASE_HU.items():
+        if k < lut.size:
+            lut[k] = v
+    for k, v in (label_hu or {}).items():
         if k < lut.size:
             lut[k] = v
     hu = lut[labels]

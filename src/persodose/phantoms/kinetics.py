@@ -138,11 +138,32 @@ class KineticParams:
             kept below 0.95 of the physical half-life).
         drop_absent: organs with specific uptake and no voxel (a population patient without
             a lesion of that kind) are left out; their share goes to the remainder.
+        lesions: per-lesion labels of a population patient, name -> ``(kind, volume_ratio)``:
+            each lesion gets its own curve, the template of its kind (:data:`LESION_TEMPLATES`)
+            with its own ``uptake_factor`` and ``teff_factor`` entries, and (FDG) a blood-borne
+            term scaled by ``volume_ratio`` (viable volume / the kind's canonical volume). The
+            lesion kinds' own entries are then left out.
     """
 
     uptake_factor: dict = field(default_factory=dict)
     teff_factor: dict = field(default_factory=dict)
     drop_absent: bool = False
+    lesions: dict = field(default_factory=dict)
+
+
+#: Per-kind lesion templates, for the canonical volumes of
+#: :data:`persodose.phantoms.population.CANONICAL_LESION_ML` (the values of the canonical
+#: lesions below; the lung nodule as the lymph node): 177Lu-DOTATATE ``(fraction of IA,
+#: uptake half-time h, effective half-life h)``; FDG ``(fraction, uptake half-time min,
+#: blood share)``. Same sources as the module docstring; illustrative.
+LESION_TEMPLATES = {
+    "lu177-dotatate": {"lesion_liver": (0.012, 2.0, 90.0), "lesion_pancreas": (0.006, 2.0, 90.0),
+                       "lesion_lymph_node": (0.002, 2.0, 85.0), "lesion_bone": (0.0012, 2.0, 100.0),
+                       "lesion_lung": (0.002, 2.0, 85.0)},
+    "fdg": {"lesion_liver": (0.008, 40.0, 0.002), "lesion_pancreas": (0.0035, 40.0, 0.001),
+            "lesion_lymph_node": (0.0012, 40.0, 0.0004), "lesion_bone": (0.0005, 40.0, 0.0002),
+            "lesion_lung": (0.0012, 40.0, 0.0004)},
+}
 
 
 def _apply(spec: dict[str, "_Fractions"], kp: "KineticParams | None") -> dict[str, "_Fractions"]:
@@ -193,6 +214,12 @@ def _lu177_specific(kp: "KineticParams | None" = None) -> tuple[dict[str, _Fract
             "lesion_lymph_node": organ("lesion_lymph_node", 0.002, 2.0 * H, 85.0),
             "lesion_bone": organ("lesion_bone", 0.0012, 2.0 * H, 100.0),
         }
+        if kp is not None and kp.lesions:
+            for kind in LESION_TEMPLATES["lu177-dotatate"]:
+                spec.pop(kind, None)
+            for name, (kind, _) in kp.lesions.items():
+                frac, t_up_h, teff_h = LESION_TEMPLATES["lu177-dotatate"][kind]
+                spec[name] = organ(name, frac, t_up_h * H, teff_h)
         return _with_remainder_lu(_apply(spec, kp))
     spec = {
         "kidney_left": _uptake(0.0095, 0.5 * H, tb(55.0)),
@@ -240,6 +267,12 @@ def _fdg_specific(kp: "KineticParams | None" = None, keep=None) -> tuple[dict[st
         "lesion_lymph_node": _uptake(0.0012, 40.0 * M, blood=(0.0004, blood)),
         "lesion_bone": _uptake(0.0005, 40.0 * M, blood=(0.0002, blood)),
     }
+    if kp is not None and kp.lesions:
+        for kind in LESION_TEMPLATES["fdg"]:
+            spec.pop(kind, None)
+        for name, (kind, vol_ratio) in kp.lesions.items():
+            frac, t_up_min, share = LESION_TEMPLATES["fdg"][kind]
+            spec[name] = _uptake(frac, t_up_min * M, blood=(share * float(vol_ratio), blood))
     spec = _apply(spec, kp)
     if keep is not None:
         spec = keep(spec)
@@ -263,8 +296,10 @@ REMAINDER_WEIGHTS = {
     "fdg": {"body": 1.0, "skin_fat": 0.3, "muscle": 0.8, "skull": 0.1, "spine": 0.1,
             "pelvis": 0.1, "femoral_head_left": 0.2, "femoral_head_right": 0.2, "ribs": 0.1,
             "shoulder_girdle": 0.1,
-            "breast": 0.5, "uterus": 1.2, "ovaries": 1.2, "prostate": 1.0, "testes": 1.5},
+            "breast": 0.5, "uterus": 1.2, "ovaries": 1.2, "prostate": 1.0, "testes": 1.5,
+            "arm_bones": 0.1},
 }
+REMAINDER_WEIGHTS["lu177-dotatate"]["arm_bones"] = 0.05  # cortical bone as the other bones
 
 
 def organ_tacs(tracer: str, injected_activity_bq: float, label_volumes_ml: dict[str, float],
@@ -336,5 +371,5 @@ def frame_schedule(tracer: str) -> list[FrameTiming]:
     return [FrameTiming(float(s), float(d)) for s, d in zip(starts, durs)]
 
 
-__all__ = ["TACModel", "KineticParams", "FrameTiming", "organ_tacs", "frame_schedule", "physical_half_life_s",
+__all__ = ["TACModel", "KineticParams", "LESION_TEMPLATES", "FrameTiming", "organ_tacs", "frame_schedule", "physical_half_life_s",
            "ICRP107_HALF_LIFE_S", "TRACERS", "REMAINDER_WEIGHTS"]

@@ -50,8 +50,25 @@ What varies (distributions; sources)
       inspiration to free breathing; e.g. Heussel et al., Eur Radiol 2009).
     * lesions: liver Poisson(1.2) (at most 5), 2-80 mL; bone (marrow) Poisson(0.8) (at most
       4), 1-25 mL; lymph nodes (para-aortic / iliac) Poisson(1.0) (at most 4), 1-15 mL;
-      pancreas Bernoulli(0.5), 3-30 mL; volumes log-uniform. All lesions of a kind share
-      their label, and the uptake of the label scales with their total volume.
+      pancreas Bernoulli(0.5), 3-30 mL; lung Poisson(0.5) (at most 3), 0.5-20 mL; volumes
+      log-uniform. Every lesion has its own label (40, 41, ... named ``lesion_liver_1`` ...,
+      :func:`persodose.phantoms.anatomy.lesion_labels`) and its own time-activity curve (its
+      kind's template, its own uptake and Teff factors drawn from the kind's range, uptake
+      scaled by its viable volume). A lesion of 8 mL or more has a necrotic core with
+      probability 1/2 (radius 0.35-0.65 of the lesion's; label = lesion label + 30; no uptake).
+    * arms: raised above the head (out of the trunk's field; p = :data:`P_ARMS_UP`) or down
+      beside the trunk (in the field of view, which widens along x).
+    * organ shapes: one smooth divergence-free random displacement field per patient
+      (rms 2-8 mm, wavelengths 150-300 mm) deforms lungs, heart, liver, stomach, spleen,
+      kidneys, bladder, uterus, ovaries and prostate; the map is one-to-one, so organs keep
+      their order and do not overlap, and they are painted inside the body only.
+    * female pelvis: ilia, pubis, acetabula and proximal femora 6 % wider about the midline
+      (:data:`FEMALE_PELVIS_WIDTH`).
+
+    Arms, deformation, lung lesions, necrotic cores and the per-lesion kinetic factors are
+    drawn from a second stream (``SeedSequence(patient_seed, spawn_key=(1,))``), so every
+    draw of the first stream (sex, size, organ masses and shifts, lung density, the other
+    lesions, organ kinetics) is what it was before they existed.
     * kinetics: multipliers on the canonical organ uptake (and for 177Lu the effective
       half-life), :data:`KINETIC_RANGES`, chosen to span the inter-patient spread of
       177Lu-DOTATATE dosimetry (Sandstrom et al., J Nucl Med 2013;54:33-41; Garske-Roman et
@@ -127,9 +144,29 @@ KINETIC_RANGES = {
     },
 }
 #: Canonical lesion volumes, mL (the uptake fractions of kinetics.py are for these).
-CANONICAL_LESION_ML = {"lesion_liver": 40.0, "lesion_pancreas": 20.0, "lesion_lymph_node": 7.0, "lesion_bone": 3.0}
+CANONICAL_LESION_ML = {"lesion_liver": 40.0, "lesion_pancreas": 20.0, "lesion_lymph_node": 7.0, "lesion_bone": 3.0,
+                       "lesion_lung": 7.0}
 _LESION_DRAW = {"lesion_liver": (1.2, 5, 2.0, 80.0), "lesion_bone": (0.8, 4, 1.0, 25.0),
                 "lesion_lymph_node": (1.0, 4, 1.0, 15.0), "lesion_pancreas": (None, 1, 3.0, 30.0)}
+#: Lung lesions (metastases or a primary): Poisson(0.5), at most 3, 0.5-20 mL log-uniform
+#: (illustrative; drawn from the second stream, see :func:`_draw_extras`).
+_LUNG_LESION_DRAW = (0.5, 3, 0.5, 20.0)
+#: Necrotic cores: a lesion of at least 8 mL has one with probability 1/2, of radius 0.35-0.65
+#: of the lesion's (4-27 % of its volume). Larger tumours outgrow their blood supply and are
+#: more often centrally necrotic (illustrative values).
+_NECROSIS = (8.0, 0.5, 0.35, 0.65)
+#: Probability of arms raised above the head (the usual position for PET/CT and SPECT/CT of
+#: the trunk, e.g. EANM FDG PET/CT guideline v2.0, Boellaard et al. 2015) against arms down
+#: (the usual position of many diagnostic CTs and of patients who cannot raise them).
+P_ARMS_UP = 0.5
+#: Organ deformation: rms displacement 2-8 mm, four divergence-free plane-wave modes of
+#: wavelength 150-300 mm, their gradient sum capped at 0.5 (one-to-one map); illustrative,
+#: of the order of inter-patient organ-shape variation after scaling (a few mm to ~1 cm).
+_DEFORM = {"rms_mm": (2.0, 8.0), "modes": 4, "wavelength_mm": (150.0, 300.0), "max_gradient": 0.5}
+#: Lateral scale of the female bony pelvis and hip joints against the male model: the female
+#: pelvis is relatively wider (pelvic inlet and bi-acetabular breadth several per cent larger at
+#: a given stature; e.g. Tague, Am J Phys Anthropol 1989;80:59). 1.06 is illustrative.
+FEMALE_PELVIS_WIDTH = 1.06
 
 
 def patient_seed(population_seed: int, index: int) -> int:
@@ -193,7 +230,10 @@ class PatientSpec:
         icrp89_scaled_masses_g: the same without the individual scatter, g.
         lung_hu: mean lung CT number, HU.
         anatomy: :class:`~persodose.phantoms.anatomy.AnatomyParams`.
-        kinetic_factors: tracer -> {organ: [uptake factor, Teff factor]}.
+        kinetic_factors: tracer -> {organ: [uptake factor, Teff factor]} (the lesion kinds'
+            entries are not used: every lesion has its own factors).
+        lesion_kinetic_factors: per lesion (order of ``anatomy.lesions``), tracer ->
+            [uptake factor, Teff factor or None].
     """
 
     index: int
@@ -211,20 +251,29 @@ class PatientSpec:
     lung_hu: float
     anatomy: _anat.AnatomyParams
     kinetic_factors: dict
+    lesion_kinetic_factors: tuple = ()
 
     def kinetics(self, tracer: str) -> KineticParams:
-        """:class:`KineticParams` for ``tracer`` (lesion uptake scaled by total lesion volume)."""
-        lesion_ml: dict[str, float] = {}
-        for les in self.anatomy.lesions or ():
-            lesion_ml[les.name] = lesion_ml.get(les.name, 0.0) + les.volume_ml
+        """:class:`KineticParams` for ``tracer``: organ factors, and every lesion its own curve
+        (uptake scaled by its viable volume against the kind's canonical volume)."""
         up, te = {}, {}
         for organ, (fu, ft) in self.kinetic_factors[tracer].items():
+            if organ in CANONICAL_LESION_ML:
+                continue
             for lab in ORGAN_GROUPS.get(organ, (organ,)):
-                up[lab] = fu * (lesion_ml.get(lab, 0.0) / CANONICAL_LESION_ML[lab] if lab in CANONICAL_LESION_ML
-                                else 1.0)
+                up[lab] = fu
                 if ft is not None:
                     te[lab] = ft
-        return KineticParams(uptake_factor=up, teff_factor=te, drop_absent=True)
+        lesions = {}
+        les_list = self.anatomy.lesions or ()
+        for les, (_, name, _, _), f in zip(les_list, _anat.lesion_labels(les_list), self.lesion_kinetic_factors):
+            ratio = les.volume_ml * (1.0 - les.necrotic_fraction ** 3) / CANONICAL_LESION_ML[les.name]
+            fu, ft = f[tracer]
+            up[name] = fu * ratio
+            if ft is not None:
+                te[name] = ft
+            lesions[name] = (les.name, ratio)
+        return KineticParams(uptake_factor=up, teff_factor=te, drop_absent=True, lesions=lesions)
 
 
 def _lognormal(rng, sd, lo, hi):
@@ -239,6 +288,53 @@ def _draw_lesions(rng) -> tuple:
             vol = float(math.exp(rng.uniform(math.log(vlo), math.log(vhi))))
             out.append(_anat.LesionSpec(name, round(vol, 3), tuple(float(u) for u in rng.random(3))))
     return tuple(out)
+
+
+def _draw_deformation(rng) -> tuple:
+    """Modes ``(a_mm, ux, uy, uz, wx, wy, wz, phase)`` of :func:`persodose.phantoms.anatomy.deformation_field`."""
+    k = _DEFORM["modes"]
+    a = float(rng.uniform(*_DEFORM["rms_mm"])) / math.sqrt(k / 2.0)  # rms of the sum = the drawn value
+    modes = []
+    for _ in range(k):
+        lam = float(rng.uniform(*_DEFORM["wavelength_mm"]))
+        n = rng.normal(size=3)
+        n /= np.linalg.norm(n)
+        u = rng.normal(size=3)
+        u -= (u @ n) * n  # transverse: divergence-free
+        u /= np.linalg.norm(u)
+        modes.append([a, *u, *(n * 2.0 * math.pi / lam), float(rng.uniform(0.0, 2.0 * math.pi))])
+    m = np.asarray(modes)
+    grad = float(np.sum(m[:, 0] * np.linalg.norm(m[:, 4:7], axis=1)))
+    if grad > _DEFORM["max_gradient"]:
+        m[:, 0] *= _DEFORM["max_gradient"] / grad
+    return tuple(tuple(round(float(q), 6) for q in row) for row in m)
+
+
+def _draw_extras(seed: int, lesions: tuple) -> dict:
+    """What the second random stream of a patient draws (``SeedSequence(seed, spawn_key=(1,))``,
+    so the draws of the first stream stay those of earlier versions): arms, organ deformation,
+    lung lesions, necrotic cores and every lesion's own kinetic factors."""
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(1,)))
+    arms = "up" if rng.random() < P_ARMS_UP else "down"
+    deformation = _draw_deformation(rng)
+    lam, cap, vlo, vhi = _LUNG_LESION_DRAW
+    lesions = list(lesions)
+    for _ in range(min(int(rng.poisson(lam)), cap)):
+        vol = float(math.exp(rng.uniform(math.log(vlo), math.log(vhi))))
+        lesions.append(_anat.LesionSpec("lesion_lung", round(vol, 3), tuple(float(u) for u in rng.random(3))))
+    vmin, p_nec, flo, fhi = _NECROSIS
+    out, kin = [], []
+    for les in lesions:
+        f = float(rng.uniform(flo, fhi)) if les.volume_ml >= vmin and rng.random() < p_nec else 0.0
+        out.append(_anat.LesionSpec(les.name, les.volume_ml, les.u, round(f, 4)))
+        ranges = {t: KINETIC_RANGES[t].get(les.name, KINETIC_RANGES[t]["lesion_lymph_node"]) for t in KINETIC_RANGES}
+        k = {}
+        for tracer, (sd, lo, hi, trange) in ranges.items():
+            fu = _lognormal(rng, sd, lo, hi)
+            ft = None if trange is None else float(rng.uniform(*trange))
+            k[tracer] = [round(fu, 4), None if ft is None else round(ft, 4)]
+        kin.append(k)
+    return {"arms": arms, "deformation": deformation, "lesions": tuple(out), "lesion_kinetics": tuple(kin)}
 
 
 def _draw_kinetics(rng) -> dict:
@@ -280,14 +376,18 @@ def draw_patient(seed: int, index: int = 0) -> PatientSpec:
     lung_hu = float(rng.uniform(-860.0, -700.0))
     lesions = _draw_lesions(rng)
     kin = _draw_kinetics(rng)
+    extras = _draw_extras(seed, lesions)
     anat = _anat.AnatomyParams(sex=sex, height_scale=round(hs, 5), width_scale=round(width, 5),
                                fat_extra_mm=round(fat_mm - 15.0, 3), organ_volume_factor=factors,
-                               organ_shift_mm=shifts, sex_organs=True, lesions=lesions)
+                               organ_shift_mm=shifts, sex_organs=True, lesions=extras["lesions"],
+                               arms=extras["arms"], deformation=extras["deformation"],
+                               pelvis_width=FEMALE_PELVIS_WIDTH if sex == "F" else 1.0)
     return PatientSpec(index=int(index), seed=int(seed), split=split_of(seed), sex=sex, age_y=age,
                        height_m=round(h_m, 4), weight_kg=round(w, 2), bmi=round(bmi, 2), lbm_kg=round(lbm, 2),
                        bsa_m2=round(bsa_m2(w, h_cm), 3), target_masses_g={o: round(m, 2) for o, m in target.items()},
                        icrp89_scaled_masses_g={o: round(m, 2) for o, m in scaled.items()},
-                       lung_hu=round(lung_hu, 1), anatomy=anat, kinetic_factors=kin)
+                       lung_hu=round(lung_hu, 1), anatomy=anat, kinetic_factors=kin,
+                       lesion_kinetic_factors=extras["lesion_kinetics"])
 
 
 def draw_population(n: int, seed: int) -> list[PatientSpec]:
@@ -348,11 +448,33 @@ def _patient_doc(spec: PatientSpec, vp, folder: str) -> dict:
             "organ_masses_g": masses, "target_masses_g": spec.target_masses_g,
             "icrp89_scaled_masses_g": spec.icrp89_scaled_masses_g,
             "icrp89_reference_masses_g": ICRP89[spec.sex]["masses_g"],
-            "lesions": [{"name": les.name, "volume_ml": les.volume_ml} for les in spec.anatomy.lesions],
-            "lesion_label_volumes_ml": {n: round(vp.organ_masses_g.get(n, 0.0) / _anat.NOMINAL_DENSITY_G_CM3[n], 2)
-                                        for n in CANONICAL_LESION_ML},
-            "kinetic_factors": spec.kinetic_factors[vp.tracer],
+            "arms": spec.anatomy.arms, "pelvis_width": spec.anatomy.pelvis_width,
+            "deformation_rms_mm": _deformation_rms_mm(spec.anatomy.deformation),
+            "lesions": _lesion_docs(spec, vp),
+            "kinetic_factors": {o: f for o, f in spec.kinetic_factors[vp.tracer].items()
+                                if o not in CANONICAL_LESION_ML},
             "injected_activity_bq": vp.injected_activity_bq}
+
+
+def _deformation_rms_mm(modes) -> float:
+    """RMS displacement of the organ deformation field, mm (``sqrt(sum a_k^2 / 2)``)."""
+    return round(math.sqrt(sum(m[0] ** 2 for m in modes) / 2.0), 2) if modes else 0.0
+
+
+def _lesion_docs(spec: PatientSpec, vp) -> list[dict]:
+    """One entry per lesion: label, name, kind, drawn and voxelised volumes, necrotic core, kinetic factors."""
+    out = []
+    les_list = spec.anatomy.lesions or ()
+    for les, (val, name, cval, cname), kin in zip(les_list, _anat.lesion_labels(les_list),
+                                                  spec.lesion_kinetic_factors):
+        dens = _anat.nominal_density_g_cm3(les.name)
+        viable = vp.organ_masses_g.get(name, 0.0) / dens
+        core = vp.organ_masses_g.get(cname, 0.0) / _anat.EXTRA_DENSITY_G_CM3["necrosis"] if cname else 0.0
+        out.append({"label": val, "name": name, "kind": les.name, "volume_ml": les.volume_ml,
+                    "voxel_volume_ml": round(viable + core, 2), "necrotic_fraction": les.necrotic_fraction,
+                    "necrosis_label": cval, "necrosis_volume_ml": round(core, 2),
+                    "kinetic_factors": kin[vp.tracer]})
+    return out
 
 
 def _write_one(spec: PatientSpec, tracer: str, voxel_mm: float, folder: Path, report: bool):

@@ -153,9 +153,8 @@ def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, 
         patient = dict(REFERENCE_PATIENT)
     else:
         an = _anat.build_anatomy(v, None, variation.anatomy)
-        labels_grid, ct, ct_tags = _labels_and_ct(an, v, rng, variation.lung_hu_offset)
-        present = set(np.unique(an.labels).tolist())
-        names = {**_anat.LABELS, **{k: n for k, n in _anat.SEX_LABELS.items() if k in present}}
+        labels_grid, ct, ct_tags = _labels_and_ct(an, v, rng, variation.lung_hu_offset, _lesion_hu(an.extra_labels))
+        names = _population_names(an, variation.anatomy)
         patient = dict(variation.patient)
     lab = an.labels
     volumes = _anat.label_volumes_ml(lab, v, names)
@@ -163,7 +162,8 @@ def make_virtual_patient(tracer: str = "lu177-dotatate", voxel_mm: float = 4.0, 
     ia = LU177_INJECTED_BQ if tracer == "lu177-dotatate" else FDG_BQ_PER_KG * patient["weight_kg"]
     tacs = organ_tacs(tracer, ia, volumes, t_half, None if variation is None else variation.kinetics)
 
-    per_voxel = _OrganToVoxels(lab, _activity_weights(lab, _img.smooth_field(lab.shape, v, 25.0, rng)))
+    per_voxel = _OrganToVoxels(lab, _activity_weights(lab, _img.smooth_field(lab.shape, v, 25.0, rng)),
+                               None if variation is None else names)
     truth_tia = labels_grid.with_array(per_voxel({n: m.tia_bq_s() for n, m in tacs.items()}), Kind.TIA)
 
     modality = "NM" if nuclide == "Lu-177" else "PT"
@@ -190,15 +190,33 @@ def _check_request(tracer: str, voxel_mm) -> None:
         raise InputError(f"voxel_mm must be between 0.5 and 20 mm, got {voxel_mm!r}")
 
 
+def _population_names(an: _anat.Anatomy, params: _anat.AnatomyParams) -> dict[int, str]:
+    """Label names of a population patient: the fixed labels, without the canonical lesion
+    labels when the patient has its own lesion list, and the sex, arm and per-lesion labels
+    present in the map."""
+    present = set(np.unique(an.labels).tolist())
+    fixed = dict(_anat.LABELS)
+    if params.lesions is not None:
+        for k in _anat.LESION_LABELS:
+            fixed.pop(k)
+    extra = {**_anat.SEX_LABELS, **_anat.ARM_LABELS, **an.extra_labels}
+    return {**fixed, **{k: n for k, n in sorted(extra.items()) if k in present}}
+
+
+def _lesion_hu(extra_labels: dict[int, str]) -> dict[int, float]:
+    """Mean CT number of each per-lesion label (:data:`persodose.phantoms.imaging.LESION_HU`)."""
+    return {k: _img.LESION_HU[_anat.lesion_kind(n)] for k, n in extra_labels.items()}
+
+
 def _labels_and_ct(an: _anat.Anatomy, v: float, rng: np.random.Generator,
-                   lung_hu_offset: float = 0.0) -> tuple[Grid, Grid, dict]:
+                   lung_hu_offset: float = 0.0, label_hu: dict | None = None) -> tuple[Grid, Grid, dict]:
     """Label grid in LPS (vertex at z = 0), the CT in HU on it and the CT's DICOM tag values."""
     if an.origin_xyz_mm is None:
         origin = (float(an.x_mm[0]), float(an.y_mm[0]), float(an.h_mm[0] - _anat.VERTEX_H_MM))
     else:
         origin = tuple(float(q) for q in an.origin_xyz_mm)
     labels_grid = Grid(an.labels, (v, v, v), origin, np.eye(3), Kind.LABELS)
-    hu = _img.make_ct(an.labels, an.h_mm, v, an.aux, rng, lung_hu_offset)
+    hu = _img.make_ct(an.labels, an.h_mm, v, an.aux, rng, lung_hu_offset, label_hu)
     return labels_grid, labels_grid.with_array(hu, Kind.CT), _img.make_ct_tags(hu, v)
 
 
@@ -209,11 +227,11 @@ class _OrganToVoxels:
     sum over each organ's voxels is the organ's value (organs not given are zero).
     """
 
-    def __init__(self, lab: np.ndarray, weights: np.ndarray):
+    def __init__(self, lab: np.ndarray, weights: np.ndarray, names: dict[int, str] | None = None):
         self.lab = lab
         self.weights = weights
         self.nlut = int(lab.max()) + 1
-        self.name_to_label = {n: k for k, n in _anat.ALL_LABELS.items()}
+        self.name_to_label = {n: k for k, n in (_anat.ALL_LABELS if names is None else names).items()}
 
     def __call__(self, values: dict[str, float]) -> np.ndarray:
         lut = np.zeros(self.nlut, dtype=np.float64)
@@ -231,7 +249,7 @@ def _emission_grid(modality: str, labels_grid: Grid) -> Grid:
     v = labels_grid.spacing_zyx_mm[0]
     origin = labels_grid.origin_xyz_mm
     vs = 1.2 * v
-    nxy = int(round(1.2 * lab_shape[1] * v / vs))
+    nxy = int(round(1.2 * max(lab_shape[1], lab_shape[2]) * v / vs))
     nzs = int(math.floor(lab_shape[0] * v / vs))
     centre = np.array(origin) + (np.array(lab_shape[::-1]) - 1) * v / 2.0
     s_origin = tuple(centre - (np.array([nxy, nxy, nzs]) - 1) * vs / 2.0)
@@ -412,6 +430,8 @@ def _write_frame(vp: VirtualPatient, fr: EmissionFrame, i: int, tmp: Path, study
 
 def _masses_density(vp: VirtualPatient) -> dict:
     extra = {n: d for n, d in _anat.SEX_ORGAN_DENSITY_G_CM3.items() if n in vp.organ_masses_g}
+    extra.update({n: _anat.nominal_density_g_cm3(n) for n in vp.organ_masses_g
+                  if n not in _anat.NOMINAL_DENSITY_G_CM3 and n not in extra})
     return {**_anat.NOMINAL_DENSITY_G_CM3, **extra} if extra else _anat.NOMINAL_DENSITY_G_CM3
 
 
