@@ -10,8 +10,57 @@ import typer
 from persodose.cli._common import MAX_SEED, about, count
 
 
+#: Help of ``--emissions`` (``mc`` and ``kernel``); the names are those of
+#: :data:`persodose.mc.settings.EMISSION_CATEGORIES`.
+EMISSIONS_HELP = ("Decay emissions to simulate: all, or a comma list of beta, positron, gamma, xray, ic "
+                  "(conversion electrons), auger, alpha; e.g. beta,gamma,xray to compare with tables made "
+                  "without conversion and Auger electrons. Annihilation photons follow the positrons.")
+#: Help of ``--photon-estimator``.
+ESTIMATOR_HELP = "Photon energy deposition: analog (every interaction) or tle (track-length estimator)."
+
+
 def register(app: typer.Typer) -> None:
     app.command("mc")(mc)
+
+
+def run_settings(nuclide: str, emissions: str, photon_estimator: str, **fields):
+    """The run's :class:`~persodose.mc.MCSettings` and its decay tables, checked before any input is read.
+
+    Args:
+        nuclide: canonical nuclide name.
+        emissions: the ``--emissions`` value; photon_estimator: the ``--photon-estimator`` value.
+        fields: other MCSettings fields (seed, backend, n_batches).
+
+    Returns:
+        ``(settings, decay)``: the settings and the nuclide's
+        :class:`~persodose.mc.sources.DecayTables` for them (energy emitted and left out).
+
+    Raises:
+        InputError: an unknown emission or estimator, or a selection that emits nothing of the nuclide.
+    """
+    from persodose.mc import MCSettings, TransportSettings
+    from persodose.mc.sources import decay_tables
+
+    settings = MCSettings(transport=TransportSettings(photon_estimator=photon_estimator.strip().lower()),
+                          emissions=emissions, **fields)
+    ts = settings.transport
+    return settings, decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev, settings.emissions)
+
+
+def emissions_record(decay) -> dict:
+    """Provenance of an emission selection: the categories and the energy per decay emitted and left out."""
+    return {"emissions": list(decay.emissions) if decay.emissions is not None else "all",
+            "emitted_mev_per_decay": decay.mean_emitted_mev,
+            "full_decay_mev_per_decay": decay.full_emitted_mev,
+            "left_out_mev_per_decay": decay.left_out_mev}
+
+
+def emissions_line(decay) -> str:
+    """One line for the terminal: what a selection emits and leaves out (empty for all emissions)."""
+    if decay.emissions is None:
+        return ""
+    return (f"emissions {','.join(decay.emissions)}: {decay.mean_emitted_mev:.6g} of {decay.full_emitted_mev:.6g} "
+            f"MeV per decay emitted ({decay.left_out_mev:.6g} MeV left out)")
 
 
 def load_phantom(density: Optional[Path], materials: Optional[Path], ct: Optional[Path]):
@@ -100,6 +149,8 @@ def mc(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Save the running tally here after every batch (.npz)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --checkpoint."),
     backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU, one thread per chunk: 131072 chunks per batch)."),
+    emissions: str = typer.Option("all", "--emissions", help=EMISSIONS_HELP),
+    photon_estimator: str = typer.Option("analog", "--photon-estimator", help=ESTIMATOR_HELP),
 ) -> None:
     """Absorbed dose (Gy) and its uncertainty by Monte Carlo transport of every emission."""
     import json
@@ -108,7 +159,7 @@ def mc(
 
     from persodose.errors import InputError
     from persodose.io.image import write_image
-    from persodose.mc import MCSettings, Tally, simulate_decays
+    from persodose.mc import Tally, simulate_decays
     from persodose.mc.engine import check_backend
     from persodose.outputs import atomic_dir, check_output_paths, write_provenance
     from persodose.physics.radionuclides import get_nuclide
@@ -121,6 +172,8 @@ def mc(
         raise InputError("--resume needs --checkpoint")
     if resume and not checkpoint.is_file():
         raise InputError(f"--checkpoint {checkpoint} does not exist: nothing to --resume")
+    settings, decay = run_settings(nuc.name, emissions, photon_estimator, n_batches=batches, seed=seed,
+                                   backend=backend)
     check_output_paths(
         inputs={"--tia": tia, "--density": density, "--materials": materials,
                 "--materials table": Path(str(materials) + ".json") if materials else None, "--ct": ct},
@@ -128,7 +181,6 @@ def mc(
     phantom = load_phantom(density, materials, ct)
     with about("--tia", tia):
         source = _read_tia(tia, tia_units, phantom)
-    settings = MCSettings(n_batches=batches, seed=seed, backend=backend)
     with about("--checkpoint", checkpoint):
         tally = Tally.load(checkpoint) if resume else None
     from persodose.progress import progress
@@ -142,13 +194,15 @@ def mc(
         write_provenance(
             work / "provenance.json", "mc",
             settings={"n_batches": batches, "seed": seed, "backend": backend,
-                      "chunks_per_batch": settings.chunks_per_batch, "transport": settings.transport},
+                      "chunks_per_batch": settings.chunks_per_batch, "transport": settings.transport,
+                      "emissions": list(settings.emissions) if settings.emissions is not None else "all"},
             inputs={"tia": str(tia), "density": str(density) if density else None,
                     "materials": str(materials) if materials else None, "ct": str(ct) if ct else None},
             nuclide=nuc.name, decays_simulated=result.tally.n_primaries,
             decays_in_source=result.info["total_decays_of_source"], batches=result.tally.batch_ids,
             energy_balance_mev_per_decay=result.energy_balance, wall_time_s=result.seconds,
             decays_per_second=result.primaries_per_second, backend=result.info["backend"],
+            emission_selection=emissions_record(decay),
         )
     dose = result.dose_gy.array
     unc = result.relative_uncertainty.array
@@ -156,5 +210,7 @@ def mc(
     typer.echo(f"dose: {out / 'dose.nii.gz'} (max {float(dose.max()):.4g} Gy); "
                f"median uncertainty above 50% of max: {100 * float(np.median(unc[hot])) if hot.any() else float('nan'):.2f}%; "
                f"{result.primaries_per_second:.3g} decays/s")
+    if emissions_line(decay):
+        typer.echo(emissions_line(decay))
     b = result.energy_balance
     typer.echo("energy per decay (MeV): " + json.dumps({k: round(v, 6) for k, v in b.items()}))
