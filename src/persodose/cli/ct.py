@@ -7,7 +7,12 @@ from typing import Optional
 
 import typer
 
-from persodose.cli._common import MAX_SEED, about, count, label_sidecars, positive, read_labels, require_volume
+from persodose.cli._common import (MAX_SEED, about, count, fraction, label_sidecars, positive, read_labels,
+                                   require_volume)
+from persodose.cli.internal import photon_estimator_option, target_uncertainty_option
+
+#: Batches of the scan without and with a target uncertainty (when --batches is not given).
+BATCHES, TARGET_BATCHES = 10, 50
 
 
 def register(app: typer.Typer) -> None:
@@ -27,10 +32,23 @@ def ct(
     collimation_mm: Optional[float] = typer.Option(None, "--collimation-mm", callback=positive(500.0), help="Total collimation nT (mm)."),
     rotation_s: Optional[float] = typer.Option(None, "--rotation-s", callback=positive(100.0), help="Rotation time (s)."),
     ctdivol: Optional[float] = typer.Option(None, "--ctdivol", callback=positive(1e4), help="CTDIvol (mGy) to calibrate to, replaces the header mean."),
-    photons: int = typer.Option(20_000_000, "--photons", callback=count(), help="Photons of the whole scan."),
+    photons: int = typer.Option(20_000_000, "--photons", callback=count(),
+                                help="Photons of the whole scan (the most, with --target-uncertainty)."),
     ctdi_photons: int = typer.Option(2_000_000, "--ctdi-photons", callback=count(), help="Photons of the CTDI calibration run."),
     dose_voxel_mm: float = typer.Option(5.0, "--dose-voxel-mm", callback=positive(50.0), help="Cubic dose voxel (mm)."),
-    batches: int = typer.Option(10, "--batches", callback=count(1, 10_000), help="Independent batches (uncertainty from their spread)."),
+    batches: Optional[int] = typer.Option(None, "--batches", callback=count(1, 10_000),
+                                          help="Independent batches (uncertainty from their spread); default 10, "
+                                               "or 50 (the most) with --target-uncertainty."),
+    target_uncertainty: Optional[str] = typer.Option(
+        None, "--target-uncertainty", callback=target_uncertainty_option,
+        help="Stop the scan's transport at this relative uncertainty (2%, 2 % or 0.02); --photons and "
+             "--batches become the limit."),
+    target_above: float = typer.Option(0.1, "--target-above", callback=fraction,
+                                       help="The target's voxels: dose at least this fraction of the maximum."),
+    target_region: Optional[str] = typer.Option(None, "--target-region",
+                                                help="The target is this organ's mean-dose uncertainty (a label name)."),
+    photon_estimator: str = typer.Option("analog", "--photon-estimator", callback=photon_estimator_option,
+                                         help="Photon energy deposition: analog or tle (track-length estimator)."),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     sp_maps: int = typer.Option(0, "--sp-maps", callback=count(0, 10_000), help="Also write this many single-position dose maps "
                                                       "(patient and 400 mm water cylinder; evenly spaced positions)."),
@@ -40,16 +58,21 @@ def ct(
     """Whole-body dose map (mGy), organ doses, effective dose (ICRP 103) and a report."""
     import json
 
+    from persodose.errors import InputError
     from persodose.io.load import load_ct
-    from persodose.mc.engine import MCSettings, check_backend
+    from persodose.mc.engine import MCSettings, TransportSettings, check_backend
     from persodose.outputs import check_output_paths
     from persodose.workflows.ct import ct_dose, write_ct_outputs
 
     check_backend(backend)
+    if batches is None:
+        batches = TARGET_BATCHES if target_uncertainty is not None else BATCHES
+    if target_region is not None and target_uncertainty is None:
+        raise InputError("--target-region needs --target-uncertainty")
+    if target_uncertainty is not None and batches < 5:
+        raise InputError(f"--target-uncertainty needs at least 5 --batches, got {batches}")
     for option, n in (("--photons", photons), ("--ctdi-photons", ctdi_photons)):
         if n < batches:
-            from persodose.errors import InputError
-
             raise InputError(f"{option} {n} cannot fill --batches {batches}: give at least one photon per batch")
     check_output_paths(inputs={"--ct": ct, "--labels": label_sidecars(labels, label_names)},
                        output_dirs={"--out": out})
@@ -61,10 +84,13 @@ def ct(
     lab, names = None, None
     if labels is not None:
         lab, names = read_labels(labels, ct_grid, label_names)
-    settings = MCSettings(n_batches=batches, seed=seed, backend=backend)
+    transport = TransportSettings(photon_estimator=photon_estimator)
+    settings = MCSettings(n_batches=batches, seed=seed, backend=backend, transport=transport)
     with about("--ct", ct):
         result = ct_dose(ct_grid, info, lab, names, scanner=scanner, overrides=overrides, n_photons=photons,
-                         dose_voxel_mm=dose_voxel_mm, settings=settings, ctdi_photons=ctdi_photons)
+                         dose_voxel_mm=dose_voxel_mm, settings=settings, ctdi_photons=ctdi_photons,
+                         target_uncertainty=target_uncertainty, target_above=target_above,
+                         target_region=target_region)
     sp = None
     if sp_maps > 0:
         import numpy as np
@@ -73,16 +99,25 @@ def ct(
 
         idx = np.unique(np.linspace(0, len(result.positions) - 1, sp_maps).round().astype(int))
         sp = single_position_maps(result.phantom, result.positions, idx, sp_photons,
-                                  MCSettings(n_batches=max(2, min(batches, 4)), seed=seed + 2, backend=backend),
+                                  MCSettings(n_batches=max(2, min(batches, 4)), seed=seed + 2, backend=backend,
+                                             transport=transport),
                                   calibration=result.calibration)
     report = write_ct_outputs(result, out, sp_maps=sp, ct_files=getattr(info, "files", None) if info is not None else None,
                               inputs={"ct": str(ct), "labels": str(labels) if labels else None,
                                       "label_names": str(label_names) if label_names else None,
                                       "overrides": overrides, "scanner": scanner, "photons": photons,
                                       "ctdi_photons": ctdi_photons, "dose_voxel_mm": dose_voxel_mm,
-                                      "batches": batches, "seed": seed, "backend": backend})
+                                      "batches": batches, "seed": seed, "backend": backend,
+                                      "target_uncertainty": target_uncertainty,
+                                      "target_above": target_above if target_uncertainty else None,
+                                      "target_region": target_region, "photon_estimator": photon_estimator})
     c = result.calibration
     typer.echo(f"report: {report}")
+    target = result.statistics.get("target")
+    if target and target.get("met"):  # an unmet target is a warning already
+        from persodose.mc.tally import TargetOutcome
+
+        typer.echo(f"scan: {TargetOutcome(**target).summary('photons')}")
     typer.echo(f"CTDIvol {c.ctdivol_target_mgy:.3g} mGy ({c.ctdivol_source}); CTDI C/P "
                f"{result.ctdi.centre_to_periphery:.3f}; max dose {float(result.dose_mgy.array.max()):.3g} mGy")
     if result.effective_dose:

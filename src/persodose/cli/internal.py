@@ -7,8 +7,46 @@ from typing import List, Optional
 
 import typer
 
-from persodose.cli._common import (MAX_SEED, about, count, label_sidecars, positive, read_labels,
+from persodose.cli._common import (MAX_SEED, about, count, fraction, label_sidecars, positive, read_labels,
                                    read_method_options, require_volume)
+
+
+def target_uncertainty_option(value):
+    """Callback of ``--target-uncertainty``: ``2%``, ``2 %`` or ``0.02``, refused in one line otherwise."""
+    if value is None:
+        return value
+    from persodose.errors import InputError
+    from persodose.mc.tally import parse_relative_uncertainty
+
+    try:
+        parse_relative_uncertainty(value, "")
+    except InputError as exc:
+        raise typer.BadParameter(str(exc).strip()) from None
+    return value
+
+
+def photon_estimator_option(value):
+    """Callback of ``--photon-estimator``: analog or tle."""
+    from persodose.mc.tables import PHOTON_ESTIMATORS
+
+    if value is not None and value not in PHOTON_ESTIMATORS:
+        raise typer.BadParameter(f"must be {' or '.join(PHOTON_ESTIMATORS)}, got {value!r}")
+    return value
+
+
+def add_mc_options(options: dict, **given) -> dict:
+    """Command-line options of the Monte Carlo method (``--target-uncertainty`` as
+    ``mc.target_uncertainty``, ...) into ``options``; one given both ways must agree."""
+    from persodose.errors import InputError
+
+    for name, value in given.items():
+        if value is None:
+            continue
+        have = options.get("mc", {}).get(name)
+        if have is not None and str(have) != str(value):
+            raise InputError(f"--{name.replace('_', '-')} {value} and mc.{name}={have} disagree: give one of them")
+        options.setdefault("mc", {})[name] = str(value)
+    return options
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +87,19 @@ def internal(
     decays: Optional[int] = typer.Option(None, "--decays", callback=count(),
                                          help="Monte Carlo decays (the same as --method-option mc.decays=N; "
                                               "default 2e6)."),
+    target_uncertainty: Optional[str] = typer.Option(
+        None, "--target-uncertainty", callback=target_uncertainty_option,
+        help="Monte Carlo: stop at this relative uncertainty (2%, 2 % or 0.02; mc.target_uncertainty); "
+             "--decays (default 2e6) and mc.batches (default 50) become the limit."),
+    target_above: Optional[float] = typer.Option(
+        None, "--target-above", callback=fraction,
+        help="The target's voxels: dose at least this fraction of the maximum (default 0.1; the median "
+             "voxel uncertainty over them is the criterion)."),
+    target_region: Optional[str] = typer.Option(
+        None, "--target-region", help="The target is the uncertainty of this label's mean dose (a --labels name)."),
+    photon_estimator: Optional[str] = typer.Option(
+        None, "--photon-estimator", callback=photon_estimator_option,
+        help="Monte Carlo photon energy deposition: analog (default) or tle (track-length estimator)."),
     dose_rate: bool = typer.Option(False, "--dose-rate", help="Also write dose-rate maps at each time point."),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     mc_backend: str = typer.Option("cpu", "--mc-backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo "
@@ -66,6 +117,11 @@ def internal(
 
     methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
     options = read_method_options(method_options_file, method_option, decays)
+    for name, value in (("--target-region", target_region), ("--target-above", target_above)):
+        if value is not None and target_uncertainty is None:
+            raise InputError(f"{name} needs --target-uncertainty")
+    options = add_mc_options(options, target_uncertainty=target_uncertainty, target_above=target_above,
+                             target_region=target_region, photon_estimator=photon_estimator)
     settings = InternalSettings(nuclide, methods=methods, method_options=options, tia_method=tia_method,
                                 dose_voxel_mm=dose_voxel_mm, seed=seed, dose_rate=dose_rate,
                                 registration=registration, mc_backend=mc_backend)
@@ -107,6 +163,11 @@ def internal(
                                    "labels": str(labels) if labels else None, "injected_mbq": injected_mbq,
                                    "injection": injection.isoformat() if injection else None})
     typer.echo(f"report: {report}")
+    target = result.mc_info.get("target")
+    if target and target.get("met"):  # an unmet target is a warning already
+        from persodose.mc.tally import TargetOutcome
+
+        typer.echo(f"Monte Carlo: {TargetOutcome(**target).summary('decays')}")
     if "mc" in result.doses and result.comparison:
         from persodose.workflows.internal import comparison_rows
 

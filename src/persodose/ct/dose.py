@@ -98,6 +98,8 @@ class BeamRun:
         reduced: per-batch values of the ``reducer`` (one array per batch).
         energy_balance: MeV per primary.
         seconds: transport wall time.
+        target: how a run with a target uncertainty ended
+            (:meth:`persodose.mc.tally.TargetOutcome.record`), else None.
     """
 
     tally: object
@@ -106,6 +108,7 @@ class BeamRun:
     reduced: list
     energy_balance: dict
     seconds: float
+    target: dict | None = None
 
     @property
     def photons_per_second(self) -> float:
@@ -114,13 +117,20 @@ class BeamRun:
 
 def run_beam_batches(phantom, sampler, n_photons: int, settings=None,
                      reducer: Callable[[np.ndarray], np.ndarray] | None = None,
-                     progress: Callable[[int, int], object] | None = None) -> BeamRun:
+                     progress: Callable[[int, int], object] | None = None, target=None) -> BeamRun:
     """Transport ``n_photons`` of ``sampler`` through ``phantom``, one engine batch at a time.
 
     Same physics and random streams as :func:`persodose.mc.engine.simulate_beam` (it runs the
     same :func:`persodose.mc.engine.run_batch`), but hands each batch's dose per primary
     (Gy, (z, y, x)) to ``reducer`` so that quantities over many voxels (organ means, CTDI)
     get their uncertainty from the spread of the batches, not from voxel variances.
+
+    With ``target`` (a :class:`persodose.mc.tally.UncertaintyTarget`) the run stops once it
+    is met; ``n_photons`` and ``settings.n_batches`` are then the limit, and the batches run
+    are the first ones of the full run (the reducer sees exactly those).
+
+    Warns:
+        persodose.mc.run.TargetNotMetWarning: the photons ran out before the target.
     """
     from persodose.mc.engine import MCSettings, beam_problem
     from persodose.mc.run import run_batches
@@ -134,11 +144,12 @@ def run_beam_batches(phantom, sampler, n_photons: int, settings=None,
     def reduce(res) -> None:  # the engine's per-batch hook
         reduced.append(np.asarray(reducer(res.energy_per_primary_mev.reshape(shape) * MEV_TO_J / mass_kg)))
 
-    tally, run = run_batches(problem, progress=progress, on_batch=reduce if reducer is not None else None)
+    tally, run = run_batches(problem, progress=progress, on_batch=reduce if reducer is not None else None,
+                             target=target)
     seconds = float(run["seconds"])
     dose = tally.mean_mev().reshape(shape) * MEV_TO_J / mass_kg
     unc = tally.relative_uncertainty().reshape(shape)
-    return BeamRun(tally, dose, unc, reduced, tally.energy_balance(), seconds)
+    return BeamRun(tally, dose, unc, reduced, tally.energy_balance(), seconds, run.get("target"))
 
 
 # --------------------------------------------------------------------------- phantoms

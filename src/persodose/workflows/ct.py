@@ -10,7 +10,9 @@ Steps:
    (:data:`persodose.ct.trajectory.DEFAULT_N_START_ANGLES`).
 3. Patient phantom on a cubic dose grid (default 5 mm): HU resampled linearly, then density
    and materials (Schneider et al. 2000); couch and anything else in the CT included.
-4. Transport of the whole scan (:mod:`persodose.ct.dose`; kerma approximation at CT energies).
+4. Transport of the whole scan (:mod:`persodose.ct.dose`; kerma approximation at CT energies),
+   either all ``n_photons`` or, with a target uncertainty, until the target is met (median
+   voxel uncertainty above a fraction of the maximum dose, or an organ's mean dose).
 5. Absolute calibration on the simulated CTDI phantom of the scan type (320 mm body unless the
    bowtie is ``head``: 160 mm), to the header's mean CTDIvol or the user's.
 6. Organ doses (mass-weighted means over the labels, uncertainty from the batches) and the
@@ -121,7 +123,9 @@ def _organ_reducer(labels: np.ndarray, n_labels: int, mass_kg: np.ndarray):
 def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int, str] | None = None,
             scanner=None, overrides: Mapping[str, Any] | None = None, n_photons: int = DEFAULT_PHOTONS,
             dose_voxel_mm: float = 5.0, settings=None, ctdi_photons: int = DEFAULT_CTDI_PHOTONS,
-            ctdi_voxel_mm: float = 5.0, ctdi_diameter_mm: float | None = None, log=None) -> CTDoseResult:
+            ctdi_voxel_mm: float = 5.0, ctdi_diameter_mm: float | None = None, log=None,
+            target_uncertainty: float | str | None = None, target_above: float = 0.1,
+            target_region: str | None = None) -> CTDoseResult:
     """Whole-body dose of a CT scan, calibrated to CTDIvol (module docstring).
 
     Args:
@@ -138,9 +142,17 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
         ctdi_photons, ctdi_voxel_mm: the calibration run.
         ctdi_diameter_mm: CTDI phantom (default 160 mm for a head bowtie, else 320 mm).
         log: callable for progress lines.
+        target_uncertainty: stop the scan's transport at this relative uncertainty (``"2%"`` or
+            0.02; ``n_photons`` and ``settings.n_batches`` become the limit; the CTDI run
+            keeps its photons).
+        target_above: the voxel criterion's dose threshold, fraction of the maximum dose.
+        target_region: the criterion is this organ's mean-dose uncertainty (a label name).
 
     Returns:
-        :class:`CTDoseResult`.
+        :class:`CTDoseResult`; ``statistics["target"]`` says how a run with a target ended.
+
+    Warns:
+        persodose.mc.run.TargetNotMetWarning: the photons ran out before the target.
     """
     from persodose.mc.engine import MCSettings
 
@@ -152,12 +164,13 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
     acq, acq_warnings, scanner, positions = _acquisition_step(ct, info, overrides, scanner, log)
     t0 = time.perf_counter()
     phantom, ct_d, lab, label_names = _phantom_step(ct, labels, names, dose_voxel_mm)
+    target = _target(target_uncertainty, target_above, target_region, lab, label_names, settings)
     timings["phantom"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ctdi, cal = _calibration_step(acq, scanner, positions, settings, ctdi_photons, ctdi_voxel_mm, ctdi_diameter_mm, log)
     timings["ctdi calibration"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run, dose, unc = _transport_step(phantom, positions, lab, n_photons, settings, cal, log)
+    run, dose, unc = _transport_step(phantom, positions, lab, n_photons, settings, cal, log, target)
     timings["transport"] = time.perf_counter() - t0
     organs, eff = _organ_step(run, dose, cal, lab, label_names, phantom, scanner.spectrum(acq.kvp))
     timings["total"] = time.perf_counter() - t_all
@@ -170,9 +183,39 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
                  "n_start_angles": positions.n_start_angles,
                  "start_angle": f"averaged over {positions.n_start_angles} start angles (not recorded in DICOM)",
                  "transport": "coupled photon-electron; electrons range-rejected locally at CT energies "
-                              "(collision-kerma approximation)"}
+                              "(collision-kerma approximation)",
+                 "photon_estimator": settings.transport.photon_estimator,
+                 "n_photons_limit": int(n_photons), "n_batches_limit": int(settings.n_batches),
+                 "target": run.target}
     return CTDoseResult(dose, unc, ct_d, phantom.density, lab, label_names, organs, eff, acq, scanner, positions,
                         ctdi, cal, acq_warnings, stats_doc, phantom)
+
+
+def _target(value, above, region, lab, label_names, settings):
+    """The scan's :class:`~persodose.mc.tally.UncertaintyTarget` (None without a value).
+
+    Raises:
+        InputError: a bad value, a region without labels or not among them, too few batches.
+    """
+    from persodose.mc.tally import UncertaintyTarget
+
+    if value is None:
+        if region is not None:
+            raise InputError("a target region needs a target uncertainty")
+        return None
+    mask = None
+    if region is not None:
+        if lab is None:
+            raise InputError(f"target region {region!r} needs a label map (--labels)")
+        values = [k for k, v in label_names.items() if str(v) == str(region)]
+        if not values:
+            known = ", ".join(sorted(str(v) for v in label_names.values())) or "none"
+            raise InputError(f"target region {region!r} is not a label name (labels: {known})")
+        mask = np.isin(np.asarray(lab.array), values)
+    target = UncertaintyTarget(value, float(above), region, mask)
+    if int(settings.n_batches) < int(target.min_batches):
+        raise InputError(f"a target uncertainty needs at least {target.min_batches} batches, got {settings.n_batches}")
+    return target
 
 
 def _check_inputs(ct: Grid, n_photons: int, settings) -> None:
@@ -247,8 +290,9 @@ def _calibration_step(acq, scanner, positions, settings, ctdi_photons, ctdi_voxe
     return ctdi, cal
 
 
-def _transport_step(phantom, positions, lab, n_photons, settings, cal, log):
-    """Step 4: the whole scan (per-batch organ energies kept), the calibrated map in mGy."""
+def _transport_step(phantom, positions, lab, n_photons, settings, cal, log, target=None):
+    """Step 4: the whole scan (per-batch organ energies kept), the calibrated map in mGy;
+    with a ``target``, until it is met."""
     from persodose.ct.dose import ScanSampler, run_beam_batches
 
     reducer = None
@@ -256,9 +300,14 @@ def _transport_step(phantom, positions, lab, n_photons, settings, cal, log):
         reducer, _ = _organ_reducer(np.asarray(lab.array), int(lab.array.max()) + 1, phantom.mass_kg)
     from persodose.progress import progress
 
-    with progress(f"CT scan: {int(n_photons):.3g} photons") as update:
+    what = f"up to {int(n_photons):.3g} photons" if target is not None else f"{int(n_photons):.3g} photons"
+    with progress(f"CT scan: {what}") as update:
         run = run_beam_batches(phantom, ScanSampler(positions), int(n_photons), settings, reducer=reducer,
-                               progress=update)
+                               progress=update, target=target)
+    if run.target is not None and run.target["met"]:
+        from persodose.mc.tally import TargetOutcome
+
+        log(TargetOutcome(**run.target).summary("photons"))
     scale = cal.mgy_per_gy_per_simulated_photon
     air = np.asarray(phantom.density.array) < AIR_DENSITY_G_CM3
     dose = phantom.density.with_array(np.where(air, 0.0, run.dose_per_primary_gy * scale).astype(np.float32),

@@ -153,6 +153,8 @@ def run_internal(ct: Grid, time_points: Sequence[TimePoint], settings: InternalS
     t_all = time.perf_counter()
     with _timed(timings, "dose grid, density, materials"):
         grid = _dose_grid_step(ct, time_points, settings, labels, label_names)
+    for method in settings.methods:  # a target region must be a label: said before the long steps
+        _target_region_mask(method_settings(settings, method), grid["labels"], grid["names"])
     with _timed(timings, "registration"):
         activities, registration = _activities_step(ct, time_points, grid["ref"], settings)
     with _timed(timings, "time-integrated activity"):
@@ -257,6 +259,27 @@ def method_settings(settings: InternalSettings, method: str):
     return get_spec(method).make_settings(settings.method_options.get(method))
 
 
+def _target_region_mask(ms, labels: Grid | None, names: dict[int, str]) -> np.ndarray | None:
+    """The (z, y, x) mask of a method's ``target_region`` (a label name) on the dose grid, or None.
+
+    Raises:
+        InputError: a target region without labels, or not among them.
+    """
+    region = getattr(ms, "target_region", None)
+    if region is None:
+        return None
+    if labels is None:
+        raise InputError(f"target region {region!r} needs a label map (--labels)")
+    values = [k for k, v in names.items() if str(v) == str(region)]
+    if not values:
+        known = ", ".join(sorted(str(v) for v in names.values())) or "none"
+        raise InputError(f"target region {region!r} is not a label name (labels: {known})")
+    mask = np.isin(np.asarray(labels.array), values)
+    if not mask.any():
+        raise InputError(f"target region {region!r} holds no voxel on the dose grid")
+    return mask
+
+
 def _dose_step(result: InternalResult, method: str, log) -> None:
     """Dose (and dose rates, for linear methods) by one registered method, into ``result``."""
     from persodose.dose.registry import DoseInputs, get_spec
@@ -276,7 +299,15 @@ def _dose_step(result: InternalResult, method: str, log) -> None:
         log(f"  {method}: {spec.summary}")
     with warnings.catch_warnings(record=True) as caught, progress(f"dose by {method}") as update:
         warnings.simplefilter("always")
-        out = spec.run(DoseInputs(result.tia, progress=update, **base), ms)
+        inputs = DoseInputs(result.tia, progress=update, **base)
+        region = _target_region_mask(ms, result.labels, result.label_names)
+        if region is not None:  # the dose inputs carry no labels: the region's mask goes to the method itself
+            from persodose.dose.registry import MethodOutput
+
+            out = spec.function(inputs, ms, region_mask=region)
+            out = out if isinstance(out, MethodOutput) else MethodOutput(out)
+        else:
+            out = spec.run(inputs, ms)
         if s.dose_rate and spec.linear and not spec.stochastic:
             # activity in Bq is a TIA per second: the same linear operator gives Gy/s
             rates = [spec.run(DoseInputs(a.with_array(a.array, Kind.TIA), **base), ms).dose for a in result.activities]
