@@ -126,11 +126,13 @@ def test_kernel_with_a_selection_writes_it_into_the_table(cli, tmp_path):
 
 
 @pytest.mark.parametrize("option,value,words", [
-    ("--emissions", "beta,neutrino", ["'neutrino'", "beta, positron, gamma, xray, ic, auger, alpha"]),
+    ("--emissions", "beta,neutrino", ["--emissions beta,neutrino: ", "'neutrino'",
+                                      "beta, positron, gamma, xray, ic, auger, alpha"]),
     ("--emissions", "annihilation", ["positron"]),
-    ("--emissions", "positron", ["Lu-177 emits nothing of positron", "beta,gamma,xray,ic,auger"]),
+    ("--emissions", "positron", ["--emissions positron: Lu-177 emits nothing of positron",
+                                 "beta,gamma,xray,ic,auger"]),
     ("--emissions", ",", ["no emissions"]),
-    ("--photon-estimator", "kerma", ["analog", "tle"]),
+    ("--photon-estimator", "kerma", ["--photon-estimator kerma: ", "analog", "tle"]),
 ])
 def test_bad_selection_or_estimator_is_refused_before_any_input_is_read(cli, tmp_path, option, value, words):
     x = tmp_path / "x"

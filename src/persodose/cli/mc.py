@@ -39,12 +39,28 @@ def run_settings(nuclide: str, emissions: str, photon_estimator: str, **fields):
         InputError: an unknown emission or estimator, or a selection that emits nothing of the nuclide.
     """
     from persodose.mc import MCSettings, TransportSettings
+    from persodose.mc.settings import normalise_emissions
     from persodose.mc.sources import decay_tables
 
-    settings = MCSettings(transport=TransportSettings(photon_estimator=photon_estimator.strip().lower()),
-                          emissions=emissions, **fields)
+    from persodose.errors import InputError
+
+    try:
+        transport = TransportSettings(photon_estimator=photon_estimator.strip().lower())
+    except InputError as exc:
+        raise InputError(f"--photon-estimator {photon_estimator}: {exc}") from None
+    try:
+        chosen = normalise_emissions(emissions)
+    except InputError as exc:
+        raise InputError(f"--emissions {emissions}: {exc}") from None
+    settings = MCSettings(transport=transport, emissions=chosen, **fields)
     ts = settings.transport
-    return settings, decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev, settings.emissions)
+    decay = decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev)  # errors of the nuclide
+    if chosen is not None:
+        try:
+            decay = decay_tables(nuclide, ts.photon_cut_mev, ts.electron_cut_mev, ts.emax_mev, chosen)
+        except InputError as exc:  # the selection emits nothing of this nuclide
+            raise InputError(f"--emissions {emissions}: {exc}") from None
+    return settings, decay
 
 
 def emissions_record(decay) -> dict:
