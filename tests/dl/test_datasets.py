@@ -60,7 +60,8 @@ def test_round_trip_format(population, reference):
 
     assert (m["format"], m["kind"], m["seed"], m["physics_version"], m["complete"]) == \
         (FORMAT, "density-led", 7, PHYSICS_VERSION, True)
-    assert m["settings"] == {"patch_voxels": 8, "patches_per_patient": 3, "energy": "all", "min_density_g_cm3": 0.5}
+    assert m["settings"] == {"patch_voxels": 8, "patches_per_patient": 3, "energy": "all", "min_density_g_cm3": 0.5,
+                             "with_labels": True}
     assert "numpy" in m["software"] and "python" in m["software"]
     assert m["input_shape"] == [2, 8, 8, 8] and m["target_shape"] == [1, 8, 8, 8]
     assert [p["id"] for p in m["patients"]] == ["p1", "p2", "p3"]
@@ -88,6 +89,29 @@ def test_round_trip_format(population, reference):
         assert len(it) == len(x)
         for (xi, yi, meta), xj, yj in zip(it, x, y):
             assert np.array_equal(xi, xj) and np.array_equal(yi, yj) and "corner_zyx" in meta
+
+
+def test_shards_carry_the_truth_labels_of_each_patch(population, reference, tmp_path):
+    import nibabel as nib
+
+    from persodose.dl.datasets import read_shard_labels
+
+    ds = open_dataset(reference)
+    lab, names = ds.load_labels("train" if ds.count("train") else "test")
+    assert lab is not None and lab.dtype == np.uint16 and lab.shape[1:] == (8, 8, 8)
+    assert names[7] == "liver" and names[1] == "body"
+    entry = ds.patients[0]
+    shard_lab, _ = read_shard_labels(reference / entry["shard"])
+    _, _, metas, _ = read_shard(reference / entry["shard"])
+    full = np.asarray(nib.load(str(population / entry["id"] / "nifti" / "labels.nii.gz")).dataobj)
+    full = np.transpose(full, (2, 1, 0))  # NIfTI x, y, z -> z, y, x
+    for k, meta in enumerate(metas):
+        z, y, x = meta["corner_zyx"]
+        assert np.array_equal(shard_lab[k], full[z:z + 8, y:y + 8, x:x + 8])
+        assert "labels" not in meta
+    out = tmp_path / "nolab"
+    make_dataset("density-led", _dirs(population)[:1], out, {**SETTINGS, "with_labels": "false"}, seed=7)
+    assert open_dataset(out).load_labels("train" if open_dataset(out).count("train") else "test") == (None, {})
 
 
 def test_examples_are_density_tia_and_led_dose(population, reference):

@@ -64,6 +64,78 @@ def test_evaluate_writes_json_and_markdown(trained, tmp_path, capsys):
     assert result["channels"][0]["rmse"] == pytest.approx(mean_rmse)
 
 
+def test_structure_errors_by_hand():
+    from persodose.dl.evaluate import structure_errors, summarise_structures
+
+    lab = np.zeros((2, 2, 4), int)
+    lab[..., :2], lab[..., 2:] = 1, 40  # 8 voxels each
+    lab[0, 0, 3] = 0  # background is never a structure
+    target = np.where(lab == 1, 1.0, 2.0)
+    pred = np.where(lab == 1, 1.1, 1.5)
+    pred[0, 0, 3] = 99.0
+    rows = structure_errors(target, pred, lab, {1: "liver", 40: "lesion_liver_1"})
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"liver", "lesion_liver_1"}
+    assert by["liver"]["n_voxels"] == 8 and by["lesion_liver_1"]["n_voxels"] == 7
+    assert by["liver"]["re_percent"] == pytest.approx(10.0) and by["liver"]["rae_percent"] == pytest.approx(10.0)
+    assert by["lesion_liver_1"]["re_percent"] == pytest.approx(-25.0)
+    assert by["lesion_liver_1"]["lesion"] and not by["liver"]["lesion"]
+    assert [r["name"] for r in structure_errors(target, pred, lab, None, min_voxels=8)] == ["label_1"]
+    # two samples of the liver: RE +10 % and -30 % -> mean RE -10 %, mean RAE 20 %, largest 30 %
+    second = structure_errors(target, np.where(lab == 1, 0.7, 2.0), lab, {1: "liver", 40: "lesion_liver_1"})
+    table, summary = summarise_structures([{**r, "channel": 0} for r in rows + second])
+    liver = next(t for t in table if t["name"] == "liver")
+    assert (liver["n_samples"], liver["mean_re_percent"], liver["mean_rae_percent"], liver["max_rae_percent"]) == \
+        (2, pytest.approx(-10.0), pytest.approx(20.0), pytest.approx(30.0))
+    assert summary["0"]["organs"]["n_structures"] == 1 and summary["0"]["lesions"]["mean_rae_percent"] == \
+        pytest.approx(12.5)  # lesion: RAE 25 % and 0 %
+
+
+def test_segmentation_scores_by_hand():
+    from persodose.dl.evaluate import segmentation_scores, summarise_segmentation
+
+    ref = np.array([1, 1, 0, 0, 2, 2, 2, 2], float).reshape(2, 2, 2)
+    pred = np.array([1, 0, 1, 0, 2, 2, 2, 0.2], float).reshape(2, 2, 2)  # 0.2 rounds to background
+    rows = {r["name"]: r for r in segmentation_scores(ref, pred, {1: "liver", 2: "spleen"})}
+    assert set(rows) == {"liver", "spleen"}
+    liver, spleen = rows["liver"], rows["spleen"]
+    assert (liver["dice"], liver["jaccard"], liver["precision"], liver["recall"]) == \
+        (pytest.approx(0.5), pytest.approx(1 / 3), pytest.approx(0.5), pytest.approx(0.5))
+    assert (spleen["dice"], spleen["jaccard"], spleen["precision"], spleen["recall"]) == \
+        (pytest.approx(6 / 7), pytest.approx(0.75), pytest.approx(1.0), pytest.approx(0.75))
+    mean = summarise_segmentation([{**r, "channel": 0} for r in rows.values()] +
+                                  [{"channel": 0, "name": "liver", "dice": 1.0, "jaccard": 1.0, "precision": 1.0,
+                                    "recall": 1.0}])
+    assert next(m for m in mean if m["name"] == "liver")["dice"] == pytest.approx(0.75)
+
+
+def test_evaluate_adds_organ_and_lesion_metrics_when_the_data_has_labels(trained, tmp_path, capsys):
+    from persodose.dl.evaluate import predict
+    from persodose.dl.networks import build_network
+    from persodose.dl.train import open_data
+
+    _, weights = trained
+    data = make_dataset(tmp_path / "lab", labels=True)  # same samples as the training data, with labels
+    out = tmp_path / "m"
+    assert main(["evaluate", "residual-cnn3d", "--test", str(data), "--weights", str(weights), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    shown = capsys.readouterr().out
+    assert "## Organs and lesions" in shown and "| 0 | lesion_liver_1 | 4 |" in shown
+    result = json.loads((out / "metrics.json").read_text())
+    assert {t["name"] for t in result["structures"]} == {"liver", "lesion_liver_1"}
+    assert "segmentation" not in result  # a dose channel is not a label map
+    x, y, _ = open_data(data).load_split("test")
+    _, _, model = build_network("residual-cnn3d")
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    pred = predict(model, x, device="cpu")
+    res = [100 * (pred[i, 0, :, :, :3].mean() - y[i, 0, :, :, :3].mean()) / y[i, 0, :, :, :3].mean()
+           for i in range(y.shape[0])]
+    liver = next(t for t in result["structures"] if t["name"] == "liver")
+    assert liver["mean_re_percent"] == pytest.approx(float(np.mean(res)), rel=1e-4)
+    assert liver["mean_rae_percent"] == pytest.approx(float(np.mean(np.abs(res))), rel=1e-4)
+    assert result["structure_summary"]["0"]["lesions"]["n_structures"] == 1
+
+
 def test_score_of_a_perfect_and_a_biased_prediction():
     t = np.random.default_rng(1).random((5, 5, 5)) + 0.5
     perfect = score_sample(t, t)

@@ -26,8 +26,9 @@ SPLITS = ("train",) * 4 + ("val",) * 2 + ("test",) * 2
 
 
 def make_dataset(root: Path, kind: str = "density-led", splits=SPLITS, n: int = 2, shape=(6, 6, 6),
-                 in_channels: int = 2, out_channels: int = 1, seed: int = 0) -> Path:
-    """A tiny dataset: density and activity in, a smoothed activity / density 'dose' out."""
+                 in_channels: int = 2, out_channels: int = 1, seed: int = 0, labels: bool = False) -> Path:
+    """A tiny dataset: density and activity in, a smoothed activity / density 'dose' out; with
+    ``labels`` each sample also carries a label map (x < 3: 'liver', else 'lesion_liver_1')."""
     from scipy import ndimage
 
     root.mkdir(parents=True, exist_ok=True)
@@ -43,6 +44,11 @@ def make_dataset(root: Path, kind: str = "density-led", splits=SPLITS, n: int = 
         with h5py.File(root / name, "w") as f:
             f["inputs"] = x
             f["targets"] = y
+            if labels:
+                lab = np.ones((n,) + tuple(shape), np.uint16) * 7
+                lab[..., shape[2] // 2:] = 40
+                f["labels"] = lab
+                f.attrs["label_names_json"] = json.dumps({"7": "liver", "40": "lesion_liver_1"})
         patients.append({"id": f"p{i:03d}", "seed": seed + i, "split": split, "shard": name, "n": n,
                          "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest()})
     manifest = {"format": "persodose-dataset/1", "kind": kind, "settings": {}, "seed": seed, "patients": patients,

@@ -33,6 +33,10 @@ On-disk format ``persodose-dataset/1`` (a directory):
   level 4 with the shuffle filter, no timestamps (``track_times=False``), so that the same
   arrays give the same bytes; attributes ``patient_id``, ``patient_seed`` (-1: none),
   ``example_seed``, ``split`` and ``meta_json`` (the examples' meta dicts as JSON).
+  Optionally (a kind whose examples' meta carry ``"labels"``, a (D, H, W) integer array,
+  and ``"label_names"``, ``{value: name}``) a dataset ``labels`` (N, D, H, W) uint16 and the
+  attribute ``label_names_json``: the truth label map of every example, which
+  ``persodose evaluate`` uses for organ-, lesion- and segmentation-level metrics.
 
 Splits are by patient, never by patch. The split of a patient is, in this order: the
 ``"split"`` of its ``manifest.json``; the ``"split"`` its population gives it (the
@@ -79,7 +83,7 @@ __all__ = [
     "FORMAT", "SPLITS", "PATIENT_IMAGES", "DatasetKind", "PatientSource", "PatientData", "Dataset",
     "KINDS", "register_kind", "get_kind", "available_kinds", "read_patient_source", "load_patient",
     "find_patients", "assign_split", "patient_seeds", "make_dataset", "open_dataset", "read_shard",
-    "write_shard", "shard_name",
+    "write_shard", "shard_name", "read_shard_labels",
 ]
 
 #: The format (and version) written in every dataset's ``manifest.json``.
@@ -344,10 +348,12 @@ def _check_examples(examples: list, who: str) -> tuple[np.ndarray, np.ndarray, l
     return np.stack(ins), np.stack(tgs), metas
 
 
-def write_shard(path: str | os.PathLike, inputs: np.ndarray, targets: np.ndarray, attrs: dict) -> str:
+def write_shard(path: str | os.PathLike, inputs: np.ndarray, targets: np.ndarray, attrs: dict,
+                labels: np.ndarray | None = None) -> str:
     """Write one shard atomically (temporary name, then rename); returns its SHA-256.
 
     The bytes depend only on the arrays and ``attrs``: no timestamps, fixed chunking and filters.
+    ``labels`` (N, D, H, W), if given, is stored as uint16 dataset ``labels``.
     """
     h5py = _h5py()
     path = Path(path)
@@ -359,6 +365,10 @@ def write_shard(path: str | os.PathLike, inputs: np.ndarray, targets: np.ndarray
             for name, arr in (("inputs", inputs), ("targets", targets)):
                 f.create_dataset(name, data=np.ascontiguousarray(arr, dtype=np.float32),
                                  chunks=(1,) + tuple(arr.shape[1:]), compression="gzip",
+                                 compression_opts=_GZIP_LEVEL, shuffle=True, track_times=False)
+            if labels is not None:
+                lab = np.ascontiguousarray(labels, dtype=np.uint16)
+                f.create_dataset("labels", data=lab, chunks=(1,) + tuple(lab.shape[1:]), compression="gzip",
                                  compression_opts=_GZIP_LEVEL, shuffle=True, track_times=False)
         digest = sha256_file(tmp)
         os.replace(tmp, path)
@@ -385,17 +395,56 @@ def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[di
     return x, y, metas, attrs
 
 
+def read_shard_labels(path: str | os.PathLike) -> tuple[np.ndarray | None, dict[int, str]]:
+    """``(labels (N, D, H, W) or None, {value: name})`` of one shard (``None``: it has no labels)."""
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            if "labels" not in f:
+                return None, {}
+            lab = f["labels"][...]
+            raw = f.attrs.get("label_names_json", "{}")
+    except (OSError, KeyError) as exc:
+        raise InputError(f"dataset shard {path} is missing or corrupt ({' '.join(str(exc).split())})") from None
+    names = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    return lab, {int(k): str(v) for k, v in names.items()}
+
+
+def _split_labels(metas: list[dict], who: str) -> tuple[np.ndarray | None, dict]:
+    """Take the examples' ``labels`` arrays and ``label_names`` out of their meta dicts."""
+    have = ["labels" in m for m in metas]
+    if not any(have):
+        return None, {}
+    if not all(have):
+        raise InputError(f"{who}: some examples carry labels and some do not")
+    labs = [np.asarray(m.pop("labels")) for m in metas]
+    names: dict = {}
+    for m in metas:
+        names.update({str(int(k)): str(v) for k, v in (m.pop("label_names", None) or {}).items()})
+    if any(lab.shape != labs[0].shape or lab.dtype.kind not in "iub" for lab in labs):
+        raise InputError(f"{who}: example labels must be integer arrays of one shape")
+    if min(int(lab.min(initial=0)) for lab in labs) < 0 or max(int(lab.max(initial=0)) for lab in labs) > 65535:
+        raise InputError(f"{who}: example labels must lie in 0..65535")
+    return np.stack(labs), names
+
+
 def _make_shard(kind: DatasetKind, settings: Any, source: PatientSource, index: int, example_seed: int,
                 split: str, out_dir: str) -> dict:
     """Make and write one patient's shard (runs in-process or on a Dask worker); its entry."""
     patient = load_patient(source, kind.needs)
     examples = kind.make_examples(patient, settings, example_seed)
-    x, y, metas = _check_examples(list(examples), f"dataset kind {kind.name!r}, patient {source.id}")
+    who = f"dataset kind {kind.name!r}, patient {source.id}"
+    x, y, metas = _check_examples(list(examples), who)
+    labels, label_names = _split_labels(metas, who)
+    if labels is not None and labels.shape[1:] != x.shape[2:]:
+        raise InputError(f"{who}: labels of shape {labels.shape[1:]} for examples of {x.shape[2:]}")
     attrs = {"patient_id": source.id, "patient_seed": -1 if source.seed is None else int(source.seed),
              "example_seed": int(example_seed), "split": split,
              "meta_json": json.dumps(_jsonable(metas), sort_keys=True)}
+    if labels is not None:
+        attrs["label_names_json"] = json.dumps(dict(sorted(label_names.items(), key=lambda kv: int(kv[0]))))
     name = shard_name(index)
-    digest = write_shard(Path(out_dir) / name, x, y, attrs)
+    digest = write_shard(Path(out_dir) / name, x, y, attrs, labels)
     return {"id": source.id, "seed": source.seed, "split": split, "shard": name, "n": int(x.shape[0]),
             "sha256": digest, "example_seed": int(example_seed), "index": int(index), "source": str(source.folder),
             "_shapes": (list(x.shape[1:]), list(y.shape[1:]))}
@@ -659,6 +708,32 @@ class Dataset:
         if not xs:
             return (np.zeros((0,) + self.input_shape, np.float32), np.zeros((0,) + self.target_shape, np.float32))
         return np.concatenate(xs), np.concatenate(ys)
+
+    def metas(self, name: str) -> list[dict]:
+        """The meta dicts of the examples of split ``name``, in order (shard attributes only)."""
+        h5py = _h5py()
+        out: list[dict] = []
+        for path in self.split(name):
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("meta_json", "[]")
+                n = int(f["inputs"].shape[0])
+            metas = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+            out.extend(metas[i] if i < len(metas) else {} for i in range(n))
+        return out
+
+    def load_labels(self, name: str) -> tuple[np.ndarray | None, dict[int, str]]:
+        """``(labels (N, D, H, W) uint16, {value: name})`` of split ``name``, or ``(None, {})`` when
+        its shards carry no labels (all of them must, or none)."""
+        labs, names = [], {}
+        for path in self.split(name):
+            lab, nm = read_shard_labels(path)
+            if lab is None:
+                if labs:
+                    raise InputError(f"dataset {self.path}: shard {path.name} has no labels, others have")
+                return None, {}
+            labs.append(lab)
+            names.update(nm)
+        return (np.concatenate(labs), names) if labs else (None, {})
 
 
 def _check_entry(root: Path, entry: dict, manifest: dict, verify: bool) -> None:

@@ -4,10 +4,24 @@
 target, channel by channel, with the voxel metrics of :mod:`persodose.metrics.voxel` (MAE,
 ME, MRAE %, RMSE, NRMSE, SSIM, PSNR; definitions and sources there: SINFONIA D2.2 and
 DblurDoseNet, Li et al. 2022). This module only adapts arrays to those functions and
-averages over the samples; organ metrics come with the real networks.
+averages over the samples.
+
+When the test shards carry the truth label map of each sample (``labels``, see
+:mod:`persodose.dl.datasets`), two more groups of metrics are added:
+
+* organ and lesion level, per target channel: the mean of the target and of the prediction
+  over each labelled structure of a sample, ``RE = 100 (mean_pred - mean_ref) / mean_ref`` %
+  and ``RAE = |RE|`` % (SINFONIA D2.2, "Organ-level dose evaluation"; computed by
+  :func:`persodose.metrics.compare.organ_errors`), averaged per structure over the samples
+  where it has at least ``min_voxels`` voxels; structures named ``lesion_...`` are lesions,
+  summarised apart from the organs (mean RE, mean and largest RAE);
+* segmentation, for target channels that are label maps (named ``labels``, ``label_map`` or
+  ``segmentation``): the prediction rounded to whole labels against the target, Dice,
+  Jaccard, precision and recall per label (:func:`persodose.metrics.segmentation.label_overlap`),
+  averaged over the samples.
 
 Outputs (:func:`write_evaluation`): ``metrics.json`` (summary, per-sample scores, weights and
-data provenance) and ``metrics.md`` (a markdown table).
+data provenance) and ``metrics.md`` (markdown tables).
 """
 
 from __future__ import annotations
@@ -24,7 +38,8 @@ import numpy as np
 from persodose.errors import InputError
 
 __all__ = ["VoxelScores", "EvaluationResult", "score_sample", "summarise", "predict", "evaluate",
-           "write_evaluation", "markdown_table"]
+           "write_evaluation", "markdown_table", "structure_errors", "summarise_structures",
+           "segmentation_scores", "summarise_segmentation", "SEGMENTATION_CHANNELS"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,12 @@ class EvaluationResult:
         channels: per target channel, the mean :class:`VoxelScores` over the samples.
         per_sample: one row per sample and channel (``patient``, ``sample``, ``channel`` and the scores).
         provenance: weights file, checksum, data manifest.
+        structures: per channel and structure, the organ/lesion summary rows of
+            :func:`summarise_structures` (empty without labels).
+        structure_summary: per channel, ``{"organs": {...}, "lesions": {...}}`` over structures.
+        structures_per_sample: the rows of :func:`structure_errors` of every sample.
+        segmentation: per segmentation channel and label, the mean overlap scores.
+        segmentation_per_sample: their per-sample rows.
     """
 
     network: str
@@ -107,11 +128,137 @@ class EvaluationResult:
     channels: list[VoxelScores]
     per_sample: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    structures: list[dict] = field(default_factory=list)
+    structure_summary: dict = field(default_factory=dict)
+    structures_per_sample: list[dict] = field(default_factory=list)
+    segmentation: list[dict] = field(default_factory=list)
+    segmentation_per_sample: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"network": self.network, "kind": self.kind, "n_samples": self.n_samples,
-                "channels": [dataclasses.asdict(c) for c in self.channels], "per_sample": self.per_sample,
-                "provenance": self.provenance}
+        out = {"network": self.network, "kind": self.kind, "n_samples": self.n_samples,
+               "channels": [dataclasses.asdict(c) for c in self.channels], "per_sample": self.per_sample,
+               "provenance": self.provenance}
+        if self.structures:
+            out.update(structures=self.structures, structure_summary=self.structure_summary,
+                       structures_per_sample=self.structures_per_sample)
+        if self.segmentation:
+            out.update(segmentation=self.segmentation, segmentation_per_sample=self.segmentation_per_sample)
+        return out
+
+
+#: Names of target channels that hold label maps (scored by overlap, not only voxel error).
+SEGMENTATION_CHANNELS = ("labels", "label_map", "segmentation")
+
+
+def _grid(array: np.ndarray, spacing_zyx_mm, kind) -> "Any":
+    from persodose.grid import Grid
+
+    return Grid(np.asarray(array), tuple(float(q) for q in spacing_zyx_mm), (0.0, 0.0, 0.0), np.eye(3), kind)
+
+
+def structure_errors(target: np.ndarray, prediction: np.ndarray, labels: np.ndarray,
+                     names: dict[int, str] | None = None, spacing_zyx_mm=(1.0, 1.0, 1.0),
+                     min_voxels: int = 1) -> list[dict]:
+    """Per-structure mean of target and prediction, RE % and RAE % of one ``(D, H, W)`` sample.
+
+    A thin adapter to :func:`persodose.metrics.compare.organ_errors` (SINFONIA D2.2 organ
+    dose = mean voxel value in the organ). Structures with fewer than ``min_voxels`` voxels
+    in the sample are left out; RE is NaN where the target mean is 0.
+
+    Returns:
+        rows ``{"name", "label", "n_voxels", "reference_mean", "test_mean", "re_percent",
+        "rae_percent", "lesion"}``.
+    """
+    from persodose.grid import Kind
+    from persodose.metrics.compare import organ_errors
+
+    lab = _grid(np.asarray(labels).astype(np.int64), spacing_zyx_mm, Kind.LABELS)
+    ref, test = _grid(target, spacing_zyx_mm, Kind.SCALAR), _grid(prediction, spacing_zyx_mm, Kind.SCALAR)
+    present = {int(v) for v in np.unique(lab.array)} - {0}
+    nm = {v: (names or {}).get(v, f"label_{v}") for v in sorted(present)}
+    rows = []
+    for r in organ_errors(ref, test, lab, nm, percents=()):
+        if r["n_voxels"] < min_voxels:
+            continue
+        rm = next(v for k, v in r.items() if k.startswith("reference_mean_"))
+        tm = next(v for k, v in r.items() if k.startswith("test_mean_"))
+        rows.append({"name": r["name"], "label": int(r["label"]), "n_voxels": int(r["n_voxels"]),
+                     "reference_mean": rm, "test_mean": tm, "re_percent": r["re_percent"],
+                     "rae_percent": r["rae_percent"], "lesion": str(r["name"]).startswith("lesion_")})
+    return rows
+
+
+def _nanmean(vals) -> float:
+    a = np.asarray([v for v in vals if v is not None], dtype=float)
+    a = a[~np.isnan(a)]
+    return float(np.mean(a)) if a.size else math.nan
+
+
+def _nanmax(vals) -> float:
+    a = np.asarray([v for v in vals if v is not None], dtype=float)
+    a = a[~np.isnan(a)]
+    return float(np.max(a)) if a.size else math.nan
+
+
+def summarise_structures(rows: list[dict]) -> tuple[list[dict], dict]:
+    """Per (channel, structure) means over samples, and per channel the organ and lesion summaries.
+
+    ``rows`` are :func:`structure_errors` rows with a ``channel`` key. Summary rows:
+    ``{"channel", "name", "lesion", "n_samples", "mean_re_percent", "mean_rae_percent",
+    "max_rae_percent"}``; the summary of a group is the mean over its structures of their mean
+    RE and RAE, and the largest RAE of any sample (``n_structures`` structures).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((int(r.get("channel", 0)), r["name"]), []).append(r)
+    table = []
+    for (c, name), rs in sorted(groups.items()):
+        table.append({"channel": c, "name": name, "lesion": bool(rs[0]["lesion"]), "n_samples": len(rs),
+                      "mean_re_percent": _nanmean(r["re_percent"] for r in rs),
+                      "mean_rae_percent": _nanmean(r["rae_percent"] for r in rs),
+                      "max_rae_percent": _nanmax(r["rae_percent"] for r in rs)})
+    summary: dict = {}
+    for c in sorted({t["channel"] for t in table}):
+        summary[str(c)] = {}
+        for group, is_lesion in (("organs", False), ("lesions", True)):
+            ts = [t for t in table if t["channel"] == c and t["lesion"] == is_lesion]
+            summary[str(c)][group] = {"n_structures": len(ts),
+                                      "mean_re_percent": _nanmean(t["mean_re_percent"] for t in ts),
+                                      "mean_rae_percent": _nanmean(t["mean_rae_percent"] for t in ts),
+                                      "max_rae_percent": _nanmax(t["max_rae_percent"] for t in ts)}
+    return table, summary
+
+
+def segmentation_scores(target_labels: np.ndarray, predicted: np.ndarray, names: dict[int, str] | None = None,
+                        spacing_zyx_mm=(1.0, 1.0, 1.0)) -> list[dict]:
+    """Dice, Jaccard, precision and recall per label of one sample (the prediction rounded to
+    whole non-negative labels), via :func:`persodose.metrics.segmentation.label_overlap`.
+
+    Returns:
+        rows ``{"name", "dice", "jaccard", "precision", "recall", "reference_volume_ml",
+        "test_volume_ml"}`` for every label in either map.
+    """
+    from persodose.grid import Kind
+    from persodose.metrics.segmentation import label_overlap
+
+    ref = np.rint(np.asarray(target_labels, dtype=float)).astype(np.int64)
+    pred = np.clip(np.rint(np.nan_to_num(np.asarray(predicted, dtype=float))), 0, 65535).astype(np.int64)
+    values = (set(np.unique(ref).tolist()) | set(np.unique(pred).tolist())) - {0}
+    nm = {int(v): (names or {}).get(int(v), f"label_{int(v)}") for v in sorted(values)}
+    scores = label_overlap(_grid(pred, spacing_zyx_mm, Kind.LABELS), _grid(ref, spacing_zyx_mm, Kind.LABELS), nm, nm)
+    return [{"name": n, "dice": s.dice, "jaccard": s.jaccard, "precision": s.precision, "recall": s.recall,
+             "reference_volume_ml": s.reference_volume_ml, "test_volume_ml": s.test_volume_ml}
+            for n, s in scores.items()]
+
+
+def summarise_segmentation(rows: list[dict]) -> list[dict]:
+    """Mean Dice, Jaccard, precision and recall per (channel, label) over samples (NaN left out)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((int(r.get("channel", 0)), r["name"]), []).append(r)
+    return [{"channel": c, "name": n, "n_samples": len(rs),
+             **{k: _nanmean(r[k] for r in rs) for k in ("dice", "jaccard", "precision", "recall")}}
+            for (c, n), rs in sorted(groups.items())]
 
 
 def predict(model, inputs: np.ndarray, batch_size: int = 2, device: str = "cpu", channels_last: bool = False
@@ -172,9 +319,37 @@ def _load_model(network: str, weights: str | Path, expected_sha256: str | None, 
     return spec, model, loaded, side
 
 
+def _label_metrics(data, targets: np.ndarray, preds: np.ndarray, ids: list, min_voxels: int) -> dict:
+    """Organ/lesion and segmentation results of the test split when its shards carry labels."""
+    labels, names = data.opened.load_labels("test")
+    if labels is None:
+        return {}
+    if labels.shape[0] != targets.shape[0] or labels.shape[1:] != targets.shape[2:]:
+        raise InputError(f"dataset {data.path}: test labels of shape {labels.shape} for targets {targets.shape}")
+    metas = data.opened.metas("test")
+    channels = list((data.opened.manifest.get("channels") or {}).get("targets") or [])
+    seg = {c for c, n in enumerate(channels) if str(n).lower() in SEGMENTATION_CHANNELS}
+    rows, seg_rows = [], []
+    for i in range(targets.shape[0]):
+        spacing = (metas[i] if i < len(metas) else {}).get("spacing_zyx_mm") or (1.0, 1.0, 1.0)
+        for c in range(targets.shape[1]):
+            if c in seg:
+                for r in segmentation_scores(targets[i, c], preds[i, c], names, spacing):
+                    seg_rows.append({"patient": ids[i], "sample": i, "channel": c, **r})
+                continue
+            for r in structure_errors(targets[i, c], preds[i, c], labels[i], names, spacing, min_voxels):
+                rows.append({"patient": ids[i], "sample": i, "channel": c, **r})
+    table, summary = summarise_structures(rows)
+    return {"structures": table, "structure_summary": summary, "structures_per_sample": rows,
+            "segmentation": summarise_segmentation(seg_rows), "segmentation_per_sample": seg_rows}
+
+
 def evaluate(network: str, test_dir: str | Path, weights: str | Path, *, expected_sha256: str | None = None,
-             device: str = "auto", batch_size: int = 2) -> EvaluationResult:
+             device: str = "auto", batch_size: int = 2, min_voxels: int = 1) -> EvaluationResult:
     """Run ``network`` with ``weights`` on the ``test`` split of ``test_dir`` and score it.
+
+    ``min_voxels``: a structure enters the organ/lesion metrics of a sample only with at least
+    this many voxels in it (labelled datasets only).
 
     Raises:
         InputError: unknown network, data of another kind or shape, no test split, a missing
@@ -196,7 +371,7 @@ def evaluate(network: str, test_dir: str | Path, weights: str | Path, *, expecte
             rows.append({"patient": ids[i], "sample": i, "channel": c, **dataclasses.asdict(s)})
     prov = {**loaded.provenance(), "data": data.describe()}
     return EvaluationResult(spec.name, data.kind, int(targets.shape[0]), [summarise(p) for p in per_channel],
-                            rows, prov)
+                            rows, prov, **_label_metrics(data, targets, preds, ids, int(min_voxels)))
 
 
 def _fmt(v: float) -> str:
@@ -211,7 +386,37 @@ def markdown_table(result: EvaluationResult) -> str:
             for c, s in enumerate(result.channels)]
     intro = (f"# {result.network} on the test split ({result.kind}, {result.n_samples} samples)\n\n"
              "Means over the samples; errors are prediction minus target, in the target's unit.\n\n")
-    return intro + "\n".join([head, sep, *rows]) + "\n"
+    return intro + "\n".join([head, sep, *rows]) + "\n" + _structure_tables(result) + _segmentation_table(result)
+
+
+def _structure_tables(result: EvaluationResult) -> str:
+    """Organ and lesion tables (mean RE and RAE of the structure mean over samples) and summaries."""
+    if not result.structures:
+        return ""
+    out = ["", "## Organs and lesions", "",
+           "Mean over a structure's voxels in each sample; RE = 100 (prediction - target) / target, RAE = |RE|; "
+           "means over the samples that hold the structure.", ""]
+    for c, groups in result.structure_summary.items():
+        for g in ("organs", "lesions"):
+            s = groups[g]
+            out.append(f"- channel {c}, {g}: {s['n_structures']} structures, mean RE {_fmt(s['mean_re_percent'])} %, "
+                       f"mean RAE {_fmt(s['mean_rae_percent'])} %, largest RAE {_fmt(s['max_rae_percent'])} %")
+    out += ["", "| channel | structure | samples | mean RE (%) | mean RAE (%) | max RAE (%) |", "|---|---|---|---|---|---|"]
+    for t in sorted(result.structures, key=lambda t: (t["channel"], t["lesion"], t["name"])):
+        out.append(f"| {t['channel']} | {t['name']} | {t['n_samples']} | {_fmt(t['mean_re_percent'])} | "
+                   f"{_fmt(t['mean_rae_percent'])} | {_fmt(t['max_rae_percent'])} |")
+    return "\n".join(out) + "\n"
+
+
+def _segmentation_table(result: EvaluationResult) -> str:
+    if not result.segmentation:
+        return ""
+    out = ["", "## Segmentation", "", "| channel | label | samples | Dice | Jaccard | precision | recall |",
+           "|---|---|---|---|---|---|---|"]
+    for t in result.segmentation:
+        out.append(f"| {t['channel']} | {t['name']} | {t['n_samples']} | {_fmt(t['dice'])} | {_fmt(t['jaccard'])} | "
+                   f"{_fmt(t['precision'])} | {_fmt(t['recall'])} |")
+    return "\n".join(out) + "\n"
 
 
 def _json_safe(obj):

@@ -13,7 +13,9 @@ each patient (a folder written by :func:`persodose.phantoms.write_virtual_patien
 
 Inputs have two channels, density (g/cm3) and TIA (Bq s per voxel): the LED dose is
 ``TIA * E / (rho * V)``, so a network can learn it from these two. The target is one
-channel, the LED dose (Gy).
+channel, the LED dose (Gy). With ``with_labels`` (the default) each patch also carries the
+patient's truth label map (``nifti/labels.nii.gz``) and its names, stored in the shard for
+the organ- and lesion-level metrics of ``persodose evaluate``.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ class DensityLEDSettings:
         energy: LED variant, ``"all"`` or ``"electron"`` (:class:`persodose.dose.led.LEDSettings`).
         min_density_g_cm3: patch centres are drawn among voxels at least this dense, g/cm3
             (0.5 keeps them inside the body, lungs excluded).
+        with_labels: store the truth label patch with each example.
     """
 
     patch_voxels: int = 16
     patches_per_patient: int = 8
     energy: str = "all"
     min_density_g_cm3: float = 0.5
+    with_labels: bool = True
 
     def __post_init__(self) -> None:
         if not 2 <= self.patch_voxels <= 256:
@@ -68,7 +72,7 @@ def _corners(rho: np.ndarray, p: int, k: int, min_density: float, rng: np.random
     return np.clip(pick - p // 2, 0, shape - p)
 
 
-@register_kind("density-led", settings=DensityLEDSettings, needs=("ct_nifti", "truth_tia"),
+@register_kind("density-led", settings=DensityLEDSettings, needs=("ct_nifti", "truth_tia", "labels"),
                input_channels=("density_g_cm3", "tia_bq_s"), target_channels=("dose_gy",),
                summary="patches of density and TIA -> local-energy-deposition dose (the example kind)")
 def make_density_led_examples(patient: PatientData, settings: DensityLEDSettings, seed: int) -> list:
@@ -89,11 +93,19 @@ def make_density_led_examples(patient: PatientData, settings: DensityLEDSettings
     a = np.asarray(tia.array, np.float32)
     d = np.asarray(dose.array, np.float32)
     p = settings.patch_voxels
+    lab, names = None, {}
+    if settings.with_labels:
+        labels = patient["labels"]
+        labels.require_same_geometry(ct, f"{who}: labels and CT")
+        lab = np.asarray(labels.array)
+        names = {int(k): str(v) for k, v in (patient.manifest.get("label_names") or {}).items()}
     rng = np.random.default_rng(seed)
     out = []
     for z, y, x in _corners(rho, p, settings.patches_per_patient, settings.min_density_g_cm3, rng, who):
         sl = (slice(z, z + p), slice(y, y + p), slice(x, x + p))
-        out.append((np.stack([rho[sl], a[sl]]), d[sl][None],
-                    {"corner_zyx": [int(z), int(y), int(x)], "spacing_zyx_mm": list(ct.spacing_zyx_mm),
-                     "nuclide": nuclide}))
+        meta = {"corner_zyx": [int(z), int(y), int(x)], "spacing_zyx_mm": list(ct.spacing_zyx_mm), "nuclide": nuclide}
+        if lab is not None:
+            meta["labels"] = lab[sl].astype(np.uint16)
+            meta["label_names"] = names
+        out.append((np.stack([rho[sl], a[sl]]), d[sl][None], meta))
     return out
