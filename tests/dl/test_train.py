@@ -112,6 +112,51 @@ def test_resumed_training_equals_uninterrupted_run(data, tmp_path, capsys):
     assert torch.equal(ck_full["rng"]["loader"], ck_killed["rng"]["loader"])
 
 
+def test_streamed_training_equals_training_in_memory(data, tmp_path):
+    """--memory-budget-mb 0 streams the samples from the shards: the same bits as in memory,
+    and a streamed run killed after epoch 1 resumes (in memory) to the same result."""
+    mem, streamed, mixed = tmp_path / "mem" / "w.pt", tmp_path / "str" / "w.pt", tmp_path / "mix" / "w.pt"
+    assert _train(data, mem, "--epochs", "3") == 0
+    assert _train(data, streamed, "--epochs", "3", "--memory-budget-mb", "0") == 0
+    assert _train(data, mixed, "--epochs", "1", "--memory-budget-mb", "0") == 0
+    assert _train(data, mixed, "--epochs", "3", "--resume", "--memory-budget-mb", "4096") == 0
+    ref = torch.load(mem, weights_only=True)
+    for other in (streamed, mixed):
+        got = torch.load(other, weights_only=True)
+        assert all(torch.equal(ref[k], got[k]) for k in ref), other
+        assert json.loads(Path(f"{other}.json").read_text())["history"] == \
+            json.loads(Path(f"{mem}.json").read_text())["history"]
+
+
+def test_shard_samples_read_what_load_split_reads(data):
+    from persodose.dl.datasets import ShardSamples
+
+    ds = open_data(data)
+    x, y, _ = ds.load_split("train")
+    src = ShardSamples(ds.opened, "train")
+    assert len(src) == x.shape[0] and src.nbytes == x.nbytes + y.nbytes
+    src.MAX_OPEN = 1  # reopen shards as they are visited
+    for i in (3, 0, 5, 1):
+        xi, yi = src[i]
+        assert np.array_equal(xi, x[i]) and np.array_equal(yi, y[i])
+    assert np.array_equal(np.concatenate([a for a, _ in src.iter_shards()]), x)
+    with pytest.raises(IndexError):
+        src[len(src)]
+    src.close()
+
+
+def test_training_reports_its_progress(data, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="persodose"):
+        train("residual-cnn3d", data, tmp_path / "w.pt", TrainSettings(epochs=2, seed=3, threads=1, device="cpu"))
+    lines = [r.getMessage() for r in caplog.records]
+    steps = 2 * (open_data(data).opened.count("train") // 2)  # 2 epochs of batches of 2 (a last 1 dropped)
+    assert any(m.startswith("training residual-cnn3d (in memory): ") and m.endswith(" steps, ETA 0 s")
+               and m.split(": ")[1].startswith(f"{steps}/{steps}") for m in lines), lines
+    assert any(m.startswith("epoch 2/2: train loss") for m in lines)
+
+
 def test_outputs_sidecar_and_curves(data, tmp_path):
     out = tmp_path / "w.pt"
     assert _train(data, out, "--epochs", "2", "--patience", "5", "--plateau-factor", "0.5") == 0

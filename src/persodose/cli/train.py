@@ -42,6 +42,8 @@ def train(
     plateau_patience: Optional[int] = typer.Option(None, "--plateau-patience", callback=count(0, 100000), help="Epochs of plateau before reducing (default 2)."),
     threads: Optional[int] = typer.Option(None, "--threads", callback=count(1, 4096), help="CPU threads of torch during the run (fix it for bitwise resumes)."),
     network_option: Optional[List[str]] = typer.Option(None, "--network-option", help="Network setting SETTING=VALUE (repeat)."),
+    memory_budget_mb: Optional[float] = typer.Option(None, "--memory-budget-mb",
+                                                     help="Stream the data from the shards when the train and val splits exceed this many MB (default 2048; 0: always). Same result either way."),
 ) -> None:
     """Train NETWORK on --data and write the weights --out (Adam, the network's loss, early stopping)."""
     from persodose.dl.train import TrainSettings, checkpoint_settings, output_paths
@@ -55,7 +57,8 @@ def train(
     check_output_paths(inputs={"--data": data}, output_files={"--out": [side["weights"], side["sidecar"], side["csv"],
                                                                         side["png"]]})
     given = {"batch_size": batch_size, "lr": lr, "seed": seed, "patience": patience,
-             "plateau_factor": plateau_factor, "plateau_patience": plateau_patience, "threads": threads}
+             "plateau_factor": plateau_factor, "plateau_patience": plateau_patience, "threads": threads,
+             "memory_budget_mb": memory_budget_mb}
     given = {k: v for k, v in given.items() if v is not None}
     ck = checkpoint if checkpoint is not None else output_paths(out)["checkpoint"]
     base = checkpoint_settings(ck) if resume else {}

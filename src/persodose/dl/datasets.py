@@ -83,7 +83,7 @@ __all__ = [
     "FORMAT", "SPLITS", "PATIENT_IMAGES", "DatasetKind", "PatientSource", "PatientData", "Dataset",
     "KINDS", "register_kind", "get_kind", "available_kinds", "read_patient_source", "load_patient",
     "find_patients", "assign_split", "patient_seeds", "make_dataset", "open_dataset", "read_shard",
-    "write_shard", "shard_name", "read_shard_labels",
+    "write_shard", "shard_name", "read_shard_labels", "ShardSamples",
 ]
 
 #: The format (and version) written in every dataset's ``manifest.json``.
@@ -734,6 +734,70 @@ class Dataset:
             labs.append(lab)
             names.update(nm)
         return (np.concatenate(labs), names) if labs else (None, {})
+
+
+class ShardSamples:
+    """The examples of one split, read from the shards on demand: a map-style sample source for
+    ``torch.utils.data.DataLoader`` (``len``, ``[i] -> (inputs, targets)``) that never holds
+    the split in memory.
+
+    Each example is one HDF5 chunk (see the format), so reading example ``i`` decompresses
+    only it; at most :attr:`MAX_OPEN` shard files are kept open. The values are those of
+    :meth:`Dataset.load_split`, so training on it gives the same bits as training in memory.
+    """
+
+    MAX_OPEN = 16
+
+    def __init__(self, dataset: "Dataset", split: str):
+        entries = dataset._entries(split)
+        self.split_name = split
+        self.paths = [dataset.path / p["shard"] for p in entries]
+        self.counts = [int(p["n"]) for p in entries]
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+        self.input_shape, self.target_shape = dataset.input_shape, dataset.target_shape
+        self._open: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the split as float32 arrays (inputs and targets)."""
+        return len(self) * 4 * (int(np.prod(self.input_shape)) + int(np.prod(self.target_shape)))
+
+    def _file(self, k: int):
+        f = self._open.pop(k, None)
+        if f is None:
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.pop(next(iter(self._open))).close()
+            f = _h5py().File(self.paths[k], "r")
+        self._open[k] = f  # most recently used last
+        return f
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        f, j = self._file(k), i - int(self.offsets[k])
+        return np.asarray(f["inputs"][j], np.float32), np.asarray(f["targets"][j], np.float32)
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(inputs, targets)`` of each shard in turn (one shard in memory at a time)."""
+        for path in self.paths:
+            x, y, _, _ = read_shard(path)
+            yield x, y
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def _check_entry(root: Path, entry: dict, manifest: dict, verify: bool) -> None:

@@ -32,7 +32,7 @@ from persodose.registry import Registry
 from persodose.settings import resolve_settings
 
 __all__ = ["NetworkSpec", "NETWORKS", "LOSSES", "register_network", "get_network", "available_networks",
-           "build_network", "scaled", "set_scales", "check_shapes", "ResidualCNN3DSettings"]
+           "build_network", "scaled", "set_scales", "channel_rms", "ChannelRMS", "apply_scales", "check_shapes", "ResidualCNN3DSettings"]
 
 #: Losses a network may declare (the training loop maps them to torch functions).
 LOSSES = ("mse", "l1", "smooth_l1")
@@ -167,22 +167,60 @@ def scaled(core: Any, in_channels: int, out_channels: int) -> Any:
     return _scaled_class()(core, int(in_channels), int(out_channels))
 
 
-def set_scales(model: Any, inputs, targets) -> tuple[list[float], list[float]]:
-    """Set ``model``'s scales to the per-channel root mean square of ``inputs`` (N, C, D, H, W)
-    and ``targets`` (N, C', D, H, W) (1 for an all-zero channel); returns them as lists."""
-    import numpy as np
-    import torch
+class ChannelRMS:
+    """Running per-channel root mean square of chunks ``(N_i, C, D, H, W)`` (e.g. one per shard).
 
-    def rms(a) -> np.ndarray:
+    Sums of squares are taken chunk by chunk in float64 and added in order, so the same chunks
+    give the same bits whether they were read one shard at a time or all at once.
+    """
+
+    def __init__(self):
+        self.total, self.count = None, 0
+
+    def add(self, a) -> None:
+        import numpy as np
+
         a = np.asarray(a, dtype=np.float64)
-        v = np.sqrt(np.mean(np.square(a), axis=(0, 2, 3, 4)))
+        sq = np.sum(np.square(a), axis=(0, 2, 3, 4))
+        self.total = sq if self.total is None else self.total + sq
+        self.count += a.shape[0] * int(np.prod(a.shape[2:]))
+
+    def value(self):
+        """The RMS per channel, 1 for an all-zero or non-finite channel."""
+        import numpy as np
+
+        if self.total is None or self.count == 0:
+            raise ValueError("channel RMS of no sample")
+        v = np.sqrt(self.total / self.count)
         return np.where(np.isfinite(v) & (v > 0), v, 1.0)
 
-    s_in, s_out = rms(inputs), rms(targets)
+
+def channel_rms(chunks):
+    """Per-channel root mean square of an iterable of chunks (:class:`ChannelRMS`)."""
+    acc = ChannelRMS()
+    for a in chunks:
+        acc.add(a)
+    return acc.value()
+
+
+def apply_scales(model: Any, s_in, s_out) -> tuple[list[float], list[float]]:
+    """Set ``model``'s ``input_scale`` and ``target_scale`` (per channel); returns them as lists."""
+    import torch
+
     with torch.no_grad():
         model.input_scale.copy_(torch.as_tensor(s_in, dtype=model.input_scale.dtype).view(1, -1, 1, 1, 1))
         model.target_scale.copy_(torch.as_tensor(s_out, dtype=model.target_scale.dtype).view(1, -1, 1, 1, 1))
     return [float(v) for v in s_in], [float(v) for v in s_out]
+
+
+def set_scales(model: Any, inputs, targets) -> tuple[list[float], list[float]]:
+    """Set ``model``'s scales to the per-channel root mean square (:func:`channel_rms`) of
+    ``inputs`` (N, C, D, H, W) and ``targets`` (N, C', D, H, W), each an array or a list of
+    chunks of one (1 for an all-zero channel); returns them as lists."""
+    def as_chunks(a):
+        return [a] if hasattr(a, "shape") else list(a)
+
+    return apply_scales(model, channel_rms(as_chunks(inputs)), channel_rms(as_chunks(targets)))
 
 
 def check_shapes(spec: NetworkSpec, input_shape, target_shape, where: str = "dataset") -> None:

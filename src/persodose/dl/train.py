@@ -18,6 +18,15 @@ Outputs beside the weights file ``OUT`` (the state dict of the best validation e
 :class:`~persodose.dl.weights_registry.WeightsEntry` and how the weights were made),
 ``OUT.loss.csv`` and ``OUT.loss.png`` (loss curves) and the checkpoint ``OUT.ckpt``.
 
+Data in memory or streamed: when the train and val splits together exceed
+``memory_budget_mb`` (as float32 arrays), the samples are read from the shards on demand
+(:class:`persodose.dl.datasets.ShardSamples`, one HDF5 chunk per sample) instead of being
+loaded; the batches, the channel scales (:func:`persodose.dl.networks.channel_rms`, summed
+shard by shard in both cases) and so the trained weights are the same bits either way.
+
+Progress: a rich bar (steps, elapsed, ETA) on a terminal, plain log lines elsewhere
+(:func:`persodose.progress.progress`), besides one log line per epoch.
+
 Dataset format (``persodose-dataset/1``): a folder with ``manifest.json`` =
 ``{"format", "kind", "patients": [{"id", "seed", "split", "shard", "n", "sha256"}],
 "input_shape": [C, D, H, W], "target_shape": [C', D, H, W]}`` and HDF5 shards holding
@@ -160,6 +169,9 @@ class TrainSettings:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: CPU threads of torch during the run (None: as it is; recorded either way).
         amp: mixed precision (bfloat16 autocast), used on CUDA only.
+        memory_budget_mb: above this size of the train and val splits (float32, MB) the data
+            are streamed from the shards instead of loaded (0: always stream). It does not
+            change the result, so a run may be resumed with another budget.
     """
 
     epochs: int = 10
@@ -172,6 +184,7 @@ class TrainSettings:
     device: str = "auto"
     threads: int | None = None
     amp: bool = True
+    memory_budget_mb: float = 2048.0
 
     def __post_init__(self) -> None:
         from persodose.dl.device import parse_device
@@ -186,6 +199,8 @@ class TrainSettings:
             raise InputError(f"plateau factor must lie in (0, 1), got {self.plateau_factor}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be >= 1, got {self.threads}")
+        if not (math.isfinite(self.memory_budget_mb) and self.memory_budget_mb >= 0):
+            raise InputError(f"memory budget must be a finite number of MB >= 0, got {self.memory_budget_mb}")
         parse_device(self.device)
 
 
@@ -294,15 +309,17 @@ class _Run:
     scheduler: Any
     loader: Any
     loader_gen: Any
-    val: tuple
+    val: Any  # callable: iterator of (x, y) validation batches, always the same ones
     device: Any
     loss_fn: Any
     amp: bool
     batch_size: int
     memory_format: Any
+    streamed: bool = False
+    sources: tuple = ()  # ShardSamples to close at the end
 
 
-def _train_epoch(r: _Run) -> float:
+def _train_epoch(r: _Run, step=None) -> float:
     torch = r.torch
     r.model.train()
     total, count = 0.0, 0
@@ -315,21 +332,23 @@ def _train_epoch(r: _Run) -> float:
         r.optimizer.step()
         total += float(loss.detach()) * x.shape[0]
         count += x.shape[0]
+        if step is not None:
+            step()
     return total / count
 
 
 def _val_loss(r: _Run) -> float:
     torch = r.torch
-    x_all, y_all = r.val
     r.model.eval()
-    total = 0.0
+    total, n = 0.0, 0
     with torch.no_grad():
-        for s in batches(x_all.shape[0], r.batch_size):
-            x, y = x_all[s].to(r.device, memory_format=r.memory_format), y_all[s].to(r.device)
+        for x, y in r.val():
+            x, y = x.to(r.device, memory_format=r.memory_format), y.to(r.device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=r.amp):
                 pred = r.model.normalised(x).float()
             total += float(r.loss_fn(pred, y / r.model.target_scale)) * x.shape[0]
-    return total / x_all.shape[0]
+            n += x.shape[0]
+    return total / n
 
 
 def _checkpoint(r: _Run, epoch: int, history: list, best: dict, stopped: bool, settings: TrainSettings,
@@ -365,7 +384,8 @@ def _read_checkpoint(torch, path: Path, spec, network_settings, settings: TrainS
     if ck["data"] != {"kind": data.kind, "patients": data.describe()["patients"]}:
         raise InputError(f"checkpoint {path} was trained on other data (kind or patients differ); cannot resume")
     mine = {k: v for k, v in dataclasses.asdict(settings).items() if k != "epochs"}
-    diff = sorted(k for k in mine if k not in ("patience", "device") and ck["train_settings"].get(k) != mine[k])
+    diff = sorted(k for k in mine if k not in ("patience", "device", "memory_budget_mb")
+                  and ck["train_settings"].get(k) != mine[k])
     if diff:
         theirs = ", ".join(f"{k}={ck['train_settings'].get(k)}" for k in diff)
         raise InputError(f"checkpoint {path}: {', '.join(diff)} differ from the checkpoint's "
@@ -373,35 +393,87 @@ def _read_checkpoint(torch, path: Path, spec, network_settings, settings: TrainS
     return ck
 
 
-def _build_run(torch, spec, network_settings, settings: TrainSettings, data: DatasetOnDisk, device) -> _Run:
+def _split_chunks(data: DatasetOnDisk, split: str, x: np.ndarray, y: np.ndarray) -> tuple[list, list]:
+    """In-memory arrays of a split cut back into its shards (for :func:`channel_rms`)."""
+    counts = [int(p["n"]) for p in data.patients if p["split"] == split]
+    cut = np.cumsum(counts)[:-1]
+    return np.split(x, cut), np.split(y, cut)
+
+
+def _streamed_sources(data: DatasetOnDisk):
+    """The train and val :class:`ShardSamples`, and the train split's channel RMS, in one pass
+    over the shards (one in memory at a time) that also checks every value finite."""
+    from persodose.dl.datasets import ShardSamples
+    from persodose.dl.networks import ChannelRMS
+
+    tr, va = ShardSamples(data.opened, "train"), ShardSamples(data.opened, "val")
+    acc = (ChannelRMS(), ChannelRMS())
+    for src in (tr, va):
+        for x, y in src.iter_shards():
+            if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+                raise InputError(f"dataset {data.path}: the {src.split_name!r} split holds NaN or infinite values")
+            if src is tr:
+                acc[0].add(x)
+                acc[1].add(y)
+    return tr, va, (acc[0].value(), acc[1].value())
+
+
+def _data_sources(torch, data: DatasetOnDisk, settings: TrainSettings):
+    """``(train source, val batches callable, train channel scales (in, out), streamed, sources)``."""
+    from persodose.dl.datasets import ShardSamples
+
+    n_tr = len(ShardSamples(data.opened, "train"))
+    if n_tr < 2:
+        raise InputError(f"dataset {data.path}: the train split holds {n_tr} sample; at least 2 are needed")
+    size = ShardSamples(data.opened, "train").nbytes + ShardSamples(data.opened, "val").nbytes
+    if size > settings.memory_budget_mb * 2 ** 20:
+        tr, va, scales = _streamed_sources(data)
+        val_batches = [list(range(s.start, s.stop)) for s in batches(len(va), settings.batch_size)]
+
+        def val():
+            return iter(torch.utils.data.DataLoader(va, batch_sampler=val_batches, num_workers=0))
+
+        return tr, val, scales, True, (tr, va)
     x_tr, y_tr, _ = data.load_split("train")
-    if x_tr.shape[0] < 2:
-        raise InputError(f"dataset {data.path}: the train split holds {x_tr.shape[0]} sample; at least 2 are needed")
     x_va, y_va, _ = data.load_split("val")
+    xv, yv = torch.from_numpy(x_va), torch.from_numpy(y_va)
+
+    def val():
+        return ((xv[s], yv[s]) for s in batches(xv.shape[0], settings.batch_size))
+
+    from persodose.dl.networks import channel_rms
+
+    xs, ys = _split_chunks(data, "train", x_tr, y_tr)
+    scales = (channel_rms(xs), channel_rms(ys))
+    return torch.utils.data.TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr)), val, scales, False, ()
+
+
+def _build_run(torch, spec, network_settings, settings: TrainSettings, data: DatasetOnDisk, device) -> _Run:
+    train_src, val, scales, streamed, sources = _data_sources(torch, data, settings)
     loader_gen = _seed_everything(torch, settings.seed)
-    from persodose.dl.networks import scaled, set_scales
+    from persodose.dl.networks import apply_scales, scaled
 
     model = scaled(spec.builder(network_settings), spec.in_channels, spec.out_channels)  # seeded init
-    set_scales(model, x_tr, y_tr)
+    apply_scales(model, *scales)
     model.to(device)
     fmt = torch.channels_last_3d if (device.type == "cpu" and spec.channels_last_cpu) else torch.contiguous_format
     model.to(memory_format=fmt)
-    ds = torch.utils.data.TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr))
-    loader = torch.utils.data.DataLoader(ds, batch_size=settings.batch_size, shuffle=True, generator=loader_gen,
-                                         num_workers=0, drop_last=(x_tr.shape[0] % settings.batch_size == 1))
+    n_tr = len(train_src)
+    loader = torch.utils.data.DataLoader(train_src, batch_size=settings.batch_size, shuffle=True, generator=loader_gen,
+                                         num_workers=0, drop_last=(n_tr % settings.batch_size == 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = None
     if settings.plateau_factor is not None:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=settings.plateau_factor,
                                                                patience=settings.plateau_patience)
-    return _Run(torch, spec, network_settings, model, optimizer, scheduler, loader, loader_gen,
-                (torch.from_numpy(x_va), torch.from_numpy(y_va)), device, _loss_function(torch, spec.loss),
-                bool(settings.amp and device.type == "cuda"), settings.batch_size, fmt)
+    return _Run(torch, spec, network_settings, model, optimizer, scheduler, loader, loader_gen, val, device,
+                _loss_function(torch, spec.loss), bool(settings.amp and device.type == "cuda"), settings.batch_size,
+                fmt, streamed, sources)
 
 
 def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSettings | None = None, *,
           network_settings: Any = None, resume: bool = False, checkpoint: str | Path | None = None,
-          command: str = "", after_epoch=None) -> TrainResult:
+          command: str = "", after_epoch=None, show_progress: bool = True) -> TrainResult:
     """Train ``network`` on the dataset at ``data_dir``; write the weights ``out`` and its sidecars.
 
     Args:
@@ -414,6 +486,7 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
         checkpoint: the checkpoint file (default ``OUT.ckpt``).
         command: the command line, recorded in the sidecar.
         after_epoch: ``callback(epoch, history)`` after each checkpoint (tests interrupt here).
+        show_progress: a progress bar of the steps (:func:`persodose.progress.progress`).
 
     Raises:
         InputError: data of another kind or shape, no train/val split, a checkpoint of another
@@ -435,24 +508,48 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
     with _deterministic(torch, settings.threads) as threads:
         ck = _read_checkpoint(torch, ck_path, spec, net_settings, settings, data) if resume else None
         r = _build_run(torch, spec, net_settings, settings, data, device)
-        model = r.model
-        history: list[dict] = []
-        best = {"epoch": 0, "val_loss": math.inf, "model": None}
-        stopped, start = False, 0
-        if ck is not None:
-            if ck["threads"] != threads:
-                log.warning("resuming with %d threads; the checkpoint was made with %d: results may differ "
-                            "in the last bits", threads, ck["threads"])
-            model.load_state_dict(ck["model"])
-            r.optimizer.load_state_dict(ck["optimizer"])
-            if r.scheduler is not None:
-                r.scheduler.load_state_dict(ck["scheduler"])
-            _set_rng_state(torch, r.loader_gen, ck["rng"])
-            history, best, stopped, start = list(ck["history"]), dict(ck["best"]), bool(ck["stopped_early"]), ck["epoch"]
+        try:
+            history, best, stopped = _epochs(r, ck, settings, data, threads, ck_path, after_epoch, show_progress)
+        finally:
+            for src in r.sources:
+                src.close()
+    if best["model"] is None:  # every validation loss was NaN: the run diverged
+        raise InputError(f"training of {spec.name!r} diverged (validation loss not finite); try a smaller --lr")
+    return _write_outputs(torch, paths, spec, net_settings, settings, data, history, best, stopped, ck_path,
+                          command, threads, str(device))
+
+
+def _epochs(r: _Run, ck, settings: TrainSettings, data: DatasetOnDisk, threads: int, ck_path: Path, after_epoch,
+            show_progress: bool):
+    """The epochs of a run (from a checkpoint ``ck`` when resuming): ``(history, best, stopped)``."""
+    torch, model = r.torch, r.model
+    history: list[dict] = []
+    best = {"epoch": 0, "val_loss": math.inf, "model": None}
+    stopped, start = False, 0
+    if ck is not None:
+        if ck["threads"] != threads:
+            log.warning("resuming with %d threads; the checkpoint was made with %d: results may differ "
+                        "in the last bits", threads, ck["threads"])
+        model.load_state_dict(ck["model"])
+        r.optimizer.load_state_dict(ck["optimizer"])
+        if r.scheduler is not None:
+            r.scheduler.load_state_dict(ck["scheduler"])
+        _set_rng_state(torch, r.loader_gen, ck["rng"])
+        history, best, stopped, start = list(ck["history"]), dict(ck["best"]), bool(ck["stopped_early"]), ck["epoch"]
+    steps = len(r.loader)
+    total = max(settings.epochs - start, 0) * steps
+    how = "streamed from the shards" if r.streamed else "in memory"
+    with _progress_bar(show_progress, f"training {r.spec.name} ({how})", total) as update:
+        done = [0]
+
+        def step():
+            done[0] += 1
+            update(done[0], total)
+
         for epoch in range(start + 1, settings.epochs + 1):
             if stopped:
                 break
-            train_loss = _train_epoch(r)
+            train_loss = _train_epoch(r, step)
             val_loss = _val_loss(r)
             if r.scheduler is not None:
                 r.scheduler.step(val_loss)
@@ -462,14 +559,22 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
                 best = {"epoch": epoch, "val_loss": val_loss,
                         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             stopped = settings.patience is not None and epoch - best["epoch"] >= settings.patience
-            log.info("epoch %d: train loss %.6g, val loss %.6g", epoch, train_loss, val_loss)
+            log.info("epoch %d/%d: train loss %.6g, val loss %.6g", epoch, settings.epochs, train_loss, val_loss)
             _save(torch, _checkpoint(r, epoch, history, best, stopped, settings, data, threads), ck_path)
             if after_epoch is not None:
                 after_epoch(epoch, history)
-    if best["model"] is None:  # every validation loss was NaN: the run diverged
-        raise InputError(f"training of {spec.name!r} diverged (validation loss not finite); try a smaller --lr")
-    return _write_outputs(torch, paths, spec, net_settings, settings, data, history, best, stopped, ck_path,
-                          command, threads, str(device))
+    return history, best, stopped
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool, description: str, total: int):
+    if not show or total <= 0:
+        yield lambda done, tot: None
+        return
+    from persodose.progress import progress
+
+    with progress(description, total, unit="steps") as update:
+        yield update
 
 
 # --------------------------------------------------------------------------- outputs
