@@ -160,3 +160,64 @@ def test_mc_method_settings():
             get_spec("mc").make_settings(bad)
     with pytest.raises(InputError, match="label map"):
         MCMethodSettings(target_uncertainty="5%", target_region="liver").target()
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    """A 9^3 soft-tissue box at 5 mm (density, materials of the built-in table) with a TIA in its central 3^3."""
+    import numpy as np
+
+    from persodose.grid import Grid, Kind
+    from persodose.io.image import write_image
+    from persodose.physics.materials import default_materials
+
+    root = tmp_path_factory.mktemp("box")
+    shape = (9, 9, 9)
+    dens = Grid(np.ones(shape, np.float32), (5.0, 5.0, 5.0), kind=Kind.DENSITY, unit="g/cm3")
+    write_image(dens, root / "density.nii.gz")
+    soft = next(i for i, m in enumerate(default_materials()) if m.name == "ct_soft_tissue")
+    write_image(dens.with_array(np.full(shape, soft, np.uint8), Kind.MATERIAL, ""), root / "materials.nii.gz")
+    tia = np.zeros(shape, np.float32)
+    tia[3:6, 3:6, 3:6] = 1e6
+    write_image(dens.with_array(tia, Kind.TIA, "Bq s"), root / "tia.nii.gz")
+    return root
+
+
+def _mc(root, out, *extra):
+    return ["mc", "--tia", root / "tia.nii.gz", "--density", root / "density.nii.gz", "--materials",
+            root / "materials.nii.gz", "--nuclide", "Lu-177", "--out", out, *extra]
+
+
+def test_mc_stops_and_resumes_with_a_stricter_target(cli, box, tmp_path):
+    ck = tmp_path / "run.npz"
+    proc = cli(*_mc(box, tmp_path / "a", "--decays", "3000", "--batches", "10", "--target-uncertainty", "99%",
+                    "--checkpoint", ck))
+    assert proc.returncode == 0, proc.stderr
+    assert "target uncertainty 99 % met (median voxel relative uncertainty above 10 % of the maximum" in proc.stdout
+    first = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    assert first["target_uncertainty"]["n_batches"] == 5 and first["decays_simulated"] == 1500
+    from persodose.mc import Tally
+
+    assert Tally.load(ck).n_batches == 5
+    # resumed with a target it cannot meet: it runs on to the limit, warns, and writes the results
+    # (the CLI prints the warning as "persodose: warning: ..."; under pytest it is caught here)
+    from persodose.mc.run import TargetNotMetWarning
+
+    with pytest.warns(TargetNotMetWarning, match="not met.*3000 decays in 10 batches"):
+        proc = cli(*_mc(box, tmp_path / "b", "--decays", "3000", "--batches", "10", "--target-uncertainty",
+                        "0.0001", "--checkpoint", ck, "--resume"))
+    assert proc.returncode == 0, proc.stderr
+    second = json.loads((tmp_path / "b" / "provenance.json").read_text())
+    assert second["target_uncertainty"]["met"] is False and second["decays_simulated"] == 3000
+    assert [b[1] for b in second["batches"]] == list(range(10)) and Tally.load(ck).n_batches == 10
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--target-uncertainty", "0 %"], ["--target-uncertainty"]),
+    (["--target-uncertainty", "nan"], ["--target-uncertainty"]),
+    (["--target-above", "0.2"], ["--target-above", "needs --target-uncertainty"]),
+    (["--target-uncertainty", "5%", "--batches", "3"], ["at least 5 --batches"]),
+])
+def test_mc_refusals_are_one_line(cli, box, tmp_path, extra, words):
+    assert_clean_error(cli(*_mc(box, tmp_path / "x", "--decays", "1000", *extra)), *words)
+    assert not (tmp_path / "x").exists()

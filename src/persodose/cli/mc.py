@@ -7,7 +7,11 @@ from typing import Optional
 
 import typer
 
-from persodose.cli._common import MAX_SEED, about, count
+from persodose.cli._common import MAX_SEED, about, count, fraction
+from persodose.cli.internal import target_uncertainty_option
+
+#: Batches without and with a target uncertainty (when --batches is not given).
+BATCHES, TARGET_BATCHES = 10, 50
 
 
 #: Help of ``--emissions`` (``mc`` and ``kernel``); the names are those of
@@ -153,14 +157,23 @@ def _read_tia(tia: Path, tia_units: Optional[str], phantom):
 def mc(
     tia: Path = typer.Option(..., "--tia", help="Time-integrated activity (NIfTI/MHA/NRRD), Bq s per voxel."),
     nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide (ICRP-107), e.g. Lu-177, F-18, Y-90."),
-    decays: int = typer.Option(..., "--decays", callback=count(), help="Number of decays to simulate (all batches)."),
+    decays: int = typer.Option(..., "--decays", callback=count(),
+                               help="Number of decays to simulate (all batches; the most, with --target-uncertainty)."),
     out: Path = typer.Option(..., "--out", help="Output directory (dose, uncertainty, provenance)."),
     density: Optional[Path] = typer.Option(None, "--density", help="Density map, g/cm3."),
     materials: Optional[Path] = typer.Option(None, "--materials", help="Material-index map (its FILE.json table beside it)."),
     ct: Optional[Path] = typer.Option(None, "--ct", help="A CT (DICOM or image in HU) instead of density and materials."),
     tia_units: Optional[str] = typer.Option(None, "--tia-units", help="Unit of the TIA file if it is not tagged, e.g. 'Bq s', 'MBq h'."),
-    batches: int = typer.Option(10, "--batches", callback=count(1, 10_000),
-                                help="Independent batches (uncertainty from their spread)."),
+    batches: Optional[int] = typer.Option(None, "--batches", callback=count(1, 10_000),
+                                          help="Independent batches (uncertainty from their spread); default 10, "
+                                               "or 50 (the most) with --target-uncertainty."),
+    target_uncertainty: Optional[str] = typer.Option(
+        None, "--target-uncertainty", callback=target_uncertainty_option,
+        help="Stop at this relative uncertainty (2%, 2 % or 0.02): the median voxel uncertainty above "
+             "--target-above of the maximum dose; --decays and --batches become the limit."),
+    target_above: Optional[float] = typer.Option(
+        None, "--target-above", callback=fraction,
+        help="The target's voxels: dose at least this fraction of the maximum (default 0.1)."),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Save the running tally here after every batch (.npz)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --checkpoint."),
@@ -182,6 +195,17 @@ def mc(
 
     check_backend(backend)
     nuc = get_nuclide(nuclide)
+    if target_above is not None and target_uncertainty is None:
+        raise InputError("--target-above needs --target-uncertainty")
+    if batches is None:
+        batches = TARGET_BATCHES if target_uncertainty is not None else BATCHES
+    target = None
+    if target_uncertainty is not None:
+        from persodose.mc.tally import UncertaintyTarget
+
+        target = UncertaintyTarget(target_uncertainty, 0.1 if target_above is None else float(target_above))
+        if batches < target.min_batches:
+            raise InputError(f"--target-uncertainty needs at least {target.min_batches} --batches, got {batches}")
     if decays < batches:
         raise InputError(f"--decays {decays} cannot fill --batches {batches}: give at least one decay per batch")
     if resume and checkpoint is None:
@@ -201,9 +225,10 @@ def mc(
         tally = Tally.load(checkpoint) if resume else None
     from persodose.progress import progress
 
-    with progress(f"{nuc.name}: {decays:.3g} decays", batches) as update, about("--tia", tia):
+    what = f"up to {decays:.3g} decays" if target is not None else f"{decays:.3g} decays"
+    with progress(f"{nuc.name}: {what}", batches) as update, about("--tia", tia):
         result = simulate_decays(phantom, source, nuc.name, decays, settings, resume=tally,
-                                 checkpoint=checkpoint, progress=update)
+                                 checkpoint=checkpoint, progress=update, target=target)
     with atomic_dir(out) as work:
         write_image(result.dose_gy, work / "dose.nii.gz")
         write_image(result.relative_uncertainty, work / "uncertainty.nii.gz")
@@ -218,7 +243,7 @@ def mc(
             decays_in_source=result.info["total_decays_of_source"], batches=result.tally.batch_ids,
             energy_balance_mev_per_decay=result.energy_balance, wall_time_s=result.seconds,
             decays_per_second=result.primaries_per_second, backend=result.info["backend"],
-            emission_selection=emissions_record(decay),
+            emission_selection=emissions_record(decay), target_uncertainty=result.info.get("target"),
         )
     dose = result.dose_gy.array
     unc = result.relative_uncertainty.array
@@ -228,5 +253,9 @@ def mc(
                f"{result.primaries_per_second:.3g} decays/s")
     if emissions_line(decay):
         typer.echo(emissions_line(decay))
+    if target is not None and result.info["target"]["met"]:  # an unmet target is a warning already
+        from persodose.mc.tally import TargetOutcome
+
+        typer.echo(TargetOutcome(**result.info["target"]).summary("decays"))
     b = result.energy_balance
     typer.echo("energy per decay (MeV): " + json.dumps({k: round(v, 6) for k, v in b.items()}))
