@@ -24,6 +24,7 @@ from persodose.mc.engine import (BatchResult, MCSettings, Tally, VoxelPhantom, b
                                  point_source_problem, run_batch, run_batches, simulate_beam, simulate_decays,
                                  simulate_point_source)
 from persodose.mc.primaries import BatchPlan, BeamSource, DecaySource, PointSource
+from persodose.mc.tables import settings_array
 from persodose.physics.materials import get_material
 
 WATER, BONE = get_material("water"), get_material("bone")
@@ -115,9 +116,7 @@ def _arr(a, dtype=np.float64):
 def _legacy_static_args(p):
     """The geometry and physics groups as MCProblem._kernel_args built them before the split."""
     t, ts = p.tables, p.tables.settings
-    settings_f = np.array([ts.photon_cut_mev, ts.electron_cut_mev, ts.hard_collision_cut_mev, ts.brems_cut_mev,
-                           ts.max_eloss_fraction, ts.max_step_lambda1,
-                           1.0 if ts.photon_estimator == "tle" else 0.0, ts.tle_range_fraction], dtype=np.float64)
+    settings_f = settings_array(ts, np.asarray(p.density_g_cm3).reshape(p.shape_zyx))
     geometry = (*(int(v) for v in p.shape_zyx), *(float(v) for v in p.spacing_zyx_mm), _arr(p.density_g_cm3),
                 _arr(p.material_index, np.int64))
     physics = (float(t.log_emin), float(t.inv_dlog), int(t.energy_mev.size), _arr(t.photon), _arr(p.majorant_per_mm),

@@ -20,7 +20,7 @@ from persodose.grid import Grid, Kind
 from persodose.mc.primaries import _PARTICLES, BatchPlan, BeamSource, DecaySource, PointSource, kernel_array
 from persodose.mc.settings import MCSettings
 from persodose.mc.sources import decay_tables, voxel_source
-from persodose.mc.tables import TransportTables, build_tables
+from persodose.mc.tables import TransportTables, build_tables, settings_array
 from persodose.mc.tally import Tally
 
 if TYPE_CHECKING:
@@ -105,10 +105,7 @@ class MCProblem:
         arr = kernel_array
         t = self.tables
         ts = t.settings
-        settings_f = np.array([ts.photon_cut_mev, ts.electron_cut_mev, ts.hard_collision_cut_mev, ts.brems_cut_mev,
-                               ts.max_eloss_fraction, ts.max_step_lambda1,
-                               1.0 if ts.photon_estimator == "tle" else 0.0, ts.tle_range_fraction],
-                              dtype=np.float64)
+        settings_f = settings_array(ts, self.density_g_cm3.reshape(self.shape_zyx))
         nz, ny, nx = (int(v) for v in self.shape_zyx)
         sz, sy, sx = (float(v) for v in self.spacing_zyx_mm)
         geometry = (nz, ny, nx, sz, sy, sx, arr(self.density_g_cm3), arr(self.material_index, np.int64))

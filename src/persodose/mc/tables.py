@@ -31,6 +31,12 @@ PH_PHOTO, PH_COMPTON, PH_RAYLEIGH, PH_PAIR = 0, 1, 2, 3
 #: Row of the packed photon table holding the track-length estimator's coefficient
 #: (:func:`tle_coefficient`); it is not an interaction and is not part of the total.
 PH_TLE = 4
+#: Row holding the CSDA range (g/cm2) of the photon's most energetic secondary electron,
+#: which decides where the estimator applies (:func:`tle_electron_range`).
+PH_TLE_RANGE = 5
+#: Photoabsorption share of the interaction coefficient above which the photoelectron (the
+#: full photon energy) rather than the Compton-edge electron sets the reference range.
+TLE_PHOTO_SHARE = 0.05
 #: Photon estimators: analog (every secondary electron transported) or track length.
 PHOTON_ESTIMATORS = ("analog", "tle")
 # Indices of the packed electron table.
@@ -85,6 +91,56 @@ class TransportSettings:
             raise InputError(f"tle_range_fraction must be within (0, 1], got {v!r}")
 
 
+#: Voxels denser than this (g/cm3) bound the box where the track-length estimator may
+#: apply (:func:`tle_box`): outside it lies only air, where secondary electrons travel metres.
+TLE_BOX_MIN_DENSITY = 0.1
+
+
+def tle_box(density: np.ndarray | None) -> tuple[int, int, int, int, int, int]:
+    """Half-open index box ``(ix0, ix1, iy0, iy1, iz0, iz1)`` of voxels denser than :data:`TLE_BOX_MIN_DENSITY`.
+
+    ``density`` is the (z, y, x) density array; ``None`` gives an unbounded box. Outside the
+    box photons are transported analog and their tracks are not walked, which saves the
+    estimator the air around a patient. An all-air grid gives an empty box.
+    """
+    if density is None:
+        return (0, 2**31, 0, 2**31, 0, 2**31)
+    idx = np.nonzero(np.asarray(density) > TLE_BOX_MIN_DENSITY)
+    if idx[0].size == 0:
+        return (0, 0, 0, 0, 0, 0)
+    (z0, z1), (y0, y1), (x0, x1) = ((int(a.min()), int(a.max()) + 1) for a in idx)
+    return (x0, x1, y0, y1, z0, z1)
+
+
+def settings_array(settings: TransportSettings, density: np.ndarray | None = None) -> np.ndarray:
+    """The transport settings as the kernels read them (``settings_f``).
+
+    ``[photon cut, electron cut, hard-collision cut, bremsstrahlung cut, max energy-loss
+    fraction, max step in lambda1, track-length estimator on (1) or off (0), its range
+    fraction, then the estimator's box (:func:`tle_box` of ``density``) ix0, ix1, iy0, iy1, iz0, iz1]``.
+    """
+    return np.array([settings.photon_cut_mev, settings.electron_cut_mev, settings.hard_collision_cut_mev,
+                     settings.brems_cut_mev, settings.max_eloss_fraction, settings.max_step_lambda1,
+                     1.0 if settings.photon_estimator == "tle" else 0.0, settings.tle_range_fraction,
+                     *tle_box(density)], dtype=np.float64)
+
+
+def tle_applies(tables: "TransportTables", material_index: int, density_g_cm3: float, energy_mev: float,
+                voxel_mm: float) -> bool:
+    """Whether the track-length estimator scores a photon of ``energy_mev`` in such a voxel.
+
+    The host-side statement of the kernels' rule (:func:`persodose.mc.transport._tle_voxel`):
+    the estimator must be on, the photon below 2 m c^2, and the CSDA range of its most
+    energetic secondary electron (:func:`tle_electron_range`) in this material and density
+    at most ``tle_range_fraction`` of the voxel's smallest side ``voxel_mm``.
+    """
+    s = tables.settings
+    if s.photon_estimator != "tle" or energy_mev >= 2.0 * ELECTRON_MASS_MEV:
+        return False
+    r = np.interp(math.log(energy_mev), np.log(tables.energy_mev), tables.photon[material_index, PH_TLE_RANGE])
+    return bool(r / density_g_cm3 * 10.0 <= s.tle_range_fraction * voxel_mm)
+
+
 def ms_transport_cross_sections(material: Material, energy_mev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First and second transport cross sections of elastic scattering, cm2/g.
 
@@ -132,9 +188,11 @@ class TransportTables:
         log_emin: ln of the lowest grid energy (MeV).
         inv_dlog: 1 / (ln step) of the grid.
         energy_mev: the grid, shape (n_e,).
-        photon: (n_mat, 5, n_e) photo, Compton, Rayleigh, pair mass attenuation, cm2/g, and
-            the track-length estimator's mass energy-deposition coefficient
-            (:func:`tle_coefficient`, row :data:`PH_TLE`), cm2/g.
+        photon: (n_mat, 6, n_e) photo, Compton, Rayleigh, pair mass attenuation, cm2/g; the
+            track-length estimator's mass energy-deposition coefficient
+            (:func:`tle_coefficient`, row :data:`PH_TLE`), cm2/g; and the CSDA range of the
+            most energetic secondary electron (:func:`tle_electron_range`, row
+            :data:`PH_TLE_RANGE`), g/cm2.
         photon_total: (n_mat, n_e) the sum of the four interactions, cm2/g.
         electron: (2, n_mat, 6, n_e) for e- (0) and e+ (1): restricted stopping power
             (MeV cm2/g), hard-collision and hard-bremsstrahlung cross sections (cm2/g),
@@ -202,6 +260,24 @@ def tle_coefficient(pt, material: Material) -> np.ndarray:
     return np.asarray(mu["photo"] * (1.0 - g_photo) + mu["compton"] * f_c * (1.0 - g_compt), dtype=np.float64)
 
 
+def tle_electron_range(pt, energy: np.ndarray, csda_range_g_cm2: np.ndarray) -> np.ndarray:
+    """CSDA range (g/cm2) of the most energetic electron a photon of each grid energy sets in motion.
+
+    That electron is the photoelectron (the whole photon energy, binding neglected) where
+    photoabsorption is more than :data:`TLE_PHOTO_SHARE` of the interactions, and otherwise
+    the Compton-edge electron, ``T = E 2k / (1 + 2k)``, ``k = E / m c^2`` (Klein-Nishina
+    kinematics at 180 degrees). Above 2 m c^2 the range is set to 1e30 g/cm2: the estimator is
+    never used where pair production is possible. Ranges are interpolated log-log in the
+    material's CSDA range table on the same grid (ESTAR-like, :mod:`persodose.physics.electron_data`).
+    """
+    mu = pt.mu_over_rho_cm2_g
+    k = energy / ELECTRON_MASS_MEV
+    t_ref = np.where(mu["photo"] > TLE_PHOTO_SHARE * mu["total"], energy, energy * 2.0 * k / (1.0 + 2.0 * k))
+    t_ref = np.clip(t_ref, energy[0], energy[-1])
+    rng = np.exp(np.interp(np.log(t_ref), np.log(energy), np.log(csda_range_g_cm2)))
+    return np.where(energy < 2.0 * ELECTRON_MASS_MEV, rng, 1e30)
+
+
 def build_tables(materials: Sequence[Material], settings: TransportSettings | None = None) -> TransportTables:
     """Build the packed tables for a list of materials (index = material number)."""
     from persodose.physics.electron_data import electron_tables
@@ -216,7 +292,7 @@ def build_tables(materials: Sequence[Material], settings: TransportSettings | No
     log_emin = math.log(emin)
     inv_dlog = (n - 1) / (math.log(settings.emax_mev) - log_emin)
     n_mat = len(materials)
-    photon = np.zeros((n_mat, 5, n))
+    photon = np.zeros((n_mat, 6, n))
     electron = np.zeros((2, n_mat, 6, n))
     x_nodes = None
     sf_rows, ray_rows = [], []
@@ -242,6 +318,7 @@ def build_tables(materials: Sequence[Material], settings: TransportSettings | No
             electron[p, m, EL_RANGE] = et.csda_range_g_cm2
             electron[p, m, EL_TR1] = tr1
             electron[p, m, EL_TR2] = tr2
+        photon[m, PH_TLE_RANGE] = tle_electron_range(pt, energy, electron[0, m, EL_RANGE])
     return TransportTables(
         settings=settings, log_emin=log_emin, inv_dlog=inv_dlog, energy_mev=energy,
         photon=np.ascontiguousarray(photon), photon_total=np.ascontiguousarray(photon[:, :PH_TLE].sum(axis=1)),
