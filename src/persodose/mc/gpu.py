@@ -40,7 +40,7 @@ from persodose.errors import OptionalDependencyError
 from persodose.mc import rng as _rng
 from persodose.mc import transport as _tr
 from persodose.mc.rng import seed_state
-from persodose.mc.transport import C_N, beam_chunk, decay_chunk, deposit, particle_chunk
+from persodose.mc.transport import C_N, beam_chunk, chunk_strata, decay_chunk, deposit, particle_chunk
 
 try:  # numba is the [mc] extra; the built-in numba.cuda or the numba-cuda package provide `cuda`
     from numba import cuda, float64, uint64
@@ -99,7 +99,9 @@ def _decays_kernel(seed, stream0, decays_per_chunk, src_index, src_cdf, nz, ny, 
     ct = cuda.local.array(C_N, float64)
     for k in range(C_N):
         ct[k] = 0.0
-    decay_chunk(state, decays_per_chunk[c], src_index, src_cdf, nz, ny, nx, sz, sy, sx, dens, mat,
+    stratum0, n_strata = chunk_strata(decays_per_chunk, c)
+    decay_chunk(state, decays_per_chunk[c], stratum0, n_strata, src_index, src_cdf, nz, ny, nx, sz, sy, sx,
+                dens, mat,
                 local_mev, beta_yields, beta_minus_e, beta_minus_cdf, beta_plus_e, beta_plus_cdf,
                 line_kind, line_e, line_cum, line_total,
                 log_emin, inv_dlog, n_e, photon, majorant, compton_sf, rayleigh_cum, x_nodes, electron,

@@ -39,6 +39,8 @@ PH_TLE_RANGE = 5
 TLE_PHOTO_SHARE = 0.05
 #: Photon estimators: analog (every secondary electron transported) or track length.
 PHOTON_ESTIMATORS = ("analog", "tle")
+#: How decay positions are drawn from the activity (:attr:`TransportSettings.source_sampling`).
+SOURCE_SAMPLINGS = ("random", "stratified")
 # Indices of the packed electron table.
 EL_STOP, EL_MOLLER, EL_BREMS, EL_RANGE, EL_TR1, EL_TR2 = 0, 1, 2, 3, 4, 5
 
@@ -68,6 +70,11 @@ class TransportSettings:
     #: TLE is used in a voxel when the CSDA range of the most energetic secondary electron
     #: is at most this fraction of the voxel's smallest side
     tle_range_fraction: float = 0.5
+    #: decay positions: "random" (each decay picks a voxel by its activity) or "stratified"
+    #: (each batch puts one decay in each of as many equal strata of the cumulative activity
+    #: as it has decays: every voxel gets its expected count to within one; see
+    #: :func:`persodose.mc.transport.decay_chunk`)
+    source_sampling: str = "stratified"
 
     def __post_init__(self) -> None:
         for name in ("electron_cut_mev", "photon_cut_mev", "hard_collision_cut_mev", "brems_cut_mev",
@@ -86,6 +93,9 @@ class TransportSettings:
         if self.photon_estimator not in PHOTON_ESTIMATORS:
             raise InputError(f"photon_estimator must be one of {', '.join(PHOTON_ESTIMATORS)}, "
                              f"got {self.photon_estimator!r}")
+        if self.source_sampling not in SOURCE_SAMPLINGS:
+            raise InputError(f"source_sampling must be one of {', '.join(SOURCE_SAMPLINGS)}, "
+                             f"got {self.source_sampling!r}")
         v = self.tle_range_fraction
         if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
             raise InputError(f"tle_range_fraction must be within (0, 1], got {v!r}")
@@ -117,12 +127,14 @@ def settings_array(settings: TransportSettings, density: np.ndarray | None = Non
 
     ``[photon cut, electron cut, hard-collision cut, bremsstrahlung cut, max energy-loss
     fraction, max step in lambda1, track-length estimator on (1) or off (0), its range
-    fraction, then the estimator's box (:func:`tle_box` of ``density``) ix0, ix1, iy0, iy1, iz0, iz1]``.
+    fraction, then the estimator's box (:func:`tle_box` of ``density``) ix0, ix1, iy0, iy1, iz0,
+    iz1, then stratified decay positions (1) or not (0)]``.
     """
     return np.array([settings.photon_cut_mev, settings.electron_cut_mev, settings.hard_collision_cut_mev,
                      settings.brems_cut_mev, settings.max_eloss_fraction, settings.max_step_lambda1,
                      1.0 if settings.photon_estimator == "tle" else 0.0, settings.tle_range_fraction,
-                     *tle_box(density)], dtype=np.float64)
+                     *tle_box(density), 1.0 if settings.source_sampling == "stratified" else 0.0],
+                    dtype=np.float64)
 
 
 def tle_applies(tables: "TransportTables", material_index: int, density_g_cm3: float, energy_mev: float,
