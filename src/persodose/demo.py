@@ -194,11 +194,11 @@ def _internal_step(res: TracerResult, vp, points, settings: DemoSettings, ct_inf
 def _ct_step(res: TracerResult, settings: DemoSettings, ct_info, out: Path) -> None:
     """The CT half of the PET/CT: helical scan with tube-current modulation from the headers."""
     from persodose.mc import MCSettings
-    from persodose.workflows.ct import ct_dose, write_ct_outputs
+    from persodose.workflows.ct import CT_TRANSPORT, ct_dose, write_ct_outputs
 
     res.ct_dose = ct_dose(res.ct, ct_info, labels=res.labels, names=res.label_names, n_photons=settings.ct_photons,
                           dose_voxel_mm=settings.ct_dose_voxel_mm, ctdi_photons=max(settings.ct_photons // 2, 1000),
-                          settings=MCSettings(n_batches=8, seed=777 + settings.seed))
+                          settings=MCSettings(n_batches=8, seed=777 + settings.seed, transport=CT_TRANSPORT))
     write_ct_outputs(res.ct_dose, out / "ct_dose", ct_files=ct_info.files,
                      title="persodose CT dosimetry: the virtual patient's PET/CT scan")
 

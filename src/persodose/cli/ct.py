@@ -47,8 +47,9 @@ def ct(
                                        help="The target's voxels: dose at least this fraction of the maximum."),
     target_region: Optional[str] = typer.Option(None, "--target-region",
                                                 help="The target is this organ's mean-dose uncertainty (a label name)."),
-    photon_estimator: str = typer.Option("analog", "--photon-estimator", callback=photon_estimator_option,
-                                         help="Photon energy deposition: analog or tle (track-length estimator)."),
+    photon_estimator: str = typer.Option("tle", "--photon-estimator", callback=photon_estimator_option,
+                                         help="Photon energy deposition: tle (track-length estimator, the default "
+                                              "for CT: docs/benchmarks.md) or analog."),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     sp_maps: int = typer.Option(0, "--sp-maps", callback=count(0, 10_000), help="Also write this many single-position dose maps "
                                                       "(patient and 400 mm water cylinder; evenly spaced positions)."),
