@@ -17,14 +17,17 @@ Sizes
     ICRP Publication 89 reference male (ICRP 89, 2002, Table 2.8 organ masses). Organ
     semi-axes are chosen so that the voxelised organ masses, computed with the nominal
     densities of :data:`NOMINAL_DENSITY_G_CM3`, lie within a few per cent of the
-    reference masses in :data:`REFERENCE_MASS_G` at 4 mm voxels. Arms are not modelled
-    (as if raised out of the field of view, as in most SPECT/CT and PET/CT acquisitions).
+    reference masses in :data:`REFERENCE_MASS_G` at 4 mm voxels. The canonical patient has no
+    arms (as if raised out of the field of view, as in most SPECT/CT and PET/CT
+    acquisitions); population patients have them down or raised (:class:`AnatomyParams`).
 
 Population patients
     :class:`AnatomyParams` (defaults: the canonical patient, bit for bit) stretches the same
     anatomy to another height and build, thickens or thins the subcutaneous fat, scales and
-    shifts organs, adds the sex organs of :data:`SEX_LABELS` and replaces the four canonical
-    lesions by a drawn list; :mod:`persodose.phantoms.population` draws them.
+    shifts organs and deforms them by a smooth field (:func:`deformation_field`), adds the
+    sex organs of :data:`SEX_LABELS`, arms (down or raised), a wider female pelvis, and
+    replaces the four canonical lesions by a drawn list, one label each, some with a necrotic
+    core (:func:`lesion_labels`); :mod:`persodose.phantoms.population` draws them.
 """
 
 from __future__ import annotations
