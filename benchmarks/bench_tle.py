@@ -19,6 +19,8 @@ Problems, all on the built-in virtual patient (seed 0):
   non-collinearity neglected), at 4 mm voxels, default transport settings.
 * ``f18``, ``lu177``: whole decays (all ICRP-107 emissions) from the true TIA at 4 mm.
   The estimator only changes the photon part, so these gains are smaller.
+* ``lu177-sampling`` (not run by default): Lu-177 decays, analog, with random against
+  stratified decay positions (``TransportSettings.source_sampling``).
 
 Prints the machine, each problem's time, sigmas, efficiencies and gain, and the organ
 agreement. No assertion on time.
@@ -97,24 +99,25 @@ def _run(problem, masks, ref_mask=None):
     return {"seconds": secs, "organ_mean": mean_o, "organ_rel": rel_o, "voxel_mean": mean_v, "voxel_rel": rel_v}
 
 
-def _compare(name, make_problem, masks, n, repeats=2):
-    """Analog and TLE runs of the same problem, alternated ``repeats`` times; the shortest time counts.
+def _compare(name, make_problem, masks, n, repeats=2, variants=("analog", "tle")):
+    """Runs of two variants (analog and TLE) of one problem, alternated ``repeats`` times; the
+    shortest time counts.
 
     Alternating the two keeps a load that varies during the run (a shared machine) from
     favouring either; the tallies of the repeats are identical (same seed).
     """
     from persodose.mc.engine import run_batch
 
-    for est in ("analog", "tle"):  # compile / load the kernels outside the timing
+    for est in variants:  # compile / load the kernels outside the timing
         run_batch(make_problem(est, 2000), 0)
-    runs, times = {}, {"analog": [], "tle": []}
+    runs, times = {}, {v: [] for v in variants}
     for _ in range(repeats):
-        for est in ("analog", "tle"):
+        for est in variants:
             runs[est] = _run(make_problem(est, n), masks)
             times[est].append(runs[est]["seconds"])
     for est in runs:
         runs[est]["seconds"] = min(times[est])
-    a, t = runs["analog"], runs["tle"]
+    a, t = runs[variants[0]], runs[variants[1]]
     hot = t["voxel_mean"] >= 0.1 * t["voxel_mean"].max()
     ok = np.isfinite(a["organ_rel"]) & np.isfinite(t["organ_rel"]) & (a["organ_mean"] > 0)
     out = {}
@@ -129,10 +132,10 @@ def _compare(name, make_problem, masks, n, repeats=2):
     print(f"  {'':8s} {'time s':>8s} {'sigma organs':>13s} {'sigma vox>10%':>14s} {'eps organs':>11s} {'eps vox':>10s}")
     for est, (s, so, sv, eo, ev) in out.items():
         print(f"  {est:8s} {s:8.1f} {100 * so:12.2f}% {100 * sv:13.2f}% {eo:11.3g} {ev:10.3g}")
-    go = out["tle"][3] / out["analog"][3]
-    gv = out["tle"][4] / out["analog"][4]
-    print(f"  gain (TLE / analog): organs x{go:.1f}, voxels above 10 % x{gv:.1f}")
-    print(f"  organ means TLE vs analog: {np.mean(np.abs(z) < 3) * 100:.0f} % within 3 sigma, "
+    go = out[variants[1]][3] / out[variants[0]][3]
+    gv = out[variants[1]][4] / out[variants[0]][4]
+    print(f"  gain ({variants[1]} / {variants[0]}): organs x{go:.1f}, voxels above 10 % x{gv:.1f}")
+    print(f"  organ means {variants[1]} vs {variants[0]}: {np.mean(np.abs(z) < 3) * 100:.0f} % within 3 sigma, "
           f"median |z| {np.median(np.abs(z)):.2f}, worst {names[worst]} z = {z[worst]:+.1f} "
           f"({100 * (t['organ_mean'][ok][worst] / a['organ_mean'][ok][worst] - 1):+.2f} %)")
     return go, gv
@@ -152,12 +155,13 @@ def main() -> None:
     ap.add_argument("--problems", nargs="+", default=["ct", "f18-photons", "f18", "lu177"])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's primaries")
     ap.add_argument("--repeats", type=int, default=2, help="alternated analog/TLE repeats (shortest time counts)")
+    ap.add_argument("--seed", type=int, default=1, help="master seed of the runs")
     args = ap.parse_args()
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"numba threads {numba.get_num_threads()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
     def settings(est, **kw):
-        return MCSettings(n_batches=10, chunks_per_batch=16, seed=1,
+        return MCSettings(n_batches=10, chunks_per_batch=16, seed=args.seed,
                           transport=TransportSettings(photon_estimator=est, **kw))
 
     if "ct" in args.problems:
@@ -178,7 +182,7 @@ def main() -> None:
                  lambda est, n: beam_problem(ph, beam, n, settings(est, **ct_kw), tabs[est]),
                  organ_masks(vp.labels, vp.label_names), int(1e6 * args.scale), args.repeats)
 
-    need = {"f18-photons": "fdg", "f18": "fdg", "lu177": "lu177-dotatate"}
+    need = {"f18-photons": "fdg", "f18": "fdg", "lu177": "lu177-dotatate", "lu177-sampling": "lu177-dotatate"}
     for key in [p for p in args.problems if p in need]:
         vp = make_virtual_patient(tracer=need[key], voxel_mm=4.0)
         ph = VoxelPhantom.from_ct(vp.ct)
@@ -190,6 +194,15 @@ def main() -> None:
             _compare("f18-photons (511 keV pairs from the FDG TIA, 4 mm)",
                      lambda est, n: beam_problem(ph, sampler, n, settings(est), tabs[est]), masks,
                      int(2e6 * args.scale), args.repeats)
+        elif key == "lu177-sampling":
+            src = ph.density.with_array(tia.array)
+
+            def sampled(samp, n):
+                return decay_problem(ph, src, vp.nuclide, n, MCSettings(
+                    n_batches=10, chunks_per_batch=16, seed=args.seed,
+                    transport=TransportSettings(source_sampling=samp)))
+            _compare("lu177-sampling (Lu-177 decays, random against stratified positions, analog, 4 mm)",
+                     sampled, masks, int(2e6 * args.scale), args.repeats, ("random", "stratified"))
         else:
             nuc = vp.nuclide
             src = ph.density.with_array(tia.array)

@@ -9,7 +9,7 @@ from persodose.demo import DemoSettings, run_demo
 
 def test_demo_runs_end_to_end_and_its_checks_hold(tmp_path):
     out = tmp_path / "demo"
-    fast = DemoSettings(voxel_mm=8.0, seed=1, mc_decays=200_000, kernel_decays=100_000,
+    fast = DemoSettings(voxel_mm=8.0, seed=1, mc_decays=200_000, mc_reference_decays=(), kernel_decays=100_000,
                         kernel_cache=str(tmp_path / "kernels"), ct_photons=100_000, ct_dose_voxel_mm=10.0)
     report = run_demo(out, fast, log=lambda m: None)
     html = report.read_text()

@@ -31,7 +31,13 @@ class DemoSettings:
     voxel_mm: float = 4.0  #: isotropic voxel of the virtual patient's CT, mm
     seed: int = 0  #: random seed of the virtual patient and its noise
     tracers: tuple[str, ...] = TRACERS
-    mc_decays: int = 2_000_000  #: Monte Carlo decays of each dose calculation
+    mc_decays: int = 2_000_000  #: Monte Carlo decays of the dose calculation from the images
+    #: the reference Monte Carlo (on the true TIA, the yardstick of every method) stops when the
+    #: median voxel uncertainty above 10 % of the maximum reaches this, or at the tracer's limit
+    mc_reference_target: float = 0.05
+    #: decays at most of the reference per tracer (the demo's time budget: about 25 s each on
+    #: 2 cores); tracers not listed use ``mc_decays``
+    mc_reference_decays: tuple = (("lu177-dotatate", 12_000_000), ("fdg", 4_000_000))
     kernel_decays: int = 1_000_000  #: decays per voxel S-value kernel (cached on disk)
     kernel_cache: str | None = None  #: kernel cache directory (default ~/.cache/persodose)
     ct_photons: int = 2_000_000  #: photons of the CT-dose simulation of the FDG patient's CT scan
@@ -185,6 +191,10 @@ def _internal_step(res: TracerResult, vp, points, settings: DemoSettings, ct_inf
                   title=f"persodose internal dosimetry: {res.tracer}, from the DICOM images")
     # same dose grid as the image run, so that the kernels are shared
     isettings.dose_voxel_mm = float(res.internal_images.density.spacing_zyx_mm[0])
+    # the reference: stopped at a target uncertainty; F-18's photon part by track length
+    limit = dict(settings.mc_reference_decays).get(res.tracer, settings.mc_decays)
+    isettings.method_options = {"mc": {"decays": int(limit), "target_uncertainty": settings.mc_reference_target,
+                                       "photon_estimator": "tle" if vp.nuclide == "F-18" else "analog"}}
     res.internal_truth = run_internal(res.ct, [], isettings, labels=res.labels, label_names=res.label_names,
                                       tia_override=vp.truth_tia, log=quiet)
     write_outputs(res.internal_truth, out / "internal_true_tia", ct_files=ct_info.files,
