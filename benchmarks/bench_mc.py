@@ -8,6 +8,7 @@ never fails on time.
 
     python benchmarks/bench_mc.py [--quick] [--decays N] [--repeats R]
     python benchmarks/bench_mc.py --backend cuda [--chunks 16384 65536 ...]
+    python benchmarks/bench_mc.py --breakdown   # Lu-177 by emission type: where the time goes
 
 With ``--backend cuda`` (an NVIDIA GPU) every nuclide is run at each number of chunks per
 batch given (one CUDA thread per chunk), so one command also finds the best launch size;
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--chunks", type=int, nargs="+", default=None,
                     help="chunks per batch to try (default 32 CPU; 16384 65536 131072 262144 CUDA)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time Lu-177 with one emission type at a time (MCSettings.emissions)")
     args = ap.parse_args()
     n = 64 if args.quick else 128
     decays = args.decays or (50_000_000 if args.backend == "cuda" else 400_000)
@@ -92,6 +95,27 @@ def main() -> None:
         for nuc, rate in rows:
             print(f"  {nuc:7s} {rate:12.3e} decays/s")
         print(f"  baseline: 208 keV photons from a point, {statistics.median(base):.3e} photons/s (same run)")
+        if args.breakdown:
+            _breakdown(ph, src, decays, chunks, args, tables)
+
+
+def _breakdown(ph, src, decays, chunks, args, tables) -> None:
+    """Lu-177 time per decay with all emissions and with each group alone (sum > total: the
+    per-decay work of sampling a position and the lines is in every row)."""
+    from persodose.mc import MCSettings, simulate_decays
+
+    print("  Lu-177 by emissions (microseconds of wall time per decay on all threads):")
+    for em in (None, "beta", "gamma,xray", "ic,auger"):
+        settings = MCSettings(n_batches=4, chunks_per_batch=chunks, backend=args.backend, emissions=em)
+        simulate_decays(ph, src, "Lu-177", max(1000, 4 * chunks), settings, tables=tables)
+        secs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            r = simulate_decays(ph, src, "Lu-177", decays, settings, tables=tables)
+            secs.append(time.perf_counter() - t0)
+        s = statistics.median(secs)
+        print(f"    {em or 'all':12s} {1e6 * s / decays:6.2f} us/decay  ({decays / s:.3e} decays/s, "
+              f"{r.energy_balance['electron_steps']:.2f} electron steps per decay)")
 
 
 if __name__ == "__main__":
