@@ -227,8 +227,12 @@ def test_lu177_sphere_self_dose_is_electron_energy_plus_photon_part():
 def test_uncertainty_falls_with_more_decays_and_resume_merges():
     ph = _box(9, 4.0)
     src = ph.density.with_array(np.ones(ph.density.shape), Kind.ACTIVITY)
-    small = simulate_decays(ph, src, "F-18", 4000, MCSettings(n_batches=4, seed=2))
-    large = simulate_decays(ph, src, "F-18", 64000, MCSettings(n_batches=4, seed=2))
+    # random decay positions: the 1/sqrt(N) law of independent decays (stratified positions make
+    # the count of a voxel nearly exact, and at 1.4 decays per voxel and batch their spread is
+    # not yet in that regime; tests/mc/test_tle.py tests them)
+    rnd = TransportSettings(source_sampling="random")
+    small = simulate_decays(ph, src, "F-18", 4000, MCSettings(n_batches=4, seed=2, transport=rnd))
+    large = simulate_decays(ph, src, "F-18", 64000, MCSettings(n_batches=4, seed=2, transport=rnd))
     centre = (4, 4, 4)
     ratio = small.relative_uncertainty.array[centre] / large.relative_uncertainty.array[centre]
     assert 2.0 < ratio < 8.0  # ideally 4 (sqrt of 16)
