@@ -184,3 +184,15 @@ def test_evaluate_bad_inputs_exit_2(trained, tmp_path, capsys):
     torch.save({"head.weight": torch.zeros(3)}, wide)
     assert main(["evaluate", "residual-cnn3d", "--test", str(data), "--weights", str(wide)]) == 2
     assert "do not fit network" in _one_error_line(capsys)
+
+
+def test_gamma_pass_rate_of_a_prediction():
+    """3 %/3 mm global with a 10 % cut-off: a perfect prediction passes everywhere, a uniform
+    +2 % offset too (inside the dose criterion), +10 % on a flat field nowhere (no voxel within
+    3 mm can compensate on a flat field), and without a voxel size gamma is not computed."""
+    t = np.ones((7, 7, 7))
+    assert score_sample(t, t, (2.0, 2.0, 2.0)).gamma_pass_percent == pytest.approx(100.0)
+    assert score_sample(t, 1.02 * t, (2.0, 2.0, 2.0)).gamma_pass_percent == pytest.approx(100.0)
+    assert score_sample(t, 1.10 * t, (2.0, 2.0, 2.0)).gamma_pass_percent == pytest.approx(0.0)
+    assert math.isnan(score_sample(t, t).gamma_pass_percent)
+    assert math.isnan(score_sample(np.zeros((7, 7, 7)), t, (2.0, 2.0, 2.0)).gamma_pass_percent)
