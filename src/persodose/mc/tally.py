@@ -57,6 +57,24 @@ def parse_relative_uncertainty(value, what: str = "target uncertainty") -> float
     return v
 
 
+
+def region_mask(labels, names: dict, region: str) -> np.ndarray:
+    """The (z, y, x) mask of the label called ``region`` in ``labels`` (a label :class:`Grid`).
+
+    Raises:
+        InputError: no labels, a name that is not among them, or a label with no voxel.
+    """
+    if labels is None:
+        raise InputError(f"target region {region!r} needs a label map (--labels)")
+    values = [k for k, v in names.items() if str(v) == str(region)]
+    if not values:
+        known = ", ".join(sorted(str(v) for v in names.values())) or "none"
+        raise InputError(f"target region {region!r} is not a label name (labels: {known})")
+    mask = np.isin(np.asarray(labels.array), values)
+    if not mask.any():
+        raise InputError(f"target region {region!r} holds no voxel on the dose grid")
+    return mask
+
 @dataclass(frozen=True, eq=False)
 class UncertaintyTarget:
     """When a run may stop: a relative standard uncertainty to reach (the batch method).

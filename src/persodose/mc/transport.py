@@ -282,6 +282,16 @@ def _in_tle_box(ix, iy, iz, box):
     return box[8] <= ix < box[9] and box[10] <= iy < box[11] and box[12] <= iz < box[13]
 
 
+@_physics(inline=True)
+def _dda_axis(p, d, i, size):
+    """One axis of the voxel walk: ``(t of the next face crossing, t between crossings, index step)``."""
+    if d > 0.0:
+        return ((i + 1) * size - p) / d, size / d, 1
+    if d < 0.0:
+        return (i * size - p) / d, -size / d, -1
+    return 1e30, 1e30, 0
+
+
 @_physics()
 def _tle_score(e, x, y, z, u, v, w, s, dens, mat, nz, ny, nx, sz, sy, sx, photon, i, fr, tle_range_mm, box, edep):
     """Score the track length of a flight of ``s`` mm from (x, y, z) along (u, v, w).
@@ -293,7 +303,6 @@ def _tle_score(e, x, y, z, u, v, w, s, dens, mat, nz, ny, nx, sz, sy, sx, photon
     voxel with the incremental traversal of J. Amanatides, A. Woo (Eurographics 1987): one
     division per axis per flight, none per voxel.
     """
-    big = 1e30
     # the box, clipped to the grid (an unbounded box is the whole grid)
     bx0 = int(box[8])
     bx1 = int(_fmin(box[9], nx))
@@ -325,25 +334,10 @@ def _tle_score(e, x, y, z, u, v, w, s, dens, mat, nz, ny, nx, sz, sy, sx, photon
     ix = int(math.floor((x + tm * u) / sx))
     iy = int(math.floor((y + tm * v) / sy))
     iz = int(math.floor((z + tm * w) / sz))
-    # next face crossings (absolute t along the flight) and the spacing between them
-    if u > 0.0:
-        tnx, dtx, stx = ((ix + 1) * sx - x) / u, sx / u, 1
-    elif u < 0.0:
-        tnx, dtx, stx = (ix * sx - x) / u, -sx / u, -1
-    else:
-        tnx, dtx, stx = big, big, 0
-    if v > 0.0:
-        tny, dty, sty = ((iy + 1) * sy - y) / v, sy / v, 1
-    elif v < 0.0:
-        tny, dty, sty = (iy * sy - y) / v, -sy / v, -1
-    else:
-        tny, dty, sty = big, big, 0
-    if w > 0.0:
-        tnz, dtz, stz = ((iz + 1) * sz - z) / w, sz / w, 1
-    elif w < 0.0:
-        tnz, dtz, stz = (iz * sz - z) / w, -sz / w, -1
-    else:
-        tnz, dtz, stz = big, big, 0
+    # next face crossings (absolute t along the flight), the spacing between them, the step
+    tnx, dtx, stx = _dda_axis(x, u, ix, sx)
+    tny, dty, sty = _dda_axis(y, v, iy, sy)
+    tnz, dtz, stz = _dda_axis(z, w, iz, sz)
     t = t0
     m_prev = -1
     coef = 0.0  # e x mu_tle/rho x 0.1 of the last material (MeV cm2/g per mm)

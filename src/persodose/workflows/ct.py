@@ -204,21 +204,13 @@ def _target(value, above, region, lab, label_names, settings):
     Raises:
         InputError: a bad value, a region without labels or not among them, too few batches.
     """
-    from persodose.mc.tally import UncertaintyTarget
+    from persodose.mc.tally import UncertaintyTarget, region_mask
 
     if value is None:
         if region is not None:
             raise InputError("a target region needs a target uncertainty")
         return None
-    mask = None
-    if region is not None:
-        if lab is None:
-            raise InputError(f"target region {region!r} needs a label map (--labels)")
-        values = [k for k, v in label_names.items() if str(v) == str(region)]
-        if not values:
-            known = ", ".join(sorted(str(v) for v in label_names.values())) or "none"
-            raise InputError(f"target region {region!r} is not a label name (labels: {known})")
-        mask = np.isin(np.asarray(lab.array), values)
+    mask = None if region is None else region_mask(lab, label_names, region)
     target = UncertaintyTarget(value, float(above), region, mask)
     if int(settings.n_batches) < int(target.min_batches):
         raise InputError(f"a target uncertainty needs at least {target.min_batches} batches, got {settings.n_batches}")

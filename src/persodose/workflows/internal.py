@@ -265,19 +265,10 @@ def _target_region_mask(ms, labels: Grid | None, names: dict[int, str]) -> np.nd
     Raises:
         InputError: a target region without labels, or not among them.
     """
+    from persodose.mc.tally import region_mask
+
     region = getattr(ms, "target_region", None)
-    if region is None:
-        return None
-    if labels is None:
-        raise InputError(f"target region {region!r} needs a label map (--labels)")
-    values = [k for k, v in names.items() if str(v) == str(region)]
-    if not values:
-        known = ", ".join(sorted(str(v) for v in names.values())) or "none"
-        raise InputError(f"target region {region!r} is not a label name (labels: {known})")
-    mask = np.isin(np.asarray(labels.array), values)
-    if not mask.any():
-        raise InputError(f"target region {region!r} holds no voxel on the dose grid")
-    return mask
+    return None if region is None else region_mask(labels, names, region)
 
 
 def _dose_step(result: InternalResult, method: str, log) -> None:
