@@ -40,12 +40,15 @@ def test_evaluate_writes_json_and_markdown(trained, tmp_path, capsys):
     assert main(["evaluate", "residual-cnn3d", "--test", str(data), "--weights", str(weights), "--out", str(out),
                  "--device", "cpu"]) == 0
     shown = capsys.readouterr().out
-    assert "| channel | MAE | ME | MRAE (%) | RMSE | NRMSE | SSIM | PSNR (dB) |" in shown
+    assert "| channel | MAE | ME | MRAE (%) | RMSE | NRMSE | SSIM | PSNR (dB) | gamma 3 %/3 mm (%) |" in shown
     result = json.loads((out / "metrics.json").read_text())
     assert result["n_samples"] == 4 and result["kind"] == "density-led"  # 2 test patients x 2 samples
     assert result["provenance"]["sha256"] == json.loads(Path(f"{weights}.json").read_text())["sha256"]
     assert {r["patient"] for r in result["per_sample"]} == {"p006", "p007"}
     assert (out / "metrics.md").read_text().count("\n| 0 |") == 1
+    assert (out / "figures.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # this synthetic dataset records no voxel size, so gamma is not computed (null), not invented
+    assert "gamma_pass_percent" in result["channels"][0] and result["channels"][0]["gamma_pass_percent"] is None
 
     # the per-sample scores are persodose.metrics.voxel's on the network's own prediction
     from persodose.dl.evaluate import predict

@@ -160,6 +160,10 @@ class EvaluationResult:
     structures_per_sample: list[dict] = field(default_factory=list)
     segmentation: list[dict] = field(default_factory=list)
     segmentation_per_sample: list[dict] = field(default_factory=list)
+    #: for the figure (not in the JSON): per channel, the first samples' central axial slices
+    #: ``(patient, target, prediction)`` and a voxel subsample ``(target, prediction)``
+    examples: list = field(default_factory=list, repr=False)
+    scatter: list = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out = {"network": self.network, "kind": self.kind, "n_samples": self.n_samples,
@@ -399,8 +403,59 @@ def evaluate(network: str, test_dir: str | Path, weights: str | Path, *, expecte
             per_channel[c].append(s)
             rows.append({"patient": ids[i], "sample": i, "channel": c, **dataclasses.asdict(s)})
     prov = {**loaded.provenance(), "data": data.describe()}
-    return EvaluationResult(spec.name, data.kind, int(targets.shape[0]), [summarise(p) for p in per_channel],
-                            rows, prov, **_label_metrics(data, targets, preds, ids, int(min_voxels)))
+    result = EvaluationResult(spec.name, data.kind, int(targets.shape[0]), [summarise(p) for p in per_channel],
+                              rows, prov, **_label_metrics(data, targets, preds, ids, int(min_voxels)))
+    result.examples, result.scatter = _figure_data(targets, preds, ids)
+    return result
+
+
+def _figure_data(targets: np.ndarray, preds: np.ndarray, ids: list, n_examples: int = 3, n_points: int = 20000):
+    """Central axial slices of the first samples and a fixed voxel subsample, per channel."""
+    examples, scatter = [], []
+    rng = np.random.default_rng(0)
+    for c in range(targets.shape[1]):
+        z = targets.shape[2] // 2
+        examples.append([(ids[i], targets[i, c, z], preds[i, c, z]) for i in range(min(n_examples, targets.shape[0]))])
+        t = targets[:, c].ravel()
+        p = preds[:, c].ravel()
+        pick = rng.choice(t.size, size=min(n_points, t.size), replace=False)
+        scatter.append((t[pick], p[pick]))
+    return examples, scatter
+
+
+def _write_figure(result: EvaluationResult, path: Path) -> None:
+    """``figures.png``: per channel, target / prediction / difference of the first test samples
+    (central axial slice) and predicted against target voxel values."""
+    from matplotlib.figure import Figure
+
+    rows = sum(len(e) for e in result.examples)
+    fig = Figure(figsize=(11.0, 2.6 * rows + 2.6), layout="constrained")
+    grid = fig.add_gridspec(rows + 1, 4)
+    r = 0
+    for c, exs in enumerate(result.examples):
+        for patient, t, p in exs:
+            vmax = float(max(np.max(t), np.max(p))) or 1.0
+            for k, (img, title) in enumerate(((t, "target"), (p, "prediction"))):
+                ax = fig.add_subplot(grid[r, k])
+                ax.imshow(img, cmap="magma", vmin=0.0, vmax=vmax)
+                ax.set_title(f"{patient} ch {c}: {title}", fontsize=8)
+                ax.axis("off")
+            ax = fig.add_subplot(grid[r, 2])
+            lim = float(np.max(np.abs(p - t))) or 1.0
+            im = ax.imshow(p - t, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_title("prediction - target", fontsize=8)
+            ax.axis("off")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            r += 1
+    for c, (t, p) in enumerate(result.scatter[: 4]):
+        ax = fig.add_subplot(grid[rows, c])
+        ax.plot(t, p, ",", alpha=0.3)
+        hi = float(max(np.max(t), np.max(p))) or 1.0
+        ax.plot([0, hi], [0, hi], "k-", lw=0.8)
+        ax.set_xlabel("target", fontsize=8)
+        ax.set_ylabel("prediction", fontsize=8)
+        ax.set_title(f"channel {c}: {t.size} voxels", fontsize=8)
+    fig.savefig(path, dpi=90)
 
 
 def _fmt(v: float) -> str:
@@ -459,10 +514,12 @@ def _json_safe(obj):
 
 
 def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
-    """Write ``metrics.json`` and ``metrics.md`` into the folder ``out`` (atomically)."""
+    """Write ``metrics.json``, ``metrics.md`` and ``figures.png`` into the folder ``out`` (atomically)."""
     from persodose.outputs import atomic_dir
 
     with atomic_dir(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(_json_safe(result.to_json()), indent=2) + "\n", encoding="utf-8")
         (tmp / "metrics.md").write_text(markdown_table(result), encoding="utf-8")
+        if result.examples:
+            _write_figure(result, tmp / "figures.png")
     return Path(out)
