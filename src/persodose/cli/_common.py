@@ -197,3 +197,47 @@ def read_method_options(path, items, decays: int | None = None) -> dict:
             raise InputError(f"--decays {decays} and mc.decays={given} disagree: give one of them")
         options.setdefault("mc", {})["decays"] = decays
     return options
+
+
+# ----------------------------------------------------------------------------- Monte Carlo options
+def target_uncertainty_option(value):
+    """Callback of ``--target-uncertainty``: ``2%``, ``2 %`` or ``0.02``, refused in one line otherwise."""
+    if value is None:
+        return value
+    from persodose.errors import InputError
+    from persodose.mc.tally import parse_relative_uncertainty
+
+    try:
+        parse_relative_uncertainty(value, "")
+    except InputError as exc:
+        raise typer.BadParameter(str(exc).strip()) from None
+    return value
+
+
+def photon_estimator_option(value):
+    """Callback of ``--photon-estimator``: analog or tle."""
+    from persodose.mc.tables import PHOTON_ESTIMATORS
+
+    if value is not None and value not in PHOTON_ESTIMATORS:
+        raise typer.BadParameter(f"must be {' or '.join(PHOTON_ESTIMATORS)}, got {value!r}")
+    return value
+
+
+def target_uncertainty_opt(limit: str):
+    """``--target-uncertainty`` of a Monte Carlo command; ``limit`` names what becomes the limit."""
+    return typer.Option(None, "--target-uncertainty", callback=target_uncertainty_option,
+                        help=f"Stop the Monte Carlo at this relative uncertainty (2%, 2 % or 0.02): the median "
+                             f"voxel uncertainty above --target-above of the maximum dose, or with --target-region "
+                             f"that label's mean-dose uncertainty; {limit} become the limit.")
+
+
+def target_above_opt(default: float | None = None):
+    """``--target-above``: the voxels of the target (dose at least this fraction of the maximum)."""
+    return typer.Option(default, "--target-above", callback=fraction,
+                        help="The target's voxels: dose at least this fraction of the maximum (default 0.1).")
+
+
+def target_region_opt():
+    """``--target-region``: the target is this label's mean-dose uncertainty."""
+    return typer.Option(None, "--target-region", help="The target is this label's mean-dose uncertainty "
+                                                      "(a --labels name).")

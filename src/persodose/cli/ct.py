@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from persodose.cli._common import (MAX_SEED, about, count, fraction, label_sidecars, positive, read_labels,
-                                   require_volume)
-from persodose.cli.internal import photon_estimator_option, target_uncertainty_option
+from persodose.cli._common import (MAX_SEED, about, count, label_sidecars, photon_estimator_option, positive,
+                                   read_labels, require_volume, target_above_opt, target_region_opt,
+                                   target_uncertainty_opt)
 
 #: Batches of the scan without and with a target uncertainty (when --batches is not given).
 BATCHES, TARGET_BATCHES = 10, 50
@@ -39,14 +39,9 @@ def ct(
     batches: Optional[int] = typer.Option(None, "--batches", callback=count(1, 10_000),
                                           help="Independent batches (uncertainty from their spread); default 10, "
                                                "or 50 (the most) with --target-uncertainty."),
-    target_uncertainty: Optional[str] = typer.Option(
-        None, "--target-uncertainty", callback=target_uncertainty_option,
-        help="Stop the scan's transport at this relative uncertainty (2%, 2 % or 0.02); --photons and "
-             "--batches become the limit."),
-    target_above: float = typer.Option(0.1, "--target-above", callback=fraction,
-                                       help="The target's voxels: dose at least this fraction of the maximum."),
-    target_region: Optional[str] = typer.Option(None, "--target-region",
-                                                help="The target is this organ's mean-dose uncertainty (a label name)."),
+    target_uncertainty: Optional[str] = target_uncertainty_opt("--photons and --batches (50 by default)"),
+    target_above: float = target_above_opt(0.1),
+    target_region: Optional[str] = target_region_opt(),
     photon_estimator: str = typer.Option("tle", "--photon-estimator", callback=photon_estimator_option,
                                          help="Photon energy deposition: tle (track-length estimator, the default "
                                               "for CT: docs/benchmarks.md) or analog."),

@@ -7,31 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from persodose.cli._common import (MAX_SEED, about, count, fraction, label_sidecars, positive, read_labels,
-                                   read_method_options, require_volume)
-
-
-def target_uncertainty_option(value):
-    """Callback of ``--target-uncertainty``: ``2%``, ``2 %`` or ``0.02``, refused in one line otherwise."""
-    if value is None:
-        return value
-    from persodose.errors import InputError
-    from persodose.mc.tally import parse_relative_uncertainty
-
-    try:
-        parse_relative_uncertainty(value, "")
-    except InputError as exc:
-        raise typer.BadParameter(str(exc).strip()) from None
-    return value
-
-
-def photon_estimator_option(value):
-    """Callback of ``--photon-estimator``: analog or tle."""
-    from persodose.mc.tables import PHOTON_ESTIMATORS
-
-    if value is not None and value not in PHOTON_ESTIMATORS:
-        raise typer.BadParameter(f"must be {' or '.join(PHOTON_ESTIMATORS)}, got {value!r}")
-    return value
+from persodose.cli._common import (MAX_SEED, about, count, label_sidecars, photon_estimator_option, positive,
+                                   read_labels, read_method_options, require_volume, target_above_opt,
+                                   target_region_opt, target_uncertainty_opt)
 
 
 def add_mc_options(options: dict, **given) -> dict:
@@ -87,16 +65,9 @@ def internal(
     decays: Optional[int] = typer.Option(None, "--decays", callback=count(),
                                          help="Monte Carlo decays (the same as --method-option mc.decays=N; "
                                               "default 2e6)."),
-    target_uncertainty: Optional[str] = typer.Option(
-        None, "--target-uncertainty", callback=target_uncertainty_option,
-        help="Monte Carlo: stop at this relative uncertainty (2%, 2 % or 0.02; mc.target_uncertainty); "
-             "--decays (default 2e6) and mc.batches (default 50) become the limit."),
-    target_above: Optional[float] = typer.Option(
-        None, "--target-above", callback=fraction,
-        help="The target's voxels: dose at least this fraction of the maximum (default 0.1; the median "
-             "voxel uncertainty over them is the criterion)."),
-    target_region: Optional[str] = typer.Option(
-        None, "--target-region", help="The target is the uncertainty of this label's mean dose (a --labels name)."),
+    target_uncertainty: Optional[str] = target_uncertainty_opt("--decays (default 2e6) and mc.batches (50)"),
+    target_above: Optional[float] = target_above_opt(),
+    target_region: Optional[str] = target_region_opt(),
     photon_estimator: Optional[str] = typer.Option(
         None, "--photon-estimator", callback=photon_estimator_option,
         help="Monte Carlo photon energy deposition: analog (default) or tle (track-length estimator)."),

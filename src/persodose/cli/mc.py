@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from persodose.cli._common import MAX_SEED, about, count, fraction
-from persodose.cli.internal import target_uncertainty_option
+from persodose.cli._common import MAX_SEED, about, count, target_above_opt, target_uncertainty_opt
 
 #: Batches without and with a target uncertainty (when --batches is not given).
 BATCHES, TARGET_BATCHES = 10, 50
@@ -167,13 +166,8 @@ def mc(
     batches: Optional[int] = typer.Option(None, "--batches", callback=count(1, 10_000),
                                           help="Independent batches (uncertainty from their spread); default 10, "
                                                "or 50 (the most) with --target-uncertainty."),
-    target_uncertainty: Optional[str] = typer.Option(
-        None, "--target-uncertainty", callback=target_uncertainty_option,
-        help="Stop at this relative uncertainty (2%, 2 % or 0.02): the median voxel uncertainty above "
-             "--target-above of the maximum dose; --decays and --batches become the limit."),
-    target_above: Optional[float] = typer.Option(
-        None, "--target-above", callback=fraction,
-        help="The target's voxels: dose at least this fraction of the maximum (default 0.1)."),
+    target_uncertainty: Optional[str] = target_uncertainty_opt("--decays and --batches (50 by default)"),
+    target_above: Optional[float] = target_above_opt(),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Save the running tally here after every batch (.npz)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --checkpoint."),
