@@ -209,3 +209,35 @@ def test_dask_loop_stops_at_the_same_batch_as_the_in_process_loop(problem, fixed
         # a resumed tally that already meets the target needs no cluster
         again, run = run_problem_dask(problem, ref, client=client, target=target)
         assert run["n_new"] == 0 and "met the target" in run["backend"]["note"]
+
+
+def test_a_resume_with_other_batches_or_settings_is_refused(tmp_path):
+    """A checkpoint records its batch sizes and what the batches were simulated with: a fixed
+    run resumed with a target (other batch sizes), another estimator or other emissions would
+    mix unlike batches, so it is refused in one line; the same settings resume."""
+    from persodose.errors import InputError
+    from persodose.mc import MCSettings, Tally, VoxelPhantom, simulate_decays
+    from persodose.mc.tables import TransportSettings
+    from persodose.physics.materials import get_material
+
+    ph = VoxelPhantom.homogeneous((5, 5, 5), 4.0, get_material("water"), 1.0)
+    src = ph.density.with_array(np.ones((5, 5, 5)))
+    ck = tmp_path / "run.npz"
+    simulate_decays(ph, src, "Lu-177", 2000, MCSettings(n_batches=4, seed=3), checkpoint=ck)
+    back = Tally.load(ck)
+    assert back.batch_sizes == [500] * 4 and back.problem["source"]["nuclide"] == "Lu-177"
+    with pytest.raises(InputError, match="batch 0 has 500 primaries"):
+        simulate_decays(ph, src, "Lu-177", 2000, MCSettings(n_batches=8, seed=3), resume=Tally.load(ck))
+    with pytest.raises(InputError, match="transport"):
+        simulate_decays(ph, src, "Lu-177", 2000, MCSettings(n_batches=4, seed=3, transport=TransportSettings(
+            photon_estimator="tle")), resume=Tally.load(ck))
+    with pytest.raises(InputError, match="emissions"):
+        simulate_decays(ph, src, "Lu-177", 2000, MCSettings(n_batches=4, seed=3, emissions="beta"),
+                        resume=Tally.load(ck))
+    with pytest.raises(InputError, match="source"):
+        simulate_decays(ph, src, "Y-90", 2000, MCSettings(n_batches=4, seed=3), resume=Tally.load(ck))
+    same = simulate_decays(ph, src, "Lu-177", 4000, MCSettings(n_batches=8, seed=4))
+    with pytest.raises(InputError, match="different problems"):
+        same.tally.merge(simulate_decays(ph, src, "Y-90", 4000, MCSettings(n_batches=8, seed=5)).tally)
+    done = simulate_decays(ph, src, "Lu-177", 2000, MCSettings(n_batches=4, seed=3), resume=Tally.load(ck))
+    assert done.tally.n_batches == 4

@@ -81,11 +81,43 @@ class MCProblem:
     def empty_tally(self) -> Tally:
         return Tally.empty(self.n_voxels)
 
+    def signature(self) -> dict:
+        """What a batch's content depends on besides its index and seed (JSON-ready): the
+        source, the transport settings and the emission selection. Stored in the tally."""
+        import dataclasses
+        import json
+
+        src = self.source.describe(0)
+        src = {k: v for k, v in src.items() if not k.startswith("n_") and k != "total_decays_of_source"}
+        doc = {"source": src, "transport": dataclasses.asdict(self.settings.transport),
+               "emissions": list(getattr(self.settings, "emissions", None) or [])}
+        return json.loads(json.dumps(doc, default=str))
+
     def check_tally(self, tally: Tally) -> Tally:
-        """Refuse a tally made on another grid (GeometryError)."""
+        """Refuse a tally made on another grid (GeometryError), or whose batches were simulated
+        with another source, transport, emission selection or batch size (InputError): added
+        to this run they would mix unlike batches, and the batch method would be wrong.
+
+        Tallies saved before sizes and signatures were recorded are checked on the grid only.
+        An empty tally takes this problem's signature.
+        """
         if tally.sum_mev.size != self.n_voxels:
             raise GeometryError(f"the resumed tally was made on another grid ({tally.sum_mev.size} voxels, "
                                 f"the phantom has {self.n_voxels})")
+        sig = self.signature()
+        if tally.problem and tally.problem != sig:
+            diff = sorted(k for k in sig if tally.problem.get(k) != sig[k])
+            raise InputError(f"the resumed tally was simulated with other settings ({', '.join(diff)} differ); "
+                             f"start a new run or resume with the same settings")
+        if len(tally.batch_sizes) == tally.n_batches:
+            for (seed, b), n in zip(tally.batch_ids, tally.batch_sizes):
+                if int(seed) == int(self.seed) and 0 <= int(b) < self.n_batches \
+                        and int(self.primaries_per_batch[int(b)]) != int(n):
+                    raise InputError(f"the resumed tally's batch {int(b)} has {int(n)} primaries, this run's has "
+                                     f"{int(self.primaries_per_batch[int(b)])}: give the same number of primaries "
+                                     f"and batches as the run that wrote it")
+        if tally.n_batches == 0:
+            tally.problem = sig
         return tally
 
     def __getstate__(self) -> dict:

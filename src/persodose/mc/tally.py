@@ -245,6 +245,10 @@ class Tally:
         counters: energy bookkeeping in MeV per primary, summed over batches.
         region_sums: per tracked region (:meth:`track_region`), the energy per primary
             deposited in it by each batch, MeV, in ``batch_ids`` order.
+        batch_sizes: primaries of each batch, in ``batch_ids`` order (empty in tallies saved
+            before it was recorded).
+        problem: what the batches were simulated with (:meth:`persodose.mc.problem.MCProblem.signature`:
+            source, transport and emissions); a resumed run must match it.
     """
 
     sum_mev: np.ndarray
@@ -254,6 +258,8 @@ class Tally:
     batch_ids: list = field(default_factory=list)
     counters: np.ndarray = field(default_factory=lambda: np.zeros(tr.C_N))
     region_sums: dict = field(default_factory=dict)
+    batch_sizes: list = field(default_factory=list)
+    problem: dict = field(default_factory=dict)
 
     def track_region(self, key: str, mask: np.ndarray) -> None:
         """Keep, from now on, each batch's energy deposited in the voxels of ``mask`` under ``key``.
@@ -303,6 +309,8 @@ class Tally:
         self.sum_mev += per_primary_mev
         self.sum2_mev2 += per_primary_mev * per_primary_mev
         self.counters += counters_per_primary
+        if len(self.batch_sizes) == self.n_batches:  # recorded from the first batch on
+            self.batch_sizes.append(int(n))
         self.n_batches += 1
         self.n_primaries += int(n)
         self.batch_ids.append([int(v) for v in batch_id])
@@ -336,9 +344,18 @@ class Tally:
             raise InputError(f"cannot merge tallies that share batches {sorted(overlap)[:3]}: use another seed")
         regions = {k: list(v) + list(other.region_sums[k]) for k, v in self.region_sums.items()
                    if k in other.region_sums}
-        return Tally(self.sum_mev + other.sum_mev, self.sum2_mev2 + other.sum2_mev2,
-                     self.n_batches + other.n_batches, self.n_primaries + other.n_primaries,
-                     self.batch_ids + other.batch_ids, self.counters + other.counters, regions)
+        if self.problem and other.problem and self.problem != other.problem:
+            raise InputError("cannot merge tallies of different problems (source, transport or emissions differ)")
+        sizes = (self.batch_sizes + other.batch_sizes
+                 if len(self.batch_sizes) == self.n_batches and len(other.batch_sizes) == other.n_batches else [])
+        merged = Tally(self.sum_mev + other.sum_mev, self.sum2_mev2 + other.sum2_mev2,
+                       self.n_batches + other.n_batches, self.n_primaries + other.n_primaries,
+                       self.batch_ids + other.batch_ids, self.counters + other.counters, regions, sizes,
+                       dict(self.problem or other.problem))
+        tracked = {k: v for k, v in self.__dict__.get("_tracked", {}).items() if k in regions}
+        if tracked:
+            merged.__dict__["_tracked"] = tracked  # keep following the regions both tallies have
+        return merged
 
     def mean_mev(self) -> np.ndarray:
         """Energy deposited per primary, MeV (mean over batches)."""
@@ -381,7 +398,9 @@ class Tally:
         with atomic_file(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, sum_mev=self.sum_mev, sum2_mev2=self.sum2_mev2, counters=self.counters,
                                 meta=json.dumps({"n_batches": self.n_batches, "n_primaries": self.n_primaries,
-                                                 "batch_ids": self.batch_ids, "region_sums": self.region_sums}))
+                                                 "batch_ids": self.batch_ids, "region_sums": self.region_sums,
+                                                 "batch_sizes": self.batch_sizes, "problem": self.problem},
+                                                default=str))
 
     @classmethod
     def load(cls, path: str | Path) -> "Tally":
@@ -390,7 +409,8 @@ class Tally:
                 meta = json.loads(str(f["meta"]))
                 regions = {str(k): [float(x) for x in v] for k, v in (meta.get("region_sums") or {}).items()}
                 return cls(f["sum_mev"].copy(), f["sum2_mev2"].copy(), int(meta["n_batches"]),
-                           int(meta["n_primaries"]), meta["batch_ids"], f["counters"].copy(), regions)
+                           int(meta["n_primaries"]), meta["batch_ids"], f["counters"].copy(), regions,
+                           [int(v) for v in meta.get("batch_sizes") or []], dict(meta.get("problem") or {}))
         except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
             raise InputError(f"cannot read Monte Carlo checkpoint {path}: {exc}") from None
 

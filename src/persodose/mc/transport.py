@@ -273,7 +273,8 @@ def _tle_voxel(photon, m, rho, i, fr, tle_range_mm):
     The CSDA range of the photon's most energetic secondary electron (row 5 of the photon
     table, g/cm2) must be at most ``tle_range_mm`` in this voxel.
     """
-    return _lerp(photon[m, 5], i, fr) / rho * 10.0 <= tle_range_mm
+    # written as the walk of _tle_score writes it (rho >= rho_min), so the two agree to the bit
+    return rho >= _lerp(photon[m, 5], i, fr) * 10.0 / tle_range_mm
 
 
 @_physics(inline=True)

@@ -164,7 +164,10 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
     from persodose.mc.engine import MCSettings
 
     log = log or (lambda *_: None)
-    settings = settings or MCSettings(n_batches=10, transport=CT_TRANSPORT)
+    from persodose.mc.run import TARGET_BATCHES
+
+    settings = settings or MCSettings(n_batches=10 if target_uncertainty is None else TARGET_BATCHES,
+                                      transport=CT_TRANSPORT)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     _check_inputs(ct, n_photons, settings)
