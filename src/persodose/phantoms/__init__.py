@@ -13,7 +13,10 @@ lesion_lymph_node, 23 lesion_pancreas, 30 ribs (and sternum), 31 shoulder_girdle
 (:mod:`persodose.phantoms.population`) also carry :data:`SEX_LABELS`: 24 breast, 25 uterus,
 26 ovaries, 27 prostate, 28 testes; 32 arm_bones (arms down or up); and, instead of 20-23,
 one label per lesion from 40 (``lesion_liver_1``, ..., ``lesion_lung_1``) and 70 + i for the
-necrotic core of lesion i (:func:`persodose.phantoms.anatomy.lesion_labels`).
+necrotic core of lesion i (:func:`persodose.phantoms.anatomy.lesion_labels`); and 100-112,
+the organs of :data:`persodose.phantoms.anatomy.ORGAN_LABELS` (pancreas, oesophagus, spinal
+cord, aorta, IVC, portal vein, gall bladder, small intestine, colon, rectum, thymus, thyroid,
+salivary glands).
 """
 
 from persodose.phantoms.anatomy import (ALL_LABELS, LABELS, LESION_LABELS, NOMINAL_DENSITY_G_CM3,

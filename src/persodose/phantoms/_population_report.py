@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 _MASS_COLUMNS = ("liver", "spleen", "kidneys", "lungs", "heart", "brain")
+#: Organs added to population patients that have ICRP 89 masses (anatomy.ORGAN_LABELS, population.ICRP89_EXTRA).
+_ADDED_COLUMNS = ("pancreas", "oesophagus", "spinal_cord", "gall_bladder", "small_intestine", "colon", "rectum",
+                  "thymus", "thyroid", "salivary_glands")
 
 
 def _panels_figure(thumbs: list[dict], patients: list[dict], key: str):
@@ -42,6 +45,19 @@ def _panels_figure(thumbs: list[dict], patients: list[dict], key: str):
                      fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _mass_table(pts: list[dict], organs) -> tuple[list, list]:
+    """Columns and rows: per patient, voxelised mass (ICRP 89 reference / scaled) of each organ, g."""
+    cols = ["#", "sex"] + [f"{o} g (ICRP 89 ref / scaled)" for o in organs]
+    rows = []
+    for p in pts:
+        row = [p["index"], p["sex"]]
+        for o in organs:
+            row.append(f"{p['organ_masses_g'].get(o, 0):.0f} ({p['icrp89_reference_masses_g'][o]:.0f} / "
+                       f"{p['icrp89_scaled_masses_g'][o]:.0f})")
+        rows.append(row)
+    return cols, rows
 
 
 def _masses_figure(patients: list[dict]):
@@ -82,14 +98,10 @@ def population_report(doc: dict, thumbs: list[dict]):
             for p in pts]
     rep.table(cols, rows, caption="Patients")
     rep.heading("Organ masses against ICRP 89")
-    cols = ["#", "sex"] + [f"{o} g (ICRP 89 ref / scaled)" for o in _MASS_COLUMNS]
-    rows = []
-    for p in pts:
-        row = [p["index"], p["sex"]]
-        for o in _MASS_COLUMNS:
-            row.append(f"{p['organ_masses_g'].get(o, 0):.0f} ({p['icrp89_reference_masses_g'][o]:.0f} / "
-                       f"{p['icrp89_scaled_masses_g'][o]:.0f})")
-        rows.append(row)
-    rep.table(cols, rows, caption="Voxelised mass (ICRP 89 reference of the sex / scaled to the patient's size)")
+    caption = "Voxelised mass (ICRP 89 reference of the sex / scaled to the patient's size)"
+    rep.table(*_mass_table(pts, _MASS_COLUMNS), caption=caption)
+    added = [o for o in _ADDED_COLUMNS if all(o in p["icrp89_scaled_masses_g"] for p in pts)]
+    if added:
+        rep.table(*_mass_table(pts, added), caption=caption + ", organs added to population patients")
     rep.figure(_masses_figure(pts), caption="Organ mass relative to the ICRP 89 reference adult of the same sex")
     return rep

@@ -27,7 +27,10 @@ Population patients
     shifts organs and deforms them by a smooth field (:func:`deformation_field`), adds the
     sex organs of :data:`SEX_LABELS`, arms (down or raised), a wider female pelvis, and
     replaces the four canonical lesions by a drawn list, one label each, some with a necrotic
-    core (:func:`lesion_labels`); :mod:`persodose.phantoms.population` draws them.
+    core (:func:`lesion_labels`), and the organs of :data:`ORGAN_LABELS` (pancreas,
+    oesophagus, spinal cord, aorta, IVC, portal vein, gall bladder, small intestine, colon,
+    rectum, thymus, thyroid, salivary glands; :func:`_paint_extra_organs`);
+    :mod:`persodose.phantoms.population` draws them.
 """
 
 from __future__ import annotations
@@ -85,7 +88,25 @@ ARM_LABELS: dict[int, str] = {32: "arm_bones"}
 #: Every fixed label any virtual patient can carry. Population lesions have their own values
 #: from :data:`LESION_LABEL_FIRST` (one per lesion) and their necrotic cores that value plus
 #: :data:`NECROSIS_LABEL_OFFSET` (:func:`lesion_labels`).
-ALL_LABELS: dict[int, str] = {**LABELS, **SEX_LABELS, **ARM_LABELS}
+#: Organs of population patients only (``AnatomyParams(extra_organs=True)``): the remaining
+#: organs segmented by SINFONIA (deliverable Table 1) and those ICRP 103 effective dose needs
+#: that can be drawn. Painted by :func:`_paint_extra_organs` on soft tissue only, after every
+#: other organ, so no earlier organ loses a voxel.
+ORGAN_LABELS: dict[int, str] = {
+    100: "pancreas", 101: "oesophagus", 102: "spinal_cord", 103: "aorta", 104: "inferior_vena_cava",
+    105: "portal_vein", 106: "gall_bladder", 107: "small_intestine", 108: "colon", 109: "rectum",
+    110: "thymus", 111: "thyroid", 112: "salivary_glands",
+}
+#: Nominal densities of :data:`ORGAN_LABELS`, g/cm3 (ICRU 46 / ICRP 89 rounded): pancreas 1.04,
+#: oesophagus 1.03, spinal cord 1.04 (as brain), blood-filled vessels 1.06 (blood), gall bladder
+#: with bile 1.03, small intestine, colon and rectum with contents 1.04 (GI tract as above),
+#: thymus 1.03, thyroid 1.05, salivary glands 1.03.
+ORGAN_DENSITY_G_CM3: dict[str, float] = {
+    "pancreas": 1.04, "oesophagus": 1.03, "spinal_cord": 1.04, "aorta": 1.06, "inferior_vena_cava": 1.06,
+    "portal_vein": 1.06, "gall_bladder": 1.03, "small_intestine": 1.04, "colon": 1.04, "rectum": 1.04,
+    "thymus": 1.03, "thyroid": 1.05, "salivary_glands": 1.03,
+}
+ALL_LABELS: dict[int, str] = {**LABELS, **SEX_LABELS, **ARM_LABELS, **ORGAN_LABELS}
 LESION_LABEL_FIRST = 40
 NECROSIS_LABEL_OFFSET = 30
 MAX_LESIONS = 30
@@ -364,6 +385,9 @@ class AnatomyParams:
             in reference mm; empty for none.
         pelvis_width: lateral scale of the bony pelvis, hip joints and proximal femora about
             the midline (1 for the male model; the female pelvis is wider).
+        extra_organs: paint the organs of :data:`ORGAN_LABELS` (pancreas, oesophagus, spinal
+            cord, vessels, gall bladder, bowel, thymus, thyroid, salivary glands); their volume
+            factors are in ``organ_volume_factor`` under the same names.
     """
 
     sex: str = "M"
@@ -377,6 +401,7 @@ class AnatomyParams:
     arms: str | None = None
     deformation: tuple = ()
     pelvis_width: float = 1.0
+    extra_organs: bool = False
 
     @property
     def is_canonical(self) -> bool:
@@ -518,6 +543,10 @@ def _build_scaled(v: float, rng, p: AnatomyParams) -> Anatomy:
         _paint_arms(cv, p.arms, fat_ref)
     if p.sex_organs:
         _paint_sex_organs(cv, var, p.sex)
+    if p.extra_organs:
+        for s_, m_ in airway:
+            cv.paint(s_, m_, 0, only=[1, 3])
+        _paint_extra_organs(cv, var, aux_aorta)
     extra: dict[int, str] = {}
     if p.lesions is None:
         centres = _paint_lesions(cv, var)
@@ -868,8 +897,10 @@ def _lesion_centre_ref(cv: _Canvas, les: LesionSpec, r_vox: float) -> tuple[floa
 
 
 _LESION_LABEL = {"lesion_liver": 20, "lesion_bone": 21, "lesion_lymph_node": 22, "lesion_pancreas": 23}
-_LESION_ONLY = {"lesion_liver": [7], "lesion_bone": [15, 16, 19], "lesion_lymph_node": [1, 3, 7, 8, 12],
-                "lesion_pancreas": [1, 3, 7, 8, 12], "lesion_lung": [4, 5]}
+#: (Population lesions in soft tissue may also replace the soft organs of :data:`ORGAN_LABELS`
+#: around them: a pancreatic lesion the pancreas and portal vein, a node the bowel and pancreas.)
+_LESION_ONLY = {"lesion_liver": [7], "lesion_bone": [15, 16, 19], "lesion_lymph_node": [1, 3, 7, 8, 12, 100, 107, 108],
+                "lesion_pancreas": [1, 3, 7, 8, 12, 100, 105, 107], "lesion_lung": [4, 5]}
 #: Lesion kinds a population patient can have.
 LESION_KINDS = tuple(_LESION_ONLY)
 
@@ -899,6 +930,91 @@ def _paint_lesion_list(cv: _Canvas, p: AnatomyParams) -> tuple[dict, dict]:
                                              "volume_ml": round(les.volume_ml, 3),
                                              "necrotic_fraction": round(float(les.necrotic_fraction), 3)})
     return out, names
+
+
+# ----------------------------------------------------------------------------- extra organs
+def _tube_radius(var: _Variation, name: str, r: float) -> float:
+    """Radius of tube organ ``name`` after its volume factor (the cross-section scales, the
+    length follows the anatomy)."""
+    f = var.params.organ_volume_factor.get(name)
+    return float(r) * math.sqrt(float(f)) if f else float(r)
+
+
+def _paint_path(cv: _Canvas, pts, r: float, label: int, only) -> None:
+    """A tube of radius ``r`` along the polyline ``pts`` (x, y, H), painted on ``only``."""
+    for p0, p1 in zip(pts[:-1], pts[1:]):
+        cv.paint(*cv.capsule(p0, p1, r), label, only=only)
+
+
+def _cord_centreline() -> list[tuple[float, float, float]]:
+    """Centre of the spinal canal (:func:`_paint_vertebra`) from C2 down to L1/L2, mm."""
+    pts = []
+    for h in np.arange(1585.0, 1129.0, -15.0):
+        ys, _, sb = (float(q) for q in spine_centre(h))
+        pts.append((0.0, ys + sb + (7.0 if h > 1450 else 8.5), float(h)))
+    return pts
+
+
+def _paint_vessels(cv: _Canvas, var: _Variation, aux_aorta: np.ndarray) -> None:
+    """Aorta (103: the blood of the aorta of :func:`_paint_thorax` still soft tissue), inferior
+    vena cava (104, right of the aorta, from the bifurcation level to the right atrium) and portal
+    vein (105, from behind the pancreatic neck to the liver hilum); blood-filled tubes."""
+    cv.lab[aux_aorta & (cv.lab == 1)] = 103
+    s, X, Y, H = cv.box((-60, 20), (-40, 100), (985, 1235))
+    ys, _, sb = spine_centre(H)
+    yc = ys - sb - 6.0 - np.clip(H - 1120.0, 0.0, None) * 0.25
+    r = _tube_radius(var, "inferior_vena_cava", 10.0)
+    cv.paint(s, (X + 17.0 + 0.02 * (H - 990.0)) ** 2 + (Y - yc) ** 2 <= r * r, 104, only=[1, 3])
+    _paint_path(cv, [(12.0, -8.0, 1058.0), (-14.0, -10.0, 1064.0), (-40.0, -6.0, 1080.0)],
+                _tube_radius(var, "portal_vein", 7.0), 105, [1])
+
+
+def _paint_gut(cv: _Canvas, var: _Variation) -> None:
+    """Gall bladder (106) under the liver, colon (108: caecum, ascending, transverse with its
+    sag, descending), rectosigmoid (109) in front of the sacrum, then the small intestine (107)
+    filling the remaining central abdomen; soft tissue only."""
+    cv.paint(*cv.ellipsoid(*var.organ("gall_bladder", (-66.0, -42.0, 1050.0), (21.0, 21.0, 40.0)),
+                           rot=_rot("x", 20), warp=True), 106, only=[1])
+    r = _tube_radius(var, "colon", 20.0)
+    _paint_path(cv, [(-88.0, 0.0, 965.0), (-92.0, 0.0, 1040.0), (-80.0, -35.0, 1050.0), (-35.0, -52.0, 1012.0),
+                     (35.0, -52.0, 1018.0), (85.0, -35.0, 1068.0), (94.0, 12.0, 1060.0), (84.0, 14.0, 995.0)],
+                r, 108, [1])
+    _paint_path(cv, [(84.0, 14.0, 995.0), (62.0, 4.0, 985.0), (35.0, 22.0, 975.0), (16.0, 36.0, 950.0),
+                     (0.0, 30.0, 925.0), (0.0, 24.0, 896.0)], _tube_radius(var, "rectum", 17.0), 109, [1])
+    cv.paint(*cv.ellipsoid(*var.organ("small_intestine", (0.0, -22.0, 1000.0), (88.0, 56.0, 62.0)), warp=True),
+             107, only=[1])
+
+
+def _paint_extra_organs(cv: _Canvas, var: _Variation, aux_aorta: np.ndarray) -> None:
+    """The organs of :data:`ORGAN_LABELS`, after every other organ and on soft tissue (1) or
+    muscle (3) only, so that none of the other organs changes; the airway is already cleared.
+
+    Shapes and places (reference adult male, mm): pancreas head in front of the aorta at L1-L2
+    and body/tail rising to the splenic hilum (the canonical liver reaches the midline, so the
+    head lies below it); oesophagus from C6 behind the trachea, in front of the spine and right
+    of the descending aorta, to the cardia; spinal cord (radius ~4.5 mm) along the centre of
+    the spinal canal down to L1/L2; thymus in the anterior mediastinum above the heart; thyroid
+    lobes either side of the trachea at C7-T1; salivary glands as parotids in front of the ears
+    and submandibular glands under the jaw.
+    """
+    _paint_vessels(cv, var, aux_aorta)
+    c, semi = var.organ("pancreas", (-4.0, -14.0, 1066.0), (25.0, 16.0, 24.0))
+    cv.paint(*cv.ellipsoid(c, semi, warp=True), 100, only=[1])
+    _paint_path(cv, [(c[0] + 14.0, c[1] + 6.0, c[2] + 12.0), (45.0, 4.0, 1090.0), (110.0, 18.0, 1114.0)],
+                _tube_radius(var, "pancreas", 15.0), 100, [1])
+    _paint_path(cv, [(0.0, 6.0, 1565.0), (0.0, 16.0, 1500.0), (-2.0, 22.0, 1400.0), (2.0, 20.0, 1300.0),
+                     (10.0, 16.0, 1220.0), (30.0, 0.0, 1180.0), (45.0, -15.0, 1165.0)],
+                _tube_radius(var, "oesophagus", 6.0), 101, [1, 3])
+    _paint_path(cv, _cord_centreline(), _tube_radius(var, "spinal_cord", 4.6), 102, [1, 3])
+    cv.paint(*cv.ellipsoid(*var.organ("thymus", (0.0, -48.0, 1355.0), (18.0, 10.0, 32.0))), 110, only=[1])
+    for side in (-1, 1):
+        cv.paint(*cv.ellipsoid(*var.organ("thyroid", (side * 18.0, -8.0, 1495.0), (9.0, 11.0, 22.0))), 111,
+                 only=[1, 3])
+        cv.paint(*cv.ellipsoid(*var.organ("salivary_glands", (side * 40.0, 8.0, 1592.0), (13.0, 20.0, 28.0))), 112,
+                 only=[1])
+        cv.paint(*cv.ellipsoid(*var.organ("salivary_glands", (side * 24.0, -28.0, 1580.0), (10.0, 12.0, 9.0))), 112,
+                 only=[1])
+    _paint_gut(cv, var)
 
 
 # ----------------------------------------------------------------------------- arms
@@ -970,9 +1086,10 @@ def label_volumes_ml(labels: np.ndarray, voxel_mm: float, names: dict[int, str] 
 
 def nominal_density_g_cm3(name: str) -> float:
     """Nominal density of a label name, g/cm3 (:data:`NOMINAL_DENSITY_G_CM3`,
-    :data:`SEX_ORGAN_DENSITY_G_CM3`, :data:`EXTRA_DENSITY_G_CM3`; a per-lesion label has the
+    :data:`SEX_ORGAN_DENSITY_G_CM3`, :data:`EXTRA_DENSITY_G_CM3`, :data:`ORGAN_DENSITY_G_CM3`; a
+    per-lesion label has the
     density of its kind)."""
-    for table in (NOMINAL_DENSITY_G_CM3, SEX_ORGAN_DENSITY_G_CM3, EXTRA_DENSITY_G_CM3):
+    for table in (NOMINAL_DENSITY_G_CM3, SEX_ORGAN_DENSITY_G_CM3, EXTRA_DENSITY_G_CM3, ORGAN_DENSITY_G_CM3):
         if name in table:
             return table[name]
     kind = lesion_kind(name)

@@ -26,7 +26,13 @@ BASE_HU = {0: -1000.0, 1: 30.0, 2: -100.0, 3: 45.0, 4: -760.0, 5: -760.0, 6: 40.
            # ovaries, prostate, testes
            24: -40.0, 25: 45.0, 26: 35.0, 27: 40.0, 28: 35.0,
            # arm bones (humerus, radius, ulna): cortical as the femur
-           32: 1250.0}
+           32: 1250.0,
+           # organs of population patients (anatomy.ORGAN_LABELS), unenhanced: pancreas 40,
+           # oesophagus 40, spinal cord 30, blood in aorta / IVC / portal vein 40, bile 10, small
+           # intestine 30, colon and rectum with contents 10, adult (fatty) thymus 20, thyroid 90
+           # (iodine-rich, 80-100), salivary glands 15 (fatty parotid)
+           100: 40.0, 101: 40.0, 102: 30.0, 103: 40.0, 104: 40.0, 105: 40.0, 106: 10.0, 107: 30.0,
+           108: 10.0, 109: 10.0, 110: 20.0, 111: 90.0, 112: 15.0}
 TRABECULAR_HU = {14: 650.0, 17: 320.0, 18: 320.0, 30: 260.0, 31: 260.0, 32: 320.0}
 #: Mean CT numbers of population lesions by kind, HU (unenhanced: soft-tissue metastases and
 #: nodes 35-40, a solid lung nodule 40, a sclerotic bone metastasis 600 as the canonical one)

@@ -300,6 +300,20 @@ REMAINDER_WEIGHTS = {
             "arm_bones": 0.1},
 }
 REMAINDER_WEIGHTS["lu177-dotatate"]["arm_bones"] = 0.05  # cortical bone as the other bones
+#: Non-specific weights of the organs of population patients (anatomy.ORGAN_LABELS): background-like,
+#: blood in the large vessels as the heart's blood pool (Lu 2.0; FDG 1.5), salivary glands a little
+#: above background for both tracers (somatostatin-receptor and FDG salivary uptake are low but
+#: visible), the bowel slightly above soft tissue for FDG (physiological gut uptake), spinal cord
+#: and gall bladder (bile) below it. Illustrative, in the spirit of the biokinetic models of ICRP
+#: Publication 128 (2015), where these organs belong to "other tissues".
+REMAINDER_WEIGHTS["lu177-dotatate"].update({
+    "pancreas": 1.0, "oesophagus": 1.0, "spinal_cord": 0.3, "aorta": 2.0, "inferior_vena_cava": 2.0,
+    "portal_vein": 2.0, "gall_bladder": 0.5, "small_intestine": 1.0, "colon": 1.0, "rectum": 1.0, "thymus": 0.8,
+    "thyroid": 1.0, "salivary_glands": 1.5})
+REMAINDER_WEIGHTS["fdg"].update({
+    "pancreas": 1.0, "oesophagus": 1.2, "spinal_cord": 0.8, "aorta": 1.5, "inferior_vena_cava": 1.5,
+    "portal_vein": 1.5, "gall_bladder": 0.5, "small_intestine": 1.3, "colon": 1.5, "rectum": 1.2, "thymus": 1.0,
+    "thyroid": 1.2, "salivary_glands": 1.5})
 
 
 def organ_tacs(tracer: str, injected_activity_bq: float, label_volumes_ml: dict[str, float],

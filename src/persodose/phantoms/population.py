@@ -44,6 +44,12 @@ What varies (distributions; sources)
       follows BMI); ``e`` is log-normal inter-individual scatter (log-SD 0.12; 0.05 brain,
       0.25 breasts). The organ is painted with its volume factor chosen to hit ``M`` at the
       nominal densities; voxelised masses are within the tolerance stated in the tests.
+    * added organs (:data:`persodose.phantoms.anatomy.ORGAN_LABELS`, labels 100-112): pancreas,
+      oesophagus, spinal cord, aorta, inferior vena cava, portal vein, gall bladder, small
+      intestine, colon, rectum, thymus, thyroid, salivary glands; masses :data:`ICRP89_EXTRA`
+      scaled by BSA (abdominal viscera), height (oesophagus, spinal cord) or not (thymus,
+      thyroid, salivary glands), scatter log-SD 0.12 drawn last on the second stream; vessels
+      at the model's geometry scaled with the frame (``docs/population.md``).
     * organ positions: liver, spleen, kidneys, stomach, heart and bladder move by normal
       shifts of SD 5, 5, 8 mm (x, y, z), clipped at 2 SD.
     * lung density: mean lung CT number uniform in -860 to -700 HU (healthy lungs at
@@ -107,19 +113,47 @@ ICRP89 = {
                        "ovaries": 11.0}},
 }
 
+#: ICRP Publication 89 (2002), Table 2.8, reference masses (g) of the organs of
+#: :data:`persodose.phantoms.anatomy.ORGAN_LABELS`, painted whole (wall and contents):
+#: pancreas 140 / 120 (M / F); oesophagus 40 / 35; thymus 25 / 20; thyroid 20 / 17; salivary
+#: glands 85 / 70; spinal cord 30 / 28; gall bladder wall + bile 10 + 58 / 8 + 48; small
+#: intestine wall + contents 650 + 350 / 600 + 280; colon = right and left colon, wall +
+#: contents, 150 + 150 + 150 + 75 / 145 + 160 + 145 + 80; rectum = rectosigmoid wall + contents
+#: 70 + 75 / 70 + 80 (checked against a J Nucl Med table of ICRP 89's adult reference masses;
+#: the spinal cord value is nominal, not checked against the original table). Aorta, inferior
+#: vena cava and portal vein have no ICRP 89 mass: their targets are the model's own blood-filled tubes scaled with the frame
+#: (:data:`GEOMETRIC_ORGANS`).
+ICRP89_EXTRA = {
+    "M": {"pancreas": 140.0, "oesophagus": 40.0, "thymus": 25.0, "thyroid": 20.0, "salivary_glands": 85.0,
+          "spinal_cord": 30.0, "gall_bladder": 68.0, "small_intestine": 1000.0, "colon": 525.0, "rectum": 145.0},
+    "F": {"pancreas": 120.0, "oesophagus": 35.0, "thymus": 20.0, "thyroid": 17.0, "salivary_glands": 70.0,
+          "spinal_cord": 28.0, "gall_bladder": 56.0, "small_intestine": 880.0, "colon": 530.0, "rectum": 150.0},
+}
+#: Scaling of :data:`ICRP89_EXTRA` with the patient: body surface area for the abdominal viscera
+#: (as liver and stomach), height for the long thin organs (oesophagus, spinal cord), none for
+#: thymus, thyroid and salivary glands (as brain).
+_BSA_EXTRA = ("pancreas", "gall_bladder", "small_intestine", "colon", "rectum")
+_HEIGHT_EXTRA = ("oesophagus", "spinal_cord")
+#: Vessels: painted at the model's geometry scaled with the patient's frame (no volume factor).
+GEOMETRIC_ORGANS = ("aorta", "inferior_vena_cava", "portal_vein")
+
 #: Voxelised masses, g, of the unscaled model (4 mm, volume factor 1, nominal densities),
 #: measured once with :func:`model_masses_g` (``tests/phantoms/test_population.py`` checks them).
 MODEL_MASS_G = {
     "liver": 1990.7, "spleen": 138.6, "kidneys": 308.85, "lungs": 1246.79, "heart": 836.06, "brain": 1479.23,
     "bladder": 256.66, "stomach": 390.04, "breast": 521.33, "uterus": 82.0, "ovaries": 10.92, "prostate": 17.04,
     "testes": 35.14,
+    "pancreas": 90.46, "oesophagus": 34.34, "spinal_cord": 21.43, "aorta": 196.53, "inferior_vena_cava": 32.56,
+    "portal_vein": 4.14, "gall_bladder": 58.21, "small_intestine": 941.36, "colon": 462.39, "rectum": 114.68,
+    "thymus": 23.99, "thyroid": 19.08, "salivary_glands": 57.88,
 }
 
 #: Organ group -> labels painted with one volume factor.
 ORGAN_GROUPS = {"liver": ("liver",), "spleen": ("spleen",), "kidneys": ("kidney_left", "kidney_right"),
                 "lungs": ("lung_left", "lung_right"), "heart": ("heart",), "brain": ("brain",),
                 "bladder": ("bladder",), "stomach": ("stomach",), "breast": ("breast",), "uterus": ("uterus",),
-                "ovaries": ("ovaries",), "prostate": ("prostate",), "testes": ("testes",)}
+                "ovaries": ("ovaries",), "prostate": ("prostate",), "testes": ("testes",),
+                **{n: (n,) for n in _anat.ORGAN_LABELS.values()}}
 _BSA_ORGANS = ("liver", "spleen", "kidneys", "heart", "stomach")
 _SCATTER = {"brain": 0.05, "breast": 0.25}
 _SHIFTED = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "heart", "bladder")
@@ -313,7 +347,8 @@ def _draw_deformation(rng) -> tuple:
 def _draw_extras(seed: int, lesions: tuple) -> dict:
     """What the second random stream of a patient draws (``SeedSequence(seed, spawn_key=(1,))``,
     so the draws of the first stream stay those of earlier versions): arms, organ deformation,
-    lung lesions, necrotic cores and every lesion's own kinetic factors."""
+    lung lesions, necrotic cores, every lesion's own kinetic factors and, last, the scatter of
+    the organs of :data:`ICRP89_EXTRA`."""
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(1,)))
     arms = "up" if rng.random() < P_ARMS_UP else "down"
     deformation = _draw_deformation(rng)
@@ -334,7 +369,18 @@ def _draw_extras(seed: int, lesions: tuple) -> dict:
             ft = None if trange is None else float(rng.uniform(*trange))
             k[tracer] = [round(fu, 4), None if ft is None else round(ft, 4)]
         kin.append(k)
-    return {"arms": arms, "deformation": deformation, "lesions": tuple(out), "lesion_kinetics": tuple(kin)}
+    scatter = {o: math.exp(rng.normal(0.0, 0.12)) for o in ICRP89_EXTRA["M"]}
+    return {"arms": arms, "deformation": deformation, "lesions": tuple(out), "lesion_kinetics": tuple(kin),
+            "organ_scatter": scatter}
+
+
+def extra_organ_masses_g(sex: str, height_m: float, weight_kg: float) -> dict[str, float]:
+    """:data:`ICRP89_EXTRA` of the patient's sex scaled to its size (without the scatter), g."""
+    ref = ICRP89[sex]
+    bsa_ratio = bsa_m2(weight_kg, 100 * height_m) / bsa_m2(ref["weight_kg"], 100 * ref["height_m"])
+    h_ratio = height_m / ref["height_m"]
+    return {o: m * (bsa_ratio if o in _BSA_EXTRA else h_ratio if o in _HEIGHT_EXTRA else 1.0)
+            for o, m in ICRP89_EXTRA[sex].items()}
 
 
 def _draw_kinetics(rng) -> dict:
@@ -377,11 +423,17 @@ def draw_patient(seed: int, index: int = 0) -> PatientSpec:
     lesions = _draw_lesions(rng)
     kin = _draw_kinetics(rng)
     extras = _draw_extras(seed, lesions)
+    scaled.update(extra_organ_masses_g(sex, h_m, w))
+    for organ, f in extras["organ_scatter"].items():
+        target[organ] = scaled[organ] * f
+        factors[organ] = round(target[organ] / (MODEL_MASS_G[organ] * geom), 5)
+    for organ in GEOMETRIC_ORGANS:
+        target[organ] = MODEL_MASS_G[organ] * geom
     anat = _anat.AnatomyParams(sex=sex, height_scale=round(hs, 5), width_scale=round(width, 5),
                                fat_extra_mm=round(fat_mm - 15.0, 3), organ_volume_factor=factors,
                                organ_shift_mm=shifts, sex_organs=True, lesions=extras["lesions"],
                                arms=extras["arms"], deformation=extras["deformation"],
-                               pelvis_width=FEMALE_PELVIS_WIDTH if sex == "F" else 1.0)
+                               pelvis_width=FEMALE_PELVIS_WIDTH if sex == "F" else 1.0, extra_organs=True)
     return PatientSpec(index=int(index), seed=int(seed), split=split_of(seed), sex=sex, age_y=age,
                        height_m=round(h_m, 4), weight_kg=round(w, 2), bmi=round(bmi, 2), lbm_kg=round(lbm, 2),
                        bsa_m2=round(bsa_m2(w, h_cm), 3), target_masses_g={o: round(m, 2) for o, m in target.items()},
@@ -431,7 +483,7 @@ def model_masses_g(voxel_mm: float = 4.0) -> dict[str, float]:
     """Voxelised organ-group masses of the unscaled model of each sex (volume factors 1), g."""
     out = {}
     for sex in ("M", "F"):
-        p = _anat.AnatomyParams(sex=sex, sex_organs=True, lesions=())
+        p = _anat.AnatomyParams(sex=sex, sex_organs=True, lesions=(), extra_organs=True)
         an = _anat.build_anatomy(voxel_mm, None, p)
         masses = organ_group_masses_g(_anat.organ_masses_g(an.labels, voxel_mm, _anat.ALL_LABELS))
         out.update({o: m for o, m in masses.items() if sex == "M" or o in ("breast", "uterus", "ovaries")})
@@ -447,7 +499,7 @@ def _patient_doc(spec: PatientSpec, vp, folder: str) -> dict:
             "height_scale": spec.anatomy.height_scale, "width_scale": spec.anatomy.width_scale,
             "organ_masses_g": masses, "target_masses_g": spec.target_masses_g,
             "icrp89_scaled_masses_g": spec.icrp89_scaled_masses_g,
-            "icrp89_reference_masses_g": ICRP89[spec.sex]["masses_g"],
+            "icrp89_reference_masses_g": {**ICRP89[spec.sex]["masses_g"], **ICRP89_EXTRA[spec.sex]},
             "arms": spec.anatomy.arms, "pelvis_width": spec.anatomy.pelvis_width,
             "deformation_rms_mm": _deformation_rms_mm(spec.anatomy.deformation),
             "lesions": _lesion_docs(spec, vp),
@@ -533,7 +585,10 @@ def _population_doc(n, seed, tracer, voxel_mm, docs) -> dict:
                        "training if u < 0.70, validation if u < 0.85, else test"),
         "seed_rule": "patient seed = SeedSequence([population_seed, index]).generate_state(1, uint64)[0] >> 1",
         "mass_rule": ("M = M_ICRP89(sex) x s x e; s = BSA/BSA_ref (liver, spleen, kidneys, heart, stomach), "
-                      "(H/H_ref)^3 (lungs), (BMI/22.6)^1.5 (breast), 1 (others); e log-normal scatter"),
+                      "(H/H_ref)^3 (lungs), (BMI/22.6)^1.5 (breast), 1 (others); e log-normal scatter. "
+                      "Added organs (ICRP 89 Table 2.8, whole with contents): s = BSA/BSA_ref (pancreas, gall "
+                      "bladder, small intestine, colon, rectum), H/H_ref (oesophagus, spinal cord), 1 (thymus, "
+                      "thyroid, salivary glands); vessels: the model's tubes scaled with the frame"),
         "splits": {s: [d["seed"] for d in docs if d["split"] == s] for s in SPLIT_FRACTIONS},
         "patients": docs,
     }
@@ -550,4 +605,4 @@ def _coronal(vp) -> dict:
 
 __all__ = ["make_population", "write_population", "draw_population", "draw_patient", "make_population_patient",
            "patient_seed", "split_of", "PatientSpec", "icrp89_scaled_masses_g", "model_masses_g", "ICRP89",
-           "SPLIT_FRACTIONS", "KINETIC_RANGES"]
+           "SPLIT_FRACTIONS", "KINETIC_RANGES", "ICRP89_EXTRA", "extra_organ_masses_g"]

@@ -199,7 +199,7 @@ def _population_names(an: _anat.Anatomy, params: _anat.AnatomyParams) -> dict[in
     if params.lesions is not None:
         for k in _anat.LESION_LABELS:
             fixed.pop(k)
-    extra = {**_anat.SEX_LABELS, **_anat.ARM_LABELS, **an.extra_labels}
+    extra = {**_anat.SEX_LABELS, **_anat.ARM_LABELS, **_anat.ORGAN_LABELS, **an.extra_labels}
     return {**fixed, **{k: n for k, n in sorted(extra.items()) if k in present}}
 
 
