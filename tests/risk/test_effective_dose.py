@@ -23,7 +23,11 @@ def test_weights_sum_to_one_and_remainder_has_13_tissues_per_sex():
     ("lung_left", "lung"), ("lung_upper_lobe_right", "lung"), ("liver", "liver"), ("urinary_bladder", "bladder"),
     ("esophagus", "oesophagus"), ("thyroid_gland", "thyroid"), ("kidney_right", "kidneys"), ("red_marrow", "red_marrow"),
     ("skin_fat", "skin"), ("small_bowel", "small_intestine"), ("adrenal_gland_left", "adrenals"),
-    ("Gallbladder", "gall_bladder"), ("spine", None), ("lesion_liver", None), ("body", None)])
+    ("Gallbladder", "gall_bladder"), ("spine", None), ("lesion_liver", None), ("body", None),
+    # the population's added organs (labels 100-112)
+    ("rectum", "colon"), ("colon", "colon"), ("salivary_glands", "salivary_glands"), ("thymus", "thymus"),
+    ("pancreas", "pancreas"), ("oesophagus", "oesophagus"), ("small_intestine", "small_intestine"),
+    ("aorta", None), ("inferior_vena_cava", None), ("portal_vein", None), ("spinal_cord", None)])
 def test_label_names_map_to_icrp_tissues(name, tissue):
     assert tissue_for_label(name) == tissue
 

@@ -59,7 +59,7 @@ _N_REMAINDER_PER_SEX = 13
 LABEL_SYNONYMS: Mapping[str, str] = {
     **{k: "lung" for k in ("lung", "lungs", "lung_upper_lobe", "lung_middle_lobe", "lung_lower_lobe")},
     **{k: "red_marrow" for k in ("red_marrow", "red_bone_marrow", "bone_marrow", "active_marrow", "marrow")},
-    **{k: "colon" for k in ("colon", "large_intestine")},
+    **{k: "colon" for k in ("colon", "large_intestine", "rectum", "rectosigmoid", "rectosigmoid_colon")},
     "stomach": "stomach",
     **{k: "breast" for k in ("breast", "breasts", "mammary_gland")},
     **{k: "gonads" for k in ("gonads", "gonad", "testis", "testes", "testicle", "testicles", "ovary", "ovaries")},
@@ -92,6 +92,8 @@ LABEL_SYNONYMS: Mapping[str, str] = {
 APPROXIMATE_MAPPINGS: Mapping[str, str] = {
     "skin_fat": "skin: the label holds skin and subcutaneous fat (ICRP skin is the basal layer)",
     "duodenum": "small intestine: the duodenum is taken as part of the small intestine",
+    "rectum": "colon: the rectum is counted with the colon, whose ICRP 103 dose includes the "
+              "rectosigmoid (ICRP 110: right, left and rectosigmoid colon)",
 }
 
 _SIDES = re.compile(r"(^(left|right)_)|(_(left|right|l|r)$)")
