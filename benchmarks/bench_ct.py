@@ -93,7 +93,7 @@ def run(phantom, beam, n, tables, masks, n_batches=10, seed=1):
     from persodose.mc.engine import MCSettings, beam_problem, run_batch
     from persodose.mc.tables import TransportSettings
 
-    ts = TransportSettings(electron_cut_mev=0.2, hard_collision_cut_mev=0.2, emax_mev=0.2)
+    ts = TransportSettings(**CT_TRANSPORT_KW)
     settings = MCSettings(n_batches=n_batches, chunks_per_batch=16, seed=seed, transport=ts)
     problem = beam_problem(phantom, beam, n, settings, tables)
     per = []
@@ -109,26 +109,20 @@ def run(phantom, beam, n, tables, masks, n_batches=10, seed=1):
     return n / secs, dict(zip(masks, rel)), secs
 
 
-def main() -> None:
-    import numba
+#: Transport of the CT benchmarks: electrons deposited where they are made (the kerma
+#: approximation at CT energies), tables up to 200 keV.
+CT_TRANSPORT_KW = dict(electron_cut_mev=0.2, hard_collision_cut_mev=0.2, emax_mev=0.2)
 
+
+def whole_body_scan(voxel_mm: float):
+    """``(virtual patient, phantom, beam, z range mm)``: the benchmarks' whole-body helical scan
+    (module docstring) of the built-in patient at ``voxel_mm``."""
     from persodose.ct.bowtie import generic_bowtie
     from persodose.ct.spectrum import tube_spectrum
-    from persodose.grid import Kind
     from persodose.mc.engine import VoxelPhantom
-    from persodose.mc.tables import TransportSettings, build_tables
     from persodose.phantoms import make_virtual_patient
-    from persodose.physics.materials import get_material
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--photons", type=int, default=2_000_000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--voxel-mm", type=float, default=5.0)
-    args = ap.parse_args()
-
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"numba threads {numba.get_num_threads()}")
-    vp = make_virtual_patient(voxel_mm=args.voxel_mm)
+    vp = make_virtual_patient(voxel_mm=voxel_mm)
     ph = VoxelPhantom.from_ct(vp.ct)
     g = ph.density
     nz, ny, nx = g.shape
@@ -139,11 +133,34 @@ def main() -> None:
     spec = tube_spectrum(120.0, anode_angle_deg=12.0, filtration_mm={"Al": 7.0})
     beam = HelicalBeam(spec.energy_mev, spec.probabilities, spec.bin_width_mev, centre[:2], z_lo, z_hi,
                        bowtie=generic_bowtie("body", 541.0))
+    return vp, ph, beam, (z_lo, z_hi)
+
+
+def main() -> None:
+    import numba
+
+    from persodose.grid import Kind
+    from persodose.mc.engine import VoxelPhantom
+    from persodose.mc.tables import TransportSettings, build_tables
+    from persodose.physics.materials import get_material
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--photons", type=int, default=2_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--voxel-mm", type=float, default=5.0)
+    args = ap.parse_args()
+
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"numba threads {numba.get_num_threads()}")
+    vp, ph, beam, (z_lo, z_hi) = whole_body_scan(args.voxel_mm)
+    g = ph.density
+    nz, ny, nx = g.shape
+    sp = g.spacing_zyx_mm
     print(f"phantom: virtual patient CT, {nx} x {ny} x {nz} voxels of {sp[0]:g} mm "
           f"({len(ph.material_list)} materials); helical scan {z_hi - z_lo:.0f} mm, pitch 1, 40 mm, "
           f"{beam.turns:.1f} rotations, 120 kVp 7 mm Al, body bowtie; {args.photons} photons per run, "
           f"median of {args.repeats}")
-    ts = TransportSettings(electron_cut_mev=0.2, hard_collision_cut_mev=0.2, emax_mev=0.2)
+    ts = TransportSettings(**CT_TRANSPORT_KW)
     tables = build_tables(ph.material_list, ts)
     masks = organ_masks(vp.labels, vp.label_names)
     run(ph, beam, 20000, tables, masks)  # warm-up (compilation / cache load)

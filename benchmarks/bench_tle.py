@@ -77,7 +77,7 @@ class ActivityPhotons:
         return pts, d, np.full(n, self.energy)
 
 
-def _run(problem, masks, ref_mask=None):
+def _run(problem, masks):
     from persodose.mc.engine import run_batch
 
     per_organ, total, total2 = [], 0.0, 0.0
@@ -144,9 +144,7 @@ def _compare(name, make_problem, masks, n, repeats=2, variants=("analog", "tle")
 def main() -> None:
     import numba
 
-    from bench_ct import HelicalBeam, organ_masks
-    from persodose.ct.bowtie import generic_bowtie
-    from persodose.ct.spectrum import tube_spectrum
+    from bench_ct import CT_TRANSPORT_KW, organ_masks, whole_body_scan
     from persodose.mc.engine import MCSettings, VoxelPhantom, beam_problem, decay_problem
     from persodose.mc.tables import TransportSettings, build_tables
     from persodose.phantoms import make_virtual_patient
@@ -165,17 +163,8 @@ def main() -> None:
                           transport=TransportSettings(photon_estimator=est, **kw))
 
     if "ct" in args.problems:
-        vp = make_virtual_patient(voxel_mm=5.0)
-        ph = VoxelPhantom.from_ct(vp.ct)
-        g = ph.density
-        nz, ny, nx = g.shape
-        sp = g.spacing_zyx_mm
-        centre = np.asarray(g.origin_xyz_mm) + (np.array([nx, ny, nz]) - 1) * np.array(sp[::-1]) / 2
-        z_lo = g.origin_xyz_mm[2] - sp[0] / 2
-        spec = tube_spectrum(120.0, anode_angle_deg=12.0, filtration_mm={"Al": 7.0})
-        beam = HelicalBeam(spec.energy_mev, spec.probabilities, spec.bin_width_mev, centre[:2], z_lo,
-                           z_lo + nz * sp[0], bowtie=generic_bowtie("body", 541.0))
-        ct_kw = dict(electron_cut_mev=0.2, hard_collision_cut_mev=0.2, emax_mev=0.2)
+        vp, ph, beam, _ = whole_body_scan(5.0)
+        ct_kw = CT_TRANSPORT_KW
         tabs = {est: build_tables(ph.material_list, TransportSettings(photon_estimator=est, **ct_kw))
                 for est in ("analog", "tle")}
         _compare("ct (whole-body helical scan, 5 mm)",

@@ -211,3 +211,31 @@ def test_a_body_in_air_is_walked_only_inside_its_box():
     (sa, ua), (st, ut) = sums
     assert abs(st / sa - 1) < 3 * np.hypot(ua, ut), sums
     assert ut < 0.5 * ua
+
+
+@pytest.mark.parametrize("energy", [0.06, 0.208])
+def test_tle_agrees_with_analog_in_bone_beside_soft_tissue(energy):
+    """A 20 mm ICRU bone slab in soft tissue, 4 mm voxels: the slab's and the soft tissue's
+    energy agree with analog within 3 combined standard deviations (the source voxel's
+    neighbourhood left out). Measured with 2e6 photons: +0.23 % (60 keV) and 0.00 % (208 keV)."""
+    from persodose.grid import Grid, Kind
+
+    n = 25
+    m = np.zeros((n, n, n), np.uint8)
+    m[:, :, 15:20] = 1
+    soft, bone = get_material("soft_tissue"), get_material("bone")
+    dens = np.where(m == 1, bone.density_g_cm3, soft.density_g_cm3)
+    sp = (4.0,) * 3
+    ph = VoxelPhantom(Grid(dens, sp, kind=Kind.DENSITY), Grid(m, sp, kind=Kind.MATERIAL), (soft, bone))
+    a = _run(ph, energy, 300_000, "analog", seed=2)
+    t = _run(ph, energy, 300_000, "tle", seed=2)
+    for region in (m == 0, m == 1):
+        region = region.copy()
+        region[10:15, 10:15, 10:15] = False
+        sums = []
+        for r in (a, t):
+            e = np.asarray(r.energy_per_primary_mev.array)[region]
+            u = np.asarray(r.relative_uncertainty.array)[region]
+            sums.append((e.sum(), np.sqrt(((e * u) ** 2).sum()) / e.sum()))
+        (sa, ua), (st, ut) = sums
+        assert abs(st / sa - 1) < 3 * np.hypot(ua, ut), (energy, sums)
