@@ -3,9 +3,13 @@ multi-frame file).
 
 Used by the virtual-patient generator and for round trips through :mod:`persodose.io.dicom`.
 The datasets follow the CT Image, PET Image and NM Image IODs of DICOM PS3.3 (A.3, A.21,
-A.5) closely enough for pydicom, GDCM/SimpleITK and the persodose reader; they are not
-claimed to pass a full IOD validator. Everything is written into a temporary sibling and
-moved into place on success (:func:`persodose.outputs.atomic_dir` / ``atomic_file``).
+A.5): ``dciodvfy`` (dicom3tools) reports no errors for them (``tests/io/test_conformance.py``;
+what it said before and after is in ``docs/conformance.md``). The warnings it still gives
+are attributes outside the IOD that readers use (Standard Extended SOP Class, PS3.4 B.1.3).
+Every series of one study carries the same Study Date and Time (the study's start), so a
+PACS sees one study (``dcentvfy``). UIDs are made under :data:`UID_ROOT`. Everything is
+written into a temporary sibling and moved into place on success
+(:func:`persodose.outputs.atomic_dir` / ``atomic_file``).
 
 Geometry (PS3.3 C.7.6.2): slice ``k`` has Image Position (Patient) = origin + k * dz *
 (z direction), Image Orientation (Patient) = the grid's x and y directions, Pixel Spacing =
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +36,19 @@ from persodose.grid import Grid, Kind
 from persodose.io.rtdose import image_pixel_module
 from persodose.outputs import atomic_dir, atomic_file
 
-__all__ = ["PatientInfo", "new_uid", "write_ct_series", "write_pet_series", "write_nm_tomo",
-           "nuclide_code"]
+__all__ = ["PatientInfo", "UID_ROOT", "new_uid", "uid_root", "write_ct_series", "write_pet_series",
+           "write_nm_tomo", "nuclide_code"]
+
+#: persodose's UID root: the ``2.25`` arc of UUID-derived OIDs (ITU-T X.667 / ISO/IEC 9834-8,
+#: DICOM PS3.5 B.2) followed by the integer of the name-based UUID
+#: ``uuid5(NAMESPACE_URL, "https://persodose.invalid/dicom-uid-root")``
+#: (de0f8919-3216-5ed2-84a0-8683e7328347). Not a registered organisation root; a site that
+#: has one sets ``PERSODOSE_UID_ROOT`` (see :func:`uid_root`). 44 characters, which leaves 19
+#: random digits per UID (about 63 bits, from :mod:`secrets`).
+UID_ROOT = "2.25.295169280203450403979450852253296132935"
+
+#: A UID root: numeric components without leading zeros, dot separated (PS3.5 9.1).
+_UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 @dataclass
@@ -47,11 +64,28 @@ class PatientInfo:
     birth_date: str = "19800101"
 
 
+def uid_root() -> str:
+    """The UID root in use: ``PERSODOSE_UID_ROOT`` when set, else :data:`UID_ROOT`.
+
+    Raises:
+        InputError: a ``PERSODOSE_UID_ROOT`` that is not a valid root of at most 48
+            characters (which keeps 15 random digits per UID).
+    """
+    root = os.environ.get("PERSODOSE_UID_ROOT", "").strip().rstrip(".")
+    if not root:
+        return UID_ROOT
+    if len(root) > 48 or not _UID_ROOT_RE.match(root):
+        raise InputError(f"PERSODOSE_UID_ROOT {root!r} is not a UID root of at most 48 characters "
+                         "(digits and dots, no leading zeros, PS3.5 9.1)")
+    return root
+
+
 def new_uid() -> str:
-    """A new DICOM UID (pydicom's generator, under the pydicom root)."""
+    """A new DICOM UID under :func:`uid_root`: the root, a dot and random digits up to 64
+    characters (pydicom's ``generate_uid`` with that prefix, PS3.5 9.1)."""
     from pydicom.uid import generate_uid
 
-    return str(generate_uid())
+    return str(generate_uid(prefix=uid_root() + "."))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -141,19 +175,28 @@ def _file_meta(sop_class_uid: str, sop_instance_uid: str):
 
 def _base(sop_class_uid: str, modality: str, patient: PatientInfo, study_uid: str,
           series_uid: str, frame_of_reference_uid: str, acq: datetime.datetime,
-          series_description: str, series_number: int, image_type: list[str]):
-    """Patient, study, series, frame-of-reference, equipment and SOP common modules."""
+          series_description: str, series_number: int, image_type: list[str],
+          study: datetime.datetime | None = None, body_part: str = "WHOLEBODY"):
+    """Patient, study, series, frame-of-reference, equipment and SOP common modules.
+
+    Study Date/Time are ``study`` (the study's start, the same in every series of the study:
+    they belong to the Study entity, PS3.3 C.7.2.1), else ``acq``. Body Part Examined
+    (PS3.3 C.7.3.1, defined terms in PS3.16 Annex L) is written because General Series'
+    Laterality is Type 2C on it: WHOLEBODY is unpaired, so Laterality stays absent.
+    """
     from pydicom.dataset import Dataset
 
     sop_uid = new_uid()
+    study = acq if study is None else study
     ds = Dataset()
     ds.file_meta = _file_meta(sop_class_uid, sop_uid)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = image_type
     ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _da(acq)
-    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _tm(acq)
+    ds.StudyDate, ds.StudyTime = _da(study), _tm(study)
+    ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _da(acq)
+    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _tm(acq)
     ds.AccessionNumber = ""
     ds.Modality = modality
     ds.Manufacturer = "persodose"
@@ -173,7 +216,37 @@ def _base(sop_class_uid: str, modality: str, patient: PatientInfo, study_uid: st
     ds.FrameOfReferenceUID = frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     ds.PatientPosition = "HFS"
+    if body_part:
+        ds.BodyPartExamined = str(body_part)[:16]
     return ds
+
+
+def _code_item(code):
+    """A Code Sequence item (PS3.3 8.8, basic code attributes) of a ``pydicom`` Code."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue = str(code.value)
+    item.CodingSchemeDesignator = str(code.scheme_designator)
+    item.CodeMeaning = str(code.meaning)
+    return item
+
+
+def _nm_pet_patient_orientation(ds) -> None:
+    """NM/PET Patient Orientation module (PS3.3 C.8.4.6) for head first supine (HFS):
+    recumbent (SCT 102538003, CID 19) modified by supine (SCT 40199007, CID 20), head first
+    (SCT 102540008, CID 21) relative to the gantry. It replaces General Series' Patient
+    Position, which shall then be absent (Type 2C, PS3.3 C.7.3.1)."""
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.sr.codedict import codes
+
+    if "PatientPosition" in ds:
+        del ds.PatientPosition
+
+    orientation = _code_item(codes.SCT.Recumbent)
+    orientation.PatientOrientationModifierCodeSequence = DicomSequence([_code_item(codes.SCT.Supine)])
+    ds.PatientOrientationCodeSequence = DicomSequence([orientation])
+    ds.PatientGantryRelationshipCodeSequence = DicomSequence([_code_item(codes.SCT.Headfirst)])
 
 
 def _write(ds, path: Path) -> None:
@@ -239,7 +312,21 @@ _CT_SCALAR_TAGS = {
     "convolution_kernel": ("ConvolutionKernel", str),
 }
 _CT_PER_SLICE = ("xray_tube_current_ma", "exposure_time_ms", "exposure_mas", "ctdivol_mgy")
-_CT_KEYS = set(_CT_SCALAR_TAGS) | set(_CT_PER_SLICE) | {"manufacturer", "model"}
+_CT_KEYS = set(_CT_SCALAR_TAGS) | set(_CT_PER_SLICE) | {"manufacturer", "model", "ctdi_phantom"}
+
+#: CTDI phantom of the CTDIvol (CTDI Phantom Type Code Sequence (0018,9346), CID 4052
+#: "Phantom Devices"): the 32 cm body and 16 cm head PMMA phantoms of IEC 60601-2-44.
+_CTDI_PHANTOMS = {"body": "IECBodyDosimetryPhantom", "head": "IECHeadDosimetryPhantom"}
+
+
+def _ctdi_phantom_item(which: Any):
+    """Code item of the CTDI phantom ``"body"`` (DCM 113691) or ``"head"`` (DCM 113690)."""
+    from pydicom.sr.codedict import codes
+
+    key = str(which).strip().lower()
+    if key not in _CTDI_PHANTOMS:
+        raise InputError(f"ct_tags['ctdi_phantom'] must be 'body' or 'head', got {which!r}")
+    return _code_item(getattr(codes.DCM, _CTDI_PHANTOMS[key]))
 
 
 def _per_slice(value: Any, nz: int, key: str) -> list[float]:
@@ -256,7 +343,8 @@ def _per_slice(value: Any, nz: int, key: str) -> list[float]:
 def write_ct_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: str,
                     frame_of_reference_uid: str, acquisition_datetime: datetime.datetime,
                     series_description: str = "CT", ct_tags: dict | None = None,
-                    series_uid: str | None = None, series_number: int = 1) -> list[Path]:
+                    series_uid: str | None = None, series_number: int = 1,
+                    study_datetime: datetime.datetime | None = None) -> list[Path]:
     """Write a CT grid (HU) as one CT Image Storage file per slice.
 
     Stored values are int16 with Rescale Slope 1 and Rescale Intercept -1024, so HU are
@@ -272,16 +360,22 @@ def write_ct_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: str
             mA * ms / 1000 when both are given), ``ctdivol_mgy`` (scalar or per slice),
             ``spiral_pitch_factor``, ``total_collimation_mm``, ``single_collimation_mm``,
             ``rotation_time_s`` (RevolutionTime), ``data_collection_diameter_mm``,
-            ``filter_type``, ``convolution_kernel``, ``manufacturer``, ``model``.
+            ``filter_type``, ``convolution_kernel``, ``manufacturer``, ``model``,
+            ``ctdi_phantom`` (``"body"``, the default when ``ctdivol_mgy`` is given, or
+            ``"head"``: the CTDI Phantom Type Code Sequence that makes CTDIvol
+            interpretable, PS3.3 C.8.2.1).
         series_uid: SeriesInstanceUID (new when None).
+        study_datetime: Study Date/Time (the study's start; default ``acquisition_datetime``).
 
     Returns:
         The final paths of the slice files, in z order.
     """
+    from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import CTImageStorage
 
     arr = _check_grid(grid, (Kind.CT,), "write_ct_series")
     acq = _check_datetime(acquisition_datetime, "acquisition_datetime")
+    study = _check_datetime(study_datetime, "study_datetime") if study_datetime is not None else None
     tags = dict(ct_tags or {})
     unknown = set(tags) - _CT_KEYS
     if unknown:
@@ -291,6 +385,7 @@ def write_ct_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: str
     if "exposure_mas" not in per and "xray_tube_current_ma" in per and "exposure_time_ms" in per:
         per["exposure_mas"] = [i * t / 1000.0 for i, t in
                                zip(per["xray_tube_current_ma"], per["exposure_time_ms"])]
+    phantom = _ctdi_phantom_item(tags.get("ctdi_phantom") or "body") if "ctdivol_mgy" in per else None
     series_uid = series_uid or new_uid()
     stored = np.clip(np.rint(arr + 1024.0), -32768, 32767).astype("<i2")
     iop, pixel_spacing, positions = _slice_geometry(grid)
@@ -301,7 +396,8 @@ def write_ct_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: str
         for k in range(nz):
             ds = _base(CTImageStorage, "CT", patient, study_uid, series_uid,
                        frame_of_reference_uid, acq, series_description, series_number,
-                       ["ORIGINAL", "PRIMARY", "AXIAL"])
+                       ["ORIGINAL", "PRIMARY", "AXIAL"], study)
+            ds.AcquisitionNumber = 1  # Type 2 in the CT Image module (PS3.3 C.8.2.1)
             if tags.get("manufacturer"):
                 ds.Manufacturer = str(tags["manufacturer"])
             if tags.get("model"):
@@ -327,6 +423,7 @@ def write_ct_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: str
                 ds.ExposureInmAs = per["exposure_mas"][k]
             if "ctdivol_mgy" in per:
                 ds.CTDIvol = per["ctdivol_mgy"][k]
+                ds.CTDIPhantomTypeCodeSequence = DicomSequence([_copy(phantom)])
             image_pixel_module(ds, ny, nx, bits=16, signed=True)
             ds.RescaleIntercept = _ds_num(-1024.0)
             ds.RescaleSlope = _ds_num(1.0)
@@ -348,7 +445,8 @@ def write_pet_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: st
                      frame_duration_s: float, radionuclide: str, injected_activity_bq: float,
                      injection_datetime: datetime.datetime, decay_correction: str = "START",
                      series_description: str = "PET", series_uid: str | None = None,
-                     half_life_s: float | None = None, series_number: int = 2) -> list[Path]:
+                     half_life_s: float | None = None, series_number: int = 2,
+                     study_datetime: datetime.datetime | None = None) -> list[Path]:
     """Write a PET grid (Bq/mL) as one PET Image Storage file per slice.
 
     Each slice is stored as int16 with its own Rescale Slope (max |value| / 32767, Rescale
@@ -368,15 +466,21 @@ def write_pet_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: st
         decay_correction: ``"START"``, ``"ADMIN"`` or ``"NONE"``.
         half_life_s: written as RadionuclideHalfLife; when None taken from
             ``persodose.physics.radionuclides.get_nuclide`` if that exists, else left out.
+        study_datetime: Study Date/Time (the study's start; default ``acquisition_datetime``).
 
     Returns:
         The final paths of the slice files, in z order.
+
+    Notes:
+        PET Series Collimator Type (0018,1181) is NONE (a 3D acquisition without septa,
+        PS3.3 C.8.9.1); the NM/PET Patient Orientation module says head first supine.
     """
     from pydicom.uid import PositronEmissionTomographyImageStorage as PETStorage
 
     arr = _check_grid(grid, (Kind.ACTIVITY_CONCENTRATION,), "write_pet_series")
     acq = _check_datetime(acquisition_datetime, "acquisition_datetime")
     inj = _check_datetime(injection_datetime, "injection_datetime")
+    study = _check_datetime(study_datetime, "study_datetime") if study_datetime is not None else None
     decay_correction = str(decay_correction).upper()
     if decay_correction not in ("START", "ADMIN", "NONE"):
         raise InputError(f"decay_correction must be START, ADMIN or NONE, got {decay_correction!r}")
@@ -416,8 +520,10 @@ def write_pet_series(grid: Grid, out_dir, *, patient: PatientInfo, study_uid: st
             slope = peak / 32767.0 if peak > 0 else 1.0
             stored = np.clip(np.rint(sl / slope), -32768, 32767).astype("<i2")
             ds = _base(PETStorage, "PT", patient, study_uid, series_uid, frame_of_reference_uid,
-                       acq, series_description, series_number, ["ORIGINAL", "PRIMARY"])
+                       acq, series_description, series_number, ["ORIGINAL", "PRIMARY"], study)
             ds.SeriesType = ["STATIC", "IMAGE"]
+            ds.CollimatorType = "NONE"
+            _nm_pet_patient_orientation(ds)
             ds.Units = "BQML"
             ds.CountsSource = "EMISSION"
             ds.CorrectedImage = (["DECY", "ATTN", "SCAT"] if decay_correction != "NONE"
@@ -451,22 +557,113 @@ def _copy(ds):
 
 
 # ---------------------------------------------------------------------------- NM
+#: Photopeak energy windows (lower, upper), keV, written in the Energy Window Information
+#: Sequence when the caller gives none: 20 % windows on the main photopeak, as recommended
+#: for quantitative SPECT (Lu-177 208 keV: Ljungberg et al., MIRD Pamphlet No. 26, J Nucl Med
+#: 57 (2016) 151; I-131 364 keV: Dewaraja et al., MIRD Pamphlet No. 24, J Nucl Med 54 (2013)
+#: 2182; Tc-99m 140 keV: Dickson et al., EANM practice guideline for quantitative SPECT-CT,
+#: Eur J Nucl Med Mol Imaging 50 (2023) 980). Other nuclides get an empty sequence (Type 2).
+NM_ENERGY_WINDOWS_KEV = {
+    "Lu-177": ((187.2, 228.8),),
+    "I-131": ((327.6, 400.4),),
+    "Tc-99m": ((126.0, 154.0),),
+}
+
+#: Acquisition the NM TOMO Acquisition module describes (PS3.3 C.8.4.12): a dual-head
+#: camera with opposed heads, each turning clockwise over 180 degrees from 0 degrees, step
+#: and shoot; a reconstruction file records one detector's rotation.
+NM_SCAN_ARC_DEG = 180.0
+NM_START_ANGLE_DEG = 0.0
+NM_ROTATION_DIRECTION = "CW"
+
+#: Collimator Type (0018,1181) defined term: parallel hole (PS3.3 C.8.4.11).
+NM_COLLIMATOR_TYPE = "PARA"
+
+
+def _nm_energy_windows(radionuclide: str, windows_kev) -> list:
+    """Energy Window Information Sequence items (NM Isotope module, PS3.3 C.8.4.10)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    from persodose.io.dicom import nuclide_from_dicom_text
+
+    if windows_kev is None:
+        windows_kev = NM_ENERGY_WINDOWS_KEV.get(nuclide_from_dicom_text(radionuclide) or "", ())
+    items = []
+    for n, window in enumerate(windows_kev, start=1):
+        lo, hi = (float(v) for v in window)
+        if not (0 < lo < hi and math.isfinite(hi)):
+            raise InputError(f"energy window {window!r} must be (lower, upper) keV with 0 < lower < upper")
+        rng = Dataset()
+        rng.EnergyWindowLowerLimit = _ds_num(lo)
+        rng.EnergyWindowUpperLimit = _ds_num(hi)
+        item = Dataset()
+        item.EnergyWindowRangeSequence = DicomSequence([rng])
+        item.EnergyWindowName = f"EM{n}"
+        items.append(item)
+    return items
+
+
+def _nm_detector_and_rotation(ds, grid: Grid, frame_duration_s: float, views: int) -> None:
+    """NM Detector (C.8.4.11) and NM TOMO Acquisition (C.8.4.12) modules: the reconstruction's
+    geometry in the Detector Information Sequence, the rotation (start angle, angular step,
+    direction, scan arc, time per view, views) in the Rotation Information Sequence."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    d = grid.direction_xyz
+    det = Dataset()
+    det.CollimatorType = NM_COLLIMATOR_TYPE
+    det.ImagePositionPatient = _ds_list(grid.origin_xyz_mm)
+    det.ImageOrientationPatient = _ds_list(list(d[:, 0]) + list(d[:, 1]))
+    ds.NumberOfDetectors = 1
+    ds.DetectorInformationSequence = DicomSequence([det])
+    rot = Dataset()
+    rot.StartAngle = _ds_num(NM_START_ANGLE_DEG)
+    rot.AngularStep = _ds_num(NM_SCAN_ARC_DEG / views)
+    rot.RotationDirection = NM_ROTATION_DIRECTION
+    rot.ScanArc = _ds_num(NM_SCAN_ARC_DEG)
+    rot.ActualFrameDuration = int(round(frame_duration_s * 1000.0 / views))
+    rot.NumberOfFramesInRotation = int(views)
+    ds.TypeOfDetectorMotion = "STEP AND SHOOT"
+    ds.NumberOfRotations = 1
+    ds.RotationInformationSequence = DicomSequence([rot])
+
+
+def _counts_accumulated(arr: np.ndarray, bqml: bool):
+    """Counts Accumulated (0018,0070, IS, Type 2): the image's total counts, rounded; empty
+    for Bq/mL images or a total that does not fit an IS (2**31 - 1)."""
+    if bqml:
+        return None
+    total = float(np.sum(arr, dtype=np.float64))
+    return int(round(total)) if total < 2**31 - 1 else None
+
+
 def write_nm_tomo(grid: Grid, out_path, *, patient: PatientInfo, study_uid: str,
                   frame_of_reference_uid: str, acquisition_datetime: datetime.datetime,
                   frame_duration_s: float, radionuclide: str, units: str = "counts",
                   series_description: str = "SPECT", series_uid: str | None = None,
                   half_life_s: float | None = None, injected_activity_bq: float | None = None,
                   injection_datetime: datetime.datetime | None = None,
-                  series_number: int = 3, views_per_rotation: int = 60) -> Path:
+                  series_number: int = 3, views_per_rotation: int = 60,
+                  study_datetime: datetime.datetime | None = None,
+                  energy_windows_kev: Sequence[tuple[float, float]] | None = None) -> Path:
     """Write a SPECT reconstruction as one multi-frame NM Image Storage file.
 
     Frames are the z slices (ImageType ORIGINAL\\PRIMARY\\RECON TOMO\\EMISSION, Frame
     Increment Pointer -> Slice Vector). Geometry sits in the Detector Information Sequence
     (Image Position/Orientation (Patient)) with Pixel Spacing, Spacing Between Slices and
-    Slice Thickness at the top level. Actual Frame Duration (ms) is written at the top
-    level and in the Rotation Information Sequence. Values are uint16: counts are stored as
-    they are when they are integers in [0, 65535], else with a Rescale Slope; Bq/mL always
-    with a Rescale Slope and Units BQML. Negative values are clipped to 0 (with a warning).
+    Slice Thickness at the top level. The acquisition is in the Rotation Information
+    Sequence (NM TOMO Acquisition module, PS3.3 C.8.4.12): start angle, angular step
+    (:data:`NM_SCAN_ARC_DEG` / views), rotation direction, scan arc, the time per view
+    (Actual Frame Duration, ms) and the views; the top-level Actual Frame Duration is only
+    for STATIC and WHOLE BODY images (PS3.3 C.8.4.9) and is not written. Values are uint16:
+    counts are stored as they are when they are integers in [0, 65535], else with a Rescale
+    Slope; Bq/mL always with a Rescale Slope and Units BQML. Negative values are clipped to
+    0 (with a warning). Counts Accumulated is the image's total; the Energy Window
+    Information Sequence holds ``energy_windows_kev`` (default
+    :data:`NM_ENERGY_WINDOWS_KEV`); the collimator is parallel hole; the patient is head
+    first supine (NM/PET Patient Orientation module, C.8.4.6).
 
     Args:
         grid: Kind.COUNTS grid (``units="counts"``) or Kind.ACTIVITY_CONCENTRATION grid
@@ -481,11 +678,13 @@ def write_nm_tomo(grid: Grid, out_path, *, patient: PatientInfo, study_uid: str,
         injected_activity_bq: optional; written as RadionuclideTotalDose in MBq (NM Isotope
             module, PS3.3 C.8.4.10.1.7).
         injection_datetime: optional RadiopharmaceuticalStartDateTime.
+        study_datetime: Study Date/Time (the study's start; default ``acquisition_datetime``).
+        energy_windows_kev: (lower, upper) keV of each energy window (default from
+            :data:`NM_ENERGY_WINDOWS_KEV` for the nuclide, else none).
 
     Returns:
         ``out_path`` as a Path.
     """
-    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.tag import Tag
     from pydicom.uid import NuclearMedicineImageStorage
@@ -501,6 +700,7 @@ def write_nm_tomo(grid: Grid, out_path, *, patient: PatientInfo, study_uid: str,
         raise UnitsError(f"write_nm_tomo units must be 'counts' or 'Bq/mL', got {units!r}")
     acq = _check_datetime(acquisition_datetime, "acquisition_datetime")
     inj = _check_datetime(injection_datetime, "injection_datetime") if injection_datetime else None
+    study = _check_datetime(study_datetime, "study_datetime") if study_datetime is not None else None
     if not (frame_duration_s > 0 and math.isfinite(frame_duration_s)):
         raise InputError(f"frame_duration_s must be positive, got {frame_duration_s}")
     if int(views_per_rotation) < 1:
@@ -508,6 +708,7 @@ def write_nm_tomo(grid: Grid, out_path, *, patient: PatientInfo, study_uid: str,
     if np.any(arr < 0):
         warnings.warn("write_nm_tomo: negative values clipped to 0", stacklevel=2)
         arr = np.clip(arr, 0.0, None)
+    windows = _nm_energy_windows(radionuclide, energy_windows_kev)
     peak = float(arr.max()) if arr.size else 0.0
     integral = bool(np.all(arr == np.rint(arr)))
     if not bqml and integral and peak <= 65535:
@@ -518,10 +719,9 @@ def write_nm_tomo(grid: Grid, out_path, *, patient: PatientInfo, study_uid: str,
     t_half = _half_life_s(radionuclide, half_life_s)
     nz, ny, nx = grid.shape
     series_uid = series_uid or new_uid()
-    d = grid.direction_xyz
     ds = _base(NuclearMedicineImageStorage, "NM", patient, study_uid, series_uid,
                frame_of_reference_uid, acq, series_description, series_number,
-               ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"])
+               ["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"], study)
     ds.InstanceNumber = 1
     ds.NumberOfFrames = nz
     ds.FrameIncrementPointer = Tag("SliceVector")
@@ -530,18 +730,11 @@ def write_nm_tomo(grid: Grid, out_path, *, patient: PatientInfo, study_uid: str,
     ds.PixelSpacing = [_ds_num(grid.spacing_zyx_mm[1]), _ds_num(grid.spacing_zyx_mm[2])]
     ds.SpacingBetweenSlices = _ds_num(grid.spacing_zyx_mm[0])
     ds.SliceThickness = _ds_num(grid.spacing_zyx_mm[0])
-    ds.ActualFrameDuration = int(round(frame_duration_s * 1000.0 / views_per_rotation))
-    det = Dataset()
-    det.ImagePositionPatient = _ds_list(grid.origin_xyz_mm)
-    det.ImageOrientationPatient = _ds_list(list(d[:, 0]) + list(d[:, 1]))
-    ds.NumberOfDetectors = 1
-    ds.DetectorInformationSequence = DicomSequence([det])
-    rot = Dataset()
-    rot.ActualFrameDuration = int(round(frame_duration_s * 1000.0 / views_per_rotation))
-    rot.NumberOfFramesInRotation = int(views_per_rotation)
-    ds.NumberOfRotations = 1
-    ds.RotationInformationSequence = DicomSequence([rot])
-    ds.NumberOfEnergyWindows = 1
+    ds.CountsAccumulated = _counts_accumulated(arr, bqml)
+    _nm_detector_and_rotation(ds, grid, frame_duration_s, int(views_per_rotation))
+    _nm_pet_patient_orientation(ds)
+    ds.NumberOfEnergyWindows = max(len(windows), 1)
+    ds.EnergyWindowInformationSequence = DicomSequence(windows)
     activity_mbq = injected_activity_bq / 1e6 if injected_activity_bq is not None else None
     ds.RadiopharmaceuticalInformationSequence = DicomSequence(
         [_radiopharmaceutical_item(radionuclide, t_half, activity_mbq, inj)])

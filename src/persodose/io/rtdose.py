@@ -166,7 +166,9 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
                  reference_ct_files: list[str] | None = None,
                  frame_of_reference_uid: str | None = None, study_uid: str | None = None,
                  patient: dict | None = None, description: str = "persodose dose",
-                 dose_type: str = "PHYSICAL", summation_type: str = "PLAN") -> Path:
+                 dose_type: str = "PHYSICAL", summation_type: str = "PLAN",
+                 referenced_rt_plan_uid: str | None = None,
+                 referenced_treatment_record: tuple[str, str] | None = None) -> Path:
     """Write an absorbed-dose grid as a multi-frame DICOM RT Dose file.
 
     Args:
@@ -186,7 +188,14 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
             differs from the CT's raises :class:`InputError`.
         description: SeriesDescription.
         dose_type: Dose Type (3004,0004): PHYSICAL, EFFECTIVE or ERROR.
-        summation_type: Dose Summation Type (3004,000A), e.g. PLAN or RECORD.
+        summation_type: Dose Summation Type (3004,000A), e.g. PLAN or RECORD. The
+            workflows write RECORD (a dose of what was given, not of an RT Plan).
+        referenced_rt_plan_uid: SOP Instance UID of the RT Plan the dose belongs to, written
+            in the Referenced RT Plan Sequence (300C,0002).
+        referenced_treatment_record: ``(SOP Class UID, SOP Instance UID)`` of the record of
+            what was given, written in the Referenced Treatment Record Sequence (3008,0030);
+            for a radiopharmaceutical therapy, e.g. the Radiopharmaceutical Radiation Dose
+            SR of the administration (SOP class 1.2.840.10008.5.1.4.1.1.88.68).
 
     Returns:
         ``Path`` of the written file.
@@ -198,11 +207,18 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
 
     Notes:
         Standard: DICOM PS3.3 A.18 (RT Dose IOD) and C.8.8.3 (RT Dose module). The Referenced
-        RT Plan Sequence is type 1C for most summation types; it is not written because
-        persodose doses are not tied to an RT Plan (3D Slicer and pydicom do not need it).
+        RT Plan Sequence is Type 1C, required for the summation types PLAN, MULTI_PLAN,
+        FRACTION, BEAM, BRACHY, FRACTION_SESSION, BEAM_SESSION, BRACHY_SESSION and
+        CONTROL_POINT; the Referenced Treatment Record Sequence is Type 1C, required for
+        RECORD. Without the reference such a file is readable (3D Slicer, dcmtk and pydicom
+        do not need it) but ``dciodvfy`` reports the missing Type 1C attribute: the RT Dose
+        IOD has no summation type for an absorbed dose that no RT Plan or treatment record
+        stands behind, as in nuclear medicine (``docs/conformance.md``). UIDs are made under
+        the project's root (:func:`persodose.io.dicom_write.new_uid`).
     """
     from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
+
+    from persodose.io.dicom_write import new_uid
 
     dose_type, summation_type = _check_dose(dose, out_path, dose_type, summation_type)
     ident = _dose_identity(dose, reference_ct_files, frame_of_reference_uid, study_uid)
@@ -210,7 +226,7 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
     pixels, scaling_str = _encode_dose_pixels(arr, out_path)
 
     now = _dt.datetime.now()
-    sop_uid = generate_uid()
+    sop_uid = new_uid()
     ds = Dataset()
     _sop_common_module(ds, RT_DOSE_STORAGE, sop_uid, now)
     _patient_and_study_modules(ds, now, ident, patient, reference_ct_files)
@@ -221,7 +237,42 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
     _, ny, nx = pixels.shape
     image_pixel_module(ds, ny, nx, bits=32, signed=False)
     _multi_frame_and_rt_dose_modules(ds, pixels, step, scaling_str, dose_type, summation_type)
+    if referenced_rt_plan_uid:
+        _referenced_rt_plan(ds, referenced_rt_plan_uid)
+    if referenced_treatment_record:
+        _referenced_treatment_record(ds, referenced_treatment_record)
     return write_dataset(ds, RT_DOSE_STORAGE, sop_uid, out_path)
+
+
+#: RT Plan Storage SOP class UID (DICOM PS3.4 annex B.5).
+RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
+
+
+def _referenced_rt_plan(ds, plan_uid: str) -> None:
+    """Referenced RT Plan Sequence (300C,0002) of the RT Dose module (PS3.3 C.8.8.3)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = RT_PLAN_STORAGE
+    item.ReferencedSOPInstanceUID = str(plan_uid)
+    ds.ReferencedRTPlanSequence = Sequence([item])
+
+
+def _referenced_treatment_record(ds, record: tuple[str, str]) -> None:
+    """Referenced Treatment Record Sequence (3008,0030) of the RT Dose module (PS3.3 C.8.8.3)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    try:
+        sop_class, sop_instance = (str(v) for v in record)
+    except (TypeError, ValueError):
+        raise InputError(f"referenced_treatment_record must be (SOP Class UID, SOP Instance UID), "
+                         f"got {record!r}") from None
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    ds.ReferencedTreatmentRecordSequence = Sequence([item])
 
 
 def _check_dose(dose: Grid, out_path, dose_type: str, summation_type: str) -> tuple[str, str]:
@@ -254,12 +305,12 @@ def _dose_identity(dose: Grid, reference_ct_files: list[str] | None, frame_of_re
                    study_uid: str | None) -> dict[str, Any]:
     """Patient/study identity and frame of reference of the dose: from the reference CT
     (checked against the dose orientation and the given UIDs) or from the given or new UIDs."""
-    from pydicom.uid import generate_uid
+    from persodose.io.dicom_write import new_uid
 
     ident: dict[str, Any] = {}
     if not reference_ct_files:
-        ident["FrameOfReferenceUID"] = frame_of_reference_uid or generate_uid()
-        ident["StudyInstanceUID"] = study_uid or generate_uid()
+        ident["FrameOfReferenceUID"] = frame_of_reference_uid or new_uid()
+        ident["StudyInstanceUID"] = study_uid or new_uid()
         ident["PositionReferenceIndicator"] = ""
         return ident
     ident = _reference_identity([str(f) for f in reference_ct_files])
@@ -336,11 +387,13 @@ def _patient_and_study_modules(ds, now: _dt.datetime, ident: dict[str, Any], pat
 
 
 def _rt_series_module(ds, description: str, now: _dt.datetime) -> None:
-    """RT Series module (PS3.3 C.8.8.1), with the series date and time."""
-    from pydicom.uid import generate_uid
+    """RT Series module (PS3.3 C.8.8.1), with the series date and time; Operators' Name is
+    Type 2 (empty: no operator)."""
+    from persodose.io.dicom_write import new_uid
 
     ds.Modality = "RTDOSE"
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = new_uid()
+    ds.OperatorsName = ""
     ds.SeriesNumber = 900
     ds.SeriesDescription = str(description)[:64]
     ds.SeriesDate = now.strftime("%Y%m%d")

@@ -259,14 +259,15 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
 
     Notes:
         Modules of the RT Structure Set IOD, DICOM PS3.3 A.19: Patient, General Study,
-        RT Series, General Equipment, Structure Set (C.8.8.5), ROI Contour (C.8.8.6),
-        RT ROI Observations (C.8.8.8), SOP Common.
+        RT Series, Frame of Reference (the CT's, C.7.4.1), General Equipment, Structure Set
+        (C.8.8.5), ROI Contour (C.8.8.6), RT ROI Observations (C.8.8.8), SOP Common. UIDs are
+        made under the project's root (:func:`persodose.io.dicom_write.new_uid`).
     """
     import datetime as _dt
 
     from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
 
+    from persodose.io.dicom_write import new_uid
     from persodose.io.rtdose import _sop_common_module, write_dataset
     from persodose.io.seg import labels_for_export
 
@@ -276,11 +277,13 @@ def write_rtstruct(labels: Grid, names: dict[int, str], out_path: str | os.PathL
     first = sorted_ds[0]
     frame_uid = str(first.FrameOfReferenceUID)
     now = _dt.datetime.now()
-    sop_uid = generate_uid()
+    sop_uid = new_uid()
     ds = Dataset()
     _sop_common_module(ds, RT_STRUCTURE_SET_STORAGE, sop_uid, now)
     _patient_and_study_modules(ds, first, files)
     _rt_series_and_equipment_modules(ds)
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")
     _structure_set_module(ds, label, now, frame_uid, files, datasets, sorted_ds)
     _roi_modules(ds, values, names, frame_uid, on_ct, ct_grid, sorted_ds)
     return write_dataset(ds, RT_STRUCTURE_SET_STORAGE, sop_uid, out_path)
@@ -306,11 +309,13 @@ def _patient_and_study_modules(ds, first, files: list[str]) -> None:
 
 
 def _rt_series_and_equipment_modules(ds) -> None:
-    """RT Series (PS3.3 C.8.8.1) and General Equipment (C.7.5.1) modules."""
-    from pydicom.uid import generate_uid
+    """RT Series (PS3.3 C.8.8.1; Operators' Name Type 2, empty) and General Equipment
+    (C.7.5.1) modules."""
+    from persodose.io.dicom_write import new_uid
 
     ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = new_uid()
+    ds.OperatorsName = ""
     ds.SeriesNumber = 902
     ds.SeriesDescription = "persodose structures"
     ds.Manufacturer = "persodose"

@@ -212,7 +212,8 @@ def write_seg(labels: Grid, names: dict[int, str], out_path: str | os.PathLike,
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
+
+    from persodose.io.dicom_write import new_uid
 
     label_values, _, _, sorted_ds, _, on_ct = labels_for_export(labels, names, reference_ct_files, out_path,
                                                                 "write_seg", "SEG", max_value=65535)
@@ -249,9 +250,9 @@ def write_seg(labels: Grid, names: dict[int, str], out_path: str | os.PathLike,
             pixel_array=masks,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
-            series_instance_uid=generate_uid(),
+            series_instance_uid=new_uid(),
             series_number=901,
-            sop_instance_uid=generate_uid(),
+            sop_instance_uid=new_uid(),
             instance_number=1,
             manufacturer=str(manufacturer)[:64],
             manufacturer_model_name="persodose",
@@ -262,10 +263,20 @@ def write_seg(labels: Grid, names: dict[int, str], out_path: str | os.PathLike,
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomError(f"cannot build a SEG from reference CT {reference_ct_files[0]}: {exc}") from exc
+    _own_dimension_organization_uid(seg, new_uid())
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return out_path
+
+
+def _own_dimension_organization_uid(seg, uid: str) -> None:
+    """Give the SEG's dimension organisation (made by highdicom under its root) ``uid``, a
+    UID under persodose's root, in the Dimension Organization and Dimension Index Sequences
+    alike (PS3.3 C.7.6.17)."""
+    for item in list(seg.get("DimensionOrganizationSequence", [])) + list(seg.get("DimensionIndexSequence", [])):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = uid
 
 
 def _version() -> str:

@@ -358,6 +358,7 @@ class _DicomStudy:
     info: object  # its PatientInfo
     study_uid: str
     for_uid: str
+    study_datetime: _dt.datetime | None = None  # Study Date/Time of every series: the CT's
 
 
 def _write_base_nifti(vp: VirtualPatient, nif: Path) -> None:
@@ -374,10 +375,11 @@ def _write_ct_dicom(vp: VirtualPatient, tmp: Path, dw) -> _DicomStudy:
     """New study and frame of reference; the CT series in ``ct/``, 2 min before the first frame."""
     p = vp.patient
     info = dw.PatientInfo(sex=p["sex"], age_y=p["age_y"], weight_kg=p["weight_kg"], height_m=p["height_m"])
-    study = _DicomStudy(dw, info, dw.new_uid(), dw.new_uid())
     ct_time = vp.frames[0].start_datetime - _dt.timedelta(minutes=2)
+    study = _DicomStudy(dw, info, dw.new_uid(), dw.new_uid(), ct_time)
     dw.write_ct_series(vp.ct, tmp / "ct", patient=info, study_uid=study.study_uid,
                        frame_of_reference_uid=study.for_uid, acquisition_datetime=ct_time,
+                       study_datetime=study.study_datetime,
                        series_description="CT virtual patient",
                        ct_tags={k: v for k, v in vp.ct_tags.items() if k in _img.DICOM_CT_TAG_KEYS})
     return study
@@ -393,6 +395,7 @@ def _write_frame_dicom(vp: VirtualPatient, fr: EmissionFrame, tag: str, tmp: Pat
                          frame_of_reference_uid=study.for_uid, acquisition_datetime=fr.start_datetime,
                          frame_duration_s=fr.duration_s, radionuclide=vp.nuclide,
                          units="counts", series_description=f"SPECT {tag}",
+                         study_datetime=study.study_datetime,
                          injected_activity_bq=vp.injected_activity_bq,
                          injection_datetime=vp.injection_datetime)
         return dpath.parent
@@ -402,6 +405,7 @@ def _write_frame_dicom(vp: VirtualPatient, fr: EmissionFrame, tag: str, tmp: Pat
                         frame_duration_s=fr.duration_s, radionuclide=vp.nuclide,
                         injected_activity_bq=vp.injected_activity_bq,
                         injection_datetime=vp.injection_datetime, decay_correction="START",
+                        study_datetime=study.study_datetime,
                         series_description=f"PET {tag}")
     return dpath
 
