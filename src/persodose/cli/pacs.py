@@ -1,0 +1,128 @@
+"""``persodose pacs``: find, pull and push DICOM on a PACS (DICOMweb or DIMSE).
+
+* ``persodose pacs find --pacs PACS [--patient-id ID] [--study UID] [--modality M]
+  [--date YYYYMMDD[-YYYYMMDD]] [--series] [--json]``: the matching studies (or, with
+  ``--series``, the series of ``--study``).
+* ``persodose pacs pull --pacs PACS --study UID [--series UID ...] [--modality M] --out DIR``:
+  the study (or some series) into ``DIR/<SeriesInstanceUID>/`` with ``pull.json``.
+* ``persodose pacs push --pacs PACS PATH ...``: the DICOM files under the paths.
+
+``PACS`` is a URL (``https://host/dicom-web``, ``dicom://AET@host:port``) or a node name of
+the configuration file; credentials come from the environment or that file only (see
+:mod:`persodose.io.pacs`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+group = typer.Typer(name="pacs", help="Find, pull and push DICOM on a PACS (DICOMweb or DIMSE).",
+                    no_args_is_help=True)
+
+_PACS_HELP = ("PACS URL (https://host/dicom-web, dicom://AET@host:port) or a node name of the configuration "
+              "file; credentials from PERSODOSE_PACS_USERNAME/PASSWORD/TOKEN or the file, never here.")
+_CONFIG_HELP = "PACS configuration file (default $PERSODOSE_PACS_CONFIG or ~/.config/persodose/pacs.toml)."
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="pacs")
+
+
+def _node(pacs: str, config: Optional[Path]):
+    from persodose.io.pacs import resolve_node
+
+    return resolve_node(pacs, config_path=config)
+
+
+@group.command("find")
+def find(
+    pacs: str = typer.Option(..., "--pacs", envvar="PERSODOSE_PACS", help=_PACS_HELP),
+    patient_id: Optional[str] = typer.Option(None, "--patient-id", help="Patient ID (wildcards * and ? allowed)."),
+    study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="A modality in the study (CT, NM, PT, ...)."),
+    date: Optional[str] = typer.Option(None, "--date", help="Study date YYYYMMDD or range YYYYMMDD-YYYYMMDD."),
+    series: bool = typer.Option(False, "--series", help="List the series of --study instead of studies."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many studies."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Find studies (or the series of one study) on a PACS."""
+    import dataclasses
+
+    from persodose.errors import InputError
+    from persodose.io.pacs import find_series, find_studies
+
+    node = _node(pacs, config)
+    if series:
+        if not study:
+            raise InputError("--series lists the series of one study: give --study UID")
+        rows = find_series(node, study, modality=modality)
+        cols = ("modality", "series_number", "series_description", "n_instances", "series_instance_uid")
+    else:
+        rows = find_studies(node, patient_id=patient_id, study_uid=study, modality=modality, study_date=date,
+                            limit=limit)
+        cols = ("patient_id", "study_date", "modalities", "n_series", "n_instances", "study_description",
+                "study_instance_uid")
+    if json_out:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+        return
+    _table(rows, cols)
+    typer.echo(f"{len(rows)} {'series' if series else 'stud' + ('y' if len(rows) == 1 else 'ies')} on {node.url}",
+               err=True)
+
+
+def _table(rows, cols) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True)
+    for c in cols:
+        table.add_column(c.replace("_", " "))
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = getattr(r, c)
+            cells.append("\\".join(v) if isinstance(v, tuple) else "" if v is None else str(v))
+        table.add_row(*cells)
+    Console(width=200).print(table)
+
+
+@group.command("pull")
+def pull(
+    pacs: str = typer.Option(..., "--pacs", envvar="PERSODOSE_PACS", help=_PACS_HELP),
+    study: str = typer.Option(..., "--study", help="StudyInstanceUID to retrieve."),
+    series: Optional[List[str]] = typer.Option(None, "--series", help="Only this SeriesInstanceUID; repeat."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="Only the series of this modality."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (one sub-folder per series, pull.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Retrieve a study (or some of its series) from a PACS into a folder."""
+    from persodose.io.pacs import pull as do_pull
+    from persodose.outputs import check_output_paths
+
+    node = _node(pacs, config)
+    check_output_paths(inputs={}, output_dirs={"--out": out})
+    res = do_pull(node, out, study_uid=study, series_uids=series or None, modality=modality)
+    for s in res.series:
+        typer.echo(f"  {s['modality'] or '?':8s} {s['files']:5d} file(s)  {s['series_description']}  -> {s['folder']}",
+                   err=True)
+    typer.echo(f"pulled {res.n_instances} instance(s) in {len(res.series)} series of study {study} -> {out}")
+
+
+@group.command("push")
+def push(
+    paths: List[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
+    pacs: str = typer.Option(..., "--pacs", envvar="PERSODOSE_PACS", help=_PACS_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Store DICOM files on a PACS."""
+    from persodose.io.pacs import push as do_push
+
+    node = _node(pacs, config)
+    res = do_push(node, paths)
+    typer.echo(f"stored {res.n_stored} of {res.n_sent} instance(s) on {node.url} "
+               f"(stud{'y' if len(res.study_instance_uids) == 1 else 'ies'} {', '.join(res.study_instance_uids)})")

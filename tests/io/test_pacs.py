@@ -1,0 +1,326 @@
+"""PACS in and out (issue 18): node resolution and credentials everywhere; find, pull and
+push against a real Orthanc (Debian packages ``orthanc`` and ``orthanc-dicomweb``) over
+DICOMweb and DIMSE where it is installed.
+
+The Orthanc fixture starts one server per test module (per xdist worker) on free loopback
+ports with a generated JSON configuration (HTTP with basic authentication and the DICOMweb
+plug-in, DICOM with our AE title registered for C-GET), waits until it answers and stops it
+after. Tests that need it are skipped, with the reason, when the binary, the plug-in or the
+``pacs`` extra (dicomweb-client, pynetdicom) is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from persodose.errors import InputError
+from persodose.io import pacs
+
+USER, PASSWORD = "dosimetrist", "not-a-real-s3cret-7f3a"
+_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc", "/usr/local/share/orthanc/plugins")
+
+
+def _orthanc_binary() -> str | None:
+    return shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin:/usr/local/bin")
+
+
+def _dicomweb_plugin() -> str | None:
+    for d in _PLUGIN_DIRS:
+        hits = sorted(glob.glob(os.path.join(d, "libOrthancDicomWeb.so*")))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60.0) -> None:
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    req = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"Orthanc did not answer within {timeout_s} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A running Orthanc: ``{"web": DICOMweb URL, "dimse": dicom:// URL, "http": base URL}``."""
+    exe, plugin = _orthanc_binary(), _dicomweb_plugin()
+    if exe is None:
+        pytest.skip("Orthanc is not installed (Debian package orthanc)")
+    if plugin is None:
+        pytest.skip("Orthanc's DICOMweb plug-in is not installed (Debian package orthanc-dicomweb)")
+    pytest.importorskip("dicomweb_client", reason="the pacs extra is not installed (dicomweb-client)")
+    pytest.importorskip("pynetdicom", reason="the pacs extra is not installed (pynetdicom)")
+    root = tmp_path_factory.mktemp("orthanc")
+    http_port, dicom_port = _free_port(), _free_port()
+    config = {
+        "Name": "persodose-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
+        "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomModalities": {"persodose": {"AET": "PERSODOSE", "Host": "127.0.0.1", "Port": _free_port(),
+                                          "AllowFind": True, "AllowGet": True, "AllowStore": True}},
+        "DicomCheckCalledAet": False, "DicomCheckModalityHost": False, "UnknownSopClassAccepted": True,
+        "DicomAlwaysAllowStore": True, "HttpThreadsCount": 4, "ConcurrentJobs": 1, "SaveJobs": False,
+        "StableAge": 1, "HttpCompressionEnabled": False,
+    }
+    cfg = root / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    log = root / "orthanc.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([exe, str(cfg)], stdout=fh, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        _wait_for(f"http://127.0.0.1:{http_port}/system", proc, log)
+        yield {"web": f"http://127.0.0.1:{http_port}/dicom-web", "dimse": f"dicom://ORTHANC@127.0.0.1:{dicom_port}",
+               "http": f"http://127.0.0.1:{http_port}", "log": log}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    monkeypatch.setenv(pacs.ENV_USERNAME, USER)
+    monkeypatch.setenv(pacs.ENV_PASSWORD, PASSWORD)
+    monkeypatch.setenv(pacs.ENV_CONFIG, "")
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory):
+    """A 10-mm Lu-177 virtual patient on disk, with SEG, RT Structure Set and RT Dose on its CT."""
+    from persodose.grid import Kind
+    from persodose.io.rtdose import write_rtdose
+    from persodose.io.rtstruct import write_rtstruct
+    from persodose.io.seg import write_seg
+    from persodose.phantoms import make_virtual_patient, write_virtual_patient
+
+    root = tmp_path_factory.mktemp("pacs_patient")
+    vp = make_virtual_patient("lu177-dotatate", voxel_mm=10.0, seed=0)
+    write_virtual_patient(vp, root / "vp")
+    ct_files = sorted(glob.glob(str(root / "vp" / "ct" / "*.dcm")))
+    keep = [k for k, n in vp.label_names.items() if n in ("liver", "spleen")]
+    labels = vp.labels.with_array(np.where(np.isin(vp.labels.array, keep), vp.labels.array, 0).astype(np.uint16),
+                                  Kind.LABELS)
+    names = {k: vp.label_names[k] for k in keep}
+    out = root / "results"
+    write_seg(labels, names, out / "seg.dcm", ct_files)
+    write_rtstruct(labels, names, out / "rtstruct.dcm", ct_files)
+    dose = vp.ct.with_array(np.linspace(0.0, 2.0, vp.ct.array.size).reshape(vp.ct.shape), Kind.DOSE, unit="Gy")
+    write_rtdose(dose, out / "rtdose.dcm", reference_ct_files=ct_files, summation_type="RECORD")
+    ct0 = pydicom.dcmread(ct_files[0], stop_before_pixels=True)
+    return {"root": root, "ct": root / "vp" / "ct", "spect": root / "vp" / "spect", "results": out,
+            "study": str(ct0.StudyInstanceUID), "for": str(ct0.FrameOfReferenceUID), "n_ct": len(ct_files),
+            "patient_id": str(ct0.PatientID)}
+
+
+def _sop_uids(folder: Path) -> set[str]:
+    return {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in Path(folder).rglob("*.dcm")}
+
+
+# ----------------------------------------------------------------------------- nodes (everywhere)
+def test_urls_resolve_to_nodes(monkeypatch):
+    monkeypatch.setenv(pacs.ENV_CONFIG, "")
+    env = {}
+    web = pacs.resolve_node("https://pacs.example.org/dicom-web/", environ=env)
+    assert (web.protocol, web.host, web.port, web.tls, web.url) == (
+        "dicomweb", "pacs.example.org", 443, True, "https://pacs.example.org/dicom-web")
+    dimse = pacs.resolve_node("dicom://ARCHIVE@10.1.2.3:104", environ={pacs.ENV_AET: "DOSE1"})
+    assert (dimse.protocol, dimse.called_aet, dimse.calling_aet, dimse.port, dimse.tls) == (
+        "dimse", "ARCHIVE", "DOSE1", 104, False)
+    assert pacs.resolve_node("dicoms://A@h:2762", environ=env).tls
+    for bad, match in (("ftp://h/x", "must start with"), ("dicom://h:104", "AET@host:port"),
+                       ("dicom://A@h", "AET@host:port"), ("dicom://WAYTOOLONGAETITLE17@h:1", "AE title"),
+                       ("hospital", "neither a URL")):
+        with pytest.raises(InputError, match=match):
+            pacs.resolve_node(bad, environ=env)
+
+
+def test_credentials_never_from_the_url_and_never_shown():
+    with pytest.raises(InputError) as exc:
+        pacs.resolve_node("https://bob:hunter2@pacs.example.org/dicom-web", environ={})
+    assert "hunter2" not in str(exc.value) and "command line" in str(exc.value)
+    with pytest.raises(InputError, match="user name"):
+        pacs.resolve_node("https://bob@pacs.example.org/dicom-web", environ={})
+    node = pacs.resolve_node("https://pacs.example.org/dicom-web",
+                             environ={pacs.ENV_USERNAME: "bob", pacs.ENV_PASSWORD: "hunter2"})
+    assert node.username == "bob" and node.password == "hunter2"
+    assert "hunter2" not in repr(node) and "bob" not in repr(node)
+    with pytest.raises(InputError, match="without a user name"):
+        pacs.resolve_node("https://h/dicom-web", environ={pacs.ENV_PASSWORD: "x"})
+
+
+def test_no_credentials_in_clear_to_another_machine():
+    env = {pacs.ENV_USERNAME: "bob", pacs.ENV_PASSWORD: "pw"}
+    with pytest.raises(InputError, match="unencrypted"):
+        pacs.resolve_node("http://pacs.example.org/dicom-web", environ=env)
+    assert pacs.resolve_node("http://127.0.0.1:8042/dicom-web", environ=env).username == "bob"
+    assert pacs.resolve_node("http://localhost:8042/dicom-web", environ=env).username == "bob"
+    node = pacs.resolve_node("http://pacs.example.org/dicom-web", environ={**env, pacs.ENV_ALLOW_INSECURE: "1"})
+    assert not node.tls and node.username == "bob"
+
+
+def test_configured_nodes_and_their_permissions(tmp_path):
+    conf = tmp_path / "pacs.toml"
+    conf.write_text('[nodes.hospital]\nurl = "https://pacs.example.org/dicom-web"\nusername = "dose"\n'
+                    'password = "from-file"\n\n[nodes.archive]\nurl = "dicom://ARCH@10.0.0.5:104"\n'
+                    'calling_aet = "PDOSE"\n')
+    conf.chmod(0o600)
+    env = {pacs.ENV_CONFIG: str(conf)}
+    node = pacs.resolve_node("hospital", environ=env)
+    assert (node.url, node.username, node.password) == ("https://pacs.example.org/dicom-web", "dose", "from-file")
+    # a URL takes the configured node's credentials; the environment overrides the file
+    by_url = pacs.resolve_node("https://pacs.example.org/dicom-web/", environ={**env, pacs.ENV_PASSWORD: "env"})
+    assert (by_url.username, by_url.password) == ("dose", "env")
+    assert pacs.resolve_node("archive", environ=env).calling_aet == "PDOSE"
+    with pytest.raises(InputError, match="configured: archive, hospital"):
+        pacs.resolve_node("nowhere", environ=env)
+    conf.chmod(0o644)
+    with pytest.raises(InputError, match="chmod 600"):
+        pacs.resolve_node("hospital", environ=env)
+    with pytest.raises(InputError, match="does not exist"):
+        pacs.resolve_node("hospital", environ={pacs.ENV_CONFIG: str(tmp_path / "none.toml")})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[nodes.x]\nport = 3\n")
+    with pytest.raises(InputError, match="has no url"):
+        pacs.resolve_node("x", config_path=bad, environ={})
+
+
+def test_dicom_files_are_found_by_their_marker(tmp_path):
+    from persodose.io.dicom_write import PatientInfo
+
+    src = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    (tmp_path / "a" / ".hidden").mkdir(parents=True)
+    src.save_as(tmp_path / "a" / "x.dcm")
+    src.save_as(tmp_path / "a" / "noext")
+    src.save_as(tmp_path / "a" / ".hidden" / "y.dcm")
+    (tmp_path / "a" / "notes.txt").write_text("not DICOM")
+    found = pacs.dicom_files([tmp_path / "a"])
+    assert sorted(f.name for f in found) == ["noext", "x.dcm"]
+    with pytest.raises(InputError, match="no DICOM file"):
+        pacs.dicom_files([tmp_path / "a" / "notes.txt"])
+    with pytest.raises(InputError, match="does not exist"):
+        pacs.dicom_files([tmp_path / "nothing"])
+    assert PatientInfo  # the writer module is importable beside pacs
+
+
+def test_cli_refuses_credentials_on_the_command_line(cli):
+    r = cli("pacs", "find", "--pacs", "https://bob:hunter2@pacs.example.org/dicom-web")
+    assert r.returncode == 2 and "hunter2" not in r.stderr + r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("persodose: error:")
+
+
+def test_unreachable_pacs_is_one_line(cli, monkeypatch):
+    pytest.importorskip("dicomweb_client", reason="the pacs extra is not installed (dicomweb-client)")
+    pytest.importorskip("pynetdicom", reason="the pacs extra is not installed (pynetdicom)")
+    monkeypatch.setenv(pacs.ENV_CONFIG, "")
+    monkeypatch.setattr(pacs, "HTTP_ATTEMPTS", 1)  # no back-off wait in the test
+    port = _free_port()  # nothing listens there
+    for url in (f"http://127.0.0.1:{port}/dicom-web", f"dicom://NOBODY@127.0.0.1:{port}"):
+        r = cli("pacs", "find", "--pacs", url)
+        assert r.returncode == 2, r.stderr
+        assert "cannot reach" in r.stderr or "not established" in r.stderr or "aborted" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ----------------------------------------------------------------------------- Orthanc
+def test_dicomweb_push_find_pull(orthanc, patient, creds, tmp_path, caplog):
+    from persodose.io.dicom import read_ct, read_nm
+
+    caplog.set_level(logging.DEBUG)
+    node = pacs.resolve_node(orthanc["web"])
+    res = pacs.push(node, [patient["ct"], patient["spect"] / "tp1"])
+    assert res.n_sent == res.n_stored == patient["n_ct"] + 1
+    assert res.study_instance_uids == (patient["study"],)
+    studies = pacs.find_studies(node, patient_id=patient["patient_id"])
+    assert [s.study_instance_uid for s in studies] == [patient["study"]]
+    assert {"CT", "NM"} <= set(studies[0].modalities)
+    series = {s.modality: s for s in pacs.find_series(node, patient["study"])}
+    assert series["CT"].n_instances == patient["n_ct"]
+    pulled = pacs.pull(node, tmp_path / "in", study_uid=patient["study"], modality="CT")
+    assert pulled.n_instances == patient["n_ct"] and [s["modality"] for s in pulled.series] == ["CT"]
+    ct_dir = tmp_path / "in" / pulled.series[0]["folder"]
+    assert _sop_uids(ct_dir) == _sop_uids(patient["ct"])
+    a, b = read_ct(patient["ct"]), read_ct(ct_dir)
+    assert np.array_equal(a.grid.array, b.grid.array) and np.allclose(a.grid.origin_xyz_mm, b.grid.origin_xyz_mm)
+    manifest = json.loads((tmp_path / "in" / pacs.PULL_MANIFEST).read_text())
+    assert manifest["study_instance_uid"] == patient["study"] and PASSWORD not in json.dumps(manifest)
+    nm = pacs.pull(node, tmp_path / "nm", study_uid=patient["study"], modality="NM")
+    nm_file = next((tmp_path / "nm").rglob("*.dcm"))
+    assert np.array_equal(read_nm(nm_file).grid.array, read_nm(next((patient["spect"] / "tp1").glob("*.dcm"))).grid.array)
+    assert nm.n_instances == 1
+    assert PASSWORD not in caplog.text
+
+
+def test_dimse_store_find_get(orthanc, patient, creds, tmp_path):
+    from persodose.io.rtdose import read_rtdose
+    from persodose.io.seg import read_seg
+
+    node = pacs.resolve_node(orthanc["dimse"])
+    res = pacs.push(node, [patient["results"]])
+    assert res.n_sent == res.n_stored == 3
+    studies = pacs.find_studies(node, study_uid=patient["study"])
+    assert len(studies) == 1 and studies[0].patient_id == patient["patient_id"]
+    mods = {s.modality: s.series_instance_uid for s in pacs.find_series(node, patient["study"])}
+    assert {"RTDOSE", "SEG", "RTSTRUCT"} <= set(mods)
+    pulled = pacs.pull(node, tmp_path / "back", study_uid=patient["study"],
+                       series_uids=[mods["RTDOSE"], mods["SEG"]])
+    assert pulled.n_instances == 2
+    dose_file = next((tmp_path / "back" / mods["RTDOSE"]).glob("*.dcm"))
+    back, orig = read_rtdose(dose_file), read_rtdose(patient["results"] / "rtdose.dcm")
+    assert np.array_equal(back.array, orig.array)
+    assert pydicom.dcmread(dose_file, stop_before_pixels=True).FrameOfReferenceUID == patient["for"]
+    labels, names = read_seg(next((tmp_path / "back" / mods["SEG"]).glob("*.dcm")))
+    assert set(names.values()) == {"liver", "spleen"}
+    with pytest.raises(pacs.PacsError, match="is not in study"):
+        pacs.pull(node, tmp_path / "none", study_uid=patient["study"], series_uids=["1.2.3"])
+    assert not (tmp_path / "none").exists()
+
+
+def test_cli_push_find_pull_and_bad_password(orthanc, patient, creds, tmp_path, cli, monkeypatch):
+    r = cli("pacs", "push", "--pacs", orthanc["web"], patient["spect"])
+    assert r.returncode == 0, r.stderr
+    assert "stored 4 of 4" in r.stdout
+    r = cli("pacs", "find", "--pacs", orthanc["dimse"], "--study", patient["study"], "--series", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sum(s["modality"] == "NM" for s in json.loads(r.stdout)) == 4
+    r = cli("pacs", "pull", "--pacs", orthanc["web"], "--study", patient["study"], "--modality", "NM",
+            "--out", tmp_path / "spect")
+    assert r.returncode == 0, r.stderr
+    assert "pulled 4 instance(s) in 4 series" in r.stdout
+    monkeypatch.setenv(pacs.ENV_PASSWORD, "wrong-password-123")
+    r = cli("pacs", "find", "--pacs", orthanc["web"])
+    assert r.returncode == 2 and "HTTP 401" in r.stderr and "wrong-password-123" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli("pacs", "pull", "--pacs", orthanc["web"], "--study", patient["study"], "--out", tmp_path / "x")
+    assert r.returncode == 2 and not (tmp_path / "x").exists()
