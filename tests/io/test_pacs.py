@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,19 @@ def test_dicom_files_are_found_by_their_marker(tmp_path):
     assert PatientInfo  # the writer module is importable beside pacs
 
 
+def test_a_received_instance_is_written_under_its_uid_only(tmp_path):
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    path = pacs._write_instance(ds, tmp_path)
+    assert path == tmp_path / f"{ds.SOPInstanceUID}.dcm" and pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+    for bad in ("../../etc/x", "1.2.3/4", "", "1." * 40 + "1"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about the invalid UI value itself
+            ds.SOPInstanceUID = bad
+        with pytest.raises(pacs.PacsError, match="valid SOPInstanceUID"):
+            pacs._write_instance(ds, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_cli_refuses_credentials_on_the_command_line(cli):
     r = cli("pacs", "find", "--pacs", "https://bob:hunter2@pacs.example.org/dicom-web")
     assert r.returncode == 2 and "hunter2" not in r.stderr + r.stdout
@@ -324,3 +338,51 @@ def test_cli_push_find_pull_and_bad_password(orthanc, patient, creds, tmp_path, 
     assert len(r.stderr.strip().splitlines()) == 1
     r = cli("pacs", "pull", "--pacs", orthanc["web"], "--study", patient["study"], "--out", tmp_path / "x")
     assert r.returncode == 2 and not (tmp_path / "x").exists()
+
+
+def test_internal_reads_the_study_from_the_pacs_and_stores_the_rt_dose_back(orthanc, patient, creds, tmp_path,
+                                                                             cli):
+    """The issue's end-to-end check, for what ``internal`` writes in DICOM (its RT Dose): the
+    virtual patient is pushed, ``internal --pacs`` pulls it, and its RT Dose is found back in
+    the study, readable and on the CT's frame of reference."""
+    from persodose.io.rtdose import read_rtdose
+
+    manifest = json.loads((patient["root"] / "vp" / "manifest.json").read_text())
+    pacs.push(pacs.resolve_node(orthanc["web"]), [patient["ct"], patient["spect"]])
+    out = tmp_path / "dose"
+    r = cli("internal", "--pacs", orthanc["web"], "--study", patient["study"], "--nuclide", "Lu-177",
+            "--method", "led", "--calibration-cps-per-mbq", manifest["frames"][0]["calibration_cps_per_mbq"],
+            "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "stored 1 DICOM result(s)" in r.stdout
+    assert not list(tmp_path.glob(".persodose-pacs-*"))  # the pulled study is gone
+    written = next(out.rglob("*rtdose*.dcm"))
+    sent = pydicom.dcmread(written, stop_before_pixels=True)
+    node = pacs.resolve_node(orthanc["dimse"])
+    series = [s for s in pacs.find_series(node, patient["study"], modality="RTDOSE")
+              if s.series_instance_uid == sent.SeriesInstanceUID]
+    assert len(series) == 1
+    back = pacs.pull(node, tmp_path / "back", study_uid=patient["study"], series_uids=[series[0].series_instance_uid])
+    got = next((tmp_path / "back").rglob("*.dcm"))
+    ds = pydicom.dcmread(got, stop_before_pixels=True)
+    assert ds.FrameOfReferenceUID == patient["for"] and ds.StudyInstanceUID == patient["study"]
+    assert np.array_equal(read_rtdose(got).array, read_rtdose(written).array) and back.n_instances == 1
+    r = cli("internal", "--pacs", orthanc["web"], "--nuclide", "Lu-177", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--study" in r.stderr
+    r = cli("internal", "--nuclide", "Lu-177", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "give --ct and --emission" in r.stderr
+
+
+def test_ct_reads_the_ct_from_the_pacs_and_stores_the_rt_dose_back(orthanc, patient, creds, tmp_path, cli):
+    pacs.push(pacs.resolve_node(orthanc["web"]), [patient["ct"]])
+    out = tmp_path / "ctdose"
+    r = cli("ct", "--pacs", orthanc["web"], "--study", patient["study"], "--photons", 20000, "--ctdi-photons", 20000,
+            "--batches", 2, "--dose-voxel-mm", 20, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "stored 1 DICOM result(s)" in r.stdout
+    sent = pydicom.dcmread(next(out.rglob("*rtdose*.dcm")), stop_before_pixels=True)
+    assert sent.FrameOfReferenceUID == patient["for"]
+    found = pacs.find_series(pacs.resolve_node(orthanc["web"]), patient["study"], modality="RTDOSE")
+    assert sent.SeriesInstanceUID in {s.series_instance_uid for s in found}
+    r = cli("ct", "--pacs", orthanc["web"], "--study", patient["study"], "--ct", patient["ct"], "--out", tmp_path / "y")
+    assert r.returncode == 2 and "not both" in r.stderr

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 
 
 def ct(
-    ct: Path = typer.Option(..., "--ct", help="CT series (DICOM directory or file; or an image in HU with overrides)."),
+    ct: Optional[Path] = typer.Option(None, "--ct", help="CT series (DICOM directory or file; or an image in HU with "
+                                                         "overrides); or --pacs."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Organ label map (NIfTI, DICOM SEG or RTSTRUCT), or 'auto' / 'auto:NAME' "
                                                            "to segment the CT (NAME: a registered segmenter, default "
@@ -50,8 +51,16 @@ def ct(
                                                       "(patient and 400 mm water cylinder; evenly spaced positions)."),
     sp_photons: int = typer.Option(200_000, "--sp-photons", callback=count(), help="Photons per single-position map."),
     backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo runs."),
+    pacs: Optional[str] = typer.Option(None, "--pacs", help="Read the CT from this PACS and store the RT Dose back; "
+                                                            "needs --study."),
+    study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID on --pacs."),
 ) -> None:
     """Whole-body dose map (mGy), organ doses, effective dose (ICRP 103) and a report."""
+    params = dict(locals())
+    if pacs is not None or study is not None:  # pull before, push after: persodose.cli.pacs
+        from persodose.cli.pacs import run_with_pacs
+
+        return run_with_pacs(globals()["ct"], params, emission=False)  # the command (--ct shadows its name)
     import json
 
     from persodose.errors import InputError
@@ -60,6 +69,8 @@ def ct(
     from persodose.outputs import check_output_paths
     from persodose.workflows.ct import ct_dose, write_ct_outputs
 
+    if ct is None:
+        raise InputError("give --ct (or --pacs and --study)")
     check_backend(backend)
     if batches is None:
         batches = TARGET_BATCHES if target_uncertainty is not None else BATCHES

@@ -32,8 +32,9 @@ def register(app: typer.Typer) -> None:
 
 
 def internal(
-    ct: Path = typer.Option(..., "--ct", help="CT: DICOM series (or image in HU)."),
-    emission: List[Path] = typer.Option(..., "--emission", help="PET or SPECT series, one per time point (repeat)."),
+    ct: Optional[Path] = typer.Option(None, "--ct", help="CT: DICOM series (or image in HU); or --pacs."),
+    emission: Optional[List[Path]] = typer.Option(None, "--emission",
+                                                  help="PET or SPECT series, one per time point (repeat); or --pacs."),
     emission_ct: Optional[List[Path]] = typer.Option(None, "--emission-ct",
                                                      help="Each time point's own CT, in --emission order (repeat): "
                                                           "registered to --ct and applied to the emission image."),
@@ -75,8 +76,16 @@ def internal(
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     mc_backend: str = typer.Option("cpu", "--mc-backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo "
                                                                "method and kernels not yet cached."),
+    pacs: Optional[str] = typer.Option(None, "--pacs", help="Read the study (CT, NM/PT series) from this PACS and "
+                                                            "store the RT Dose back; needs --study."),
+    study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID on --pacs."),
 ) -> None:
     """Time-integrated activity, voxel dose by every method, organ doses, DVHs and a report."""
+    params = dict(locals())
+    if pacs is not None or study is not None:  # pull before, push after: persodose.cli.pacs
+        from persodose.cli.pacs import run_with_pacs
+
+        return run_with_pacs(internal, params, emission=True)
     import datetime as dt
     import json
 
@@ -86,6 +95,8 @@ def internal(
     from persodose.outputs import check_output_paths
     from persodose.workflows.internal import InternalSettings, load_time_points, run_internal, write_outputs
 
+    if ct is None or not emission:
+        raise InputError("give --ct and --emission (or --pacs and --study)")
     methods = tuple(m.strip().lower() for item in method for m in item.split(",") if m.strip())
     options = read_method_options(method_options_file, method_option, decays)
     for name, value in (("--target-region", target_region), ("--target-above", target_above)):

@@ -126,3 +126,84 @@ def push(
     res = do_push(node, paths)
     typer.echo(f"stored {res.n_stored} of {res.n_sent} instance(s) on {node.url} "
                f"(stud{'y' if len(res.study_instance_uids) == 1 else 'ies'} {', '.join(res.study_instance_uids)})")
+
+
+# ----------------------------------------------------------------------------- --pacs on other commands
+#: Help of the ``--pacs`` / ``--study`` options that ``internal`` and ``ct`` take.
+PACS_RUN_HELP = ("Read the study from this PACS (URL or configured node; credentials from the environment or "
+                 "the configuration file) instead of --ct/--emission, and store the DICOM results (RT Dose) "
+                 "back; needs --study.")
+STUDY_RUN_HELP = "StudyInstanceUID of the study on --pacs."
+
+
+def _series_order(folder: Path):
+    """Acquisition date-time of the series in ``folder`` (for ordering time points)."""
+    import datetime as dt
+
+    from persodose.io.dicom import list_series
+
+    infos = list_series(folder)
+    when = [i.acquisition_datetime for i in infos if i.acquisition_datetime is not None]
+    return min(when) if when else dt.datetime.max
+
+
+def _pick_inputs(pulled, root: Path, need_emission: bool) -> tuple[Path, list[Path]]:
+    """The CT series (the one with the most instances) and the NM/PT series in acquisition
+    order, from what :func:`persodose.io.pacs.pull` wrote."""
+    from persodose.errors import InputError
+
+    cts = [s for s in pulled.series if s["modality"] == "CT"]
+    if not cts:
+        raise InputError(f"study {pulled.study_instance_uid} on the PACS has no CT series")
+    ct_dir = root / max(cts, key=lambda s: s["files"])["folder"]
+    emission = [root / s["folder"] for s in pulled.series if s["modality"] in ("NM", "PT")]
+    if need_emission and not emission:
+        raise InputError(f"study {pulled.study_instance_uid} on the PACS has no NM or PT series")
+    return ct_dir, sorted(emission, key=_series_order)
+
+
+def run_with_pacs(command, params: dict, *, emission: bool) -> None:
+    """Run ``command`` (``internal`` or ``ct``, the Typer function) on a study of a PACS:
+    pull the study into a temporary folder beside ``--out``, fill ``--ct`` (and
+    ``--emission``, one per NM/PT series in acquisition order), run, then store every DICOM
+    file the command wrote under ``--out`` (its RT Dose) back in the study. The temporary
+    folder is removed in any case; nothing is stored if the command fails.
+
+    Args:
+        command: the command function; called again with ``pacs=None, study=None``.
+        params: its arguments (``--pacs`` and ``--study`` given, ``--ct``/``--emission`` not).
+        emission: whether the command needs emission series.
+    """
+    import shutil
+    import tempfile
+
+    from persodose.errors import InputError
+    from persodose.io.pacs import dicom_files, pull as do_pull, push as do_push, resolve_node
+
+    pacs, study = params.get("pacs"), params.get("study")
+    if not pacs or not study:
+        raise InputError("--pacs and --study go together: give both")
+    if params.get("ct") is not None or (emission and params.get("emission")):
+        raise InputError("--pacs reads the images from the PACS: give --pacs and --study, or --ct"
+                         + ("/--emission" if emission else "") + ", not both")
+    node = resolve_node(pacs)
+    out = Path(params["out"])
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".persodose-pacs-", dir=out.resolve().parent))
+    try:
+        pulled = do_pull(node, work / "study", study_uid=study)
+        typer.echo(f"pulled {pulled.n_instances} instance(s) of study {study} from {node.url}", err=True)
+        ct_dir, em = _pick_inputs(pulled, work / "study", emission)
+        args = {**params, "pacs": None, "study": None, "ct": ct_dir}
+        if emission:
+            args["emission"] = em
+        command(**args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        results = dicom_files([out])
+    except InputError:
+        typer.echo(f"no DICOM result under {out} to store on {node.url}", err=True)
+        return
+    res = do_push(node, results)
+    typer.echo(f"stored {res.n_stored} DICOM result(s) on {node.url} (study {study})")

@@ -38,6 +38,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import stat
 import urllib.parse
 from dataclasses import dataclass, field
@@ -491,6 +492,10 @@ class _backend:
         return False
 
 
+#: A UID: digits and dots, at most 64 characters (PS3.5 9.1).
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
 def _write_instance(ds, folder: Path) -> Path:
     """Write a received instance as ``<SOPInstanceUID>.dcm`` (PS3.10 file, its file meta
     kept or made)."""
@@ -498,8 +503,8 @@ def _write_instance(ds, folder: Path) -> Path:
     from pydicom.uid import ExplicitVRLittleEndian
 
     uid = str(ds.get("SOPInstanceUID", "") or "")
-    if not uid or "/" in uid or uid.startswith("."):
-        raise PacsError(f"an instance without a usable SOPInstanceUID came back ({uid!r})")
+    if len(uid) > 64 or not _UID_RE.fullmatch(uid):  # also keeps the file name inside the folder
+        raise PacsError(f"an instance without a valid SOPInstanceUID came back ({uid[:80]!r})")
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = uid
@@ -720,7 +725,7 @@ class _Dimse:
                 assoc.release()
         if errors:
             raise PacsError(f"C-GET from {self.node.url}: {len(errors)} instance(s) could not be written: {errors[0]}")
-        if final not in (0x0000, None) and not (final == 0xB000 and written):
+        if final not in (0x0000, None):  # 0xB000: some sub-operations failed; the series is incomplete
             raise PacsError(f"C-GET on {self.node.url} failed with status 0x{final:04X} "
                             f"({len(written)} instance(s) received)")
         return len(written)
