@@ -4,8 +4,9 @@ The virtual patient's CT, NM (SPECT) and PET series, and the SEG, RT Structure S
 RT Dose written on its CT are checked
 
 * by the validators where they are installed: ``dciodvfy`` and ``dcentvfy`` (dicom3tools,
-  Debian package ``dicom3tools``) and ``dcmftest`` / ``dcmdump`` (dcmtk, package ``dcmtk``);
-  a test whose binary is missing is skipped with the reason;
+  Debian package ``dicom3tools``), ``dcmftest`` / ``dcmdump`` (dcmtk, package ``dcmtk``) and
+  pixelmed's parser (``libpixelmed-java``); a test whose binary is missing is skipped with
+  the reason;
 * by pydicom everywhere: the attributes the validators asked for, DS lengths, UID roots and
   one Study Date/Time per study.
 
@@ -166,6 +167,26 @@ def test_dcmtk_reads_every_object(written, what):
     assert res.returncode == 0 and not res.stderr.strip(), res.stderr
     assert ("(7fe0,0010)" in res.stdout.lower()) == (what != "rtstruct")
     assert "(0008,0016)" in res.stdout  # SOP Class UID, read
+
+
+_PIXELMED_JAR = "/usr/share/java/pixelmed.jar"
+
+
+@pytest.mark.parametrize("what", ["rtdose", "seg"])
+def test_pixelmed_reads_rtdose_and_seg(written, what):
+    """pixelmed (Debian ``libpixelmed-java``) parses the whole file, 32-bit RT Dose pixels
+    included. Its validator (com.pixelmed.validate.DicomInstanceValidator) answers "IOD (SOP
+    Class) unrecognized" for RT Dose, so the parse is what is checked."""
+    java = shutil.which("java")
+    if java is None or not Path(_PIXELMED_JAR).is_file():
+        pytest.skip("java or pixelmed is not installed (Debian packages default-jre-headless, libpixelmed-java)")
+    res = subprocess.run([java, "-cp", _PIXELMED_JAR, "com.pixelmed.dicom.AttributeList", written[what]],
+                         capture_output=True, timeout=300)
+    out = (res.stdout + res.stderr).decode("latin-1")
+    assert res.returncode == 0 and "Exception" not in out, out[-2000:]
+    assert "(0x7fe0,0x0010) PixelData" in out
+    if what == "rtdose":
+        assert "BitsAllocated VR=<US> VL=<0x2> [0x20]" in out and "DoseGridScaling" in out
 
 
 def test_dcentvfy_one_patient_one_study(written):
