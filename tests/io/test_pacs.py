@@ -5,13 +5,15 @@ DICOMweb and DIMSE where it is installed.
 The Orthanc fixture starts one server per test module (per xdist worker) on free loopback
 ports with a generated JSON configuration (HTTP with basic authentication and the DICOMweb
 plug-in, DICOM with our AE title registered for C-GET), waits until it answers and stops it
-after. Tests that need it are skipped, with the reason, when the binary, the plug-in or the
-``pacs`` extra (dicomweb-client, pynetdicom) is missing.
+after. HTTPS is tested through a TLS front (a self-signed certificate made with openssl)
+before that Orthanc. Tests that need it are skipped, with the reason, when the binary, the
+plug-in or the ``pacs`` extra (dicomweb-client, pynetdicom) is missing.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import json
 import logging
@@ -53,7 +55,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60.0) -> None:
+def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60.0, context=None) -> None:
     auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     req = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
     t0 = time.monotonic()
@@ -61,7 +63,7 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60
         if proc.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(req, timeout=2) as r:
+            with urllib.request.urlopen(req, timeout=2, context=context) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -69,9 +71,7 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60
     raise RuntimeError(f"Orthanc did not answer within {timeout_s} s: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    """A running Orthanc: ``{"web": DICOMweb URL, "dimse": dicom:// URL, "http": base URL}``."""
+def _need_orthanc() -> tuple[str, str]:
     exe, plugin = _orthanc_binary(), _dicomweb_plugin()
     if exe is None:
         pytest.skip("Orthanc is not installed (Debian package orthanc)")
@@ -79,28 +79,20 @@ def orthanc(tmp_path_factory):
         pytest.skip("Orthanc's DICOMweb plug-in is not installed (Debian package orthanc-dicomweb)")
     pytest.importorskip("dicomweb_client", reason="the pacs extra is not installed (dicomweb-client)")
     pytest.importorskip("pynetdicom", reason="the pacs extra is not installed (pynetdicom)")
-    root = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port = _free_port(), _free_port()
-    config = {
-        "Name": "persodose-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-        "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "DicomModalities": {"persodose": {"AET": "PERSODOSE", "Host": "127.0.0.1", "Port": _free_port(),
-                                          "AllowFind": True, "AllowGet": True, "AllowStore": True}},
-        "DicomCheckCalledAet": False, "DicomCheckModalityHost": False, "UnknownSopClassAccepted": True,
-        "DicomAlwaysAllowStore": True, "HttpThreadsCount": 4, "ConcurrentJobs": 1, "SaveJobs": False,
-        "StableAge": 1, "HttpCompressionEnabled": False,
-    }
+    return exe, plugin
+
+
+@contextlib.contextmanager
+def _running_orthanc(exe: str, root: Path, config: dict, probe: str, context=None):
+    """Orthanc on ``config`` (written to ``root/orthanc.json``) until the block ends."""
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config))
     log = root / "orthanc.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen([exe, str(cfg)], stdout=fh, stderr=subprocess.STDOUT, cwd=root)
     try:
-        _wait_for(f"http://127.0.0.1:{http_port}/system", proc, log)
-        yield {"web": f"http://127.0.0.1:{http_port}/dicom-web", "dimse": f"dicom://ORTHANC@127.0.0.1:{dicom_port}",
-               "http": f"http://127.0.0.1:{http_port}", "log": log}
+        _wait_for(probe, proc, log, context=context)
+        yield log
     finally:
         proc.terminate()
         try:
@@ -108,6 +100,106 @@ def orthanc(tmp_path_factory):
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             proc.wait()
+
+
+def _base_config(root: Path, plugin: str, http_port: int) -> dict:
+    return {"Name": "persodose-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+            "RegisteredUsers": {USER: PASSWORD}, "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "HttpThreadsCount": 4, "ConcurrentJobs": 1, "SaveJobs": False, "StableAge": 1,
+            "HttpCompressionEnabled": False}
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A running Orthanc: ``{"web": DICOMweb URL, "dimse": dicom:// URL, "http": base URL}``."""
+    exe, plugin = _need_orthanc()
+    root = tmp_path_factory.mktemp("orthanc")
+    http_port, dicom_port = _free_port(), _free_port()
+    config = {
+        **_base_config(root, plugin, http_port), "DicomPort": dicom_port, "DicomAet": "ORTHANC",
+        "DicomModalities": {"persodose": {"AET": "PERSODOSE", "Host": "127.0.0.1", "Port": _free_port(),
+                                          "AllowFind": True, "AllowGet": True, "AllowStore": True}},
+        "DicomCheckCalledAet": False, "DicomCheckModalityHost": False, "UnknownSopClassAccepted": True,
+        "DicomAlwaysAllowStore": True,
+    }
+    with _running_orthanc(exe, root, config, f"http://127.0.0.1:{http_port}/system") as log:
+        yield {"web": f"http://127.0.0.1:{http_port}/dicom-web", "dimse": f"dicom://ORTHANC@127.0.0.1:{dicom_port}",
+               "http": f"http://127.0.0.1:{http_port}", "log": log}
+
+
+class _TlsFront:
+    """A TLS front for a local HTTP server (asyncio in a thread): what a hospital's reverse
+    proxy does in front of a PACS. (Debian 12's Orthanc 1.10 with "SslEnabled" resets every
+    connection after the handshake, so Orthanc's own TLS is not used.)"""
+
+    def __init__(self, target_port: int, certfile: str, keyfile: str):
+        import asyncio
+        import ssl
+        import threading
+
+        self.target_port = target_port
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(certfile, keyfile)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, ready) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ctx))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader, writer) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def orthanc_tls(orthanc, tmp_path_factory):
+    """The Orthanc behind HTTPS with a self-signed certificate for 127.0.0.1 (openssl):
+    ``{"web": https DICOMweb URL, "ca": the certificate}``."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make the test certificate)")
+    root = tmp_path_factory.mktemp("tls")
+    key, crt = root / "key.pem", root / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(crt)],
+                   check=True, capture_output=True, timeout=120)
+    front = _TlsFront(int(orthanc["http"].rsplit(":", 1)[1]), str(crt), str(key))
+    try:
+        yield {"web": f"https://127.0.0.1:{front.port}/dicom-web", "ca": str(crt)}
+    finally:
+        front.close()
 
 
 @pytest.fixture
@@ -386,3 +478,33 @@ def test_ct_reads_the_ct_from_the_pacs_and_stores_the_rt_dose_back(orthanc, pati
     assert sent.SeriesInstanceUID in {s.series_instance_uid for s in found}
     r = cli("ct", "--pacs", orthanc["web"], "--study", patient["study"], "--ct", patient["ct"], "--out", tmp_path / "y")
     assert r.returncode == 2 and "not both" in r.stderr
+
+
+def certifi_or_system() -> str:
+    """A CA bundle without the test certificate (what REQUESTS_CA_BUNDLE points to on many machines)."""
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    for f in (paths.cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if f and Path(f).is_file():
+            return f
+    import certifi
+
+    return certifi.where()
+
+
+def test_https_verifies_the_certificate(orthanc_tls, creds, monkeypatch, tmp_path):
+    """TLS for https:// URLs: with the server's certificate as CA bundle it works; without
+    it (a certificate no system CA signed) it is refused in one line, nothing sent."""
+    ct = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ct.save_as(tmp_path / "ct.dcm")
+    monkeypatch.setattr(pacs, "HTTP_ATTEMPTS", 1)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi_or_system())  # must not override the node's ca_bundle
+    with pytest.raises(pacs.PacsError, match="TLS with https://127.0.0.1"):
+        pacs.push(pacs.resolve_node(orthanc_tls["web"]), [tmp_path / "ct.dcm"])
+    monkeypatch.setenv(pacs.ENV_CA_BUNDLE, orthanc_tls["ca"])
+    node = pacs.resolve_node(orthanc_tls["web"])
+    assert node.tls and node.ca_bundle == orthanc_tls["ca"]
+    assert pacs.push(node, [tmp_path / "ct.dcm"]).n_stored == 1
+    found = pacs.find_studies(node, study_uid=str(ct.StudyInstanceUID))
+    assert [s.study_instance_uid for s in found] == [str(ct.StudyInstanceUID)]

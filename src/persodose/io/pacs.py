@@ -527,8 +527,7 @@ class _DicomWeb:
         from dicomweb_client.api import DICOMwebClient
 
         self.node = node
-        self.session = requests.Session()
-        self.session.verify = node.ca_bundle or True
+        self.session = _session_class()(node.ca_bundle)
         if node.token:
             self.session.headers["Authorization"] = f"Bearer {node.token}"
         elif node.username:
@@ -583,6 +582,28 @@ class _DicomWeb:
                             f"{f.get('ReferencedSOPInstanceUID', '?')} (reason {f.get('FailureReason', '?')})")
         ok = resp.get("ReferencedSOPSequence", []) if resp is not None else []
         return len(ok) if ok else len(datasets)
+
+
+def _session_class():
+    """A ``requests.Session`` that verifies with its own CA bundle when it has one: a plain
+    session's ``verify`` loses to ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` of the
+    environment (requests' ``merge_environment_settings``), so a configured ``ca_bundle``
+    would be ignored on machines that set them."""
+    import requests
+
+    class _Session(requests.Session):
+        def __init__(self, ca_bundle: str | None):
+            super().__init__()
+            self.ca_bundle = ca_bundle
+            self.verify = ca_bundle or True
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if self.ca_bundle:
+                settings["verify"] = self.ca_bundle
+            return settings
+
+    return _Session
 
 
 def _guarded(iterator: Iterator, backend: _DicomWeb, what: str) -> Iterator:
