@@ -508,3 +508,46 @@ def test_https_verifies_the_certificate(orthanc_tls, creds, monkeypatch, tmp_pat
     assert pacs.push(node, [tmp_path / "ct.dcm"]).n_stored == 1
     found = pacs.find_studies(node, study_uid=str(ct.StudyInstanceUID))
     assert [s.study_instance_uid for s in found] == [str(ct.StudyInstanceUID)]
+
+
+def test_dimse_over_tls_verifies_the_certificate(tmp_path, monkeypatch):
+    """dicoms://: C-STORE to a pynetdicom storage SCP behind TLS (PS3.15 B.1), refused
+    without the server's CA bundle, stored with it."""
+    import ssl
+
+    pynetdicom = pytest.importorskip("pynetdicom", reason="the pacs extra is not installed (pynetdicom)")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make the test certificate)")
+    key, crt = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(crt)],
+                   check=True, capture_output=True, timeout=120)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(str(crt), str(key))
+    received = []
+
+    def on_store(event):
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    from pynetdicom.sop_class import CTImageStorage
+
+    ae = pynetdicom.AE(ae_title="TLSSCP")
+    ae.add_supported_context(CTImageStorage)
+    port = _free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=server_ctx,
+                             evt_handlers=[(pynetdicom.evt.EVT_C_STORE, on_store)])
+    try:
+        ct = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+        ct.save_as(tmp_path / "ct.dcm")
+        monkeypatch.setenv(pacs.ENV_CONFIG, "")
+        url = f"dicoms://TLSSCP@127.0.0.1:{port}"
+        with pytest.raises(pacs.PacsError, match="over TLS: is the server's certificate trusted"):
+            pacs.push(pacs.resolve_node(url, timeout_s=5.0), [tmp_path / "ct.dcm"])
+        assert received == []
+        monkeypatch.setenv(pacs.ENV_CA_BUNDLE, str(crt))
+        assert pacs.push(pacs.resolve_node(url, timeout_s=5.0), [tmp_path / "ct.dcm"]).n_stored == 1
+        assert received == [str(ct.SOPInstanceUID)]
+    finally:
+        server.shutdown()

@@ -661,15 +661,20 @@ class _Dimse:
 
     def _associate(self, ae, what: str, **kw):
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.node.timeout_s
+        import ssl
+
         try:
             assoc = ae.associate(self.node.host, self.node.port, ae_title=self.node.called_aet,
                                  tls_args=self._tls_args(), **kw)
+        except ssl.SSLError as exc:
+            raise PacsError(f"{what}: TLS with {self.node.url} failed (certificate?): {type(exc).__name__}") from None
         except OSError as exc:
             raise PacsError(f"{what}: cannot reach {self.node.url} ({type(exc).__name__})") from None
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+            tls = "; over TLS: is the server's certificate trusted (ca_bundle)?" if self.node.tls else ""
             raise PacsError(f"{what}: association with {self.node.url} {why} (AE titles "
-                            f"{self.node.calling_aet} -> {self.node.called_aet})")
+                            f"{self.node.calling_aet} -> {self.node.called_aet}{tls})")
         return assoc
 
     def _ae(self):
