@@ -105,7 +105,8 @@ def _running_orthanc(exe: str, root: Path, config: dict, probe: str, context=Non
 def _base_config(root: Path, plugin: str, http_port: int) -> dict:
     return {"Name": "persodose-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
             "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
-            "RegisteredUsers": {USER: PASSWORD}, "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "RegisteredUsers": {USER: PASSWORD}, "Plugins": [plugin],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "HttpThreadsCount": 4, "ConcurrentJobs": 1, "SaveJobs": False, "StableAge": 1,
             "HttpCompressionEnabled": False}
 
@@ -383,7 +384,8 @@ def test_dicomweb_push_find_pull(orthanc, patient, creds, tmp_path, caplog):
     assert manifest["study_instance_uid"] == patient["study"] and PASSWORD not in json.dumps(manifest)
     nm = pacs.pull(node, tmp_path / "nm", study_uid=patient["study"], modality="NM")
     nm_file = next((tmp_path / "nm").rglob("*.dcm"))
-    assert np.array_equal(read_nm(nm_file).grid.array, read_nm(next((patient["spect"] / "tp1").glob("*.dcm"))).grid.array)
+    sent = next((patient["spect"] / "tp1").glob("*.dcm"))
+    assert np.array_equal(read_nm(nm_file).grid.array, read_nm(sent).grid.array)
     assert nm.n_instances == 1
     assert PASSWORD not in caplog.text
 

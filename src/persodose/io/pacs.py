@@ -523,7 +523,6 @@ class _DicomWeb:
         from persodose._optional import optional_import
 
         optional_import("dicomweb_client", "pacs")
-        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.node = node
