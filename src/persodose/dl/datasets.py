@@ -80,7 +80,7 @@ from persodose.registry import Registry
 from persodose.settings import resolve_settings
 
 __all__ = [
-    "FORMAT", "SPLITS", "PATIENT_IMAGES", "DatasetKind", "PatientSource", "PatientData", "Dataset",
+    "FORMAT", "SPLITS", "PATIENT_IMAGES", "PATIENT_IMAGE_LISTS", "DatasetKind", "PatientSource", "PatientData", "Dataset",
     "KINDS", "register_kind", "get_kind", "available_kinds", "read_patient_source", "load_patient",
     "find_patients", "assign_split", "patient_seeds", "make_dataset", "open_dataset", "read_shard",
     "write_shard", "shard_name", "read_shard_labels", "ShardSamples",
@@ -100,6 +100,10 @@ _SPLIT_ALIASES = {"training": "train", "validation": "val"}
 #: What a kind may ask for from a patient folder: a ``manifest.json`` ``"paths"`` key, and the
 #: kind of image it holds.
 PATIENT_IMAGES = {"ct_nifti": Kind.CT, "labels": Kind.LABELS, "truth_tia": Kind.TIA}
+#: What a kind may need besides the images of :data:`PATIENT_IMAGES`: ``truth_frames``, the
+#: true activity concentration (Bq/mL) at each emission frame's mid-time, a list of grids in
+#: the order of the manifest's ``"frames"`` (their ``"truth_path"``).
+PATIENT_IMAGE_LISTS = {"truth_frames": ("frames", "truth_path", Kind.ACTIVITY_CONCENTRATION)}
 #: HDF5 settings of the shards (deterministic bytes: no timestamps, fixed filters).
 _GZIP_LEVEL = 4
 _TMP_MARK = ".tmp-"
@@ -121,7 +125,8 @@ class DatasetKind:
         make_examples: ``make_examples(patient, settings, seed) -> list of (inputs, targets,
             meta)``; pure: the same patient, settings and seed give the same arrays.
         settings_type: the kind's settings dataclass (defaults, units and validation).
-        needs: keys of :data:`PATIENT_IMAGES` the kind reads from a patient folder.
+        needs: keys of :data:`PATIENT_IMAGES` (and :data:`PATIENT_IMAGE_LISTS`) the kind reads
+            from a patient folder.
         input_channels, target_channels: names (with units) of the channels, for the manifest.
         summary: one line for listings.
     """
@@ -140,7 +145,8 @@ class DatasetKind:
 
 
 #: The dataset kinds; the built-ins register themselves when their modules are imported.
-KINDS: Registry[DatasetKind] = Registry("dataset kind", builtins=["persodose.dl.dataset_kinds.density_led"],
+KINDS: Registry[DatasetKind] = Registry("dataset kind", builtins=["persodose.dl.dataset_kinds.density_led",
+                                                                   "persodose.dl.dataset_kinds.spect_doserate"],
                                         identity=lambda k: k.make_examples)
 
 
@@ -152,9 +158,9 @@ def register_kind(name: str, *, settings: type, needs: Iterable[str] = (), input
         ValueError: an unknown need, a settings type that is not a dataclass, or another
             function under a taken name (programming errors).
     """
-    bad = sorted(set(needs) - set(PATIENT_IMAGES))
+    bad = sorted(set(needs) - set(PATIENT_IMAGES) - set(PATIENT_IMAGE_LISTS))
     if bad:
-        raise ValueError(f"unknown needs {bad}; choose from {sorted(PATIENT_IMAGES)}")
+        raise ValueError(f"unknown needs {bad}; choose from {sorted({*PATIENT_IMAGES, *PATIENT_IMAGE_LISTS})}")
     if not (dataclasses.is_dataclass(settings) and isinstance(settings, type)):
         raise ValueError("settings must be a dataclass type")
 
@@ -270,6 +276,14 @@ def load_patient(source: PatientSource, needs: Iterable[str]) -> PatientData:
     images = {}
     paths = source.manifest.get("paths") or {}
     for key in needs:
+        if key in PATIENT_IMAGE_LISTS:
+            entries, field_, kind = PATIENT_IMAGE_LISTS[key]
+            rels = [f.get(field_) for f in source.manifest.get(entries) or [] if isinstance(f, dict)]
+            if not rels or not all(rels):
+                raise InputError(f"patient {source.id} ({source.folder}): manifest.json names no {field_!r} "
+                                 f"for every one of its {entries!r}")
+            images[key] = [read_image(source.folder / r, kind=kind) for r in rels]
+            continue
         rel = paths.get(key)
         if not rel:
             raise InputError(f"patient {source.id} ({source.folder}): manifest.json names no {key!r} image")

@@ -60,6 +60,15 @@ class NetworkSpec:
         summary: one line for listings.
         channels_last_cpu: run in ``torch.channels_last_3d`` memory format on the CPU (about 4x
             faster for dilated 3-D convolutions with oneDNN; no gain for plain small ones).
+        depth_margin: slices at each end of D that the loss leaves out. A network whose output
+            slice needs neighbouring input slices (a sliding window in depth) is trained on slabs
+            whose end slices lack that context: the training loop calls its core with
+            ``margin=depth_margin`` (the core gives only the inner ``D - 2 margin`` slices) and
+            compares them with the same slices of the target. 0: the whole sample.
+        scale_rule: ``rule(input_scales, target_scales) -> (input_scales, target_scales)``,
+            applied to the training split's RMS scales before they are stored (for example to
+            give an input channel that the network adds to its output the target's scale, or
+            to keep a channel in physical units); None: the RMS scales as they are.
     """
 
     name: str
@@ -73,19 +82,23 @@ class NetworkSpec:
     min_spatial: int = 1
     summary: str = ""
     channels_last_cpu: bool = False
+    depth_margin: int = 0
+    scale_rule: Callable[[Any, Any], tuple] | None = None
 
     def settings(self, values: Any = None) -> Any:
         """Its settings from ``None`` (defaults), an instance or a mapping (strings parsed)."""
         return resolve_settings(values, self.settings_type, owner=self.name, what="network")
 
 
-NETWORKS: Registry[NetworkSpec] = Registry("network", identity=lambda spec: spec.builder)
+NETWORKS: Registry[NetworkSpec] = Registry("network", builtins=["persodose.dl.dblurdosenet"],
+                                           identity=lambda spec: spec.builder)
 
 
 def register_network(name: str, builder: Callable[[Any], Any] | None = None, *, dataset_kind: str,
                      in_channels: int, out_channels: int, settings: type = NoNetworkSettings, loss: str = "mse",
                      spatial_multiple: int = 1, min_spatial: int = 1, summary: str = "",
-                     channels_last_cpu: bool = False) -> Any:
+                     channels_last_cpu: bool = False, depth_margin: int = 0,
+                     scale_rule: Callable[[Any, Any], tuple] | None = None) -> Any:
     """Register a network under ``name``; usable directly or as a decorator of the builder.
 
     Raises:
@@ -95,18 +108,21 @@ def register_network(name: str, builder: Callable[[Any], Any] | None = None, *, 
         return lambda fn: register_network(name, fn, dataset_kind=dataset_kind, in_channels=in_channels,
                                            out_channels=out_channels, settings=settings, loss=loss,
                                            spatial_multiple=spatial_multiple, min_spatial=min_spatial,
-                                           summary=summary, channels_last_cpu=channels_last_cpu)
+                                           summary=summary, channels_last_cpu=channels_last_cpu,
+                                           depth_margin=depth_margin, scale_rule=scale_rule)
     if loss not in LOSSES:
         raise ValueError(f"network {name!r}: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if not (isinstance(settings, type) and dataclasses.is_dataclass(settings)):
         raise ValueError(f"network {name!r}: settings must be a dataclass type")
+    if int(depth_margin) < 0 or (scale_rule is not None and not callable(scale_rule)):
+        raise ValueError(f"network {name!r}: depth_margin must be >= 0 and scale_rule callable")
     if min(in_channels, out_channels, spatial_multiple, min_spatial) < 1 or not str(dataset_kind).strip():
         raise ValueError(f"network {name!r}: channels, spatial_multiple and min_spatial must be >= 1 and "
                          "dataset_kind given")
     doc = (builder.__doc__ or "").strip().splitlines()
     spec = NetworkSpec(Registry.key(name), builder, settings, str(dataset_kind), int(in_channels),
                        int(out_channels), loss, int(spatial_multiple), int(min_spatial),
-                       summary or (doc[0] if doc else ""), bool(channels_last_cpu))
+                       summary or (doc[0] if doc else ""), bool(channels_last_cpu), int(depth_margin), scale_rule)
     NETWORKS.add(name, spec)
     return builder
 
@@ -149,9 +165,10 @@ def _scaled_class():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.normalised(x) * self.target_scale
 
-        def normalised(self, x: torch.Tensor) -> torch.Tensor:
-            """The core's output, in units of ``target_scale`` (what the loss is computed on)."""
-            return self.core(x / self.input_scale)
+        def normalised(self, x: torch.Tensor, **kw) -> torch.Tensor:
+            """The core's output, in units of ``target_scale`` (what the loss is computed on);
+            keywords (``margin``) go to the core."""
+            return self.core(x / self.input_scale, **kw)
 
     return ScaledNetwork
 
@@ -238,6 +255,9 @@ def check_shapes(spec: NetworkSpec, input_shape, target_shape, where: str = "dat
     if ins[1:] != tgt[1:]:
         raise InputError(f"{where}: input grid {list(ins[1:])} differs from target grid {list(tgt[1:])}; "
                          f"network {spec.name!r} keeps the grid")
+    if ins[1] <= 2 * spec.depth_margin:
+        raise InputError(f"{where}: network {spec.name!r} leaves {spec.depth_margin} slices at each end out of "
+                         f"the loss; samples of {ins[1]} slices leave none")
     bad = [s for s in ins[1:] if s < spec.min_spatial or s % spec.spatial_multiple]
     if bad:
         raise InputError(f"{where}: grid {list(ins[1:])} does not fit network {spec.name!r} (each of D, H, W "

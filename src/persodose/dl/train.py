@@ -319,6 +319,18 @@ class _Run:
     sources: tuple = ()  # ShardSamples to close at the end
 
 
+def _normalised(r: _Run, x):
+    """The model's normalised output on a batch; only the inner slices for a network with a depth margin."""
+    m = r.spec.depth_margin
+    return r.model.normalised(x, margin=m) if m else r.model.normalised(x)
+
+
+def _inner(r: _Run, y):
+    """The target slices the loss compares (all but ``depth_margin`` at each end of D)."""
+    m = r.spec.depth_margin
+    return y[:, :, m:y.shape[2] - m] if m else y
+
+
 def _train_epoch(r: _Run, step=None) -> float:
     torch = r.torch
     r.model.train()
@@ -327,7 +339,7 @@ def _train_epoch(r: _Run, step=None) -> float:
         x, y = x.to(r.device, memory_format=r.memory_format), y.to(r.device)
         r.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=r.amp):
-            loss = r.loss_fn(r.model.normalised(x).float(), y / r.model.target_scale)
+            loss = r.loss_fn(_normalised(r, x).float(), _inner(r, y) / r.model.target_scale)
         loss.backward()
         r.optimizer.step()
         total += float(loss.detach()) * x.shape[0]
@@ -345,8 +357,8 @@ def _val_loss(r: _Run) -> float:
         for x, y in r.val():
             x, y = x.to(r.device, memory_format=r.memory_format), y.to(r.device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=r.amp):
-                pred = r.model.normalised(x).float()
-            total += float(r.loss_fn(pred, y / r.model.target_scale)) * x.shape[0]
+                pred = _normalised(r, x).float()
+            total += float(r.loss_fn(pred, _inner(r, y) / r.model.target_scale)) * x.shape[0]
             n += x.shape[0]
     return total / n
 
@@ -454,6 +466,8 @@ def _build_run(torch, spec, network_settings, settings: TrainSettings, data: Dat
     from persodose.dl.networks import apply_scales, scaled
 
     model = scaled(spec.builder(network_settings), spec.in_channels, spec.out_channels)  # seeded init
+    if spec.scale_rule is not None:
+        scales = spec.scale_rule(np.asarray(scales[0], np.float64).copy(), np.asarray(scales[1], np.float64).copy())
     apply_scales(model, *scales)
     model.to(device)
     fmt = torch.channels_last_3d if (device.type == "cpu" and spec.channels_last_cpu) else torch.contiguous_format
@@ -599,12 +613,26 @@ def _write_outputs(torch, paths, spec, net_settings, settings, data, history, be
         "input_scale": state["input_scale"].flatten().tolist(), "target_scale": state["target_scale"].flatten().tolist(),
         "network_settings": dataclasses.asdict(net_settings), "train_settings": dataclasses.asdict(settings),
         "data": described, "history": history, "checkpoint": str(ck_path), "threads": threads, "device": device,
-        "torch": torch.__version__,
+        "torch": torch.__version__, **_data_geometry(data),
     }
     with atomic_file(paths["sidecar"]) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return TrainResult(paths["weights"], paths["sidecar"], ck_path, history, int(best["epoch"]),
                        float(best["val_loss"]), bool(stopped), state)
+
+
+def _data_geometry(data: DatasetOnDisk) -> dict:
+    """The dataset kind's settings and the voxel size of its samples (``spacing_zyx_mm`` of the first
+    training example's meta, when the kind records it), for the sidecar: a network is used at
+    the voxel size it was trained at."""
+    out: dict[str, Any] = {"dataset_settings": data.opened.settings}
+    metas = data.opened.metas("train")
+    sp = metas[0].get("spacing_zyx_mm") if metas else None
+    if sp:
+        out["spacing_zyx_mm"] = [float(v) for v in sp]
+        if max(sp) - min(sp) <= 1e-6 * max(sp):
+            out["voxel_mm"] = float(sp[0])
+    return out
 
 
 def _write_curves(paths, history: list[dict], loss: str) -> None:
