@@ -141,6 +141,10 @@ class MethodSpec:
         media: kernel media the method needs for given settings (empty: no kernels).
         linear: the dose is linear in the activity (so dose rates come from activities).
         stochastic: the result carries statistical noise (Monte Carlo).
+        images: what the method expects of its ``activities``: ``"activity"`` (the activity
+            itself, the default) or ``"spect"`` (a SPECT reconstruction, whose resolution loss
+            the method compensates; the contract tests then give it the SPECT model's image of
+            the source, :mod:`persodose.phantoms.spect_camera`).
         accuracy: relative accuracy the method claims for the mean dose inside a uniform
             source region in a homogeneous water-like phantom (checked by the contract tests).
         summary: one line for listings.
@@ -156,6 +160,7 @@ class MethodSpec:
     accuracy: float = 0.05
     takes_inputs: bool = False
     summary: str = ""
+    images: str = "activity"
 
     def make_settings(self, options: Any = None) -> Any:
         """This method's settings from ``None``, an instance, or a mapping of field names to
@@ -205,13 +210,14 @@ def parse_method_options(items: Iterable[str], source: str = "--method-option") 
 # --------------------------------------------------------------------------- registry
 #: The dose methods: the built-ins are registered by importing their modules.
 METHODS: Registry[MethodSpec] = Registry(
-    "dose method", builtins=[f"persodose.dose.{m}" for m in ("led", "svalue", "density_scaling", "msv", "monte_carlo")],
+    "dose method", builtins=[f"persodose.dose.{m}" for m in ("led", "svalue", "density_scaling", "msv", "monte_carlo",
+                                                                       "dblurdosenet")],
     identity=lambda spec: spec.function)
 
 
 def register_method(name: str, *, settings: type = NoSettings, needs: Iterable[str] = ("density",),
                     media: Callable[[Any], tuple] | None = None, linear: bool = True, stochastic: bool = False,
-                    accuracy: float = 0.05, takes_inputs: bool = False, summary: str = ""
+                    accuracy: float = 0.05, takes_inputs: bool = False, summary: str = "", images: str = "activity"
                     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a dose method under ``name`` (lower case); see :class:`MethodSpec`.
 
@@ -223,6 +229,8 @@ def register_method(name: str, *, settings: type = NoSettings, needs: Iterable[s
     key = str(name).strip().lower()
     if not key:
         raise ValueError("a dose method needs a name")
+    if images not in ("activity", "spect"):
+        raise ValueError(f"images must be 'activity' or 'spect', got {images!r}")
     bad = sorted(set(needs) - set(NEEDS))
     if bad:
         raise ValueError(f"unknown needs {bad}; choose from {NEEDS}")
@@ -232,7 +240,7 @@ def register_method(name: str, *, settings: type = NoSettings, needs: Iterable[s
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         doc = (fn.__doc__ or "").strip().splitlines()
         METHODS.add(key, MethodSpec(key, fn, settings, frozenset(needs), media or (lambda s: ()), linear, stochastic,
-                                    float(accuracy), takes_inputs, summary or (doc[0] if doc else "")))
+                                    float(accuracy), takes_inputs, summary or (doc[0] if doc else ""), images))
         fn.method_name = key  # type: ignore[attr-defined]
         return fn
 

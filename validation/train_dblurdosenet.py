@@ -1,0 +1,153 @@
+"""The recipe that made the shipped DblurDoseNet weights, its learning curve and its ablations.
+
+Every step is a persodose command (printed before it runs) and is skipped when its output
+exists, so an interrupted run continues. The same commands scale up unchanged: more patients
+(``--train-patients``), more epochs, ``--device cuda``.
+
+1. A virtual 177Lu-DOTATATE population at 4.8 mm (``persodose phantom --population``); its
+   seeds' SHA-256 split rule puts each patient in training, validation or test once and for all.
+2. Folders of links: the first ``--train-patients`` training patients and every validation
+   patient (``train``), and every test patient (``test``, for ``validation/dblurdosenet.py``).
+3. The ``spect-doserate`` dataset of the training folder (``persodose dataset make``).
+4. Training (``persodose train dblurdosenet``): the main network on all training patients;
+   the learning curve on nested subsets (``--curve``); the paper's two ablations (no residual,
+   2-D only) on ``--ablation-patients`` patients.
+
+Usage::
+
+    python validation/train_dblurdosenet.py --work /work/dl --epochs 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(cmd: list[str], log: Path) -> None:
+    print("$", shlex.join(cmd), flush=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+
+
+def link_folder(pop: Path, dest: Path, folders: list[str]) -> None:
+    """``dest`` holding links to ``folders`` of ``pop`` and a copy of its population.json (the splits)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "population.json").write_text((pop / "population.json").read_text())
+    for f in folders:
+        if not (dest / f).exists():
+            os.symlink(pop / f, dest / f)
+
+
+def subset_dataset(src: Path, dest: Path, train_ids: list[str]) -> None:
+    """A dataset folder with the shards of ``train_ids`` and every validation patient of ``src``."""
+    doc = json.loads((src / "manifest.json").read_text())
+    keep = [p for p in doc["patients"] if p["split"] != "train" or p["id"] in train_ids]
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in keep:
+        if not (dest / p["shard"]).exists():
+            os.symlink(src / p["shard"], dest / p["shard"])
+    doc.update(patients=keep, planned=[p["id"] for p in keep], complete=True,
+               subset_of=str(src / "manifest.json"))
+    (dest / "manifest.json").write_text(json.dumps(doc, indent=1))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--population", type=int, default=40)
+    ap.add_argument("--population-seed", type=int, default=2026)
+    ap.add_argument("--train-patients", type=int, default=16)
+    ap.add_argument("--dataset-seed", type=int, default=1)
+    ap.add_argument("--camera", default="blur", help="SPECT model of the training data: blur or camera")
+    ap.add_argument("--decays", type=int, default=2_000_000, help="MC decays per frame of the labels")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--curve", type=int, nargs="*", default=[4, 8], help="training-set sizes of the learning curve")
+    ap.add_argument("--ablation-patients", type=int, default=8)
+    ap.add_argument("--only", choices=["data", "main", "curve", "ablations", "register"], nargs="*", default=None)
+    args = ap.parse_args(argv)
+    exe = str(Path(sys.executable).with_name("persodose"))
+    w = args.work
+    w.mkdir(parents=True, exist_ok=True)
+    log = w / "recipe.log"
+    steps = set(args.only or ["data", "main", "curve", "ablations", "register"])
+    pop = w / "pop_lu"
+    if not (pop / "population.json").exists():
+        run([exe, "phantom", "--out", str(pop), "--tracer", "lu177-dotatate", "--voxel-mm", "4.8",
+             "--population", str(args.population), "--seed", str(args.population_seed)], log)
+    doc = json.loads((pop / "population.json").read_text())
+    train = [p["folder"] for p in doc["patients"] if p["split"] == "training"][: args.train_patients]
+    val = [p["folder"] for p in doc["patients"] if p["split"] == "validation"]
+    test = [p["folder"] for p in doc["patients"] if p["split"] == "test"]
+    link_folder(pop, w / f"train{args.train_patients}", train + val)
+    link_folder(pop, w / f"test{len(test)}", test)
+    ds = w / f"ds_train{args.train_patients}"
+    done = (ds / "manifest.json").exists() and json.loads((ds / "manifest.json").read_text()).get("complete")
+    if "data" in steps and not done:
+        run([exe, "dataset", "make", "spect-doserate", "--phantoms", str(w / f"train{args.train_patients}"),
+             "--out", str(ds), "--seed", str(args.dataset_seed), "--option", f"camera={args.camera}",
+             "--option", f"decays={args.decays}"], log)
+    common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", "1e-3",
+              "--plateau-factor", "0.5", "--plateau-patience", "2", "--seed", str(args.seed),
+              "--device", args.device, "--threads", str(args.threads)]
+    runs = []
+    if "main" in steps:
+        runs.append((ds, w / "dblurdosenet-lu177.pt", []))
+    if "curve" in steps:
+        for n in args.curve:
+            runs.append((w / f"ds_train{n}", w / f"curve_n{n}.pt", []))
+    if "ablations" in steps:
+        n = args.ablation_patients
+        runs.append((w / f"ds_train{n}", w / f"ablation_n{n}_noresidual.pt", ["--network-option", "residual=false"]))
+        runs.append((w / f"ds_train{n}", w / f"ablation_n{n}_2d.pt", ["--network-option", "mode=2d"]))
+    for data, out, extra in runs:
+        if data != ds and not (data / "manifest.json").exists():
+            subset_dataset(ds, data, train[: int(data.name.removeprefix("ds_train"))])
+        if Path(f"{out}.json").exists():
+            continue
+        resume = ["--resume"] if Path(f"{out}.ckpt").exists() else []
+        run([exe, "train", "dblurdosenet", "--data", str(data), "--out", str(out), *common, *extra, *resume], log)
+    if "register" in steps:
+        register(w / "dblurdosenet-lu177.pt", ds, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    return 0
+
+
+def register(weights: Path, data: Path, recipe: str) -> None:
+    """Copy the main weights, their sidecar and the training data's manifest into the package's
+    weights folder and add (or replace) the ``dblurdosenet-lu177`` entry of its manifest."""
+    import dataclasses
+    import shutil
+
+    from persodose.dl.train import weights_entry
+    from persodose.dl.weights_registry import MANIFEST_PATH, WEIGHTS_DIR
+
+    name = "dblurdosenet-lu177"
+    shutil.copyfile(weights, WEIGHTS_DIR / f"{name}.pt")
+    side = json.loads(Path(f"{weights}.json").read_text())
+    data_file = f"{name}.data-manifest.json"
+    shutil.copyfile(data / "manifest.json", WEIGHTS_DIR / data_file)
+    side.update(file=f"{name}.pt", name=name, data_manifest_file=data_file,
+                training_command=f"python validation/{recipe}  (which ran: {side['training_command']})")
+    (WEIGHTS_DIR / f"{name}.pt.json").write_text(json.dumps(side, indent=1) + "\n")
+    entry = weights_entry(WEIGHTS_DIR / f"{name}.pt.json")
+    entry = dataclasses.replace(entry, description="DblurDoseNet, 177Lu SPECT + density -> dose rate (4.8 mm); trained on "
+                                f"{sum(p['split'] == 'train' for p in side['data']['patients'])} virtual patients")
+    doc = [e for e in json.loads(MANIFEST_PATH.read_text()) if e.get("name") != name]
+    doc.append(dataclasses.asdict(entry))
+    MANIFEST_PATH.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"registered {name} in {MANIFEST_PATH}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
