@@ -95,10 +95,13 @@ def test_select_device_on_a_real_gpu(torch):
 
 
 # ----------------------------------------------------------------------------- weights
-def test_shipped_manifest_is_an_empty_list():
+def test_every_shipped_weights_file_matches_its_manifest_entry():
     assert MANIFEST_PATH.is_file()
-    assert json.loads(MANIFEST_PATH.read_text()) == []
-    assert list_weights() == []
+    raw = json.loads(MANIFEST_PATH.read_text())
+    assert [e["name"] for e in raw] == [e.name for e in list_weights()]
+    for entry in list_weights():
+        v = verify_weights(entry.name)  # size and SHA-256 of the file against the manifest
+        assert v.sha256 == entry.sha256 and v.path.stat().st_size == entry.size_bytes
 
 
 @pytest.fixture
@@ -149,7 +152,7 @@ def test_missing_file_or_unknown_name_is_refused(tmp_path):
     with pytest.raises(InputError, match="no such file, and not a registered name") as exc:
         load_weights(tmp_path / "absent.pt")
     _one_line(exc)
-    with pytest.raises(InputError, match="registered: none"):
+    with pytest.raises(InputError, match=r"registered: dblurdosenet-lu177\)"):
         verify_weights("dblurdosenet-v1")
 
 
