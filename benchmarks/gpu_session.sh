@@ -15,6 +15,7 @@
 #   gpu_tests.log       pytest -m gpu tests/mc/test_mc_gpu.py (CPU and GPU agree within statistics)
 #   bench_mc_cuda.log   decays/s for Lu-177, Y-90, F-18 at several launch sizes
 #   bench_mc_cpu.log    the same on this machine's CPU cores (the same-run baseline)
+#   bench_dblurdosenet_{cuda,cpu}.log  DblurDoseNet inference with its DSV, 512x512x130
 # and exits non-zero when the GPU tests fail.
 set -uo pipefail
 out=${1:-${OUT:-gpu_out}}
@@ -33,4 +34,7 @@ python3 -m pytest -q -m gpu -p no:cacheprovider tests/mc/test_mc_gpu.py 2>&1 | t
 status=${PIPESTATUS[0]}
 python3 benchmarks/bench_mc.py --backend cuda 2>&1 | tee "$out/bench_mc_cuda.log"
 python3 benchmarks/bench_mc.py --backend cpu 2>&1 | tee "$out/bench_mc_cpu.log"
+# DblurDoseNet inference (with its DSV) on a 512x512x130 grid, GPU then CPU (issue 12's GPU time)
+python3 benchmarks/bench_dblurdosenet.py --device cuda 2>&1 | tee "$out/bench_dblurdosenet_cuda.log"
+python3 benchmarks/bench_dblurdosenet.py --device cpu --repeats 1 2>&1 | tee "$out/bench_dblurdosenet_cpu.log"
 exit "$status"
