@@ -177,6 +177,10 @@ def test_method_refuses_a_tia_alone_and_missing_weights(tmp_path):
                                      {"weights": "x"})
     with pytest.raises(InputError):
         get_spec("dblurdosenet").run(_inputs(density, a), {"weights": str(tmp_path / "none.pt")})
+    import dataclasses
+
+    with pytest.raises(InputError, match="Lu-177 SPECT only, not F-18"):
+        get_spec("dblurdosenet").run(dataclasses.replace(_inputs(density, a), nuclide="F-18"), {"weights": "x"})
 
 
 # --------------------------------------------------------------------------- the dataset kind

@@ -46,6 +46,8 @@ from persodose.grid import Kind
 
 __all__ = ["DblurDoseNetMethodSettings", "dblurdosenet_dose", "dose_rate_map", "DEFAULT_WEIGHTS"]
 
+#: The radionuclide the network was trained for (the spect-doserate kind is for it alone).
+TRAINED_NUCLIDE = "Lu-177"
 #: The shipped weights the method uses unless told otherwise.
 DEFAULT_WEIGHTS = "dblurdosenet-lu177"
 #: Axial SPECT field the training data were normalised over, mm (the paper's 39 cm), unless the
@@ -199,6 +201,11 @@ def dblurdosenet_dose(inputs: DoseInputs, settings: DblurDoseNetMethodSettings) 
         raise InputError("dose method 'dblurdosenet' works on the emission images: it needs the activity at each "
                          "time point (not a time-integrated activity alone)")
     check_density(inputs.density, inputs.tia, "dblurdosenet")
+    from persodose.physics.radionuclides import get_nuclide
+
+    if get_nuclide(inputs.nuclide).name != TRAINED_NUCLIDE:
+        raise InputError(f"dose method 'dblurdosenet' is trained for {TRAINED_NUCLIDE} SPECT only, not "
+                         f"{get_nuclide(inputs.nuclide).name}")
     t0 = time.perf_counter()
     model, side, loaded = _load(settings.weights, settings.device)
     want = float(side.get("voxel_mm") or DEFAULT_VOXEL_MM)
