@@ -244,8 +244,8 @@ def _counts(truth, frame: dict, camera) -> float:
 
 
 def _mean_unc(dose: np.ndarray, unc: np.ndarray | None, mask: np.ndarray) -> float:
-    """Relative uncertainty of the VOI mean, %, from the voxel uncertainties (independent voxels: an
-    upper bound is the voxel-weighted RMS over sqrt(n); batches give them per voxel)."""
+    """Relative uncertainty of the VOI mean, %, from the batch uncertainties of its voxels taken as
+    independent (photons correlate neighbours: the contract tests double this estimate)."""
     if unc is None:
         return math.nan
     d, u = dose[mask].astype(np.float64), unc[mask].astype(np.float64)
