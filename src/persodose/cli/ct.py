@@ -33,6 +33,11 @@ def ct(
     collimation_mm: Optional[float] = typer.Option(None, "--collimation-mm", callback=positive(500.0), help="Total collimation nT (mm)."),
     rotation_s: Optional[float] = typer.Option(None, "--rotation-s", callback=positive(100.0), help="Rotation time (s)."),
     ctdivol: Optional[float] = typer.Option(None, "--ctdivol", callback=positive(1e4), help="CTDIvol (mGy) to calibrate to, replaces the header mean."),
+    bowtie: Optional[str] = typer.Option(None, "--bowtie", help="head or body: the scan type and its bowtie, replaces "
+                                                              "what the headers or the image say."),
+    ctdi_phantom: Optional[int] = typer.Option(None, "--ctdi-phantom", help="CTDI phantom (cm) the CTDIvol refers "
+                                                                            "to: 16 or 32 (default: from the headers, "
+                                                                            "else the scan type)."),
     photons: int = typer.Option(20_000_000, "--photons", callback=count(),
                                 help="Photons of the whole scan (the most, with --target-uncertainty)."),
     ctdi_photons: int = typer.Option(2_000_000, "--ctdi-photons", callback=count(), help="Photons of the CTDI calibration run."),
@@ -71,6 +76,10 @@ def ct(
 
     if ct is None:
         raise InputError("give --ct (or --pacs and --study)")
+    if bowtie is not None and bowtie.strip().lower() not in ("head", "body"):
+        raise InputError(f"--bowtie must be head or body, got {bowtie!r}")
+    if ctdi_phantom is not None and ctdi_phantom not in (16, 32):
+        raise InputError(f"--ctdi-phantom must be 16 or 32 (cm), got {ctdi_phantom}")
     check_backend(backend)
     if batches is None:
         batches = TARGET_BATCHES if target_uncertainty is not None else BATCHES
@@ -84,7 +93,8 @@ def ct(
     check_output_paths(inputs={"--ct": ct, "--labels": label_sidecars(labels, label_names)},
                        output_dirs={"--out": out})
     overrides = {k: v for k, v in {"kvp": kvp, "pitch": pitch, "total_collimation_mm": collimation_mm,
-                                   "rotation_time_s": rotation_s, "ctdivol_mgy": ctdivol}.items() if v is not None}
+                                   "rotation_time_s": rotation_s, "ctdivol_mgy": ctdivol,
+                                   "bowtie": bowtie.strip().lower() if bowtie else None}.items() if v is not None}
     with about("--ct", ct):
         ct_grid, info = load_ct(ct)
         require_volume(ct_grid)
@@ -97,7 +107,8 @@ def ct(
         result = ct_dose(ct_grid, info, lab, names, scanner=scanner, overrides=overrides, n_photons=photons,
                          dose_voxel_mm=dose_voxel_mm, settings=settings, ctdi_photons=ctdi_photons,
                          target_uncertainty=target_uncertainty, target_above=target_above,
-                         target_region=target_region)
+                         target_region=target_region,
+                         ctdi_diameter_mm=None if ctdi_phantom is None else 10.0 * ctdi_phantom)
     sp = None
     if sp_maps > 0:
         import numpy as np
@@ -117,7 +128,8 @@ def ct(
                                       "batches": batches, "seed": seed, "backend": backend,
                                       "target_uncertainty": target_uncertainty,
                                       "target_above": target_above if target_uncertainty else None,
-                                      "target_region": target_region, "photon_estimator": photon_estimator})
+                                      "target_region": target_region, "photon_estimator": photon_estimator,
+                                      "ctdi_phantom_cm": ctdi_phantom})
     c = result.calibration
     typer.echo(f"report: {report}")
     target = result.statistics.get("target")
@@ -127,6 +139,11 @@ def ct(
         typer.echo(f"scan: {TargetOutcome(**target).summary('photons')}")
     typer.echo(f"CTDIvol {c.ctdivol_target_mgy:.3g} mGy ({c.ctdivol_source}); CTDI C/P "
                f"{result.ctdi.centre_to_periphery:.3f}; max dose {float(result.dose_mgy.array.max()):.3g} mGy")
+    p, sd = result.protocol, result.size_dose
+    if p is not None and sd is not None:
+        ssde = "n/a" if sd.ssde_mgy is None else f"{sd.ssde_mgy:.3g} mGy"
+        typer.echo(f"scan type {p.region} ({p.region_rule}); CTDI phantom {p.ctdi_phantom_mm / 10:g} cm "
+                   f"({p.ctdi_phantom_rule}); mean Dw {sd.dw_mean_mm / 10:.1f} cm; SSDE {ssde}")
     if result.effective_dose:
         e = result.effective_dose
         typer.echo(f"effective dose {e.effective_dose_msv:.3g} mSv ({e.status})")

@@ -195,7 +195,8 @@ def _fill(arr: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = None, *,
                            filter_type_map: Mapping[str, str] | None = None,
-                           default_bowtie: str = "body") -> Acquisition:
+                           default_bowtie: str = "body", bowtie_rule: str | None = None,
+                           warn_default: bool = True) -> Acquisition:
     """Build an :class:`Acquisition` from a CT series read by :func:`persodose.io.dicom.read_ct`.
 
     The header values come from :func:`persodose.io.ct_headers.read_ct_headers`; this
@@ -211,7 +212,12 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
             replaces the slice range (e.g. when no slice positions are available);
             ``mode`` is ``"helical"`` or ``"axial"``.
         filter_type_map: Filter Type word -> bowtie (default :data:`DEFAULT_FILTER_TYPE_MAP`).
-        default_bowtie: bowtie used, with a warning, when the filter type is absent or unknown.
+        default_bowtie: bowtie used when the filter type is absent or unknown (with a
+            warning when ``warn_default``).
+        bowtie_rule: what chose ``default_bowtie`` (e.g. the head/body rule of
+            :func:`persodose.ct.protocol.decide_protocol`), said in the warning and kept in
+            the provenance as ``bowtie_rule``.
+        warn_default: warn when ``default_bowtie`` is used.
 
     Returns:
         The acquisition.
@@ -238,7 +244,7 @@ def acquisition_from_dicom(series: Any, overrides: Mapping[str, Any] | None = No
         z_sorted = np.array([z_sorted[0], z_sorted[0]])
         order = np.array([0, 0])
     kvp, coll, rot, mode, pitch = _beam(hdr, ov, prov)
-    bowtie = _bowtie(hdr, ov, filter_type_map, default_bowtie, prov)
+    bowtie = _bowtie(hdr, ov, filter_type_map, default_bowtie, prov, bowtie_rule, warn_default)
     ma_out, relative, source = _tube_current(hdr, ov, z, order, z_sorted)
     prov["tube_current"] = "override" if source == "override" else ("default" if source == "fixed" else "dicom")
     ctdivol = _ctdivol(hdr, ov, z.size, prov)
@@ -327,9 +333,9 @@ def _beam(hdr: CTHeaders, ov: Mapping[str, Any], prov: dict[str, str]) -> tuple[
 
 
 def _bowtie(hdr: CTHeaders, ov: Mapping[str, Any], filter_type_map: Mapping[str, str] | None,
-            default_bowtie: str, prov: dict[str, str]) -> str:
+            default_bowtie: str, prov: dict[str, str], rule: str | None = None, warn: bool = True) -> str:
     """Bowtie: the override, else the one the Filter Type maps to, else ``default_bowtie``
-    (with a warning). Generic bowtie names are lower-cased."""
+    (chosen by ``rule``; with a warning when ``warn``). Generic bowtie names are lower-cased."""
     filter_type = hdr.filter_type
     if ov.get("bowtie") is not None:
         bowtie = str(ov["bowtie"])
@@ -339,9 +345,13 @@ def _bowtie(hdr: CTHeaders, ov: Mapping[str, Any], filter_type_map: Mapping[str,
         if bowtie is None:
             bowtie = default_bowtie
             why = f"unknown FilterType {filter_type!r}" if filter_type else "no FilterType (0018,1160)"
-            warnings.warn(f"{hdr.label}: {why}; using the {bowtie!r} bowtie (override 'bowtie')",
-                          CTAcquisitionWarning, stacklevel=3)
-            prov["bowtie"] = "default"
+            chosen = f" ({rule})" if rule else ""
+            if warn:
+                warnings.warn(f"{hdr.label}: {why}; using the {bowtie!r} bowtie{chosen}; override with "
+                              "--bowtie head|body (the 'bowtie' acquisition override)",
+                              CTAcquisitionWarning, stacklevel=3)
+            prov["bowtie"] = "derived" if rule else "default"
+            prov["bowtie_rule"] = rule or "default"
         else:
             prov["bowtie"] = "dicom"
     if bowtie.lower() in GENERIC_BOWTIES:

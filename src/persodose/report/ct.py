@@ -38,6 +38,7 @@ def build_ct_report(result, path: Path, title: str) -> Path:
         ["mGy per (Gy per simulated photon)", c.mgy_per_gy_per_simulated_photon]])
     for n in c.notes:
         rep.text(n, "warn")
+    _size_section(rep, plt, result)
     rep.heading("Dose map")
     vmax = float(np.percentile(result.dose_mgy.array, 99.9)) or 1.0
     rep.figure(figures.slices_figure([("CT", result.ct, {"cmap": "gray", "vmin": -1000, "vmax": 1000}),
@@ -56,8 +57,13 @@ def build_ct_report(result, path: Path, title: str) -> Path:
     if result.organs:
         rep.heading("Organ doses (mGy)")
         rows = sorted(result.organs, key=lambda r: -r.mass_weighted_mean_gy)
-        rep.table(["organ", "mass (g)", "mean (mGy)", "uncertainty (%)"],
-                  [[r.name, r.mass_g, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent] for r in rows])
+        ctdivol = float(c.ctdivol_target_mgy)
+        ssde = getattr(result.size_dose, "ssde_mgy", None)
+        rep.table(["organ", "mass (g)", "mean (mGy)", "uncertainty (%)", "dose / CTDIvol", "dose / SSDE"],
+                  [[r.name, r.mass_g, 1e3 * r.mass_weighted_mean_gy, r.uncertainty_percent,
+                    f"{1e3 * r.mass_weighted_mean_gy / ctdivol:.3f}" if ctdivol > 0 else "",
+                    f"{1e3 * r.mass_weighted_mean_gy / ssde:.3f}" if ssde else ""] for r in rows],
+                  caption=f"CTDIvol {ctdivol:.4g} mGy; SSDE " + (f"{ssde:.4g} mGy" if ssde else "n/a"))
         fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1.2))
         ax.barh([r.name for r in rows][::-1], [1e3 * r.mass_weighted_mean_gy for r in rows][::-1],
                 xerr=[2e1 * (r.uncertainty_percent or 0.0) * r.mass_weighted_mean_gy for r in rows][::-1])
@@ -73,3 +79,27 @@ def build_ct_report(result, path: Path, title: str) -> Path:
     rep.table(["step", "seconds"], [[s, v] for s, v in result.statistics.get("timings_s", {}).items()],
               caption="Run time")
     return rep.write(path)
+
+
+def _size_section(rep, plt, result) -> None:
+    """Scan type (the rule that decided), CTDI phantom, Dw per slice and SSDE (AAPM 204/220)."""
+    p, sd = getattr(result, "protocol", None), getattr(result, "size_dose", None)
+    if p is None or sd is None:
+        return
+    rep.heading("Scan type and size-specific dose")
+    rep.table(["quantity", "value"], [
+        ["scan type", f"{p.region} ({p.region_rule})"],
+        ["CTDI phantom", f"{p.ctdi_phantom_mm / 10:g} cm ({p.ctdi_phantom_rule})"],
+        ["CTDIvol (mGy)", f"{sd.ctdivol_mgy:.4g}"],
+        ["mean water-equivalent diameter Dw (cm)", f"{sd.dw_mean_mm / 10:.2f}"],
+        ["size conversion factor f(Dw)", "n/a" if sd.ssde_mgy is None else f"{sd.factor:.3f}"],
+        ["SSDE (mGy)", "n/a" if sd.ssde_mgy is None else f"{sd.ssde_mgy:.4g}"],
+        ["SSDE method", sd.method]])
+    for line in p.evidence:
+        rep.text("header/image: " + line, "small")
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ok = sd.dw_mm > 0
+    ax.plot(sd.slice_z_mm[ok], sd.dw_mm[ok] / 10.0, ".-")
+    ax.set_xlabel("z (mm)")
+    ax.set_ylabel("Dw (cm)")
+    rep.figure(fig, caption="Water-equivalent diameter per slice (AAPM Report 220)")

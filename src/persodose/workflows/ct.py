@@ -13,8 +13,13 @@ Steps:
 4. Transport of the whole scan (:mod:`persodose.ct.dose`; kerma approximation at CT energies),
    either all ``n_photons`` or, with a target uncertainty, until the target is met (median
    voxel uncertainty above a fraction of the maximum dose, or an organ's mean dose).
-5. Absolute calibration on the simulated CTDI phantom of the scan type (320 mm body unless the
-   bowtie is ``head``: 160 mm), to the header's mean CTDIvol or the user's.
+5. Absolute calibration on the simulated CTDI phantom of the scan type, to the header's mean
+   CTDIvol or the user's. Head or body, and the phantom (160 or 320 mm), are decided by
+   :func:`persodose.ct.protocol.decide_protocol` (the user's ``bowtie`` / ``ctdi_diameter_mm``,
+   then the CTDI Phantom Type Code Sequence, Filter Type, Body Part Examined, protocol and
+   series descriptions, then the patient's size and anatomy); the rule that decided is logged
+   and written out. The water-equivalent diameter per slice and the SSDE (AAPM Reports 220
+   and 204) are reported beside CTDIvol.
 6. Organ doses (mass-weighted means over the labels, uncertainty from the batches) and the
    ICRP 103 effective dose (partial when tissues are missing).
 
@@ -76,6 +81,8 @@ class CTDoseResult:
         ctdi: :class:`persodose.ct.ctdi.CTDIResult`; calibration: :class:`persodose.ct.dose.Calibration`.
         warnings: acquisition warnings (one line each).
         statistics: photons, batches, seeds, timings, energy balance.
+        protocol: :class:`persodose.ct.protocol.ScanProtocol` (head or body, CTDI phantom, rules).
+        size_dose: :class:`persodose.ct.protocol.SizeSpecificDose` (Dw per slice, SSDE).
     """
 
     dose_mgy: Grid
@@ -94,6 +101,8 @@ class CTDoseResult:
     warnings: list = field(default_factory=list)
     statistics: dict = field(default_factory=dict)
     phantom: Any = None
+    protocol: Any = None
+    size_dose: Any = None
 
     def acquisition_dict(self) -> dict:
         a = self.acquisition
@@ -147,7 +156,9 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
         dose_voxel_mm: cubic dose voxel, mm.
         settings: :class:`~persodose.mc.engine.MCSettings` (batches, seed).
         ctdi_photons, ctdi_voxel_mm: the calibration run.
-        ctdi_diameter_mm: CTDI phantom (default 160 mm for a head bowtie, else 320 mm).
+        ctdi_diameter_mm: CTDI phantom, 160 or 320 mm (default: decided by
+            :func:`persodose.ct.protocol.decide_protocol`; ``overrides["bowtie"]`` = ``head`` /
+            ``body`` decides the scan type).
         log: callable for progress lines.
         target_uncertainty: stop the scan's transport at this relative uncertainty (``"2%"`` or
             0.02; ``n_photons`` and ``settings.n_batches`` become the limit; the CTDI run
@@ -171,13 +182,16 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     _check_inputs(ct, n_photons, settings)
-    acq, acq_warnings, scanner, positions = _acquisition_step(ct, info, overrides, scanner, log)
+    protocol, size = _protocol_step(ct, info, overrides, ctdi_diameter_mm, log)
+    acq, acq_warnings, scanner, positions = _acquisition_step(ct, info, overrides, scanner, log, protocol)
     t0 = time.perf_counter()
     phantom, ct_d, lab, label_names = _phantom_step(ct, labels, names, dose_voxel_mm)
     target = _target(target_uncertainty, target_above, target_region, lab, label_names, settings)
     timings["phantom"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ctdi, cal = _calibration_step(acq, scanner, positions, settings, ctdi_photons, ctdi_voxel_mm, ctdi_diameter_mm, log)
+    ctdi, cal = _calibration_step(acq, scanner, positions, settings, ctdi_photons, ctdi_voxel_mm,
+                                  protocol.ctdi_phantom_mm, log)
+    size_dose = _size_dose_step(size, cal, protocol, log)
     timings["ctdi calibration"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     run, dose, unc = _transport_step(phantom, positions, lab, n_photons, settings, cal, log, target)
@@ -198,7 +212,7 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
                  "n_photons_limit": int(n_photons), "n_batches_limit": int(settings.n_batches),
                  "target": run.target}
     return CTDoseResult(dose, unc, ct_d, phantom.density, lab, label_names, organs, eff, acq, scanner, positions,
-                        ctdi, cal, acq_warnings, stats_doc, phantom)
+                        ctdi, cal, acq_warnings, stats_doc, phantom, protocol, size_dose)
 
 
 def _target(value, above, region, lab, label_names, settings):
@@ -231,7 +245,32 @@ def _check_inputs(ct: Grid, n_photons: int, settings) -> None:
         raise InputError(f"the CT holds no voxel above {BODY_THRESHOLD_HU:g} HU: no body in the series")
 
 
-def _acquisition_step(ct: Grid, info, overrides, scanner, log):
+def _protocol_step(ct: Grid, info, overrides, ctdi_diameter_mm, log):
+    """Step 0: head or body and the CTDI phantom (:func:`persodose.ct.protocol.decide_protocol`),
+    and the patient's size per slice."""
+    from persodose.ct.protocol import decide_protocol, patient_size, read_protocol_headers
+
+    size = patient_size(ct)
+    bowtie = (overrides or {}).get("bowtie")
+    protocol = decide_protocol(read_protocol_headers(info), size, bowtie_override=bowtie,
+                               ctdi_phantom_mm=ctdi_diameter_mm)
+    log(f"scan type: {protocol.region} ({protocol.region_rule}); CTDI phantom {protocol.ctdi_phantom_mm / 10:g} cm "
+        f"({protocol.ctdi_phantom_rule})")
+    return protocol, size
+
+
+def _size_dose_step(size, cal, protocol, log):
+    """Dw and SSDE beside the CTDIvol the run is calibrated to (AAPM Reports 220, 204)."""
+    from persodose.ct.protocol import size_specific_dose
+
+    sd = size_specific_dose(size, cal.ctdivol_target_mgy, protocol.ctdi_phantom_mm)
+    ssde = "n/a" if sd.ssde_mgy is None else f"{sd.ssde_mgy:.3g} mGy"
+    log(f"CTDIvol {sd.ctdivol_mgy:.3g} mGy ({sd.ctdi_phantom_mm / 10:g} cm), mean Dw {sd.dw_mean_mm / 10:.1f} cm, "
+        f"SSDE {ssde}")
+    return sd
+
+
+def _acquisition_step(ct: Grid, info, overrides, scanner, log, protocol=None):
     """Step 1: the acquisition from the headers (warnings kept), the scanner, the focal-spot positions."""
     from persodose.ct.acquisition import CTAcquisitionWarning, acquisition_from_dicom
     from persodose.ct.scanner import Scanner, get_scanner, guess_scanner
@@ -240,7 +279,11 @@ def _acquisition_step(ct: Grid, info, overrides, scanner, log):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CTAcquisitionWarning)
-        acq = acquisition_from_dicom(_series_for(ct, info), overrides)
+        if protocol is None:
+            acq = acquisition_from_dicom(_series_for(ct, info), overrides)
+        else:
+            acq = acquisition_from_dicom(_series_for(ct, info), overrides, default_bowtie=protocol.bowtie,
+                                         bowtie_rule=protocol.region_rule, warn_default=protocol.from_patient)
     acq_warnings = [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, CTAcquisitionWarning)]
     for w in caught:  # re-emit so that the CLI prints them
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -277,7 +320,8 @@ def _phantom_step(ct: Grid, labels, names, dose_voxel_mm: float):
 
 
 def _calibration_step(acq, scanner, positions, settings, ctdi_photons, ctdi_voxel_mm, ctdi_diameter_mm, log):
-    """Step 3: the CTDI phantom of the scan type on the same scanner model, and the calibration."""
+    """Step 3: the CTDI phantom of the scan type (``ctdi_diameter_mm``; None: 160 mm for a
+    head bowtie, else 320 mm) on the same scanner model, and the calibration."""
     from dataclasses import replace
 
     from persodose.ct.ctdi import simulate_ctdi
@@ -370,7 +414,6 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
     import json
 
     from persodose.io.image import write_image
-    from persodose.metrics.organ import write_organ_rows
     from persodose.outputs import jsonable, atomic_dir, write_provenance
 
     with atomic_dir(out) as work:
@@ -384,10 +427,7 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
                          description="persodose CT scan dose (Monte Carlo, CTDIvol-calibrated)",
                          summation_type="RECORD")
         if result.organs:
-            write_organ_rows(result.organs, work / "organs.csv")
-            write_organ_rows(result.organs, work / "organs.json",
-                             organ_dose="mass_weighted_mean_Gy (energy over mass); uncertainty_percent: standard "
-                                        "uncertainty of it from the batch spread")
+            _write_organ_tables(result, work)
         if result.effective_dose is not None:
             (work / "effective_dose.json").write_text(json.dumps(jsonable(result.effective_dose), indent=2))
         write_provenance(work / "provenance.json", "ct", settings=None, inputs=inputs or {},
@@ -400,6 +440,8 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
                                   "spectrum_hvl_mm_al": result.positions.spectrum.hvl_mm_al,
                                   "spectrum_mean_energy_kev": result.positions.spectrum.mean_energy_kev},
                          ctdi=result.ctdi.to_dict(), calibration=result.calibration.to_dict(),
+                         protocol=result.protocol.to_dict() if result.protocol is not None else None,
+                         size_specific_dose=result.size_dose.to_dict() if result.size_dose is not None else None,
                          statistics=result.statistics)
         if sp_maps is not None:
             from persodose.ct.dose import write_single_position_maps
@@ -408,3 +450,32 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
         build_ct_report(result, work / "report.html", title)
     return Path(out) / "report.html"
 
+
+
+def _write_organ_tables(result: CTDoseResult, work: Path) -> None:
+    """organs.csv / organs.json: each organ's dose beside CTDIvol, SSDE and Dw of the scan, and
+    its dose per CTDIvol and per SSDE (the JSON also holds Dw per slice and the head/body rule)."""
+    from persodose.metrics.organ import ORGAN_SCHEMA, ORGAN_SCHEMA_VERSION, write_table_csv, write_table_json
+
+    sd, proto = result.size_dose, result.protocol
+    ctdivol = float(result.calibration.ctdivol_target_mgy)
+    ssde = None if sd is None else sd.ssde_mgy
+    records = []
+    for r in result.organs:
+        rec = r.to_dict()
+        mgy = 1e3 * r.mass_weighted_mean_gy
+        rec.update({"ctdivol_mGy": round(ctdivol, 4), "ssde_mGy": None if ssde is None else round(ssde, 4),
+                    "dw_mean_mm": None if sd is None else round(sd.dw_mean_mm, 2),
+                    "dose_per_ctdivol": round(mgy / ctdivol, 4) if ctdivol > 0 else None,
+                    "dose_per_ssde": round(mgy / ssde, 4) if ssde else None})
+        records.append(rec)
+    write_table_csv(records, work / "organs.csv")
+    scan = {"region": None if proto is None else proto.region,
+            "region_rule": None if proto is None else proto.region_rule,
+            "ctdi_phantom_rule": None if proto is None else proto.ctdi_phantom_rule,
+            **({} if sd is None else sd.to_dict())}
+    write_table_json(records, work / "organs.json", schema=ORGAN_SCHEMA, schema_version=ORGAN_SCHEMA_VERSION,
+                     unit="Gy", organ_dose="mass_weighted_mean_Gy (energy over mass); uncertainty_percent: standard "
+                                           "uncertainty of it from the batch spread; dose_per_ctdivol and "
+                                           "dose_per_ssde in mGy/mGy",
+                     ct_dose_indices=scan)
