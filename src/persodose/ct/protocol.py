@@ -105,6 +105,18 @@ class PatientSize:
     ring_coverage: np.ndarray
     truncated_fraction: np.ndarray
 
+    def within(self, z_lo_mm, z_hi_mm) -> "PatientSize":
+        """The slices with ``z_lo_mm <= z <= z_hi_mm`` (all of them when none or on bad values)."""
+        try:
+            lo, hi = sorted((float(z_lo_mm), float(z_hi_mm)))
+        except (TypeError, ValueError):
+            return self
+        keep = (self.slice_z_mm >= lo) & (self.slice_z_mm <= hi)
+        if not np.any(keep):
+            return self
+        return PatientSize(self.slice_z_mm[keep], self.dw_mm[keep], self.lung_fraction[keep],
+                           self.ring_coverage[keep], self.truncated_fraction[keep])
+
     @property
     def dw_mean_mm(self) -> float:
         """Mean Dw over the slices that hold a body, mm."""

@@ -251,6 +251,9 @@ def _protocol_step(ct: Grid, info, overrides, ctdi_diameter_mm, log):
     from persodose.ct.protocol import decide_protocol, patient_size, read_protocol_headers
 
     size = patient_size(ct)
+    scan_range = (overrides or {}).get("scan_range_mm")
+    if scan_range is not None:  # the scanned range only (bad values are refused by the acquisition)
+        size = size.within(*scan_range)
     bowtie = (overrides or {}).get("bowtie")
     protocol = decide_protocol(read_protocol_headers(info), size, bowtie_override=bowtie,
                                ctdi_phantom_mm=ctdi_diameter_mm)
