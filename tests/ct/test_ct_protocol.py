@@ -49,7 +49,7 @@ def _series_from_slice(src: Path, out: Path, n: int = 5, step_mm: float = 5.0, s
     from pydicom.uid import generate_uid
 
     out.mkdir(parents=True)
-    series_uid = generate_uid()
+    series_uid, frame_uid = generate_uid(), generate_uid()
     for k in range(n):
         ds = pydicom.dcmread(src)
         for kw in strip:
@@ -64,6 +64,8 @@ def _series_from_slice(src: Path, out: Path, n: int = 5, step_mm: float = 5.0, s
         ds.SliceLocation = round(float(ipp[2]), 4)
         ds.InstanceNumber = k + 1
         ds.SeriesInstanceUID = series_uid
+        if "FrameOfReferenceUID" not in ds:  # 693_J2KI.dcm has none; the RT Dose output needs one
+            ds.FrameOfReferenceUID = frame_uid
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(out / f"ct_{k:03d}.dcm")
