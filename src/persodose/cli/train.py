@@ -1,4 +1,8 @@
-"""``persodose train``: fit a registered network to a dataset (resumable, reproducible)."""
+"""``persodose train``: fit a registered network to a dataset (resumable, reproducible).
+
+``persodose train segmenter --images DIR --labels DIR --out FILE.pt`` trains the ``builtin``
+segmenter on CT and label NIfTI pairs instead (:mod:`persodose.segmentation.training`).
+"""
 
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ def _network_options(items: list[str]) -> dict[str, str]:
 
 
 def train(
-    network: str = typer.Argument(..., help="Registered network name (e.g. residual-cnn3d)."),
-    data: Path = typer.Option(..., "--data", help="Dataset folder written by 'persodose dataset make' (train and val splits)."),
+    network: str = typer.Argument(..., help="Registered network name (e.g. residual-cnn3d), or 'segmenter' (the builtin "
+                                            "segmenter on --images/--labels pairs)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder written by 'persodose dataset make' (train and val splits)."),
     out: Path = typer.Option(..., "--out", help="Weights file to write (.pt); OUT.json, OUT.loss.csv/.png and OUT.ckpt beside it."),
     epochs: int = typer.Option(10, "--epochs", callback=count(1, 100000), help="Epochs in total (a resumed run continues up to it)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", callback=count(2, 100000), help="Samples per step, >= 2 (default 2)."),
@@ -44,8 +49,25 @@ def train(
     network_option: Optional[List[str]] = typer.Option(None, "--network-option", help="Network setting SETTING=VALUE (repeat)."),
     memory_budget_mb: Optional[float] = typer.Option(None, "--memory-budget-mb",
                                                      help="Stream the data from the shards when the train and val splits exceed this many MB (default 2048; 0: always). Same result either way."),
+    images: Optional[Path] = typer.Option(None, "--images", help="segmenter: folder of CTs (NIfTI/MHA/NRRD, HU)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="segmenter: folder of label maps, same base names, names in FILE.json."),
+    val_images: Optional[Path] = typer.Option(None, "--val-images", help="segmenter: validation CTs (default: the last pair of --images)."),
+    val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="segmenter: validation label maps."),
+    steps: Optional[int] = typer.Option(None, "--steps", callback=count(1, 10**8), help="segmenter: optimiser steps (default 2000)."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", callback=count(1, 10**8), help="segmenter: steps between validations (default 250)."),
+    voxel_mm: Optional[float] = typer.Option(None, "--voxel-mm", callback=positive(20.0), help="segmenter: isotropic voxel of the model, mm (default 3)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="segmenter: comma-separated organ names to learn (default: the builtin's organs found in the labels)."),
 ) -> None:
     """Train NETWORK on --data and write the weights --out (Adam, the network's loss, early stopping)."""
+    if network.strip().lower() == "segmenter":
+        return _train_segmenter(images, labels, val_images, val_labels, out, resume,
+                                {"steps": steps, "val_every": val_every, "voxel_mm": voxel_mm, "batch_size": batch_size,
+                                 "lr": lr, "seed": seed, "threads": threads, "device": device,
+                                 "classes": tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None})
+    if data is None:
+        from persodose.errors import InputError
+
+        raise InputError("--data is required (a dataset folder written by 'persodose dataset make')")
     from persodose.dl.train import TrainSettings, checkpoint_settings, output_paths
     from persodose.dl.train import train as run_training
     from persodose.dl.device import parse_device
@@ -76,3 +98,25 @@ def train(
     typer.echo(f"trained {network}: {len(result.history)} epoch(s), val loss {last['val_loss']:.6g} "
                f"(best {result.final_validation_loss:.6g} at epoch {result.best_epoch}"
                f"{', stopped early' if result.stopped_early else ''}); weights {result.weights}")
+
+
+def _train_segmenter(images, labels, val_images, val_labels, out: Path, resume: bool, options: dict) -> None:
+    from persodose.errors import InputError
+    from persodose.outputs import check_output_paths
+    from persodose.segmentation.training import SegmenterTrainSettings, train_segmenter
+
+    if images is None or labels is None:
+        raise InputError("train segmenter needs --images DIR and --labels DIR")
+    inputs = {"--images": images, "--labels": labels, "--val-images": val_images, "--val-labels": val_labels}
+    check_output_paths(inputs={k: v for k, v in inputs.items() if v is not None},
+                       output_files={"--out": [out, Path(f"{out}.json"), Path(f"{out}.loss.csv")]})
+    settings = SegmenterTrainSettings(**{k: v for k, v in options.items() if v is not None})
+    command = " ".join(["persodose train segmenter", f"--images {images}", f"--labels {labels}"]
+                       + ([f"--val-images {val_images} --val-labels {val_labels}"] if val_images else [])
+                       + [f"--out {out}", f"--steps {settings.steps}", f"--batch-size {settings.batch_size}",
+                          f"--lr {settings.lr:g}", f"--val-every {settings.val_every}", f"--seed {settings.seed}"]
+                       + ([f"--threads {settings.threads}"] if settings.threads else []))
+    r = train_segmenter(images, labels, out, settings, val_images=val_images, val_labels=val_labels, resume=resume,
+                        command=command)
+    typer.echo(f"trained segmenter: {len(r['unet']['classes'])} classes, {r['epochs']} validation(s), best mean "
+               f"Dice {1 - r['final_validation_loss']:.4f} (epoch {r['best_epoch']}); weights {out}")
