@@ -36,7 +36,6 @@ import csv
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
