@@ -277,6 +277,17 @@ def test_cli_end_to_end_on_the_virtual_patient(vp_dir, tmp_path, capsys):
     assert doc["schema"] == "persodose.organ-doses" and doc["schema_version"] == 2 and doc["unit"] == "Gy"
     organs = {r["name"]: r for r in doc["rows"]}
     assert organs["liver"]["mass_weighted_mean_Gy"] > 0 and organs["liver"]["uncertainty_percent"] > 0
+    # issue 19: the scan type and its rule, CTDIvol, Dw and SSDE beside each organ dose
+    scan = doc["ct_dose_indices"]
+    assert scan["region"] == "body" and scan["region_rule"].startswith("CTDIPhantomTypeCodeSequence")  # written by the phantom
+    assert scan["ctdi_phantom_mm"] == 320.0 and len(scan["dw_mm_per_slice"]) == len(scan["slice_z_mm"])
+    liver = organs["liver"]
+    assert liver["ctdivol_mGy"] == pytest.approx(scan["ctdivol_mGy"]) and liver["ssde_mGy"] > liver["ctdivol_mGy"]
+    assert liver["dose_per_ctdivol"] == pytest.approx(1e3 * liver["mass_weighted_mean_Gy"] / liver["ctdivol_mGy"],
+                                                      rel=1e-3)
+    assert liver["dose_per_ssde"] == pytest.approx(1e3 * liver["mass_weighted_mean_Gy"] / liver["ssde_mGy"], rel=1e-3)
+    header = (out / "organs.csv").read_text().splitlines()[0]
+    assert all(c in header for c in ("ctdivol_mGy", "ssde_mGy", "dw_mean_mm", "dose_per_ctdivol", "dose_per_ssde"))
     # fixed units: the CT map is in mGy, the table in Gy
     from persodose.io.image import read_image
 
