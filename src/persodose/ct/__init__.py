@@ -5,6 +5,8 @@
 * :mod:`persodose.ct.scanner`: scanner geometry presets.
 * :mod:`persodose.ct.acquisition`: acquisition parameters from DICOM headers and overrides.
 * :mod:`persodose.ct.trajectory`: focal-spot positions (helical, axial) and beam sampling.
+* :mod:`persodose.ct.protocol`: head or body and the CTDI phantom (headers, else the image),
+  water-equivalent diameter and SSDE (AAPM Reports 220 and 204).
 
 SpekPy is needed for spectra (``pip install spekpy``), xraylib for the bowtie attenuation.
 """

@@ -11,7 +11,9 @@ kvp                     KVP (0018,0060)                           ``kvp``
 pitch                   Spiral Pitch Factor (0018,9311)           ``pitch``
 total_collimation_mm    Total Collimation Width (0018,9307)       ``total_collimation_mm``
 rotation_time_s         Revolution Time (0018,9305)               ``rotation_time_s``
-bowtie                  Filter Type (0018,1160), mapped           ``bowtie``
+bowtie                  Filter Type (0018,1160), mapped; else     ``bowtie``
+                        the caller's head/body decision
+                        (:mod:`persodose.ct.protocol`)
 tube current per slice  X-Ray Tube Current (0018,1151) [in uA     ``tube_current_ma``
                         (0018,8151)]; else Exposure (0018,1152) /  (scalar: fixed mA)
                         Exposure Time (0018,1150); else CTDIvol
