@@ -66,7 +66,6 @@ def ct(
         from persodose.cli.pacs import run_with_pacs
 
         return run_with_pacs(globals()["ct"], params, emission=False)  # the command (--ct shadows its name)
-    import json
 
     from persodose.errors import InputError
     from persodose.io.load import load_ct
@@ -130,6 +129,13 @@ def ct(
                                       "target_above": target_above if target_uncertainty else None,
                                       "target_region": target_region, "photon_estimator": photon_estimator,
                                       "ctdi_phantom_cm": ctdi_phantom})
+    _echo_summary(result, report)
+
+
+def _echo_summary(result, report) -> None:
+    """The lines the command prints after a run: report, CTDIvol, scan type and SSDE, E, organ doses."""
+    import json
+
     c = result.calibration
     typer.echo(f"report: {report}")
     target = result.statistics.get("target")
