@@ -10,8 +10,13 @@ dose maps onto ICRP 103 tissues.
 * :func:`register_segmenter` adds a back-end (one file plus this registration), with its
   settings dataclass (:func:`setting`: default, unit, doc and range in one place) and the
   packages it needs; :func:`get_segmenter` and :func:`available_segmenters` find them.
-* Built in: ``"threshold"`` (:mod:`persodose.segmentation.threshold`), analytic body, lungs,
-  bone and air cavities for any CT.
+* Built in (:data:`~persodose.segmentation.registry.BUILTIN_BACKENDS`, imported at first use):
+  ``"threshold"`` (:mod:`persodose.segmentation.threshold`), analytic body, lungs, bone and air
+  cavities for any CT; ``"totalsegmentator"`` (:mod:`persodose.segmentation.totalsegmentator`,
+  extra ``totalseg``, weights on disk), its ``total`` classes mapped to persodose's organs;
+  ``"builtin"``, the trained residual U-Net.
+* Lesions of PET/SPECT images, each grown at 42 % of its own maximum:
+  :mod:`persodose.segmentation.lesions`.
 
 Back-ends built on networks import torch/MONAI only when they run
 (:mod:`persodose.dl`); importing this package imports neither.

@@ -13,8 +13,12 @@ Organ names follow the labels persodose already uses (:data:`persodose.phantoms.
 ``body``, ``lung_left``, ``lung_right``, ...) so that
 :func:`persodose.risk.effective_dose.tissue_for_label` maps them onto ICRP 103 tissues.
 
-The built-in back-end is ``"threshold"`` (:mod:`persodose.segmentation.threshold`).
-Plug-ins register more the same way (:mod:`persodose.plugins`).
+The built-in back-ends are the modules of :data:`BUILTIN_BACKENDS`, imported when the registry
+is first used (a module that does not exist is skipped): ``"threshold"``
+(:mod:`persodose.segmentation.threshold`), ``"totalsegmentator"``
+(:mod:`persodose.segmentation.totalsegmentator`, an extra) and ``"builtin"`` (the trained
+U-Net, :mod:`persodose.segmentation.builtin`). Plug-ins register more the same way
+(:mod:`persodose.plugins`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from persodose.errors import InputError, OptionalDependencyError, require_finite
 from persodose.grid import Grid, Kind
 from persodose.segmentation._settings import NoSettings, SegmenterSettings, resolve_settings
 
-__all__ = ["DEFAULT_BACKEND", "AUTO_PREFIX", "SegmenterInfo", "Segmentation", "register_segmenter",
+__all__ = ["BUILTIN_BACKENDS", "DEFAULT_BACKEND", "AUTO_PREFIX", "SegmenterInfo", "Segmentation", "register_segmenter",
            "get_segmenter", "available_segmenters", "segment", "resolve_labels", "is_auto_spec"]
 
 #: Back-end of :func:`segment` and of ``--labels auto``.
@@ -108,9 +112,31 @@ class Segmentation:
                 "labels": {str(k): v for k, v in sorted(self.names.items())}}
 
 
-#: The segmenters: the built-ins are registered by importing their modules.
-SEGMENTERS: Registry[SegmenterInfo] = Registry("segmenter", builtins=("persodose.segmentation.threshold",),
-                                               identity=lambda info: info.function)
+#: Modules of the built-in back-ends, imported (and so registered) when the registry is first
+#: used; a module that does not exist (yet) is skipped. ``builtin`` is the trained U-Net.
+BUILTIN_BACKENDS: tuple[str, ...] = ("persodose.segmentation.threshold",
+                                     "persodose.segmentation.totalsegmentator",
+                                     "persodose.segmentation.builtin")
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _SegmenterRegistry(Registry):
+    """A :class:`~persodose.registry.Registry` whose built-in modules are looked for at first use."""
+
+    def load(self) -> None:
+        if not self._loaded:
+            self.builtins = tuple(m for m in BUILTIN_BACKENDS if _module_exists(m))
+        super().load()
+
+
+#: The segmenters: the built-ins are registered by importing their modules at first use.
+SEGMENTERS: Registry[SegmenterInfo] = _SegmenterRegistry("segmenter", identity=lambda info: info.function)
 
 
 def register_segmenter(name: str, function: Segmenter | None = None, *, settings: type = NoSettings,
