@@ -65,6 +65,7 @@ class TracerResult:
     internal_images: object | None = None  #: InternalResult from the DICOM images
     internal_truth: object | None = None  #: InternalResult on the true TIA (method comparison)
     ct_dose: object | None = None  #: CTDoseResult of the CT scan (PET/CT patient)
+    segmentation: dict | None = None  #: the builtin segmenter against the true labels (PET/CT patient)
 
 
 def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> TracerResult:
@@ -88,6 +89,12 @@ def run_tracer(tracer: str, settings: DemoSettings, work: Path, log=print) -> Tr
         if e is not None:
             log(f"  {tracer}: CT dose: CTDIvol {res.ct_dose.calibration.ctdivol_target_mgy:.2f} mGy, "
                 f"effective dose {e.effective_dose_msv:.2f} mSv ({e.status}) ({timings['CT dosimetry']:.0f} s)")
+    if tracer == "fdg" and _builtin_segmenter_available():
+        t0 = time.perf_counter()
+        res.segmentation = segmentation_check(res)
+        timings["automatic segmentation (builtin)"] = time.perf_counter() - t0
+        log(f"  {tracer}: builtin segmenter: mean Dice {res.segmentation['mean_dice']:.3f} over "
+            f"{len(res.segmentation['rows'])} organs ({res.segmentation['seconds']:.0f} s)")
     for line in method_comparison_lines(res.internal_truth):
         log("    " + line)
     res.series_rows.insert(0, ["CT", ct_info.series_description if ct_info else "CT",
@@ -220,6 +227,49 @@ def _dblurdosenet_available() -> bool:
     return True
 
 
+def _builtin_segmenter_available() -> bool:
+    """Whether PyTorch, MONAI and the shipped segmenter weights are there (the demo runs without them)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("monai") is None:
+        return False
+    try:
+        from persodose.dl.weights_registry import verify_weights
+        from persodose.segmentation.builtin import SHIPPED_WEIGHTS
+
+        verify_weights(SHIPPED_WEIGHTS)
+    except Exception:  # noqa: BLE001 - any missing piece: the demo goes on without the network
+        return False
+    return True
+
+
+def segmentation_check(res: TracerResult) -> dict:
+    """The CT segmented by the ``builtin`` U-Net against the patient's true labels: Dice per organ,
+    and (with the CT dose) each organ's CT dose under the automatic and the true labels."""
+    from persodose.grid import Kind
+    from persodose.metrics.segmentation import dice
+    from persodose.segmentation import segment
+    from persodose.segmentation.builtin import organ_classes
+
+    t0 = time.perf_counter()
+    auto = segment(res.ct, "builtin")
+    seconds = time.perf_counter() - t0
+    classes = list(auto.names.values())
+    truth = res.labels.with_array(organ_classes(np.asarray(res.labels.array), res.label_names, classes), Kind.LABELS)
+    dose = res.ct_dose.dose_mgy if res.ct_dose is not None else None
+    on = [lab.resample_to(dose, "nearest").array for lab in (truth, auto.labels)] if dose is not None else None
+    rows = []
+    for i, c in enumerate(classes, start=1):
+        t, a = np.asarray(truth.array) == i, np.asarray(auto.labels.array) == i
+        if not t.any():
+            continue
+        row = [c, dice(a, t), None, None]
+        if on is not None and (on[0] == i).any() and (on[1] == i).any():
+            row[2], row[3] = (float(np.mean(dose.array[on[0] == i])), float(np.mean(dose.array[on[1] == i])))
+        rows.append(row)
+    return {"rows": rows, "mean_dice": float(np.mean([r[1] for r in rows])), "seconds": seconds}
+
+
 def _ct_step(res: TracerResult, settings: DemoSettings, ct_info, out: Path) -> None:
     """The CT half of the PET/CT: helical scan with tube-current modulation from the headers."""
     from persodose.mc import MCSettings
@@ -301,6 +351,8 @@ def build_report(results: list[TracerResult], settings: DemoSettings, path: Path
             _clinical_chain_section(rep, res)
         if res.ct_dose is not None:
             _ct_section(rep, res)
+        if res.segmentation is not None:
+            _segmentation_section(rep, res)
         rep.table(["radionuclide data (ICRP-107)", "value"], _nuclide_rows(res.nuclide))
         rep.table(["check", "result", "expected"], res.checks, caption="Checks")
         rep.table(["step", "seconds"], [[k, round(v, 2)] for k, v in res.timings_s.items()])
@@ -410,6 +462,16 @@ def _ct_section(rep, res: TracerResult) -> None:
                ["effective dose (mSv)", e.effective_dose_msv if e else None],
                ["ICRP 103 weight covered by the labels", e.covered_weight if e else None],
                ["tissues missing from the labels", ", ".join(e.missing_tissues) if e else ""]])
+
+
+def _segmentation_section(rep, res: TracerResult) -> None:
+    seg = res.segmentation
+    rep.heading(f"{res.tracer}: automatic segmentation of the CT")
+    rep.text("The CT segmented by persodose's builtin residual U-Net (weights trained on virtual patients, "
+             "none of them this one), compared with the patient's true labels; the CT dose of each organ "
+             f"under either label set. Segmentation took {seg['seconds']:.0f} s.")
+    rep.table(["organ", "Dice", "CT dose, true labels (mGy)", "CT dose, automatic labels (mGy)"],
+              [[r[0], round(r[1], 3), r[2], r[3]] for r in seg["rows"]])
 
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, log=print) -> Path:

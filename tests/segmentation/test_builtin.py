@@ -173,3 +173,17 @@ def test_cli_train_segmenter(trained, tmp_path):
     assert main(["train", "segmenter", "--labels", str(root / "labels"), "--out", str(tmp_path / "x.pt")]) == 2
     assert main(["train", "segmenter", "--images", str(root / "images"), "--labels", str(root / "labels"),
                  "--out", str(tmp_path / "y.pt"), "--resume"]) == 2
+
+
+def test_keep_largest_components_drops_islands_of_single_organs_only():
+    from persodose.segmentation.builtin import keep_largest_components
+
+    cls = np.zeros((10, 10, 30), np.uint8)
+    cls[2:6, 2:6, 2:8] = 1      # liver, main part
+    cls[2:4, 2:4, 20:22] = 1    # a liver island far away
+    cls[7:9, 7:9, 2:4] = 2      # bone, two parts: both kept
+    cls[7:9, 7:9, 25:27] = 2
+    out = keep_largest_components(cls, ("liver", "bone"))
+    assert (out[2:6, 2:6, 2:8] == 1).all() and (out[2:4, 2:4, 20:22] == 0).all()
+    assert (out == 2).sum() == (cls == 2).sum()
+    assert (cls[2:4, 2:4, 20:22] == 1).all()  # the input is not modified

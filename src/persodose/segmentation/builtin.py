@@ -17,7 +17,9 @@ What it does with a CT:
    soft-tissue window (organs differ by tens of HU);
 3. sliding-window inference over the box (MONAI ``sliding_window_inference``, windows of the
    training patch, Gaussian-weighted overlap), the most probable class per voxel;
-4. labels back on the CT's own grid (nearest neighbour), ``{value: organ name}``.
+4. the largest connected component of each single-structure organ (:data:`SINGLE_COMPONENT`),
+   so that stray islands far from the organ are dropped (setting ``largest_component``);
+5. labels back on the CT's own grid (nearest neighbour), ``{value: organ name}``.
 
 Class names are persodose's organ names (those of :data:`persodose.phantoms.anatomy.LABELS`
 and the population's added organs), so effective dose maps them onto ICRP 103 tissues
@@ -50,7 +52,7 @@ from persodose.segmentation.registry import register_segmenter
 
 __all__ = ["DEFAULT_CLASSES", "DEFAULT_GROUPS", "SHIPPED_WEIGHTS", "BuiltinSettings", "UNetConfig",
            "input_channels", "build_unet", "organ_classes", "absorb_lesions", "isotropic_reference",
-           "body_box", "predict_probabilities", "load_model", "builtin_segmenter"]
+           "body_box", "keep_largest_components", "SINGLE_COMPONENT", "predict_probabilities", "load_model", "builtin_segmenter"]
 
 #: The shipped weights' registry name.
 SHIPPED_WEIGHTS = "segmenter-virtual-3mm"
@@ -68,6 +70,14 @@ DEFAULT_CLASSES: tuple[str, ...] = (
 DEFAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "bone": ("bone", "skull", "spine", "pelvis", "ribs", "shoulder_girdle", "arm_bones", "red_marrow"),
 }
+
+#: Classes that are one connected structure: only their largest connected component is kept
+#: (:func:`keep_largest_components`); bone, the bowel and the thyroid (two lobes) may be several.
+SINGLE_COMPONENT: frozenset[str] = frozenset({
+    "liver", "heart", "pancreas", "kidney_left", "kidney_right", "spleen", "bladder", "oesophagus",
+    "femoral_head_left", "femoral_head_right", "spinal_cord", "aorta", "gall_bladder", "inferior_vena_cava",
+    "portal_vein", "rectum", "stomach", "thymus", "lung_left", "lung_right", "brain",
+})
 
 #: Soft-tissue window of the second input channel, HU (centre, half width).
 SOFT_WINDOW_HU = (40.0, 200.0)
@@ -233,6 +243,27 @@ def predict_probabilities(model, config: UNetConfig, hu: np.ndarray, device: str
     return prob.cpu().numpy()[keep]
 
 
+def keep_largest_components(classes: np.ndarray, names: Sequence[str],
+                            single: frozenset[str] = SINGLE_COMPONENT) -> np.ndarray:
+    """The class map with every class of ``single`` reduced to its largest 26-connected component
+    (stray islands far from the organ become 0): the usual clean-up of a network's output."""
+    from scipy import ndimage
+
+    out = classes.copy()
+    objects = ndimage.find_objects(classes.astype(np.int32), max_label=len(names))
+    for i, name in enumerate(names, start=1):
+        box = objects[i - 1]
+        if name not in single or box is None:
+            continue
+        mask = classes[box] == i
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        if n > 1:
+            sizes = np.bincount(lab.ravel())[1:]
+            sub = out[box]
+            sub[mask & (lab != 1 + int(np.argmax(sizes)))] = 0
+    return out
+
+
 @dataclass(frozen=True)
 class BuiltinSettings(SegmenterSettings):
     """Settings of the ``builtin`` segmenter."""
@@ -242,6 +273,8 @@ class BuiltinSettings(SegmenterSettings):
     device: str = setting("cpu", doc="cpu, cuda or cuda:N")
     overlap: float = setting(0.25, min=0.0, max=0.9, doc="overlap of the inference windows (fraction)")
     batch: int = setting(4, min=1, max=64, doc="windows per forward pass")
+    largest_component: bool = setting(True, doc="keep only the largest connected part of each single-structure "
+                                                "organ (liver, kidneys, lungs, ...)")
 
 
 def _sidecar(path) -> dict:
@@ -275,7 +308,7 @@ def load_model(weights: str = SHIPPED_WEIGHTS, device: str = "cpu"):
 
 
 def segment_hu_grid(model, config: UNetConfig, ct: Grid, device: str = "cpu", batch: int = 4,
-                    overlap: float = 0.25) -> Grid:
+                    overlap: float = 0.25, largest_component: bool = True) -> Grid:
     """The class map of ``ct`` (on the CT's own geometry), values as :attr:`UNetConfig.classes` + 1."""
     ref = isotropic_reference(ct, config.voxel_mm)
     hu = np.asarray(ct.resample_to(ref, "linear").array, dtype=np.float32)
@@ -283,6 +316,8 @@ def segment_hu_grid(model, config: UNetConfig, ct: Grid, device: str = "cpu", ba
     prob = predict_probabilities(model, config, hu[box], device=device, batch=batch, overlap=overlap)
     cls = np.zeros(hu.shape, dtype=np.uint8)
     cls[box] = np.argmax(prob, axis=0).astype(np.uint8)
+    if largest_component:
+        cls = keep_largest_components(cls, config.classes)
     on_model = ref.with_array(cls, Kind.LABELS)
     return on_model.resample_to(ct.with_array(np.zeros(ct.shape, np.uint8), Kind.LABELS), "nearest")
 
@@ -292,5 +327,6 @@ def segment_hu_grid(model, config: UNetConfig, ct: Grid, device: str = "cpu", ba
 def builtin_segmenter(ct: Grid, settings: BuiltinSettings) -> tuple[Grid, dict[int, str]]:
     """Residual U-Net (MONAI) for 25 organs at 3 mm; shipped weights trained on virtual patients."""
     model, config, _ = load_model(settings.weights, settings.device)
-    labels = segment_hu_grid(model, config, ct, settings.device, settings.batch, settings.overlap)
+    labels = segment_hu_grid(model, config, ct, settings.device, settings.batch, settings.overlap,
+                             settings.largest_component)
     return labels, {i: c for i, c in enumerate(config.classes, start=1)}
