@@ -30,7 +30,7 @@ def write_result(folder: Path, kind: str, organs: dict, dicom: Path | None = Non
     """``organs``: name -> (dose_gy, uncertainty_percent)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{"name": n, "label": i + 1, "method": "mc" if kind == "internal" else "ct", "mass_g": 100.0,
-             "mean_gy": d, "mass_weighted_mean_gy": d, "uncertainty_percent": u}
+             "mean_Gy": d, "mass_weighted_mean_Gy": d, "uncertainty_percent": u}
             for i, (n, (d, u)) in enumerate(organs.items())]
     (folder / "organs.json").write_text(json.dumps({"schema": "persodose.organ-doses", "schema_version": 2,
                                                     "unit": "Gy", "rows": rows}))

@@ -52,6 +52,7 @@ def test_add_twice_stores_once_and_sums(tmp_path, two_results):
     assert cum["kidney_left"]["total_gy"] == pytest.approx(2.01)
     assert cum["kidney_left"]["internal_gy"] == pytest.approx(2.0) and cum["kidney_left"]["ct_gy"] == pytest.approx(0.01)
     assert cum["kidney_left"]["sd_gy"] == pytest.approx(math.hypot(0.06, 0.0004))
+    assert cum["kidney_left"]["sd_missing_exams"] == 0
     assert store.load_patient(engine, md, "P17") == {"patient_id": "P17", "sex": "F", "birth_date": "1970-01-01"}
 
 

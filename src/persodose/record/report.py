@@ -25,7 +25,9 @@ __all__ = ["cumulative", "build_report", "write_report"]
 
 
 def cumulative(exams: list[Exam]) -> dict:
-    """``{organ: {"internal_gy", "ct_gy", "total_gy", "sd_gy", "n_exams"}}`` over ``exams``."""
+    """``{organ: {"internal_gy", "ct_gy", "total_gy", "sd_gy", "n_exams", "sd_missing_exams"}}`` over
+    ``exams``; ``sd_missing_exams`` counts exams that gave no uncertainty (counted as 0 in ``sd_gy``:
+    the combined uncertainty is then a lower bound)."""
     out: dict[str, dict] = {}
     var: dict[str, float] = {}
     for e in exams:
@@ -34,6 +36,7 @@ def cumulative(exams: list[Exam]) -> dict:
             row["internal_gy" if e.kind == "internal" else "ct_gy"] += dose
             row["total_gy"] += dose
             row["n_exams"] += 1
+            row["sd_missing_exams"] = row.get("sd_missing_exams", 0) + (sd is None)
             var[organ] = var.get(organ, 0.0) + (sd or 0.0) ** 2
     for organ, row in out.items():
         row["sd_gy"] = math.sqrt(var[organ])
@@ -118,7 +121,9 @@ def _figure(doc: dict, path: Path) -> None:
 def _html(doc: dict) -> str:
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(n)}</td><td>{r['internal_gy']:.4g}</td><td>{r['ct_gy']:.4g}</td>"
-                   f"<td>{r['total_gy']:.4g} &plusmn; {r['sd_gy']:.2g}</td><td>{r['n_exams']}</td></tr>"
+                   f"<td>{r['total_gy']:.4g} &plusmn; {r['sd_gy']:.2g}"
+                   f"{' (no uncertainty from ' + str(r['sd_missing_exams']) + ' exam(s))' if r['sd_missing_exams'] else ''}"
+                   f"</td><td>{r['n_exams']}</td></tr>"
                    for n, r in sorted(doc["cumulative_organ_doses"].items()))
     tl = "".join(f"<tr><td>{esc(t['exam_date'])}</td><td>{esc(t['kind'])}</td>"
                  f"<td>{t['effective_dose_msv']:.3g} &plusmn; {t['effective_dose_sd_msv']:.2g}</td>"

@@ -1,7 +1,7 @@
 """Read an ``persodose internal`` or ``persodose ct`` result folder into an :class:`~persodose.record.store.Exam`.
 
 The folder holds ``organs.json`` (schema ``persodose.organ-doses``: rows with ``name``,
-``mass_weighted_mean_gy`` or ``mean_gy``, ``uncertainty_percent``, ``mass_g``) and
+``mass_weighted_mean_Gy`` or ``mean_Gy``, ``uncertainty_percent``, ``mass_g``) and
 ``provenance.json`` (``command`` ``internal`` or ``ct``, ``inputs``, ``created_utc``). The
 patient and exam identifiers are the DICOM PatientID, StudyInstanceUID, SeriesInstanceUID and
 StudyDate of the first DICOM input named in the provenance; options given by the caller win,
@@ -72,9 +72,8 @@ def _organs(doc: dict, path: Path) -> dict:
         raise InputError(f"{path}: no organ rows")
     organs = {}
     for r in rows:
-        dose = r.get("mass_weighted_mean_gy")
-        if dose is None:
-            dose = r.get("mean_gy")
+        dose = next((r[k] for k in ("mass_weighted_mean_Gy", "mass_weighted_mean_gy", "mean_Gy", "mean_gy")
+                     if r.get(k) is not None), None)
         if dose is None or not math.isfinite(float(dose)):
             continue
         unc = r.get("uncertainty_percent")
@@ -104,7 +103,10 @@ def read_result(result_dir, patient_id: str | None = None, study_uid: str | None
     kind = prov.get("command")
     if kind not in ("internal", "ct"):
         raise InputError(f"{prov_path}: command {kind!r} is not 'internal' or 'ct'")
-    ids = dicom_identifiers(prov.get("inputs") or {})
+    inputs = prov.get("inputs") or {}
+    if kind == "internal" and isinstance(inputs, dict) and "emission" in inputs:  # the exam is the emission series
+        inputs = {"emission": inputs["emission"], **inputs}
+    ids = dicom_identifiers(inputs)
     pid = patient_id or ids.get("PatientID")
     if not pid:
         raise InputError(f"{d}: no DICOM PatientID among its inputs; give --patient")
