@@ -211,36 +211,31 @@ def _internal_step(res: TracerResult, vp, points, settings: DemoSettings, ct_inf
                   title=f"persodose internal dosimetry: {res.tracer}, methods on the true TIA")
 
 
-def _dblurdosenet_available() -> bool:
-    """Whether the shipped DblurDoseNet weights and PyTorch are there (the demo runs without them)."""
+def _shipped_network_available(weights: str, modules: tuple[str, ...]) -> bool:
+    """Whether ``modules`` and the shipped weights ``weights`` are there (the demo runs without them)."""
     import importlib.util
 
-    if importlib.util.find_spec("torch") is None:
+    if any(importlib.util.find_spec(m) is None for m in modules):
         return False
     try:
         from persodose.dl.weights_registry import verify_weights
-        from persodose.dose.dblurdosenet import DEFAULT_WEIGHTS
 
-        verify_weights(DEFAULT_WEIGHTS)
+        verify_weights(weights)
     except Exception:  # noqa: BLE001 - any missing piece: the demo goes on without the network
         return False
     return True
+
+
+def _dblurdosenet_available() -> bool:
+    from persodose.dose.dblurdosenet import DEFAULT_WEIGHTS
+
+    return _shipped_network_available(DEFAULT_WEIGHTS, ("torch",))
 
 
 def _builtin_segmenter_available() -> bool:
-    """Whether PyTorch, MONAI and the shipped segmenter weights are there (the demo runs without them)."""
-    import importlib.util
+    from persodose.segmentation.builtin import SHIPPED_WEIGHTS
 
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("monai") is None:
-        return False
-    try:
-        from persodose.dl.weights_registry import verify_weights
-        from persodose.segmentation.builtin import SHIPPED_WEIGHTS
-
-        verify_weights(SHIPPED_WEIGHTS)
-    except Exception:  # noqa: BLE001 - any missing piece: the demo goes on without the network
-        return False
-    return True
+    return _shipped_network_available(SHIPPED_WEIGHTS, ("torch", "monai"))
 
 
 def segmentation_check(res: TracerResult) -> dict:
