@@ -13,7 +13,7 @@ $(BIN)/python:
 # PyTorch is pinned to the CPU build available offline on these machines.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[test,mc,ct,dask,spect,pacs,dl]"
+	$(PIP) install -q -e ".[test,mc,ct,dask,spect,pacs,dl,record]"
 	touch $@
 
 install: $(VENV)/.installed
