@@ -175,32 +175,12 @@ def read_protocol_headers(info: Any) -> ProtocolHeaders:
     values = {"filter_type": str(extra.get("filter_type") or ""),
               "series_description": str(getattr(info, "series_description", "") or "")}
     if files:
-        for key, value in _file_protocol_values(files[0]).items():
+        from persodose.io.ct_headers import read_protocol_values
+
+        for key, value in read_protocol_values(files[0]).items():
             if value and not values.get(key):
                 values[key] = value
     return ProtocolHeaders(**values)
-
-
-def _file_protocol_values(path) -> dict:
-    import pydicom
-
-    from persodose.errors import DicomError
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's input
-        raise DicomError(f"cannot read CT header {path}: {exc}") from None
-    out = {"body_part": str(ds.get("BodyPartExamined", "") or ""),
-           "protocol_name": str(ds.get("ProtocolName", "") or ""),
-           "series_description": str(ds.get("SeriesDescription", "") or "")}
-    seq = ds.get("CTDIPhantomTypeCodeSequence")
-    if not seq:
-        exposure = ds.get("CTExposureSequence")
-        seq = exposure[0].get("CTDIPhantomTypeCodeSequence") if exposure else None
-    if seq:
-        out["phantom_code"] = str(seq[0].get("CodeValue", "") or "")
-        out["phantom_meaning"] = str(seq[0].get("CodeMeaning", "") or "")
-    return out
 
 
 def _words_say(text: str) -> str | None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from persodose.errors import DicomError, InputError
 
-__all__ = ["CTHeaders", "read_ct_headers"]
+__all__ = ["CTHeaders", "read_ct_headers", "read_protocol_values"]
 
 @dataclass(frozen=True, eq=False)
 class CTHeaders:
@@ -161,3 +161,31 @@ def _slice_geometry(series: Any) -> tuple[np.ndarray, tuple[float, float] | None
             pass
     centre = tuple(float(v) for v in np.mean(centres, axis=0)) if centres else None
     return np.asarray(zs, dtype=np.float64), centre, image_types
+
+
+def read_protocol_values(path) -> dict:
+    """Head/body header values of one CT file, as written (pixel data not read): Body Part
+    Examined (0018,0015), Protocol Name (0018,1030), Series Description (0008,103E) and the
+    CTDI Phantom Type Code Sequence (0018,9346; top level or in the first CT Exposure Sequence
+    item), for :func:`persodose.ct.protocol.read_protocol_headers`.
+
+    Raises:
+        DicomError: the file cannot be read.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's input
+        raise DicomError(f"cannot read CT header {path}: {exc}") from None
+    out = {"body_part": str(ds.get("BodyPartExamined", "") or ""),
+           "protocol_name": str(ds.get("ProtocolName", "") or ""),
+           "series_description": str(ds.get("SeriesDescription", "") or "")}
+    seq = ds.get("CTDIPhantomTypeCodeSequence")
+    if not seq:
+        exposure = ds.get("CTExposureSequence")
+        seq = exposure[0].get("CTDIPhantomTypeCodeSequence") if exposure else None
+    if seq:
+        out["phantom_code"] = str(seq[0].get("CodeValue", "") or "")
+        out["phantom_meaning"] = str(seq[0].get("CodeMeaning", "") or "")
+    return out
