@@ -162,15 +162,9 @@ def evaluate(work: Path, weights: Path | None = None) -> dict:
 
 def _organ_means(dose, labels_on_dose, density, classes) -> dict:
     """Mass-weighted mean dose per class (dose grid units)."""
-    d = np.asarray(dose.array, float)
-    rho = np.asarray(density.array, float)
-    lab = np.asarray(labels_on_dose.array)
-    out = {}
-    for i, c in enumerate(classes, start=1):
-        m = lab == i
-        if m.any():
-            out[c] = float((d[m] * rho[m]).sum() / rho[m].sum())
-    return out
+    from persodose.metrics.organ import mass_weighted_means
+
+    return mass_weighted_means(dose, labels_on_dose, {i: c for i, c in enumerate(classes, start=1)}, density)
 
 
 def doses(work: Path, patient: str = "patient_004", weights: Path | None = None) -> dict:

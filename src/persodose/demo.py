@@ -251,17 +251,18 @@ def segmentation_check(res: TracerResult) -> dict:
     seconds = time.perf_counter() - t0
     classes = list(auto.names.values())
     truth = res.labels.with_array(organ_classes(np.asarray(res.labels.array), res.label_names, classes), Kind.LABELS)
-    dose = res.ct_dose.dose_mgy if res.ct_dose is not None else None
-    on = [lab.resample_to(dose, "nearest").array for lab in (truth, auto.labels)] if dose is not None else None
+    means = [{}, {}]
+    if res.ct_dose is not None:  # the CT dose of each organ (energy over mass) under either label set
+        from persodose.metrics.organ import mass_weighted_means
+
+        cd = res.ct_dose
+        means = [mass_weighted_means(cd.dose_mgy, lab.resample_to(cd.dose_mgy, "nearest"), auto.names, cd.density)
+                 for lab in (truth, auto.labels)]
     rows = []
     for i, c in enumerate(classes, start=1):
         t, a = np.asarray(truth.array) == i, np.asarray(auto.labels.array) == i
-        if not t.any():
-            continue
-        row = [c, dice(a, t), None, None]
-        if on is not None and (on[0] == i).any() and (on[1] == i).any():
-            row[2], row[3] = (float(np.mean(dose.array[on[0] == i])), float(np.mean(dose.array[on[1] == i])))
-        rows.append(row)
+        if t.any():
+            rows.append([c, dice(a, t), means[0].get(c), means[1].get(c)])
     return {"rows": rows, "mean_dice": float(np.mean([r[1] for r in rows])), "seconds": seconds}
 
 

@@ -121,6 +121,17 @@ def structure_stats(values: np.ndarray, unit: str = "Gy", prefix: str = "D",
     return row
 
 
+def mass_weighted_means(dose: Grid, labels: Grid, names: Mapping[int, str], density: Grid) -> dict[str, float]:
+    """``{name: mass-weighted mean}`` (the MIRD mean absorbed dose, in the dose grid's unit) of the
+    structures of ``names`` present in ``labels``; :func:`organ_table` without the rest of its row."""
+    out = {}
+    for row in organ_table(dose, labels, names, density=density, percents=()):
+        key = next(k for k in row if k.startswith("mass_weighted_mean_"))
+        if row["n_voxels"]:
+            out[str(row["name"])] = float(row[key])
+    return out
+
+
 def organ_table(dose: Grid, labels: Grid, names: Mapping[int, str] | None = None,
                 density: Grid | None = None, percents: Sequence[float] = DEFAULT_PERCENTS,
                 v_doses: Sequence[float] = ()) -> list[dict]:

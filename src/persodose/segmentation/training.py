@@ -31,6 +31,7 @@ float32).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -349,7 +350,7 @@ def _sidecar(s, config, cases, val_cases, history, best, threads, command, out: 
 
     data = [{"id": c.id, "split": "train", **c.files} for c in cases] + \
            [{"id": c.id, "split": "val", **c.files} for c in val_cases]
-    digest = __import__("hashlib").sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return {
         "name": out.stem, "file": out.name, "network": "builtin-segmenter (MONAI UNet, residual units)",
         "training_command": command or "persodose.segmentation.training.train_segmenter",
