@@ -43,9 +43,9 @@ _RRDSR = "1.2.840.10008.5.1.4.1.1.88.68"
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """A 10-mm Lu-177 virtual patient (CT + 4 SPECT), a 10-mm FDG one (CT + PET frames),
-    and SEG, RT Structure Set and RT Dose on the first's CT: RECORD (what the workflows
-    write) with a treatment record (an administration's dose SR), and RECORD without one
-    (what the workflows write today)."""
+    and SEG, RT Structure Set and RT Dose on the first's CT: RECORD with a treatment record
+    (an administration's dose SR), and RECORD without one (what the workflows write; it is
+    written as PLAN_OVERVIEW)."""
     from persodose.io.rtdose import write_rtdose
     from persodose.io.rtstruct import write_rtstruct
     from persodose.io.seg import write_seg
@@ -131,33 +131,40 @@ def test_rtdose_header_passes_dciodvfy(written, tmp_path):
     assert not _errors(out), out
 
 
-def test_rtdose_without_plan_or_record_has_exactly_the_type_1c_error(written, tmp_path):
-    """What the workflows write today (RECORD, no record to point to) fails on one Type 1C
-    attribute only; PLAN without a plan likewise; a plan's UID clears it. (The validator can
-    fail.)"""
+def test_rtdose_without_plan_or_record_passes_as_plan_overview(written, tmp_path):
+    """What the workflows write (RECORD, no record to point to) and PLAN without a plan are
+    written as PLAN_OVERVIEW with the CT slices in the Plan Overview: no dciodvfy error. Without
+    a reference CT, RECORD is kept and dciodvfy reports its Type 1C record (the validator can
+    fail); a plan's UID keeps PLAN, with no error."""
     from persodose.io.rtdose import read_rtdose, write_rtdose
 
     exe = _tool("dciodvfy")
-    errors = _errors(_dciodvfy_rtdose(exe, written["rtdose_norecord"], tmp_path))
-    assert len(errors) == 1 and "ReferencedTreatmentRecordSequence" in errors[0], errors
+    assert not _errors(_dciodvfy_rtdose(exe, written["rtdose_norecord"], tmp_path))
     grid = read_rtdose(written["rtdose"])
-    bad = write_rtdose(grid, tmp_path / "plan.dcm", reference_ct_files=written["ct"], summation_type="PLAN")
-    errors = _errors(_dciodvfy_rtdose(exe, str(bad), tmp_path))
-    assert len(errors) == 1 and "ReferencedRTPlanSequence" in errors[0], errors
+    plan = write_rtdose(grid, tmp_path / "plan.dcm", reference_ct_files=written["ct"], summation_type="PLAN")
+    assert not _errors(_dciodvfy_rtdose(exe, str(plan), tmp_path))
+    bare = write_rtdose(grid, tmp_path / "bare.dcm", summation_type="RECORD")
+    errors = _errors(_dciodvfy_rtdose(exe, str(bare), tmp_path))
+    assert len(errors) == 1 and "ReferencedTreatmentRecordSequence" in errors[0], errors
     good = write_rtdose(grid, tmp_path / "planref.dcm", reference_ct_files=written["ct"], summation_type="PLAN",
                         referenced_rt_plan_uid=dw.new_uid())
+    assert pydicom.dcmread(good, stop_before_pixels=True).DoseSummationType == "PLAN"
     assert not _errors(_dciodvfy_rtdose(exe, str(good), tmp_path))
 
 
 def test_rtdose_references_are_written(written):
     ds = pydicom.dcmread(written["rtdose"], stop_before_pixels=True)
-    assert ds.DoseSummationType == "RECORD"
+    assert ds.DoseSummationType == "RECORD" and "PlanOverviewSequence" not in ds
     assert ds.ReferencedTreatmentRecordSequence[0].ReferencedSOPClassUID == _RRDSR
-    assert "ReferencedTreatmentRecordSequence" not in pydicom.dcmread(written["rtdose_norecord"],
-                                                                      stop_before_pixels=True)
+    ds = pydicom.dcmread(written["rtdose_norecord"], stop_before_pixels=True)
+    assert "ReferencedTreatmentRecordSequence" not in ds and ds.DoseSummationType == "PLAN_OVERVIEW"
+    refs = ds.PlanOverviewSequence[0].ReferencedImageSequence
+    ct_uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in written["ct"]}
+    assert {r.ReferencedSOPInstanceUID for r in refs} == ct_uids
+    assert {r.ReferencedSOPClassUID for r in refs} == {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image Storage
 
 
-@pytest.mark.parametrize("what", ["rtdose", "seg", "rtstruct", "nm"])
+@pytest.mark.parametrize("what", ["rtdose", "rtdose_norecord", "seg", "rtstruct", "nm"])
 def test_dcmtk_reads_every_object(written, what):
     dcmftest, dcmdump = _tool("dcmftest"), _tool("dcmdump")
     f = written[what] if not isinstance(written[what], list) else written[what][0]
@@ -172,7 +179,7 @@ def test_dcmtk_reads_every_object(written, what):
 _PIXELMED_JAR = "/usr/share/java/pixelmed.jar"
 
 
-@pytest.mark.parametrize("what", ["rtdose", "seg"])
+@pytest.mark.parametrize("what", ["rtdose", "rtdose_norecord", "seg"])
 def test_pixelmed_reads_rtdose_and_seg(written, what):
     """pixelmed (Debian ``libpixelmed-java``) parses the whole file, 32-bit RT Dose pixels
     included. Its validator (com.pixelmed.validate.DicomInstanceValidator) answers "IOD (SOP
@@ -185,7 +192,7 @@ def test_pixelmed_reads_rtdose_and_seg(written, what):
     out = (res.stdout + res.stderr).decode("latin-1")
     assert res.returncode == 0 and "Exception" not in out, out[-2000:]
     assert "(0x7fe0,0x0010) PixelData" in out
-    if what == "rtdose":
+    if what.startswith("rtdose"):
         assert "BitsAllocated VR=<US> VL=<0x2> [0x20]" in out and "DoseGridScaling" in out
 
 

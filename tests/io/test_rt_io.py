@@ -105,7 +105,13 @@ def test_rtdose_round_trip_on_ct(tmp_path, ct_series):
     assert ds.Modality == "RTDOSE"
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.2"
     assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
-    assert ds.DoseUnits == "GY" and ds.DoseType == "PHYSICAL" and ds.DoseSummationType == "PLAN"
+    assert ds.DoseUnits == "GY" and ds.DoseType == "PHYSICAL"
+    # no plan: PLAN_OVERVIEW, its Plan Overview referencing every CT slice (PS3.3 C.8.8.3)
+    assert ds.DoseSummationType == "PLAN_OVERVIEW" and "ReferencedRTPlanSequence" not in ds
+    overview = ds.PlanOverviewSequence[0]
+    assert overview.PlanOverviewIndex == 1 and overview.NumberOfFractionsIncluded == 1
+    assert sorted(r.ReferencedSOPInstanceUID for r in overview.ReferencedImageSequence) == sorted(
+        pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files)
     assert ds.BitsAllocated == 32 and ds.PixelRepresentation == 0
     assert int(ds.NumberOfFrames) == NZ and (ds.Rows, ds.Columns) == (NY, NX)
     assert ds.FrameIncrementPointer == 0x3004000C

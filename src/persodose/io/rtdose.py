@@ -48,6 +48,11 @@ _SUMMATION_TYPES = (
     "BEAM_SESSION", "BRACHY_SESSION", "CONTROL_POINT", "RECORD",
 )
 
+#: Dose Summation Types whose Referenced RT Plan Sequence (300C,0002) is Type 1C-required
+#: (PS3.3 C.8.8.3, Table C.8-39).
+_NEEDS_PLAN = ("PLAN", "MULTI_PLAN", "FRACTION", "BEAM", "BRACHY", "FRACTION_SESSION",
+               "BEAM_SESSION", "BRACHY_SESSION", "CONTROL_POINT")
+
 #: Patient and study attributes copied from the reference CT (Patient and General Study
 #: modules, PS3.3 C.7.1.1 and C.7.2.1) so that the dose joins the CT's study.
 _IDENTITY_KEYWORDS = (
@@ -138,6 +143,8 @@ def _reference_identity(files: Sequence[str | os.PathLike]) -> dict[str, Any]:
     out["FrameOfReferenceUID"] = str(first.FrameOfReferenceUID)
     out["PositionReferenceIndicator"] = first.get("PositionReferenceIndicator", "")
     out["_iop"] = np.asarray(first.ImageOrientationPatient, dtype=float)
+    out["_images"] = [(str(h.SOPClassUID), str(h.SOPInstanceUID)) for h in headers
+                      if "SOPClassUID" in h and "SOPInstanceUID" in h]
     return out
 
 
@@ -166,7 +173,7 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
                  reference_ct_files: list[str] | None = None,
                  frame_of_reference_uid: str | None = None, study_uid: str | None = None,
                  patient: dict | None = None, description: str = "persodose dose",
-                 dose_type: str = "PHYSICAL", summation_type: str = "PLAN",
+                 dose_type: str = "PHYSICAL", summation_type: str = "PLAN_OVERVIEW",
                  referenced_rt_plan_uid: str | None = None,
                  referenced_treatment_record: tuple[str, str] | None = None) -> Path:
     """Write an absorbed-dose grid as a multi-frame DICOM RT Dose file.
@@ -188,8 +195,9 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
             differs from the CT's raises :class:`InputError`.
         description: SeriesDescription.
         dose_type: Dose Type (3004,0004): PHYSICAL, EFFECTIVE or ERROR.
-        summation_type: Dose Summation Type (3004,000A), e.g. PLAN or RECORD. The
-            workflows write RECORD (a dose of what was given, not of an RT Plan).
+        summation_type: Dose Summation Type (3004,000A), PLAN_OVERVIEW by default; PLAN,
+            RECORD and the other plan terms are kept only with their reference (below), else
+            written as PLAN_OVERVIEW (see Notes).
         referenced_rt_plan_uid: SOP Instance UID of the RT Plan the dose belongs to, written
             in the Referenced RT Plan Sequence (300C,0002).
         referenced_treatment_record: ``(SOP Class UID, SOP Instance UID)`` of the record of
@@ -210,11 +218,13 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
         RT Plan Sequence is Type 1C, required for the summation types PLAN, MULTI_PLAN,
         FRACTION, BEAM, BRACHY, FRACTION_SESSION, BEAM_SESSION, BRACHY_SESSION and
         CONTROL_POINT; the Referenced Treatment Record Sequence is Type 1C, required for
-        RECORD. Without the reference such a file is readable (3D Slicer, dcmtk and pydicom
-        do not need it) but ``dciodvfy`` reports the missing Type 1C attribute: the RT Dose
-        IOD has no summation type for an absorbed dose that no RT Plan or treatment record
-        stands behind, as in nuclear medicine (``docs/conformance.md``). UIDs are made under
-        the project's root (:func:`persodose.io.dicom_write.new_uid`).
+        RECORD; the Plan Overview Sequence is Type 1C, required for PLAN_OVERVIEW ("dose
+        calculated with respect to plan overview parameters"), and its item may reference the
+        images the dose was computed on. A summation type whose reference is not given is
+        therefore written as PLAN_OVERVIEW with the reference CT's slices in the Plan
+        Overview's Referenced Image Sequence (:func:`_effective_summation_type`): a
+        nuclear-medicine or CT dose has no RT Plan or treatment record to point to. UIDs are
+        made under the project's root (:func:`persodose.io.dicom_write.new_uid`) (``docs/conformance.md``).
     """
     from pydicom.dataset import Dataset
 
@@ -222,6 +232,9 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
 
     dose_type, summation_type = _check_dose(dose, out_path, dose_type, summation_type)
     ident = _dose_identity(dose, reference_ct_files, frame_of_reference_uid, study_uid)
+    images = ident.pop("_images", [])
+    summation_type = _effective_summation_type(summation_type, referenced_rt_plan_uid,
+                                               referenced_treatment_record, images)
     arr, first_pos, step = _frames_in_normal_order(dose)
     pixels, scaling_str = _encode_dose_pixels(arr, out_path)
 
@@ -241,7 +254,54 @@ def write_rtdose(dose: Grid, out_path: str | os.PathLike, *,
         _referenced_rt_plan(ds, referenced_rt_plan_uid)
     if referenced_treatment_record:
         _referenced_treatment_record(ds, referenced_treatment_record)
+    if summation_type == "PLAN_OVERVIEW":
+        _plan_overview(ds, images)
     return write_dataset(ds, RT_DOSE_STORAGE, sop_uid, out_path)
+
+
+def _effective_summation_type(requested: str, plan_uid: str | None, record, images: list) -> str:
+    """The Dose Summation Type written: ``requested`` when its Type 1C reference is given
+    (or it needs none), else PLAN_OVERVIEW when the reference CT's images can be referenced.
+
+    PS3.3 C.8.8.3 (Table C.8-39) makes the Referenced RT Plan Sequence Type 1C for the
+    plan-based terms (:data:`_NEEDS_PLAN`), the Referenced Treatment Record Sequence for
+    RECORD, and the Plan Overview Sequence for PLAN_OVERVIEW, whose item may reference the
+    images the dose was computed on instead of an RT Plan or record. A nuclear-medicine or
+    CT dose has neither plan nor treatment record, so PLAN_OVERVIEW with the CT's images is
+    the one term whose reference persodose holds. Without a reference CT the requested term
+    is kept (the file then misses its Type 1C reference; ``docs/conformance.md``).
+    """
+    missing = ((requested in _NEEDS_PLAN and not plan_uid)
+               or (requested == "RECORD" and not record))
+    if missing and images:
+        return "PLAN_OVERVIEW"
+    return requested
+
+
+def _plan_overview(ds, images: list[tuple[str, str]]) -> None:
+    """Plan Overview Sequence (300C,0116) of the RT Dose module (PS3.3 C.8.8.3), required
+    when Dose Summation Type is PLAN_OVERVIEW: one item, Plan Overview Index 1, one
+    "fraction" (the administration or the CT scan) in Number of Fractions Included, Treatment
+    Site and Prescription Overview Sequence empty (Type 2: persodose knows no prescription),
+    and the Referenced Image Sequence (0008,1140) of the CT slices the dose was computed on
+    (Type 1C there, required when no Referenced Structure Set Sequence is given)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    refs = []
+    for sop_class, sop_instance in images:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sop_class
+        ref.ReferencedSOPInstanceUID = sop_instance
+        refs.append(ref)
+    item = Dataset()
+    item.PlanOverviewIndex = 1
+    item.NumberOfFractionsIncluded = 1
+    item.TreatmentSite = ""
+    item.PrescriptionOverviewSequence = Sequence([])
+    if refs:  # without a reference CT there is nothing to reference (docs/conformance.md)
+        item.ReferencedImageSequence = Sequence(refs)
+    ds.PlanOverviewSequence = Sequence([item])
 
 
 #: RT Plan Storage SOP class UID (DICOM PS3.4 annex B.5).
