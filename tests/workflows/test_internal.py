@@ -31,7 +31,7 @@ def test_internal_cli_end_to_end(cli, patient, tmp_path, monkeypatch):
     monkeypatch.setenv("PERSODOSE_CACHE", str(tmp_path / "cache"))
     args = ["internal", "--ct", root / "ct", "--nuclide", "Lu-177", "--labels", root / "nifti" / "labels.nii.gz",
             "--calibration-cps-per-mbq", "10", "--method", "led,ssv,mc", "--decays", "100000", "--dose-rate",
-            "--out", tmp_path / "out"]
+            "--uncertainty", "calibration=5,activity=8", "--out", tmp_path / "out"]
     for e in _emissions(root):
         args += ["--emission", e]
     proc = cli(*args)
@@ -44,6 +44,18 @@ def test_internal_cli_end_to_end(cli, patient, tmp_path, monkeypatch):
     rows = json.loads((out / "organs.json").read_text())["rows"]
     kid = {r["method"]: r["mean_Gy"] for r in rows if r["name"] == "kidney_left"}
     assert kid["mc"] > 0 and kid["ssv"] == pytest.approx(kid["mc"], rel=0.2)
+    # every organ dose carries its combined uncertainty, and the budget says where it comes from
+    doc = json.loads((out / "organs.json").read_text())
+    budget = doc["uncertainty"]["budgets"]["mc"]["kidney_left"]
+    lines = {b["component"]: b for b in budget["budget"]}
+    assert lines["calibration"]["relative_sd_percent"] == pytest.approx(5.0)
+    assert lines["recovery"]["note"] == "not stated" and lines["method statistics"]["relative_sd_percent"] > 0
+    assert 0 < lines["time-point activities and kinetic fit"]["relative_sd_percent"] < 8.0
+    unc = {r["method"]: r["uncertainty_percent"] for r in rows if r["name"] == "kidney_left"}
+    assert unc["mc"] == pytest.approx(budget["relative_sd_percent"]) and unc["mc"] > 5.0
+    assert (out / "uncertainty_budget.csv").read_text().count("kidney_left") >= 8
+    html = (out / "report.html").read_text()
+    assert "Uncertainty budget of the kidney_left dose" in html and "Uncertainty of the organ doses" in html
     ds = pydicom.dcmread(out / "dose_mc_rtdose.dcm")
     ct0 = pydicom.dcmread(next((root / "ct").iterdir()))
     assert ds.FrameOfReferenceUID == ct0.FrameOfReferenceUID and ds.DoseUnits == "GY"

@@ -27,6 +27,43 @@ def add_mc_options(options: dict, **given) -> dict:
     return options
 
 
+def _hours(times_h: str | None, n_images: int) -> list[float] | None:
+    """``--times-h`` as hours, one per emission image."""
+    from persodose.errors import InputError
+
+    if not times_h:
+        return None
+    try:
+        hours = [float(x) for x in times_h.split(",")]
+    except ValueError:
+        raise InputError(f"--times-h {times_h!r} must be comma-separated numbers") from None
+    if not all(0 <= h < 1e5 for h in hours):
+        raise InputError(f"--times-h {times_h!r}: hours after injection must be finite and not negative")
+    if len(hours) != n_images:
+        raise InputError(f"--times-h {times_h!r} gives {len(hours)} time(s) for {n_images} --emission "
+                         "image(s): give one time per image")
+    return hours
+
+
+def uncertainty_options(items: list[str] | None) -> dict:
+    """``--uncertainty NAME=PERCENT`` (repeat or comma-separate) as fractions ``{name: value}``."""
+    from persodose.dose.uncertainty import UncertaintySettings
+    from persodose.errors import InputError
+
+    out: dict = {}
+    for item in items or []:
+        for part in (p.strip() for p in item.split(",") if p.strip()):
+            name, sep, value = part.partition("=")
+            try:
+                out[name.strip().lower()] = float(value.strip().rstrip("%")) / 100.0
+            except ValueError:
+                raise InputError(f"--uncertainty {part!r}: give NAME=PERCENT, e.g. calibration=5") from None
+            if not sep:
+                raise InputError(f"--uncertainty {part!r}: give NAME=PERCENT, e.g. calibration=5")
+    UncertaintySettings.of(out)  # unknown names and bad values are said now
+    return out
+
+
 def register(app: typer.Typer) -> None:
     app.command("internal")(internal)
 
@@ -73,6 +110,9 @@ def internal(
         None, "--photon-estimator", callback=photon_estimator_option,
         help="Monte Carlo photon energy deposition: analog (default) or tle (track-length estimator)."),
     dose_rate: bool = typer.Option(False, "--dose-rate", help="Also write dose-rate maps at each time point."),
+    uncertainty: Optional[List[str]] = typer.Option(
+        None, "--uncertainty", help="Relative standard uncertainty of an input, NAME=PERCENT (repeat): calibration, "
+                                    "activity (each time point), recovery, mass; every organ dose gets a budget."),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     mc_backend: str = typer.Option("cpu", "--mc-backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo "
                                                                "method and kernels not yet cached."),
@@ -106,7 +146,8 @@ def internal(
                              target_region=target_region, photon_estimator=photon_estimator)
     settings = InternalSettings(nuclide, methods=methods, method_options=options, tia_method=tia_method,
                                 dose_voxel_mm=dose_voxel_mm, seed=seed, dose_rate=dose_rate,
-                                registration=registration, mc_backend=mc_backend)
+                                registration=registration, mc_backend=mc_backend,
+                                uncertainty=uncertainty_options(uncertainty))
     check_backend(mc_backend)  # a missing GPU is said before the images are read
     check_output_paths(inputs={"--ct": ct, "--emission": list(emission), "--emission-ct": list(emission_ct or []),
                                "--labels": label_sidecars(labels, label_names), "--method-options": method_options_file},
@@ -117,17 +158,7 @@ def internal(
             injection = dt.datetime.fromisoformat(injection_time)
         except ValueError:
             raise InputError(f"--injection-time {injection_time!r} is not an ISO date-time") from None
-    hours = None
-    if times_h:
-        try:
-            hours = [float(x) for x in times_h.split(",")]
-        except ValueError:
-            raise InputError(f"--times-h {times_h!r} must be comma-separated numbers") from None
-        if not all(0 <= h < 1e5 for h in hours):
-            raise InputError(f"--times-h {times_h!r}: hours after injection must be finite and not negative")
-        if len(hours) != len(emission):
-            raise InputError(f"--times-h {times_h!r} gives {len(hours)} time(s) for {len(emission)} --emission "
-                             "image(s): give one time per image")
+    hours = _hours(times_h, len(emission))
     with about("--ct", ct):
         ct_grid, ct_info = load_ct(ct)
         require_volume(ct_grid)

@@ -27,6 +27,48 @@ def comparison_rows(result) -> tuple[list[str], list[list]]:
     return ["method", "voxel MRAE (%) above 10% of max", "NRMSE", "SSIM"] + [f"{n} RE (%)" for n in organs[:SUMMARY_ORGANS_MAX]], rows
 
 
+def budget_focus(budgets: dict) -> list[str]:
+    """The structures whose budget is shown in full: the kidneys, else the highest dose."""
+    kidneys = [n for n in budgets if "kidney" in n.lower()]
+    if kidneys:
+        return sorted(kidneys)
+    return [max(budgets, key=lambda n: budgets[n].dose_gy)] if budgets else []
+
+
+def _uncertainty_section(rep, result, method: str) -> None:
+    """Budget of the kidney dose (or the highest dose) and every structure's lines, for ``method``."""
+    from persodose.dose.uncertainty import LIMITATIONS
+
+    budgets = getattr(result, "organ_uncertainty", {}).get(method)
+    if not budgets:
+        return
+    rep.heading(f"Uncertainty of the organ doses ({method.upper()})")
+    stated = {k: v for k, v in (result.settings.uncertainty or {}).items() if v is not None}
+    rep.text("Stated relative standard uncertainties: " + (", ".join(f"{k} {100 * v:g} %" for k, v in stated.items())
+                                                          or "none (lines without a value are 'not stated')")
+             + f". Propagation after the EANM guidance (Gear et al., EJNMMI 45 (2018) 2456); {LIMITATIONS}.",
+             "small")
+    for name in budget_focus(budgets):
+        u = budgets[name]
+        rep.table(["component", "relative sd (%)", "share of variance (%)", "note"],
+                  [[b["component"], b["relative_sd_percent"] if b["relative_sd_percent"] is not None else "-",
+                    b["share_percent"] if b["share_percent"] is not None else "-", b["note"]] for b in u.budget()]
+                  + [["combined", 100 * u.relative_sd, 100.0 if u.relative_sd > 0 else "-", ""]],
+                  caption=f"Uncertainty budget of the {name} dose: {u.dose_gy:.4g} ± {u.sd_gy:.2g} Gy (k=1)")
+    comps = []
+    for u in budgets.values():
+        for b in u.budget():
+            if b["component"] not in comps:
+                comps.append(b["component"])
+    rows = []
+    for name, u in sorted(budgets.items(), key=lambda kv: -kv[1].dose_gy):
+        line = {b["component"]: b["relative_sd_percent"] for b in u.budget()}
+        rows.append([name, u.dose_gy, u.sd_gy, 100 * u.relative_sd]
+                    + [line.get(c) if line.get(c) is not None else "-" for c in comps])
+    rep.table(["structure", "dose (Gy)", "sd (Gy)", "combined (%)"] + [f"{c} (%)" for c in comps], rows,
+              caption="Every organ and lesion: combined relative standard uncertainty and each line of its budget")
+
+
 def build_report(result, path: Path, title: str) -> Path:
     """Write the report of an :class:`~persodose.workflows.internal.InternalResult` to ``path``."""
     from persodose.report import figures
@@ -87,14 +129,18 @@ def build_report(result, path: Path, title: str) -> Path:
         by = {m: {r.name: r for r in rows} for m, rows in result.organ_tables.items()}
         mird = {r["name"]: r.get("dose_gy") for r in result.organ_mird}
         last = by[methods[-1]]
-        rep.table(["organ", "mass (g)"] + [f"{m.upper()} mean" for m in methods] + ["organ MIRD"]
-                  + ["D98", "D50", "D2", "TIA fit"],
-                  [[n, by[methods[0]][n].mass_g] + [by[m][n].mean_gy for m in methods] + [mird.get(n)]
-                   + [last[n].d_gy.get("D98"), last[n].d_gy.get("D50"), last[n].d_gy.get("D2"), last[n].tia_fit or "-"]
+        rep.table(["organ", "mass (g)"] + [f"{m.upper()} mean" for m in methods] + [f"{methods[-1].upper()} ± (%)"]
+                  + ["organ MIRD", "D98", "D50", "D2", "TIA fit"],
+                  [[n, by[methods[0]][n].mass_g] + [by[m][n].mean_gy for m in methods] + [last[n].uncertainty_percent]
+                   + [mird.get(n), last[n].d_gy.get("D98"), last[n].d_gy.get("D50"), last[n].d_gy.get("D2"),
+                      last[n].tia_fit or "-"]
                    for n in names],
                   caption="Mean absorbed dose by each voxel method and by organ-level MIRD (self-dose only, this "
-                          f"patient's masses); D98/D50/D2 of {methods[-1].upper()}; TIA fit: the verdict on the "
+                          f"patient's masses); ±: combined standard uncertainty (k=1) of {methods[-1].upper()}'s "
+                          "mass-weighted mean dose (budget below); "
+                          f"D98/D50/D2 of {methods[-1].upper()}; TIA fit: the verdict on the "
                           "organ's time-activity fit ('unreliable': do not use that organ's dose)")
+        _uncertainty_section(rep, result, methods[-1])
         if result.unreliable_kinetics:
             rep.table(["organ", "why its dose is unreliable"], [[o, w] for o, w in result.unreliable_kinetics])
         from persodose.metrics.dvh import dvh_figure, dvhs_for_labels

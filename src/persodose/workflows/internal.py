@@ -56,6 +56,9 @@ class InternalSettings:
     kernel_cache: str | None = None  #: directory of cached kernels (default ~/.cache/persodose)
     dose_rate: bool = False  #: also dose rate (Gy/s) at each time point for the convolution methods
     registration: str = "rigid"  #: "rigid" or "affine": registration of time points that carry their own CT
+    #: stated relative standard uncertainties {calibration, activity, recovery, mass} (fractions; see
+    #: persodose.dose.uncertainty.UncertaintySettings): every organ and lesion dose gets a budget
+    uncertainty: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from persodose.physics.radionuclides import get_nuclide
@@ -81,6 +84,10 @@ class InternalSettings:
         check_backend(self.mc_backend, require_device=False)
         if self.registration not in ("rigid", "affine"):
             raise InputError(f"registration must be 'rigid' or 'affine', got {self.registration!r}")
+        from persodose.dose.uncertainty import UncertaintySettings
+
+        self.uncertainty = {k: v for k, v in UncertaintySettings.of(self.uncertainty).to_dict().items()
+                            if v is not None}
 
 
 @dataclass
@@ -102,6 +109,8 @@ class InternalResult:
     method_info: dict[str, dict] = field(default_factory=dict)  #: each method's own figures (MC decays, ...)
     dose_rates: dict[str, list[Grid]] = field(default_factory=dict)
     organ_tables: dict[str, list] = field(default_factory=dict)  #: method -> [OrganDoseRow] (Gy)
+    #: method -> {structure: persodose.dose.uncertainty.DoseUncertainty} (combined uncertainty and budget)
+    organ_uncertainty: dict[str, dict] = field(default_factory=dict)
     #: organs whose kinetics (and so dose) are unreliable, with the reasons (kinetics.unreliable_organs)
     unreliable_kinetics: list = field(default_factory=list)
     organ_mird: list[dict] = field(default_factory=list)
@@ -334,12 +343,36 @@ def _organ_step(result: InternalResult, log) -> None:
         result.organ_tables[method] = [
             dataclasses.replace(r, tia_fit=fits[r.name].verdict, note=fits[r.name].summary()) if r.name in fits else r
             for r in rows]
+    _uncertainty_step(result)
     lesions = [k for k, v in names.items() if v.startswith("lesion")]
     try:
         result.organ_mird = mird_rows(organ_doses(result.tia, result.labels, result.density, result.settings.nuclide,
                                                   label_names=names, lesion_labels=lesions))
     except PersodoseError as exc:  # e.g. a label the organ model cannot place: the voxel results stand
         log(f"  organ-level MIRD skipped: {exc}")
+
+
+def _uncertainty_step(result: InternalResult) -> None:
+    """Each organ and lesion dose's combined uncertainty and budget (persodose.dose.uncertainty),
+    written into the rows' ``uncertainty_percent``."""
+    import dataclasses
+
+    from persodose.dose.uncertainty import UncertaintySettings, organ_uncertainties
+    from persodose.physics.radionuclides import get_nuclide
+
+    settings = UncertaintySettings.of(result.settings.uncertainty)
+    half_life_s = get_nuclide(result.settings.nuclide).half_life_s
+    lab = np.asarray(result.labels.array)
+    for method, rows in result.organ_tables.items():
+        unc = result.uncertainties.get(method)
+        note = "Monte Carlo batches" if method == "mc" else f"{method}'s own estimate (e.g. an ensemble's spread)"
+        budgets = organ_uncertainties(rows, lab, result.density.array, result.organ_kinetics, half_life_s, settings,
+                                      dose=result.doses[method].array if unc is not None else None,
+                                      rel_unc=unc.array if unc is not None else None, method_note=note)
+        result.organ_uncertainty[method] = budgets
+        result.organ_tables[method] = [
+            dataclasses.replace(r, uncertainty_percent=100.0 * budgets[r.name].relative_sd) if r.name in budgets else r
+            for r in rows]
 
 
 def _comparison_step(result: InternalResult) -> None:
@@ -359,6 +392,27 @@ def _comparison_step(result: InternalResult) -> None:
 
 
 # --------------------------------------------------------------------------- outputs
+def uncertainty_document(result: InternalResult) -> dict:
+    """What ``organs.json`` says of the uncertainties: the meaning of ``uncertainty_percent``, the
+    stated inputs, the limitations, and every structure's budget by method."""
+    from persodose.dose.uncertainty import LIMITATIONS, UncertaintySettings
+
+    return {"uncertainty_percent": "combined relative standard uncertainty (k=1) of the organ dose, "
+                                   "EANM guidance (Gear et al., EJNMMI 45 (2018) 2456), persodose.dose.uncertainty",
+            "stated": UncertaintySettings.of(result.settings.uncertainty).to_dict(), "limitations": LIMITATIONS,
+            "budgets": {m: {n: u.to_dict() for n, u in b.items()} for m, b in result.organ_uncertainty.items()}}
+
+
+def budget_table(result: InternalResult) -> list[dict]:
+    """One row per method, structure and budget line (``uncertainty_budget.csv``)."""
+    rows = []
+    for method, budgets in result.organ_uncertainty.items():
+        for name, u in budgets.items():
+            for line in u.budget():
+                rows.append({"method": method, "name": name, "dose_Gy": u.dose_gy, "sd_Gy": u.sd_gy, **line})
+    return rows
+
+
 def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] | None = None,
                   inputs: dict | None = None, title: str = "persodose internal dosimetry") -> Path:
     """Dose maps (NIfTI, RTDOSE), organ tables, DVHs, kinetics, comparison, provenance, report."""
@@ -393,7 +447,13 @@ def write_outputs(result: InternalResult, out: Path, *, ct_files: Sequence[str] 
                 dvhs = dvhs_for_labels(result.doses[method], result.labels, result.label_names)
                 write_dvh_csv(dvhs, work / f"dvh_{method}.csv")
             write_organ_rows(all_rows, work / "organs.json", nuclide=result.settings.nuclide,
-                             unreliable_kinetics=[{"organ": o, "why": w} for o, w in result.unreliable_kinetics])
+                             unreliable_kinetics=[{"organ": o, "why": w} for o, w in result.unreliable_kinetics],
+                             uncertainty=uncertainty_document(result))
+            budget_rows = budget_table(result)
+            if budget_rows:
+                from persodose.metrics.organ import write_table_csv
+
+                write_table_csv(budget_rows, work / "uncertainty_budget.csv")
             if result.organ_mird:
                 (work / "organ_mird.json").write_text(json.dumps(jsonable(result.organ_mird), indent=2))
         (work / "kinetics.json").write_text(json.dumps(jsonable({
