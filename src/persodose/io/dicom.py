@@ -21,6 +21,11 @@ What is read and how:
   converted to Bq/mL with a user calibration (cps/MBq). The NM Image IOD has no Modality
   LUT module, so a missing Rescale Slope/Intercept means 1/0 (stored values as they are); a
   zero or non-finite slope is refused.
+* **Vendor conventions** (:mod:`persodose.io.vendor`): NM Real World Value Mappings in
+  Bq/ml, kBq/ml or MBq/ml in any item (Siemens xSPECT), Philips PET in counts with its
+  Activity Concentration Scale Factor, GE's private Scan DateTime for post-processed PET,
+  per-slice acquisition times of multi-bed and continuous-bed-motion PET
+  (``SeriesInfo.extra``: ``slice_mid_datetimes``, ``acquisition_span_s``, ``bed_positions``).
 * **Negative activity** (PET and NM, in Bq/mL or counts) is refused, naming the file and the
   minimum: activity cannot be negative, and it usually means a wrong Rescale Intercept.
   Values above ``-1e-6`` times the image maximum (float rounding) are set to 0 instead.
@@ -779,15 +784,11 @@ def _units_label(modality: str, ds: Any) -> str:
 
 
 def _rwvm_bqml(ds: Any) -> tuple[float, float] | None:
-    """(slope, intercept) of a Real World Value Mapping to Bq/ml, if the file has one."""
-    item = _first_item(ds, "RealWorldValueMappingSequence")
-    unit = _first_item(item, "MeasurementUnitsCodeSequence") if item is not None else None
-    if unit is None or _str(_get(unit, "CodeValue")).lower() != "bq/ml":
-        return None
-    slope = _float(_get(item, "RealWorldValueSlope"))
-    if slope is None:
-        return None
-    return slope, _float(_get(item, "RealWorldValueIntercept")) or 0.0
+    """(slope, intercept) of a Real World Value Mapping to Bq/mL, if the file has one
+    (any item, UCUM Bq/ml, kBq/ml or MBq/ml: :func:`persodose.io.vendor.rwvm_bqml`)."""
+    from persodose.io.vendor import rwvm_bqml
+
+    return rwvm_bqml(ds)
 
 
 def _ct_extra(headers: list[Any]) -> dict:
@@ -879,11 +880,9 @@ def _build_info(items: list[tuple[Path, Any]], modality: str | None = None) -> S
     if modality == "CT":
         info.extra.update(_ct_extra([ds for _, ds in items]))
     if modality in ("PT", "NM"):
-        # Scan start: SeriesDate/Time unless it is later than the earliest acquisition time
-        # (QIBA SUV pseudo-code).
-        start = series_dt
-        if start is None or (acq and min(acq) < start):
-            start = min(acq) if acq else start
+        start = _scan_start(first, series_dt, acq, info)
+        if modality == "PT" and len(items) > 1:
+            _slice_timing(items, info)
         _radiopharmaceutical(first, modality, start, info)
         info.frame_duration_s = _frame_duration_s(first)
         dc = _str(_get(first, "DecayCorrection")).upper() or None
@@ -899,6 +898,39 @@ def _build_info(items: list[tuple[Path, Any]], modality: str | None = None) -> S
         if info.units == "Bq/mL":
             info.suv_bw_factor = _suv_factor(info)
     return info
+
+
+def _scan_start(first: Any, series_dt: datetime.datetime | None, acq: list,
+                info: SeriesInfo) -> datetime.datetime | None:
+    """Scan start: Series Date/Time unless it is later than the earliest acquisition time
+    (a post-processed series), then GE's private Scan DateTime (0009,100D) when present,
+    else the earliest acquisition time (QIBA SUV pseudo-code; :mod:`persodose.io.vendor`)."""
+    from persodose.io.vendor import ge_scan_datetime
+
+    start = series_dt
+    if start is None or (acq and min(acq) < start):
+        ge = ge_scan_datetime(first) if start is not None else None
+        if ge is not None:
+            info.extra["scan_start_source"] = "GE private Scan DateTime (0009,100D)"
+            return ge
+        start = min(acq) if acq else start
+    return start
+
+
+def _slice_timing(items: list[tuple[Path, Any]], info: SeriesInfo) -> None:
+    """Per-slice acquisition times of a multi-bed or continuous-bed-motion PET series
+    (``info.extra``: ``slice_mid_datetimes`` in the items' order, ``acquisition_start``,
+    ``acquisition_end``, ``acquisition_span_s``, ``bed_positions``)."""
+    from persodose.io.vendor import slice_times
+
+    starts = [_acquisition_dt(ds) for _, ds in items]
+    durations = [_frame_duration_s(ds) for _, ds in items]
+    timing = slice_times(starts, durations)
+    if timing is None:
+        return
+    info.extra.update(slice_mid_datetimes=timing["mid"], acquisition_start=timing["start"],
+                      acquisition_end=timing["end"], acquisition_span_s=timing["span_s"],
+                      bed_positions=timing["bed_positions"])
 
 
 def require_acquisition_time(info: SeriesInfo) -> datetime.datetime:
@@ -1223,6 +1255,14 @@ def _read_ct_pet(items, modality, calibration_cps_per_mbq) -> Series:
         grid = Grid(values.astype(np.float32), kind=Kind.ACTIVITY_CONCENTRATION, unit="Bq/mL",
                     **geometry)
         return Series(grid, info)
+    if unit == "CNTS" and calibration_cps_per_mbq is None:
+        scaled = _philips_counts_to_bqml(values, full_items, label)
+        if scaled is not None:
+            info.units = "Bq/mL"
+            info.extra["units_source"] = "Philips Activity Concentration Scale Factor (7053,1009)"
+            info.suv_bw_factor = _suv_factor(info)
+            return Series(Grid(scaled.astype(np.float32), kind=Kind.ACTIVITY_CONCENTRATION,
+                               unit="Bq/mL", **geometry), info)
     if unit == "CNTS":
         if calibration_cps_per_mbq is None:
             raise UnitsError(f"{label} is in counts (Units CNTS); give calibration_cps_per_mbq "
@@ -1236,6 +1276,23 @@ def _read_ct_pet(items, modality, calibration_cps_per_mbq) -> Series:
         return Series(grid, info)
     raise UnitsError(f"{label} has Units {unit or '(none)'!r}; persodose reads PET in BQML "
                      "(activity concentration) only, not SUV or other derived units")
+
+
+def _philips_counts_to_bqml(values: np.ndarray, items: list[tuple[Path, Any]],
+                            label: str) -> np.ndarray | None:
+    """Rescaled counts times each slice's Philips Activity Concentration Scale Factor
+    (7053,1009), Bq/mL (QIBA SUV pseudo-code; :mod:`persodose.io.vendor`); ``None`` when no
+    slice has the factor. A series where only some slices have it is refused."""
+    from persodose.io.vendor import philips_activity_scale
+
+    factors = [philips_activity_scale(ds) for _, ds in items]
+    if all(f is None for f in factors):
+        return None
+    missing = [str(f) for (f, _), v in zip(items, factors) if v is None]
+    if missing:
+        raise UnitsError(f"{label}: {len(missing)} of {len(items)} slices (first {missing[0]}) lack the "
+                         "Philips Activity Concentration Scale Factor (7053,1009) the others have")
+    return values * np.asarray(factors, dtype=np.float64)[:, None, None]
 
 
 def _read_nm(items, calibration_cps_per_mbq) -> Series:
@@ -1300,6 +1357,7 @@ def _read_nm(items, calibration_cps_per_mbq) -> Series:
     else:
         slope, intercept = _rescale(ds, f, "NM")
         values = values * slope + intercept
+        _warn_unused_rwvm(ds, label)
     require_finite(values, f"{label} after rescaling")
     if unit in ("BQML", "", "CNTS"):
         values = _non_negative(values, f, label, "Bq/mL" if unit == "BQML" else "counts")
@@ -1324,6 +1382,16 @@ def _read_nm(items, calibration_cps_per_mbq) -> Series:
     info.suv_bw_factor = _suv_factor(info)
     return Series(Grid(bqml.astype(np.float32), kind=Kind.ACTIVITY_CONCENTRATION, unit="Bq/mL",
                        **geometry), info)
+
+
+def _warn_unused_rwvm(ds: Any, label: str) -> None:
+    """Say so when an NM file has Real World Value Mappings but none in Bq/mL (e.g. SUV only)."""
+    from persodose.io.vendor import rwvm_units
+
+    units = rwvm_units(ds)
+    if units:
+        warnings.warn(f"{label}: Real World Value Mapping in {', '.join(units)} is not an activity "
+                      "concentration; the stored values are read as counts", DicomWarning, stacklevel=4)
 
 
 def read_series(path, *, series_uid: str | None = None, modality: str | None = None,
