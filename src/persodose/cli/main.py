@@ -28,7 +28,8 @@ app = typer.Typer(
 #: Command groups, one module each in persodose/cli with a ``register(app)`` function; a new
 #: group is one file plus its name here (a name whose module does not exist yet is skipped).
 COMMAND_MODULES = ("info", "series", "nuclide", "density", "internal", "ct", "mc", "kernel", "compare", "phantom",
-                   "demo", "methods", "dataset", "train", "weights", "evaluate", "segment", "pacs", "record")
+                   "demo", "methods", "dataset", "train", "weights", "evaluate", "segment", "pacs", "record",
+                   "marrow")
 
 for _name in COMMAND_MODULES:
     if importlib.util.find_spec(f"persodose.cli.{_name}") is not None:
