@@ -12,6 +12,11 @@ exists, so an interrupted run continues. The same commands scale up unchanged: m
 4. Training (``persodose train dblurdosenet``): the main network on all training patients;
    the learning curve on nested subsets (``--curve``); the paper's two ablations (no residual,
    2-D only) on ``--ablation-patients`` patients.
+5. Growing (``--grow-to N``, step ``grow``): the ``spect-doserate`` dataset of the next training
+   patients only (dataset seed ``--dataset-seed + 1``), merged with the first one
+   (``persodose dataset merge``), and the main network fine-tuned on the merge from its own
+   weights (``--init-weights``) for ``--grow-epochs`` epochs at ``--grow-lr``; ``register``
+   then ships the grown network (the shards already made are never remade).
 
 Usage::
 
@@ -75,13 +80,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--curve", type=int, nargs="*", default=[4, 8], help="training-set sizes of the learning curve")
     ap.add_argument("--ablation-patients", type=int, default=8)
-    ap.add_argument("--only", choices=["data", "main", "curve", "ablations", "register"], nargs="*", default=None)
+    ap.add_argument("--grow-to", type=int, default=0, help="fine-tune on this many training patients (0: no)")
+    ap.add_argument("--grow-epochs", type=int, default=10)
+    ap.add_argument("--grow-lr", type=float, default=5e-4)
+    ap.add_argument("--only", choices=["data", "main", "curve", "ablations", "grow", "register"], nargs="*",
+                    default=None)
     args = ap.parse_args(argv)
     exe = str(Path(sys.executable).with_name("persodose"))
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
     log = w / "recipe.log"
-    steps = set(args.only or ["data", "main", "curve", "ablations", "register"])
+    steps = set(args.only or ["data", "main", "curve", "ablations", "grow", "register"])
     pop = w / "pop_lu"
     if not (pop / "population.json").exists():
         run([exe, "phantom", "--out", str(pop), "--tracer", "lu177-dotatate", "--voxel-mm", "4.8",
@@ -118,9 +127,37 @@ def main(argv=None) -> int:
             continue
         resume = ["--resume"] if Path(f"{out}.ckpt").exists() else []
         run([exe, "train", "dblurdosenet", "--data", str(data), "--out", str(out), *common, *extra, *resume], log)
+    shipped, shipped_data = w / "dblurdosenet-lu177.pt", ds
+    if args.grow_to > args.train_patients:
+        shipped, shipped_data = grow(exe, args, w, pop, train, common, log, steps)
     if "register" in steps:
-        register(w / "dblurdosenet-lu177.pt", ds, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+        register(shipped, shipped_data, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     return 0
+
+
+def grow(exe: str, args, w: Path, pop: Path, train: list[str], common: list[str], log: Path, steps: set):
+    """Step 5: the dataset of training patients ``train_patients .. grow_to``, merged with the
+    first one, and the main network fine-tuned on the merge. Returns (weights, dataset)."""
+    n0, n = args.train_patients, args.grow_to
+    extra = w / f"train_extra{n0}_{n}"
+    link_folder(pop, extra, train[n0:n])
+    ds_extra, merged = w / f"ds_extra{n0}_{n}", w / f"ds_train{n}_grown"
+    out = w / f"dblurdosenet-lu177-n{n}.pt"
+    if "grow" not in steps:
+        return out, merged
+    done = (ds_extra / "manifest.json").exists() and json.loads((ds_extra / "manifest.json").read_text()).get("complete")
+    if not done:
+        run([exe, "dataset", "make", "spect-doserate", "--phantoms", str(extra), "--out", str(ds_extra),
+             "--seed", str(args.dataset_seed + 1), "--option", f"camera={args.camera}",
+             "--option", f"decays={args.decays}"], log)
+    if not (merged / "manifest.json").exists():
+        run([exe, "dataset", "merge", str(w / f"ds_train{n0}"), str(ds_extra), "--out", str(merged)], log)
+    if not Path(f"{out}.json").exists():
+        tune = [c if c != "1e-3" else f"{args.grow_lr:g}" for c in common]
+        tune[tune.index("--epochs") + 1] = str(args.grow_epochs)
+        resume = ["--resume"] if Path(f"{out}.ckpt").exists() else ["--init-weights", str(w / "dblurdosenet-lu177.pt")]
+        run([exe, "train", "dblurdosenet", "--data", str(merged), "--out", str(out), *tune, *resume], log)
+    return out, merged
 
 
 def register(weights: Path, data: Path, recipe: str) -> None:

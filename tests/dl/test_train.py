@@ -26,7 +26,8 @@ SPLITS = ("train",) * 4 + ("val",) * 2 + ("test",) * 2
 
 
 def make_dataset(root: Path, kind: str = "density-led", splits=SPLITS, n: int = 2, shape=(6, 6, 6),
-                 in_channels: int = 2, out_channels: int = 1, seed: int = 0, labels: bool = False) -> Path:
+                 in_channels: int = 2, out_channels: int = 1, seed: int = 0, labels: bool = False,
+                 prefix: str = "p") -> Path:
     """A tiny dataset: density and activity in, a smoothed activity / density 'dose' out; with
     ``labels`` each sample also carries a label map (x < 3: 'liver', else 'lesion_liver_1')."""
     from scipy import ndimage
@@ -49,7 +50,7 @@ def make_dataset(root: Path, kind: str = "density-led", splits=SPLITS, n: int = 
                 lab[..., shape[2] // 2:] = 40
                 f["labels"] = lab
                 f.attrs["label_names_json"] = json.dumps({"7": "liver", "40": "lesion_liver_1"})
-        patients.append({"id": f"p{i:03d}", "seed": seed + i, "split": split, "shard": name, "n": n,
+        patients.append({"id": f"{prefix}{i:03d}", "seed": seed + i, "split": split, "shard": name, "n": n,
                          "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest()})
     manifest = {"format": "persodose-dataset/1", "kind": kind, "settings": {}, "seed": seed, "patients": patients,
                 "input_shape": [in_channels, *shape], "target_shape": [out_channels, *shape]}
@@ -249,6 +250,75 @@ def test_resume_from_another_networks_checkpoint_is_refused(data, tmp_path, caps
     finally:
         networks.NETWORKS.restore(saved)
     assert "test-other-cnn3d" not in networks.available_networks()
+
+
+def test_fine_tuning_starts_from_the_given_weights(data, tmp_path, capsys):
+    """--init-weights: the run starts with the given network (its val loss on the same data is the
+    one it was saved with, its scales are kept, not recomputed from the new data); recorded in the
+    sidecar and kept through a resume; weights of another shape are refused in one line."""
+    base = tmp_path / "base.pt"
+    assert _train(data, base, "--epochs", "2") == 0
+    base_side = json.loads(Path(f"{base}.json").read_text())
+    other = make_dataset(tmp_path / "other", seed=5)
+    tuned = tmp_path / "tuned.pt"
+    assert _train(data, tuned, "--epochs", "1", "--init-weights", str(base), "--lr", "1e-4") == 0
+    side = json.loads(Path(f"{tuned}.json").read_text())
+    init = side["initialised_from"]
+    assert init["sha256"] == base_side["sha256"] and init["file"] == str(base)
+    assert init["validation_loss_before"] == pytest.approx(base_side["final_validation_loss"], rel=1e-6)
+    assert side["input_scale"] == base_side["input_scale"]
+    # on other data the scales stay the base's, and the start is the base network on that data
+    t2 = tmp_path / "t2.pt"
+    assert _train(other, t2, "--epochs", "1", "--init-weights", str(base)) == 0
+    assert _train(other, t2, "--epochs", "2", "--resume") == 0
+    side2 = json.loads(Path(f"{t2}.json").read_text())
+    assert side2["input_scale"] == base_side["input_scale"] and side2["initialised_from"]["sha256"] == init["sha256"]
+    fresh = tmp_path / "fresh.pt"
+    assert _train(other, fresh, "--epochs", "1") == 0
+    assert json.loads(Path(f"{fresh}.json").read_text())["input_scale"] != base_side["input_scale"]
+    capsys.readouterr()
+    assert _train(data, tmp_path / "bad.pt", "--init-weights", str(base), "--network-option", "width=4") == 2
+    assert "not weights of 'residual-cnn3d'" in _one_error_line(capsys)
+    assert _train(data, tmp_path / "bad2.pt", "--init-weights", str(tmp_path / "missing.pt")) == 2
+    _one_error_line(capsys)
+
+
+def test_merged_dataset_holds_both_and_trains_like_them(data, tmp_path, capsys):
+    """dataset merge: every patient of both, splits, seeds and checksums kept, sources untouched;
+    training on the merge equals training on a dataset written with those shards directly;
+    mismatched or overlapping datasets and a used output folder are refused in one line."""
+    more = make_dataset(tmp_path / "more", splits=("train",) * 3, seed=9, prefix="q")
+    before = {f.name: f.read_bytes() for f in sorted(more.iterdir())}
+    merged = tmp_path / "merged"
+    assert main(["dataset", "merge", str(data), str(more), "--out", str(merged)]) == 0
+    assert {f.name: f.read_bytes() for f in sorted(more.iterdir())} == before
+    m = json.loads((merged / "manifest.json").read_text())
+    src = [e for d in (data, more) for e in json.loads((d / "manifest.json").read_text())["patients"]]
+    assert [e["id"] for e in m["patients"]] == [e["id"] for e in src]
+    assert [(e["split"], e["seed"], e["sha256"]) for e in m["patients"]] == [(e["split"], e["seed"], e["sha256"])
+                                                                          for e in src]
+    assert len(m["merged_from"]) == 2 and m["complete"]
+    d = open_data(merged)
+    assert len(d.split_ids("train")) == 7 and len(d.split_ids("val")) == 2
+    # the same shards written as one dataset by hand train to the same bits
+    by_hand = tmp_path / "by_hand"
+    by_hand.mkdir()
+    for e in m["patients"]:
+        (by_hand / e["shard"]).write_bytes((merged / e["shard"]).read_bytes())
+    (by_hand / "manifest.json").write_text(json.dumps({**m, "merged_from": None}))
+    assert _train(merged, tmp_path / "a.pt", "--epochs", "1") == 0
+    assert _train(by_hand, tmp_path / "b.pt", "--epochs", "1") == 0
+    assert json.loads((tmp_path / "a.pt.json").read_text())["sha256"] == \
+        json.loads((tmp_path / "b.pt.json").read_text())["sha256"]
+    capsys.readouterr()
+    assert main(["dataset", "merge", str(data), str(data), "--out", str(tmp_path / "dup")]) == 2
+    assert "more than one" in _one_error_line(capsys)
+    other_shape = make_dataset(tmp_path / "shape", splits=("train",), shape=(4, 4, 4), prefix="r")
+    assert main(["dataset", "merge", str(data), str(other_shape), "--out", str(tmp_path / "x")]) == 2
+    assert "differ in input_shape" in _one_error_line(capsys)
+    assert main(["dataset", "merge", str(data), str(more), "--out", str(merged)]) == 2
+    _one_error_line(capsys)
+    assert not (tmp_path / "dup").exists() or not any((tmp_path / "dup").iterdir())
 
 
 def test_resume_with_other_settings_is_refused(data, tmp_path, capsys):

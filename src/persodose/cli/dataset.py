@@ -3,6 +3,8 @@
 * ``persodose dataset make KIND --phantoms DIR --out DIR [--seed S] [--option KEY=VALUE ...]
   [--dask local|ADDRESS]``: one HDF5 shard per patient folder of ``DIR`` (a sub-folder with a
   ``manifest.json``); rerun with the same arguments to resume an interrupted run.
+* ``persodose dataset merge A B ... --out DIR``: one dataset from several of the same kind and
+  settings (a training set grown without remaking its shards).
 * ``persodose dataset info DIR``: kind, settings, splits and shapes of a dataset (checksums
   verified).
 * ``persodose dataset kinds``: the registered dataset kinds and their settings.
@@ -68,6 +70,22 @@ def make(
     counts = ", ".join(f"{s} {ds.count(s)}" for s in ("train", "val", "test"))
     typer.echo(f"dataset {ds.kind}: {len(ds.patients)} patients, examples {counts}; inputs {list(ds.input_shape)}, "
                f"targets {list(ds.target_shape)}; {time.perf_counter() - t0:.1f} s -> {out}")
+
+
+@group.command("merge")
+def merge(
+    sources: List[Path] = typer.Argument(..., help="Two or more dataset folders of the same kind and settings."),
+    out: Path = typer.Option(..., "--out", help="New dataset folder (must not exist or be empty)."),
+) -> None:
+    """Merge datasets of the same kind and settings into one (shards linked, checksums and splits kept)."""
+    from persodose.dl.datasets import merge_datasets
+    from persodose.outputs import check_output_paths
+
+    check_output_paths(inputs={f"SOURCE {i + 1}": s for i, s in enumerate(sources)}, output_dirs={"--out": out})
+    ds = merge_datasets(sources, out)
+    counts = ", ".join(f"{s} {ds.count(s)}" for s in ("train", "val", "test"))
+    typer.echo(f"dataset {ds.kind}: {len(ds.patients)} patients merged from {len(sources)} datasets, examples "
+               f"{counts} -> {out}")
 
 
 @group.command("info")

@@ -41,6 +41,7 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint OUT.ckpt up to --epochs (same result as an uninterrupted run); options not given come from the checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default OUT.ckpt)."),
+    init_weights: Optional[str] = typer.Option(None, "--init-weights", help="Fine-tune: start from these weights (registered name or file, checksum verified) with their own scales; a fresh optimiser."),
     seed: Optional[int] = typer.Option(None, "--seed", callback=count(0, 2**63 - 1), help="Random seed (default 0)."),
     patience: Optional[int] = typer.Option(None, "--patience", callback=count(1, 100000), help="Stop after this many epochs without a better validation loss."),
     plateau_factor: Optional[float] = typer.Option(None, "--plateau-factor", help="Reduce the learning rate by this factor (0..1) on a plateau."),
@@ -91,9 +92,10 @@ def train(
                        + ([f"--patience {settings.patience}"] if settings.patience else [])
                        + ([f"--plateau-factor {settings.plateau_factor:g}"] if settings.plateau_factor else [])
                        + ([f"--threads {settings.threads}"] if settings.threads else [])
-                       + [f"--network-option {o}" for o in network_option or []])
+                       + [f"--network-option {o}" for o in network_option or []]
+                       + ([f"--init-weights {init_weights}"] if init_weights else []))
     result = run_training(network, data, out, settings, network_settings=_network_options(network_option or []),
-                          resume=resume, checkpoint=ck, command=command)
+                          resume=resume, checkpoint=ck, init_weights=init_weights, command=command)
     last = result.history[-1]
     typer.echo(f"trained {network}: {len(result.history)} epoch(s), val loss {last['val_loss']:.6g} "
                f"(best {result.final_validation_loss:.6g} at epoch {result.best_epoch}"

@@ -83,7 +83,7 @@ __all__ = [
     "FORMAT", "SPLITS", "PATIENT_IMAGES", "PATIENT_IMAGE_LISTS", "DatasetKind", "PatientSource", "PatientData", "Dataset",
     "KINDS", "register_kind", "get_kind", "available_kinds", "read_patient_source", "load_patient",
     "find_patients", "assign_split", "patient_seeds", "make_dataset", "open_dataset", "read_shard",
-    "write_shard", "shard_name", "read_shard_labels", "ShardSamples",
+    "write_shard", "shard_name", "read_shard_labels", "ShardSamples", "merge_datasets",
 ]
 
 #: The format (and version) written in every dataset's ``manifest.json``.
@@ -660,6 +660,72 @@ def _run_on_dask(scheduler: Any, tasks: list[tuple], done: Callable[[dict], None
             fut.cancel()
         for obj in owned:
             obj.close()
+
+
+# --------------------------------------------------------------------------- merging
+#: What datasets must share to be merged (besides the format): the same examples in every shard.
+_MERGE_KEYS = ("kind", "settings", "input_shape", "target_shape", "channels", "physics_version")
+
+
+def merge_datasets(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> "Dataset":
+    """One dataset from several of the same kind and settings: a training set grown without
+    remaking the shards it already has (patients added later get their own dataset, then both
+    are merged).
+
+    The shards are hard-linked into ``out_dir`` (copied where the file system cannot link),
+    renamed ``shard_NNNNN.h5`` in the order of ``sources``, with their checksums, splits and
+    per-patient seeds unchanged; the manifest records each source's manifest and SHA-256 under
+    ``merged_from`` and keeps the first source's ``seed``.
+
+    Raises:
+        InputError: fewer than two sources, a source that is incomplete, corrupt or of another
+            kind, settings, shapes, channels or physics version, a patient in two sources, an
+            output folder that exists and is not empty.
+    """
+    import shutil
+
+    if len(sources) < 2:
+        raise InputError("merging needs at least two datasets")
+    opened = [open_dataset(src) for src in sources]  # complete, every checksum verified
+    first = opened[0].manifest
+    for ds in opened[1:]:
+        for key in _MERGE_KEYS:
+            if ds.manifest.get(key) != first.get(key):
+                raise InputError(f"datasets {opened[0].path} and {ds.path} differ in {key}; only datasets of "
+                                 "the same kind, settings and shapes can be merged")
+    ids = [e["id"] for ds in opened for e in ds.manifest["patients"]]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InputError(f"patient(s) {', '.join(dup)} are in more than one of the datasets; each patient once")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"output {out} exists and is not an empty folder; choose a new one")
+    _prepare_out(out)
+    doc = {k: first[k] for k in ("format", "kind", "settings", "seed", "input_shape", "target_shape")}
+    doc.update(channels=first.get("channels"), physics_version=first.get("physics_version"),
+               software=first.get("software"),
+               created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), patients=[],
+               merged_from=[{"manifest": str(ds.path / "manifest.json"),
+                             "sha256": sha256_file(ds.path / "manifest.json"), "seed": ds.manifest["seed"]}
+                            for ds in opened], complete=True, planned=ids)
+    written = []
+    try:
+        for ds in opened:
+            for entry in ds.manifest["patients"]:
+                i = len(written)
+                src, dest = ds.path / entry["shard"], out / shard_name(i)
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copyfile(src, dest)
+                written.append(dest)
+                doc["patients"].append({**entry, "shard": dest.name, "index": i, "merged_from_shard": str(src)})
+        _write_json_atomic(out / "manifest.json", doc)
+    except BaseException:  # nothing half-written: the shards placed so far go again
+        for f in written:
+            f.unlink(missing_ok=True)
+        raise
+    return open_dataset(out)
 
 
 # --------------------------------------------------------------------------- reading

@@ -317,6 +317,7 @@ class _Run:
     memory_format: Any
     streamed: bool = False
     sources: tuple = ()  # ShardSamples to close at the end
+    init: dict | None = None  # provenance of the initial weights of a fine-tuning run
 
 
 def _normalised(r: _Run, x):
@@ -372,7 +373,7 @@ def _checkpoint(r: _Run, epoch: int, history: list, best: dict, stopped: bool, s
             "model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
             "scheduler": r.scheduler.state_dict() if r.scheduler is not None else None,
             "rng": _rng_state(r.torch, r.loader_gen), "epoch": epoch, "history": history,
-            "best": best, "stopped_early": stopped, "threads": threads}
+            "best": best, "stopped_early": stopped, "threads": threads, "init": r.init}
 
 
 def _save(torch, obj: Any, path: Path) -> None:
@@ -460,7 +461,8 @@ def _data_sources(torch, data: DatasetOnDisk, settings: TrainSettings):
     return torch.utils.data.TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr)), val, scales, False, ()
 
 
-def _build_run(torch, spec, network_settings, settings: TrainSettings, data: DatasetOnDisk, device) -> _Run:
+def _build_run(torch, spec, network_settings, settings: TrainSettings, data: DatasetOnDisk, device,
+               init_state: dict | None = None) -> _Run:
     train_src, val, scales, streamed, sources = _data_sources(torch, data, settings)
     loader_gen = _seed_everything(torch, settings.seed)
     from persodose.dl.networks import apply_scales, scaled
@@ -469,6 +471,8 @@ def _build_run(torch, spec, network_settings, settings: TrainSettings, data: Dat
     if spec.scale_rule is not None:
         scales = spec.scale_rule(np.asarray(scales[0], np.float64).copy(), np.asarray(scales[1], np.float64).copy())
     apply_scales(model, *scales)
+    if init_state is not None:  # fine-tuning: the given weights and their own scales (the same function at step 0)
+        model.load_state_dict(init_state)
     model.to(device)
     fmt = torch.channels_last_3d if (device.type == "cpu" and spec.channels_last_cpu) else torch.contiguous_format
     model.to(memory_format=fmt)
@@ -487,7 +491,8 @@ def _build_run(torch, spec, network_settings, settings: TrainSettings, data: Dat
 
 def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSettings | None = None, *,
           network_settings: Any = None, resume: bool = False, checkpoint: str | Path | None = None,
-          command: str = "", after_epoch=None, show_progress: bool = True) -> TrainResult:
+          init_weights: str | Path | None = None, command: str = "", after_epoch=None,
+          show_progress: bool = True) -> TrainResult:
     """Train ``network`` on the dataset at ``data_dir``; write the weights ``out`` and its sidecars.
 
     Args:
@@ -498,6 +503,11 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
         network_settings: the network's settings (instance or mapping).
         resume: continue from the checkpoint (default ``OUT.ckpt``) up to ``settings.epochs``.
         checkpoint: the checkpoint file (default ``OUT.ckpt``).
+        init_weights: fine-tuning (transfer learning): start from these weights (a registered
+            name or a file, checksum verified) instead of a random initialisation, with their
+            own input and target scales, so that the network computes at step 0 exactly what the
+            given weights compute; a fresh optimiser. Recorded in the sidecar. A resumed run
+            takes its weights from the checkpoint, which records the initial weights too.
         command: the command line, recorded in the sidecar.
         after_epoch: ``callback(epoch, history)`` after each checkpoint (tests interrupt here).
         show_progress: a progress bar of the steps (:func:`persodose.progress.progress`).
@@ -521,7 +531,11 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
     device = select_device(settings.device)
     with _deterministic(torch, settings.threads) as threads:
         ck = _read_checkpoint(torch, ck_path, spec, net_settings, settings, data) if resume else None
-        r = _build_run(torch, spec, net_settings, settings, data, device)
+        init = _init_state(torch, spec, net_settings, init_weights) if (init_weights and ck is None) else None
+        r = _build_run(torch, spec, net_settings, settings, data, device, init[1] if init else None)
+        r.init = ck.get("init") if ck is not None else (init[0] if init else None)
+        if init is not None:  # how the given weights do on this validation split, before any step
+            r.init["validation_loss_before"] = _val_loss(r)
         try:
             history, best, stopped = _epochs(r, ck, settings, data, threads, ck_path, after_epoch, show_progress)
         finally:
@@ -530,7 +544,24 @@ def train(network: str, data_dir: str | Path, out: str | Path, settings: TrainSe
     if best["model"] is None:  # every validation loss was NaN: the run diverged
         raise InputError(f"training of {spec.name!r} diverged (validation loss not finite); try a smaller --lr")
     return _write_outputs(torch, paths, spec, net_settings, settings, data, history, best, stopped, ck_path,
-                          command, threads, str(device))
+                          command, threads, str(device), r.init)
+
+
+def _init_state(torch, spec, network_settings, init_weights: str | Path) -> tuple[dict, dict]:
+    """``(provenance, state dict)`` of the initial weights of a fine-tuning run, checked to fit the network."""
+    from persodose.dl.networks import scaled
+    from persodose.dl.weights_registry import load_weights
+
+    w = load_weights(init_weights)
+    probe = scaled(spec.builder(network_settings), spec.in_channels, spec.out_channels)
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in w.state_dict.items()}
+    if want != have:
+        bad = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
+        raise InputError(f"--init-weights {init_weights}: not weights of {spec.name!r} with settings "
+                         f"{dataclasses.asdict(network_settings)} ({len(bad)} tensor(s) differ, e.g. {bad[0]})")
+    prov = {"file": str(w.path), "sha256": w.sha256, "name": w.entry.name if w.entry is not None else None}
+    return prov, dict(w.state_dict)
 
 
 def _epochs(r: _Run, ck, settings: TrainSettings, data: DatasetOnDisk, threads: int, ck_path: Path, after_epoch,
@@ -593,7 +624,7 @@ def _progress_bar(show: bool, description: str, total: int):
 
 # --------------------------------------------------------------------------- outputs
 def _write_outputs(torch, paths, spec, net_settings, settings, data, history, best, stopped, ck_path,
-                   command, threads, device) -> TrainResult:
+                   command, threads, device, init: dict | None = None) -> TrainResult:
     from persodose.dl.weights_registry import sha256_file
 
     state = {k: v.contiguous() for k, v in best["model"].items()}
@@ -614,6 +645,7 @@ def _write_outputs(torch, paths, spec, net_settings, settings, data, history, be
         "network_settings": dataclasses.asdict(net_settings), "train_settings": dataclasses.asdict(settings),
         "data": described, "history": history, "checkpoint": str(ck_path), "threads": threads, "device": device,
         "torch": torch.__version__, **_data_geometry(data),
+        "initialised_from": init,
     }
     with atomic_file(paths["sidecar"]) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
