@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import glob
 import json
 import logging
@@ -32,6 +33,7 @@ import pytest
 
 from persodose.errors import InputError
 from persodose.io import pacs
+from persodose.io.seg import read_seg
 
 USER, PASSWORD = "dosimetrist", "not-a-real-s3cret-7f3a"
 _PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc", "/usr/local/share/orthanc/plugins")
@@ -242,6 +244,26 @@ def _sop_uids(folder: Path) -> set[str]:
     return {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in Path(folder).rglob("*.dcm")}
 
 
+def _seg_found_back(orthanc, patient, written: Path, folder: Path):
+    """The SEG ``written`` is on the PACS in the patient's study, and what comes back is the
+    same segments on the CT's frame of reference, referencing the CT series."""
+    node = pacs.resolve_node(orthanc["dimse"])
+    sent = pydicom.dcmread(written, stop_before_pixels=True)
+    series = [s for s in pacs.find_series(node, patient["study"], modality="SEG")
+              if s.series_instance_uid == sent.SeriesInstanceUID]
+    assert len(series) == 1
+    pacs.pull(node, folder, study_uid=patient["study"], series_uids=[series[0].series_instance_uid])
+    got = next(folder.rglob("*.dcm"))
+    ds = pydicom.dcmread(got, stop_before_pixels=True)
+    assert ds.FrameOfReferenceUID == patient["for"] and ds.StudyInstanceUID == patient["study"]
+    ct_series = {str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in patient["ct"].glob("*.dcm")}
+    assert {str(it.SeriesInstanceUID) for it in ds.ReferencedSeriesSequence} == ct_series
+    back, names = read_seg(got)
+    mine, my_names = read_seg(written)
+    assert names == my_names and np.array_equal(back.array, mine.array)
+    return names
+
+
 # ----------------------------------------------------------------------------- nodes (everywhere)
 def test_urls_resolve_to_nodes(monkeypatch):
     monkeypatch.setenv(pacs.ENV_CONFIG, "")
@@ -436,9 +458,9 @@ def test_cli_push_find_pull_and_bad_password(orthanc, patient, creds, tmp_path, 
 
 def test_internal_reads_the_study_from_the_pacs_and_stores_the_rt_dose_back(orthanc, patient, creds, tmp_path,
                                                                              cli):
-    """The issue's end-to-end check, for what ``internal`` writes in DICOM (its RT Dose): the
-    virtual patient is pushed, ``internal --pacs`` pulls it, and its RT Dose is found back in
-    the study, readable and on the CT's frame of reference."""
+    """The issue's end-to-end check: the virtual patient is pushed, ``internal --pacs
+    --labels auto`` pulls it, and its RT Dose and the SEG of the labels it used are found back
+    in the study, readable and on the CT's frame of reference."""
     from persodose.io.rtdose import read_rtdose
 
     manifest = json.loads((patient["root"] / "vp" / "manifest.json").read_text())
@@ -446,9 +468,13 @@ def test_internal_reads_the_study_from_the_pacs_and_stores_the_rt_dose_back(orth
     out = tmp_path / "dose"
     r = cli("internal", "--pacs", orthanc["web"], "--study", patient["study"], "--nuclide", "Lu-177",
             "--method", "led", "--calibration-cps-per-mbq", manifest["frames"][0]["calibration_cps_per_mbq"],
-            "--out", out)
+            "--labels", "auto", "--out", out)
     assert r.returncode == 0, r.stderr
-    assert "stored 1 DICOM result(s)" in r.stdout
+    assert "stored 2 DICOM result(s)" in r.stdout
+    _seg_found_back(orthanc, patient, out / "labels_seg.dcm", tmp_path / "segback")
+    seg_names = set(read_seg(out / "labels_seg.dcm")[1].values())  # the run's organs are the SEG's
+    with open(out / "organs_led.csv") as fh:
+        assert {row["name"] for row in csv.DictReader(fh)} == seg_names
     assert not list(tmp_path.glob(".persodose-pacs-*"))  # the pulled study is gone
     written = next(out.rglob("*rtdose*.dcm"))
     sent = pydicom.dcmread(written, stop_before_pixels=True)
@@ -465,6 +491,22 @@ def test_internal_reads_the_study_from_the_pacs_and_stores_the_rt_dose_back(orth
     assert r.returncode == 2 and "--study" in r.stderr
     r = cli("internal", "--nuclide", "Lu-177", "--out", tmp_path / "x")
     assert r.returncode == 2 and "give --ct and --emission" in r.stderr
+
+
+def test_segment_reads_the_ct_from_the_pacs_and_stores_the_seg_back(orthanc, patient, creds, tmp_path, cli):
+    pacs.push(pacs.resolve_node(orthanc["web"]), [patient["ct"]])
+    out = tmp_path / "seg" / "organs.dcm"
+    r = cli("segment", "--pacs", orthanc["web"], "--study", patient["study"], "--organs", "lung_left,lung_right",
+            "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "stored 1 DICOM result(s)" in r.stdout
+    assert set(_seg_found_back(orthanc, patient, out, tmp_path / "back").values()) == {"lung_left", "lung_right"}
+    assert not list((tmp_path / "seg").glob(".persodose-pacs-*"))
+    r = cli("segment", "--pacs", orthanc["web"], "--study", patient["study"], "--ct", patient["ct"], "--out",
+            tmp_path / "y.dcm")
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = cli("segment", "--pacs", orthanc["web"], "--out", tmp_path / "z.dcm")
+    assert r.returncode == 2 and "--study" in r.stderr
 
 
 def test_ct_reads_the_ct_from_the_pacs_and_stores_the_rt_dose_back(orthanc, patient, creds, tmp_path, cli):

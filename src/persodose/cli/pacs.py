@@ -131,8 +131,8 @@ def push(
 # ----------------------------------------------------------------------------- --pacs on other commands
 #: Help of the ``--pacs`` / ``--study`` options that ``internal`` and ``ct`` take.
 PACS_RUN_HELP = ("Read the study from this PACS (URL or configured node; credentials from the environment or "
-                 "the configuration file) instead of --ct/--emission, and store the DICOM results (RT Dose) "
-                 "back; needs --study.")
+                 "the configuration file) instead of --ct/--emission, and store the DICOM results (RT Dose, and "
+                 "the SEG of --labels) back; needs --study.")
 STUDY_RUN_HELP = "StudyInstanceUID of the study on --pacs."
 
 
@@ -162,12 +162,51 @@ def _pick_inputs(pulled, root: Path, need_emission: bool) -> tuple[Path, list[Pa
     return ct_dir, sorted(emission, key=_series_order)
 
 
+def _labels_as_seg(params: dict, ct_dir: Path, work: Path) -> Path | None:
+    """``--labels`` (``auto``/``auto:NAME`` or a label image) on the pulled CT, as a DICOM
+    SEG on its slices in ``work`` (:func:`persodose.io.seg.write_seg`), or ``None`` for a
+    DICOM SEG or RTSTRUCT given as it is (already DICOM, not stored again)."""
+    import numpy as np
+
+    from persodose.cli._common import about, read_labels
+    from persodose.io.image import is_image_file
+    from persodose.io.load import load_ct
+    from persodose.io.seg import write_seg
+    from persodose.segmentation import is_auto_spec
+
+    labels = params["labels"]
+    if not (is_auto_spec(str(labels)) or is_image_file(Path(labels))):
+        return None
+    with about("--ct", ct_dir):
+        ct_grid, ct_info = load_ct(ct_dir)
+    lab, names = read_labels(labels, ct_grid, params.get("label_names"))
+    on_ct = lab if lab.same_geometry(ct_grid) else lab.resample_to(ct_grid)
+    if not names:
+        names = {int(k): f"label_{int(k)}" for k in np.unique(on_ct.array) if k > 0}
+    what = f"persodose {labels}" if is_auto_spec(str(labels)) else "persodose (user labels)"
+    return write_seg(on_ct, names, work / "labels_seg.dcm", list(ct_info.files), algorithm_name=what[:64])
+
+
+def _add_to_results(seg: Path, out: Path) -> None:
+    """Copy the SEG into the command's output folder (atomically) to be stored with it."""
+    import shutil
+
+    from persodose.outputs import atomic_file
+
+    folder = out if out.is_dir() else out.parent
+    with atomic_file(folder / "labels_seg.dcm") as tmp:
+        shutil.copyfile(seg, tmp)
+
+
 def run_with_pacs(command, params: dict, *, emission: bool) -> None:
-    """Run ``command`` (``internal`` or ``ct``, the Typer function) on a study of a PACS:
-    pull the study into a temporary folder beside ``--out``, fill ``--ct`` (and
+    """Run ``command`` (``internal``, ``ct`` or ``segment``, the Typer function) on a study
+    of a PACS: pull the study into a temporary folder beside ``--out``, fill ``--ct`` (and
     ``--emission``, one per NM/PT series in acquisition order), run, then store every DICOM
-    file the command wrote under ``--out`` (its RT Dose) back in the study. The temporary
-    folder is removed in any case; nothing is stored if the command fails.
+    file the command wrote under ``--out`` (its RT Dose, or its SEG) back in the study. With
+    ``--labels`` (``auto``, ``auto:NAME`` or a label image) the labels are first written as a
+    DICOM SEG on the pulled CT, which the command reads and which is stored back too
+    (``labels_seg.dcm`` in ``--out``). The temporary folder is removed in any case; nothing
+    is stored if the command fails.
 
     Args:
         command: the command function; called again with ``pacs=None, study=None``.
@@ -197,7 +236,12 @@ def run_with_pacs(command, params: dict, *, emission: bool) -> None:
         args = {**params, "pacs": None, "study": None, "ct": ct_dir}
         if emission:
             args["emission"] = em
+        seg = _labels_as_seg(params, ct_dir, work) if params.get("labels") is not None else None
+        if seg is not None:  # the command reads the SEG: the labels it used are the ones stored
+            args["labels"], args["label_names"] = seg, None
         command(**args)
+        if seg is not None:
+            _add_to_results(seg, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     try:

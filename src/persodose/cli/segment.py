@@ -1,6 +1,7 @@
 """``persodose segment``, ``persodose segment-lesions`` and ``persodose compare-labels``.
 
-* ``segment --ct PATH --out FILE``: organs from a CT (DICOM series or NIfTI/MHA/NRRD in HU) by a
+* ``segment --ct PATH --out FILE`` (or ``--pacs PACS --study UID`` for the study's CT, the
+  SEG stored back in the study): organs from a CT (DICOM series or NIfTI/MHA/NRRD in HU) by a
   registered segmenter. ``FILE`` ending in ``.nii``/``.nii.gz``/``.mha``/``.nrrd`` is a label
   image with its names in ``FILE.json`` (``{"value": "name"}``, the phantom's
   ``labels.nii.gz.json`` convention, read back by ``--labels FILE`` of ``internal`` and ``ct``);
@@ -101,8 +102,20 @@ def segment(
     organs: Optional[str] = typer.Option(None, "--organs", help="Comma-separated organs to keep (default: all)."),
     settings: Optional[List[str]] = typer.Option(None, "--settings", help="A back-end setting NAME=VALUE (repeat)."),
     list_: bool = typer.Option(False, "--list", help="List the back-ends, installed or not, and their organs."),
+    pacs: Optional[str] = typer.Option(None, "--pacs", help="Read the study's CT from this PACS (URL or configured "
+                                                            "node) instead of --ct, and store a DICOM SEG --out "
+                                                            "back; needs --study."),
+    study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID on --pacs."),
 ) -> None:
     """Organ label map of a CT by a registered segmenter; per-organ volumes (mL)."""
+    params = dict(locals())
+    if pacs is not None or study is not None:  # pull the CT, segment, store the SEG: persodose.cli.pacs
+        from persodose.cli.pacs import run_with_pacs
+        from persodose.errors import InputError
+
+        if out is None or list_:
+            raise InputError("--pacs needs --out (a DICOM SEG .dcm is stored back) and no --list")
+        return run_with_pacs(segment, params, emission=False)
     from persodose.errors import InputError
     from persodose.io.load import load_ct
     from persodose.outputs import check_output_paths
