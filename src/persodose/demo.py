@@ -470,6 +470,33 @@ def _segmentation_section(rep, res: TracerResult) -> None:
               [[r[0], round(r[1], 3), r[2], r[3]] for r in seg["rows"]])
 
 
+def _record_step(results: list[TracerResult], work: Path, log) -> dict | None:
+    """Both exams of the virtual patient (SPECT/CT therapy, PET/CT with its CT) in one dose record:
+    ``record.sqlite`` and ``record/`` (cumulative organ doses with uncertainties, effective dose, detriment).
+    Skipped, with a line, without the ``record`` extra (SQLAlchemy)."""
+    import importlib.util
+
+    dirs = [work / r.tracer / "internal_from_images" for r in results if r.internal_images is not None]
+    dirs += [work / r.tracer / "ct_dose" for r in results if r.ct_dose is not None]
+    if importlib.util.find_spec("sqlalchemy") is None or len(dirs) < 2:
+        log("  record: skipped (needs the 'record' extra and two exams)")
+        return None
+    from persodose.record.report import build_report as record_report
+    from persodose.record.report import write_report
+    from persodose.record.result import read_result
+    from persodose.record.store import add_exam, load_exams, load_patient, open_record
+
+    engine, md = open_record(str(work / "record.sqlite"))
+    for d in dirs:
+        exam, fields = read_result(d, patient_id="VIRTUAL-PATIENT")
+        add_exam(engine, md, exam, sex=fields["sex"], birth_date=fields["birth_date"])
+    doc = record_report(load_patient(engine, md, "VIRTUAL-PATIENT"), load_exams(engine, md, "VIRTUAL-PATIENT"))
+    write_report(doc, work / "record")
+    log(f"  record: {len(dirs)} exams, cumulative effective dose {doc['cumulative_effective_dose_msv']:.3g} mSv "
+        f"(record/report.html)")
+    return {"exams": len(dirs), "cumulative_effective_dose_msv": doc["cumulative_effective_dose_msv"]}
+
+
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, log=print) -> Path:
     """Run the whole demo into ``out`` (replaced atomically) and return the report path."""
     settings = settings or DemoSettings()
@@ -481,6 +508,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, log=p
             t0 = time.perf_counter()
             results.append(run_tracer(tracer, settings, work, log=log))
             timings[tracer] = time.perf_counter() - t0
+        record = _record_step(results, work, log)
         t0 = time.perf_counter()
         build_report(results, settings, work / "report.html", timings)
         timings["report"] = time.perf_counter() - t0
@@ -488,6 +516,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, log=p
         write_provenance(work / "provenance.json", "demo", settings=settings, timings_s=timings,
                          checks={r.tracer: [{"check": c[0], "result": c[1], "expected": c[2]} for c in r.checks]
                                  for r in results},
+                         record=record,
                          finished_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     log(f"report: {Path(out) / 'report.html'} ({timings['total']:.1f} s)")
     return Path(out) / "report.html"
