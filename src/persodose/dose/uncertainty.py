@@ -302,7 +302,8 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
 
 def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, organ_kinetics: Mapping,
                         half_life_s: float, settings: UncertaintySettings, *, dose: np.ndarray | None = None,
-                        rel_unc: np.ndarray | None = None, method_note: str = "") -> dict[str, DoseUncertainty]:
+                        rel_unc: np.ndarray | None = None, method_note: str = "",
+                        tia_cache: dict | None = None) -> dict[str, DoseUncertainty]:
     """Budgets of every structure of one method's organ table.
 
     Args:
@@ -312,13 +313,14 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
         half_life_s: physical half-life, s.
         settings: the stated uncertainties.
         dose, rel_unc: the method's dose (Gy) and relative voxel uncertainty, for "method statistics".
+        tia_cache: a dict shared between the calls for several methods (the fits are the same).
 
     Returns:
         structure name -> :class:`DoseUncertainty` (structures without voxels left out).
     """
     lab = np.asarray(labels).astype(np.int64)
     faces = boundary_faces(lab)
-    tia_cache: dict[str, tuple] = {}
+    tia_cache = {} if tia_cache is None else tia_cache
     out: dict[str, DoseUncertainty] = {}
     for r in rows:
         if not r.n_voxels:

@@ -363,12 +363,14 @@ def _uncertainty_step(result: InternalResult) -> None:
     settings = UncertaintySettings.of(result.settings.uncertainty)
     half_life_s = get_nuclide(result.settings.nuclide).half_life_s
     lab = np.asarray(result.labels.array)
+    cache: dict = {}  # the organ fits are the same for every method
     for method, rows in result.organ_tables.items():
         unc = result.uncertainties.get(method)
         note = "Monte Carlo batches" if method == "mc" else f"{method}'s own estimate (e.g. an ensemble's spread)"
         budgets = organ_uncertainties(rows, lab, result.density.array, result.organ_kinetics, half_life_s, settings,
                                       dose=result.doses[method].array if unc is not None else None,
-                                      rel_unc=unc.array if unc is not None else None, method_note=note)
+                                      rel_unc=unc.array if unc is not None else None, method_note=note,
+                                      tia_cache=cache)
         result.organ_uncertainty[method] = budgets
         result.organ_tables[method] = [
             dataclasses.replace(r, uncertainty_percent=100.0 * budgets[r.name].relative_sd) if r.name in budgets else r
