@@ -54,6 +54,10 @@ def test_internal_cli_end_to_end(cli, patient, tmp_path, monkeypatch):
     unc = {r["method"]: r["uncertainty_percent"] for r in rows if r["name"] == "kidney_left"}
     assert unc["mc"] == pytest.approx(budget["relative_sd_percent"]) and unc["mc"] > 5.0
     assert (out / "uncertainty_budget.csv").read_text().count("kidney_left") >= 8
+    # a method without an estimate of its own gets its difference from Monte Carlo in the same run
+    ssv = {b["component"]: b for b in doc["uncertainty"]["budgets"]["ssv"]["kidney_left"]["budget"]}
+    assert ssv["method statistics"]["note"].startswith("difference from Monte Carlo")
+    assert ssv["method statistics"]["relative_sd_percent"] == pytest.approx(100 * abs(kid["ssv"] / kid["mc"] - 1), abs=3)
     html = (out / "report.html").read_text()
     assert "Uncertainty budget of the kidney_left dose" in html and "Uncertainty of the organ doses" in html
     ds = pydicom.dcmread(out / "dose_mc_rtdose.dcm")

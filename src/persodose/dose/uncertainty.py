@@ -34,7 +34,9 @@ For one structure the relative variance of the dose is the sum of
 * **method statistics**: a stochastic method's own uncertainty (Monte Carlo batches; a network's
   ensemble spread where a method supplies one), combined over the structure's voxels as if they
   were independent: ``u = sqrt(sum (m_j d_j u_j)^2) / sum(m_j d_j)``, a lower bound where voxels
-  are correlated.
+  are correlated. A method without an estimate of its own (a fast method, a network without an
+  ensemble) gets, when Monte Carlo ran in the same run, its relative difference from the Monte
+  Carlo dose of the structure as an equivalent estimate (the workflow's choice, stated in the line).
 
 Limitations, stated in every budget: the covariance of the recovery coefficient with the VOI's
 volume (Gear et al. 2018, section on the recovery coefficient) is not included; cross-dose from
@@ -303,7 +305,8 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
 def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, organ_kinetics: Mapping,
                         half_life_s: float, settings: UncertaintySettings, *, dose: np.ndarray | None = None,
                         rel_unc: np.ndarray | None = None, method_note: str = "",
-                        tia_cache: dict | None = None) -> dict[str, DoseUncertainty]:
+                        tia_cache: dict | None = None, method_rel_by_name: Mapping[str, float] | None = None
+                        ) -> dict[str, DoseUncertainty]:
     """Budgets of every structure of one method's organ table.
 
     Args:
@@ -314,6 +317,8 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
         settings: the stated uncertainties.
         dose, rel_unc: the method's dose (Gy) and relative voxel uncertainty, for "method statistics".
         tia_cache: a dict shared between the calls for several methods (the fits are the same).
+        method_rel_by_name: a method's relative uncertainty per structure from elsewhere (used where
+            ``dose``/``rel_unc`` are not given; e.g. its difference from Monte Carlo in the same run).
 
     Returns:
         structure name -> :class:`DoseUncertainty` (structures without voxels left out).
@@ -340,6 +345,8 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
             mask = lab == r.label
             w = None if density is None else np.asarray(density)[mask]
             meth = method_rel_sd(np.asarray(dose)[mask], np.asarray(rel_unc)[mask], w)
+        elif method_rel_by_name is not None:
+            meth = method_rel_by_name.get(r.name)
         out[r.name] = dose_uncertainty(r.name, r.method, value, settings, tia=tia, mass_rel_sd=m_rel,
                                        method_rel=meth, method_note=method_note)
     return out

@@ -364,13 +364,19 @@ def _uncertainty_step(result: InternalResult) -> None:
     half_life_s = get_nuclide(result.settings.nuclide).half_life_s
     lab = np.asarray(result.labels.array)
     cache: dict = {}  # the organ fits are the same for every method
+    mc = {r.name: r.mass_weighted_mean_gy for r in result.organ_tables.get("mc", []) if r.n_voxels}
     for method, rows in result.organ_tables.items():
         unc = result.uncertainties.get(method)
         note = "Monte Carlo batches" if method == "mc" else f"{method}'s own estimate (e.g. an ensemble's spread)"
+        against_mc = None
+        if unc is None and mc and method != "mc":  # an equivalent estimate: the difference from MC in this run
+            note = "difference from Monte Carlo in this run (the method gives no estimate of its own)"
+            against_mc = {r.name: abs(r.mass_weighted_mean_gy / mc[r.name] - 1.0) for r in rows
+                          if mc.get(r.name) and r.mass_weighted_mean_gy is not None}
         budgets = organ_uncertainties(rows, lab, result.density.array, result.organ_kinetics, half_life_s, settings,
                                       dose=result.doses[method].array if unc is not None else None,
                                       rel_unc=unc.array if unc is not None else None, method_note=note,
-                                      tia_cache=cache)
+                                      tia_cache=cache, method_rel_by_name=against_mc)
         result.organ_uncertainty[method] = budgets
         result.organ_tables[method] = [
             dataclasses.replace(r, uncertainty_percent=100.0 * budgets[r.name].relative_sd) if r.name in budgets else r
