@@ -61,7 +61,8 @@ from persodose.errors import InputError
 COMPONENTS = ("calibration", "recovery", "time-point activities and kinetic fit",
               "fit residuals beyond the stated noise", "mass", "method statistics")
 
-LIMITATIONS = ("first-order propagation (GUM 5.1.2); recovery-volume covariance not included; "
+LIMITATIONS = ("first-order propagation (GUM 5.1.2), indicative only where a line reaches tens of percent (small "
+               "VOIs at coarse voxels: the 1/m dependence is then far from linear); recovery-volume covariance not included; "
                "cross-dose and model-selection uncertainty not included; method statistics combine voxels "
                "as independent (a lower bound)")
 
