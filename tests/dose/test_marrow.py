@@ -134,9 +134,19 @@ def test_marrow_cli(cli, tmp_path):
     assert "Gy (k=1)" in r.stdout and blood.read_bytes() == before
     l2 = tmp_path / "l2l4.csv"
     l2.write_text("time_h,mbq\n4,2.0\n24,1.6\n96,0.8\n168,0.4\n")
+    wb = tmp_path / "wb.csv"
+    wb.write_text("time_h,mbq\n4,5000\n24,3500\n96,1500\n168,600\n")
+    org = tmp_path / "organs.csv"
+    org.write_text("organ,tia_mbq_h,s_mgy_per_mbq_s,tia_sd_percent,s_sd_percent\nkidneys,20000,2e-7,10,5\n")
     r = cli("marrow", "--l2l4", l2, "--nuclide", "Lu-177", "--l2l4-fraction", "0.1", "--marrow-mass-g", "1100",
+            "--whole-body", wb, "--whole-body-sd-percent", "5", "--body-mass-kg", "70", "--organs", org,
             "--out", tmp_path / "out2")
     assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "out2" / "marrow.json").read_text())
+    assert doc["organs_Gy"]["kidneys"] == pytest.approx(20000 * 3.6e9 * 2e-7 * 1e-9)
+    assert doc["remainder_of_body_Gy"] > 0 and doc["method"] == "image (L2-L4)"
+    lines = {b["component"] for b in doc["budget"]}
+    assert {"whole-body TIA", "organ kidneys (TIA and S)", "L2-L4 activities and fit"} <= lines
 
 
 def test_marrow_cli_bad_input(cli, tmp_path):

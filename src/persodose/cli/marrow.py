@@ -79,6 +79,8 @@ def marrow(
                                                                 "tia_mbq_h, s_mgy_per_mbq_s [, tia_sd_percent, s_sd_percent]."),
 ) -> None:
     """Red-marrow absorbed dose with its uncertainty budget (EANM, Hindorf et al. 2010)."""
+    import numpy as np
+
     from persodose.dose import marrow as m
     from persodose.errors import InputError
     from persodose.outputs import check_output_paths
@@ -97,7 +99,7 @@ def marrow(
         with about("--whole-body", whole_body):
             wb_tia, fit_rel, _ = m.time_integral(m.read_samples_csv(whole_body, per_ml=False),
                                                  get_nuclide(nuclide).half_life_s, "whole body")
-        wb_rel = max(wb_rel, fit_rel or 0.0)
+        wb_rel = float(np.hypot(wb_rel, fit_rel or 0.0))  # stated (calibration) and the fit's, independent
     elif whole_body_tia_mbq_h is not None:
         wb_tia = whole_body_tia_mbq_h * 3.6e9
     organ_rows = ()
