@@ -118,17 +118,18 @@ def orthanc(tmp_path_factory):
     """A running Orthanc: ``{"web": DICOMweb URL, "dimse": dicom:// URL, "http": base URL}``."""
     exe, plugin = _need_orthanc()
     root = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port = _free_port(), _free_port()
+    http_port, dicom_port, move_port = _free_port(), _free_port(), _free_port()
     config = {
         **_base_config(root, plugin, http_port), "DicomPort": dicom_port, "DicomAet": "ORTHANC",
-        "DicomModalities": {"persodose": {"AET": "PERSODOSE", "Host": "127.0.0.1", "Port": _free_port(),
-                                          "AllowFind": True, "AllowGet": True, "AllowStore": True}},
+        "DicomModalities": {"persodose": {"AET": "PERSODOSE", "Host": "127.0.0.1", "Port": move_port,
+                                          "AllowFind": True, "AllowGet": True, "AllowMove": True,
+                                          "AllowStore": True}},
         "DicomCheckCalledAet": False, "DicomCheckModalityHost": False, "UnknownSopClassAccepted": True,
         "DicomAlwaysAllowStore": True,
     }
     with _running_orthanc(exe, root, config, f"http://127.0.0.1:{http_port}/system") as log:
         yield {"web": f"http://127.0.0.1:{http_port}/dicom-web", "dimse": f"dicom://ORTHANC@127.0.0.1:{dicom_port}",
-               "http": f"http://127.0.0.1:{http_port}", "log": log}
+               "http": f"http://127.0.0.1:{http_port}", "log": log, "move_port": move_port}
 
 
 class _TlsFront:
@@ -435,6 +436,82 @@ def test_dimse_store_find_get(orthanc, patient, creds, tmp_path):
     with pytest.raises(pacs.PacsError, match="is not in study"):
         pacs.pull(node, tmp_path / "none", study_uid=patient["study"], series_uids=["1.2.3"])
     assert not (tmp_path / "none").exists()
+
+
+def test_dimse_c_move_for_a_pacs_without_c_get(orthanc, patient, creds, tmp_path, monkeypatch):
+    """C-MOVE: persodose listens on move_port and Orthanc, which knows AE title PERSODOSE at
+    that port, sends the series there; a port already taken is said in one line."""
+    monkeypatch.setenv(pacs.ENV_RETRIEVE, "move")
+    monkeypatch.setenv(pacs.ENV_MOVE_PORT, str(orthanc["move_port"]))
+    node = pacs.resolve_node(orthanc["dimse"])
+    assert node.retrieve == "move" and node.move_port == orthanc["move_port"]
+    pacs.push(node, [patient["ct"]])
+    pulled = pacs.pull(node, tmp_path / "in", study_uid=patient["study"], modality="CT")
+    assert pulled.n_instances == patient["n_ct"]
+    assert _sop_uids(tmp_path / "in" / pulled.series[0]["folder"]) == _sop_uids(patient["ct"])
+    with socket.socket() as busy:  # the port taken by another program: said in one line, nothing written
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        busy.bind(("0.0.0.0", orthanc["move_port"]))
+        busy.listen(1)
+        with pytest.raises(pacs.PacsError) as exc:
+            pacs.pull(node, tmp_path / "x", study_uid=patient["study"], modality="CT")
+    assert "\n" not in str(exc.value) and f"cannot listen on 0.0.0.0:{orthanc['move_port']}" in str(exc.value)
+    assert not (tmp_path / "x").exists()
+    monkeypatch.delenv(pacs.ENV_MOVE_PORT)
+    with pytest.raises(InputError, match="needs move_port"):
+        pacs.resolve_node(orthanc["dimse"])
+
+
+def test_a_pacs_refusing_c_get_is_pulled_by_c_move(patient, tmp_path, monkeypatch):
+    """A PACS that offers C-FIND and C-MOVE only (a pynetdicom SCP): with move_port set,
+    the refused C-GET context falls back to C-MOVE; without it, one line says what to set."""
+    pytest.importorskip("pynetdicom", reason="the pacs extra is not installed (pynetdicom)")
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+    sent = [pydicom.dcmread(f) for f in sorted(patient["ct"].glob("*.dcm"))[:3]]
+    scp_port, move_port = _free_port(), _free_port()
+
+    def on_find(event):
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "SERIES"
+        ident.StudyInstanceUID, ident.SeriesInstanceUID = patient["study"], sent[0].SeriesInstanceUID
+        ident.Modality, ident.NumberOfSeriesRelatedInstances = "CT", len(sent)
+        yield 0xFF00, ident
+
+    def on_move(event):
+        assert event.move_destination.strip() == b"PERSODOSE" or event.move_destination.strip() == "PERSODOSE"
+        yield "127.0.0.1", move_port
+        yield len(sent)
+        for ds in sent:
+            yield 0xFF00, ds
+
+    scp = AE(ae_title="FAKEPACS")
+    scp.add_supported_context(FIND)
+    scp.add_supported_context(MOVE)
+    scp.add_requested_context(CTImageStorage)
+    server = scp.start_server(("127.0.0.1", scp_port), block=False,
+                              evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_MOVE, on_move)])
+    try:
+        url = f"dicom://FAKEPACS@127.0.0.1:{scp_port}"
+        monkeypatch.delenv(pacs.ENV_RETRIEVE, raising=False)
+        monkeypatch.setenv(pacs.ENV_CONFIG, "")
+        monkeypatch.delenv(pacs.ENV_MOVE_PORT, raising=False)
+        with pytest.raises(pacs.PacsError) as exc:
+            pacs.pull(pacs.resolve_node(url), tmp_path / "none", study_uid=patient["study"])
+        assert "\n" not in str(exc.value) and "does not accept C-GET" in str(exc.value)
+        assert "move_port" in str(exc.value) and not (tmp_path / "none").exists()
+        monkeypatch.setenv(pacs.ENV_MOVE_PORT, str(move_port))
+        node = pacs.resolve_node(url)
+        assert node.retrieve == "get"
+        pulled = pacs.pull(node, tmp_path / "in", study_uid=patient["study"])
+        assert pulled.n_instances == len(sent)
+        assert _sop_uids(tmp_path / "in") == {str(ds.SOPInstanceUID) for ds in sent}
+    finally:
+        server.shutdown()
 
 
 def test_cli_push_find_pull_and_bad_password(orthanc, patient, creds, tmp_path, cli, monkeypatch):

@@ -7,7 +7,13 @@ A PACS node is named by a URL or by a name in the PACS configuration file:
   certificate verification (the system's CAs, or ``ca_bundle``).
 * ``dicom://AET@host:port``: classic DIMSE (PS3.4, PS3.7) with ``pynetdicom``: C-FIND
   (Study Root), C-GET (the PACS sends the instances back on the same association, so it
-  needs no route to us) and C-STORE; ``dicoms://`` the same over TLS (PS3.15 B.1).
+  needs no route to us) and C-STORE; ``dicoms://`` the same over TLS (PS3.15 B.1). For a
+  PACS without C-GET, C-MOVE (PS3.4 C.4.2): persodose listens on ``move_port`` (a storage
+  SCP with our AE title, for the length of the retrieval) and asks the PACS to send the
+  series to our AE title, which the PACS must know with this machine's address and that
+  port. ``retrieve = "move"`` always moves; with only ``move_port`` set, C-GET is tried and
+  C-MOVE used when the PACS refuses C-GET's presentation context. Not over TLS (the PACS
+  would open the connection to us).
 
 Credentials never come from the command line or the URL: from the environment
 (:data:`ENV_USERNAME`, :data:`ENV_PASSWORD`, :data:`ENV_TOKEN`) or from the configuration
@@ -27,6 +33,9 @@ Configuration file::
     [nodes.archive]
     url = "dicom://ARCHIVE@10.1.2.3:104"
     calling_aet = "PERSODOSE"                   # optional, default PERSODOSE
+    retrieve = "move"                           # optional: "get" (default) or "move"
+    move_port = 11113                           # where the PACS sends C-MOVE results
+    move_bind = "0.0.0.0"                       # optional, the interface to listen on
 
 A URL given directly takes the credentials of the configured node with the same URL, if
 any; the environment overrides the file.
@@ -58,6 +67,9 @@ ENV_CA_BUNDLE = "PERSODOSE_PACS_CA_BUNDLE"
 #: Our AE title for DIMSE (default :data:`DEFAULT_AET`).
 ENV_AET = "PERSODOSE_AET"
 ENV_ALLOW_INSECURE = "PERSODOSE_PACS_ALLOW_INSECURE"
+#: Local port for C-MOVE results (the node's ``move_port``), and ``get``/``move``.
+ENV_MOVE_PORT = "PERSODOSE_PACS_MOVE_PORT"
+ENV_RETRIEVE = "PERSODOSE_PACS_RETRIEVE"
 DEFAULT_CONFIG = Path("~/.config/persodose/pacs.toml")
 DEFAULT_AET = "PERSODOSE"
 
@@ -87,6 +99,9 @@ class PacsNode:
         calling_aet: our AE title (DIMSE).
         ca_bundle: CA certificates to verify the PACS's certificate (None: the system's).
         timeout_s: network timeout, s.
+        retrieve: DIMSE retrieval, ``"get"`` (C-GET; C-MOVE as a fall-back when
+            ``move_port`` is set) or ``"move"`` (C-MOVE).
+        move_port: local port the PACS sends C-MOVE results to; ``move_bind`` the interface.
     """
 
     protocol: str
@@ -98,6 +113,9 @@ class PacsNode:
     calling_aet: str = DEFAULT_AET
     ca_bundle: str | None = None
     timeout_s: float = 30.0
+    retrieve: str = "get"
+    move_port: int | None = None
+    move_bind: str = "0.0.0.0"
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
@@ -196,6 +214,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _move_settings(conf: Mapping[str, Any], env: Mapping[str, str], fields: dict) -> dict:
+    """``retrieve``, ``move_port`` and ``move_bind`` of a node (environment over file)."""
+    retrieve = str(env.get(ENV_RETRIEVE) or conf.get("retrieve") or "get").strip().lower()
+    if retrieve not in ("get", "move"):
+        raise InputError(f"PACS retrieve {retrieve!r} must be get or move")
+    raw = env.get(ENV_MOVE_PORT) or conf.get("move_port")
+    port = None
+    if raw not in (None, ""):
+        try:
+            port = int(raw)
+        except (TypeError, ValueError):
+            port = -1
+        if not 0 < port < 65536:
+            raise InputError(f"PACS move_port {raw!r} must be a port number (1-65535)")
+    if retrieve == "move" and fields.get("protocol") == "dimse" and port is None:
+        raise InputError(f"PACS retrieve = move needs move_port (or {ENV_MOVE_PORT}): the port the PACS "
+                         "sends the instances to")
+    return {"retrieve": retrieve, "move_port": port, "move_bind": str(conf.get("move_bind") or "0.0.0.0")}
+
+
 def resolve_node(spec: str, *, config_path: str | os.PathLike | None = None,
                  environ: Mapping[str, str] | None = None, timeout_s: float = 30.0) -> PacsNode:
     """The :class:`PacsNode` of a URL or of a node name of the configuration file.
@@ -232,7 +270,7 @@ def resolve_node(spec: str, *, config_path: str | os.PathLike | None = None,
         raise InputError(f"PACS CA bundle {ca} does not exist")
     aet = _check_aet(env.get(ENV_AET) or conf.get("calling_aet") or DEFAULT_AET, "calling AE title")
     node = PacsNode(**fields, calling_aet=aet, ca_bundle=str(Path(ca).expanduser()) if ca else None,
-                    timeout_s=float(conf.get("timeout_s", timeout_s)), **creds)
+                    timeout_s=float(conf.get("timeout_s", timeout_s)), **_move_settings(conf, env, fields), **creds)
     if node.protocol == "dimse" and node.has_credentials:
         log.debug("DIMSE node %s: credentials are not used (AE titles only)", node.url)
     if (node.protocol == "dicomweb" and node.has_credentials and not node.tls and not _is_loopback(node.host)
@@ -639,7 +677,7 @@ _PENDING = (0xFF00, 0xFF01)
 
 
 class _Dimse:
-    """C-FIND / C-GET / C-STORE with ``pynetdicom``, one association per operation."""
+    """C-FIND / C-GET or C-MOVE / C-STORE with ``pynetdicom``, one association per operation."""
 
     def __init__(self, node: PacsNode):
         from persodose._optional import optional_import
@@ -658,7 +696,9 @@ class _Dimse:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.node.ca_bundle)
         return (ctx, self.node.host)
 
-    def _associate(self, ae, what: str, **kw):
+    def _associate(self, ae, what: str, *, context_refusal_ok: bool = False, **kw):
+        """An established association; with ``context_refusal_ok`` also one the PACS ended
+        because it accepted none of the presentation contexts (pynetdicom aborts then)."""
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.node.timeout_s
         import ssl
 
@@ -669,6 +709,9 @@ class _Dimse:
             raise PacsError(f"{what}: TLS with {self.node.url} failed (certificate?): {type(exc).__name__}") from None
         except OSError as exc:
             raise PacsError(f"{what}: cannot reach {self.node.url} ({type(exc).__name__})") from None
+        if not assoc.is_established and context_refusal_ok and assoc.is_aborted and assoc.rejected_contexts \
+                and not assoc.accepted_contexts:
+            return assoc
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
             tls = "; over TLS: is the server's certificate trusted (ca_bundle)?" if self.node.tls else ""
@@ -710,7 +753,42 @@ class _Dimse:
         return out[:limit] if limit else out
 
     def retrieve(self, study_uid: str, series_uid: str, folder: Path) -> int:
+        """The series' instances into ``folder``: C-GET, or C-MOVE (module docstring)."""
         from pydicom.dataset import Dataset
+
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = series_uid
+        if self.node.retrieve == "move":
+            return self._move(query, folder)
+        n = self._get(query, folder)
+        return self._move(query, folder) if n is None else n
+
+    @staticmethod
+    def _store_handler(folder: Path, written: list, errors: list):
+        """An EVT_C_STORE handler writing each instance under its UID in ``folder``."""
+        def on_store(event):
+            try:
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                written.append(_write_instance(ds, folder))
+                return 0x0000
+            except Exception as exc:  # report, refuse this instance (status: out of resources)
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return 0xA700
+        return on_store
+
+    def _check_final(self, what: str, final, written: list, errors: list) -> int:
+        if errors:
+            raise PacsError(f"{what} from {self.node.url}: {len(errors)} instance(s) could not be written: {errors[0]}")
+        if final not in (0x0000, None):  # 0xB000: some sub-operations failed; the series is incomplete
+            raise PacsError(f"{what} on {self.node.url} failed with status 0x{final:04X} "
+                            f"({len(written)} instance(s) received)")
+        return len(written)
+
+    def _get(self, query, folder: Path) -> int | None:
+        """C-GET; ``None`` when the PACS refuses C-GET and a ``move_port`` allows C-MOVE."""
         from pynetdicom import build_role, evt, sop_class
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
@@ -723,24 +801,18 @@ class _Dimse:
             roles.append(build_role(uid, scp_role=True))
         written: list[Path] = []
         errors: list[str] = []
-
-        def on_store(event):
-            try:
-                ds = event.dataset
-                ds.file_meta = event.file_meta
-                written.append(_write_instance(ds, folder))
-                return 0x0000
-            except Exception as exc:  # report, refuse this instance (status: out of resources)
-                errors.append(f"{type(exc).__name__}: {exc}")
-                return 0xA700
-
-        query = Dataset()
-        query.QueryRetrieveLevel = "SERIES"
-        query.StudyInstanceUID = study_uid
-        query.SeriesInstanceUID = series_uid
-        assoc = self._associate(ae, "C-GET", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        handler = self._store_handler(folder, written, errors)
+        assoc = self._associate(ae, "C-GET", context_refusal_ok=True, ext_neg=roles,
+                                evt_handlers=[(evt.EVT_C_STORE, handler)])
         final = None
         try:
+            if not any(cx.abstract_syntax == GET for cx in assoc.accepted_contexts):  # C-GET refused
+                if self.node.move_port is not None and not self.node.tls:
+                    log.info("%s does not accept C-GET: C-MOVE to %s", self.node.url, self.node.calling_aet)
+                    return None
+                raise PacsError(f"{self.node.url} does not accept C-GET: set retrieve = \"move\" and move_port "
+                                f"(or {ENV_MOVE_PORT}) and register AE title {self.node.calling_aet} with this "
+                                "machine's address and that port on the PACS")
             for status, _ in assoc.send_c_get(query, GET):
                 final = getattr(status, "Status", None)
                 if final is None:
@@ -748,12 +820,47 @@ class _Dimse:
         finally:
             if assoc.is_established:
                 assoc.release()
-        if errors:
-            raise PacsError(f"C-GET from {self.node.url}: {len(errors)} instance(s) could not be written: {errors[0]}")
-        if final not in (0x0000, None):  # 0xB000: some sub-operations failed; the series is incomplete
-            raise PacsError(f"C-GET on {self.node.url} failed with status 0x{final:04X} "
-                            f"({len(written)} instance(s) received)")
-        return len(written)
+        return self._check_final("C-GET", final, written, errors)
+
+    def _move(self, query, folder: Path) -> int:
+        """C-MOVE to our AE title, received by a storage SCP on ``move_port`` meanwhile."""
+        from pynetdicom import AE, evt, sop_class
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+        if self.node.tls:
+            raise PacsError(f"C-MOVE over TLS is not supported ({self.node.url} would connect back to us): use C-GET")
+        written: list[Path] = []
+        errors: list[str] = []
+        scp = AE(ae_title=self.node.calling_aet)
+        scp.acse_timeout = scp.dimse_timeout = scp.network_timeout = self.node.timeout_s
+        for name in _GET_STORAGE_CLASSES:
+            scp.add_supported_context(getattr(sop_class, name), list(_GET_TRANSFER_SYNTAXES))
+        try:
+            server = scp.start_server((self.node.move_bind, self.node.move_port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store_handler(folder, written, errors))])
+        except OSError as exc:
+            raise PacsError(f"C-MOVE: cannot listen on {self.node.move_bind}:{self.node.move_port} for the PACS's "
+                            f"C-STORE ({exc.strerror or type(exc).__name__})") from None
+        final = None
+        try:
+            ae = self._ae()
+            ae.add_requested_context(MOVE)
+            assoc = self._associate(ae, "C-MOVE")
+            try:
+                for status, _ in assoc.send_c_move(query, self.node.calling_aet, MOVE):
+                    final = getattr(status, "Status", None)
+                    if final is None:
+                        raise PacsError(f"C-MOVE on {self.node.url}: no answer (timeout or aborted association)")
+                    if final == 0xA801:  # Refused: Move Destination unknown (PS3.4 C.4.2.1.4.1)
+                        raise PacsError(f"C-MOVE on {self.node.url}: the PACS does not know move destination "
+                                        f"{self.node.calling_aet} (register it with this machine's address and "
+                                        f"port {self.node.move_port})")
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        finally:
+            server.shutdown()
+        return self._check_final("C-MOVE", final, written, errors)
 
     def store(self, datasets: list) -> int:
         ae = self._ae()
