@@ -15,9 +15,10 @@ AICc, persodose.kinetics). ``RMBLR`` is given, or from the haematocrit with Sgou
 ``RMBLR = RMECFF / (1 - HCT)``, red-marrow extracellular fluid fraction ``RMECFF = 0.19``
 (G. Sgouros, "Bone marrow dosimetry for radioimmunotherapy: theoretical considerations",
 J Nucl Med 34 (1993) 689-694: with HCT 0.47 it gives 0.36, as its abstract states). For
-177Lu-DOTATATE the marrow concentration was found equal to the blood's (RMBLR = 1; F. Forrer et
-al., 2009, "Bone marrow dosimetry in peptide receptor radionuclide therapy with
-[177Lu-DOTA0,Tyr3]octreotate", in its abstract): give ``rmblr=1`` there. Concentrations per mL are
+177Lu-DOTATATE the marrow concentration was found equal to the blood's (RMBLR = 1; F. Forrer,
+E. P. Krenning, P. P. Kooij, B. F. Bernard, M. Konijnenberg et al. (Erasmus MC), 2009, "Bone marrow
+dosimetry in peptide receptor radionuclide therapy with [177Lu-DOTA0,Tyr3]octreotate", in its
+abstract): give ``rmblr=1`` there. Concentrations per mL are
 taken per g (blood and marrow density 1 g/mL, an assumption stated in every result).
 
 **Image-based method**: the activity in the lumbar vertebrae L2-L4 at each time point (a VOI on
