@@ -445,16 +445,16 @@ def test_dimse_c_move_for_a_pacs_without_c_get(orthanc, patient, creds, tmp_path
     monkeypatch.setenv(pacs.ENV_MOVE_PORT, str(orthanc["move_port"]))
     node = pacs.resolve_node(orthanc["dimse"])
     assert node.retrieve == "move" and node.move_port == orthanc["move_port"]
-    pacs.push(node, [patient["ct"]])
-    pulled = pacs.pull(node, tmp_path / "in", study_uid=patient["study"], modality="CT")
-    assert pulled.n_instances == patient["n_ct"]
-    assert _sop_uids(tmp_path / "in" / pulled.series[0]["folder"]) == _sop_uids(patient["ct"])
+    pacs.push(node, [patient["spect"]])  # the 4 SPECT time points: 4 series of one file
+    pulled = pacs.pull(node, tmp_path / "in", study_uid=patient["study"], modality="NM")
+    assert pulled.n_instances == len(pulled.series) == 4
+    assert _sop_uids(tmp_path / "in") == _sop_uids(patient["spect"])
     with socket.socket() as busy:  # the port taken by another program: said in one line, nothing written
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
         busy.bind(("0.0.0.0", orthanc["move_port"]))
         busy.listen(1)
         with pytest.raises(pacs.PacsError) as exc:
-            pacs.pull(node, tmp_path / "x", study_uid=patient["study"], modality="CT")
+            pacs.pull(node, tmp_path / "x", study_uid=patient["study"], modality="NM")
     assert "\n" not in str(exc.value) and f"cannot listen on 0.0.0.0:{orthanc['move_port']}" in str(exc.value)
     assert not (tmp_path / "x").exists()
     monkeypatch.delenv(pacs.ENV_MOVE_PORT)
