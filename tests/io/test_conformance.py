@@ -176,6 +176,23 @@ def test_dcmtk_reads_every_object(written, what):
     assert "(0008,0016)" in res.stdout  # SOP Class UID, read
 
 
+@pytest.mark.parametrize("what", ["rtdose", "rtdose_norecord"])
+def test_dcmtk_rt_module_checks_the_rt_dose(written, what, tmp_path):
+    """dcmtk's RT reader (``drtdump -v``, the dcmrt module) reports no missing or bad
+    attribute of the RT Dose IOD; a file without Dose Units (Type 1) is reported (the check
+    can fail)."""
+    exe = _tool("drtdump")
+    res = _run(exe, "-v", written[what])
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "RT Dose object" in out, out
+    assert not [ln for ln in out.splitlines() if ln.startswith(("W:", "E:", "F:"))], out
+    ds = pydicom.dcmread(written[what])
+    del ds.DoseUnits
+    ds.save_as(tmp_path / "bad.dcm")
+    res = _run(exe, "-v", str(tmp_path / "bad.dcm"))
+    assert "DoseUnits (3004,0002) absent" in res.stdout + res.stderr
+
+
 _PIXELMED_JAR = "/usr/share/java/pixelmed.jar"
 
 

@@ -280,11 +280,13 @@ def _effective_summation_type(requested: str, plan_uid: str | None, record, imag
 
 def _plan_overview(ds, images: list[tuple[str, str]]) -> None:
     """Plan Overview Sequence (300C,0116) of the RT Dose module (PS3.3 C.8.8.3), required
-    when Dose Summation Type is PLAN_OVERVIEW: one item, Plan Overview Index 1, one
-    "fraction" (the administration or the CT scan) in Number of Fractions Included, Treatment
-    Site and Prescription Overview Sequence empty (Type 2: persodose knows no prescription),
-    and the Referenced Image Sequence (0008,1140) of the CT slices the dose was computed on
-    (Type 1C there, required when no Referenced Structure Set Sequence is given)."""
+    when Dose Summation Type is PLAN_OVERVIEW: one item with Plan Overview Index 1 (Type 1),
+    one "fraction" (the administration, or the CT scan) in Number of Fractions Included (1C),
+    the Type 2 RT Plan Label, Treatment Site, Treatment Site Code Sequence and Prescription
+    Overview Sequence empty (there is no plan or prescription), and the Referenced Image
+    Sequence (0008,1140) of the CT slices the dose was computed on (1C, the alternative to a
+    Referenced Structure Set Sequence). The item's attributes and Types are those of dcmtk's
+    ``dcmrt`` module, generated from DICOM PS3.3 2023b (``DRTPlanOverviewSequence``)."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
@@ -296,8 +298,10 @@ def _plan_overview(ds, images: list[tuple[str, str]]) -> None:
         refs.append(ref)
     item = Dataset()
     item.PlanOverviewIndex = 1
+    item.RTPlanLabel = ""
     item.NumberOfFractionsIncluded = 1
     item.TreatmentSite = ""
+    item.TreatmentSiteCodeSequence = Sequence([])
     item.PrescriptionOverviewSequence = Sequence([])
     if refs:  # without a reference CT there is nothing to reference (docs/conformance.md)
         item.ReferencedImageSequence = Sequence(refs)
