@@ -56,6 +56,36 @@ def test_kinetic_fit_propagation_matches_resampling_for_uptake_and_washout():
     assert 0.02 < prop < 0.1  # the fit averages the noise of five points
 
 
+def test_recovery_independent_at_each_time_point_is_propagated_through_the_fit():
+    from persodose.dose.uncertainty import organ_uncertainties
+
+    t, a = _mono()
+    s = UncertaintySettings(activity=0.04, recovery=0.08, recovery_per_time_point=True)
+    rows, kin = _one_organ_inputs(t, a)
+    u = organ_uncertainties(rows, np.ones((2, 2, 2), dtype=int), None, kin, HALF_LIFE_S, s)["kidney"]
+    lines = {c.name: c for c in u.components}
+    assert lines["recovery"].note.startswith("independent") and lines["recovery"].relative_sd < 0.08
+    assert "fit residuals beyond the stated noise" not in lines  # the exact curve: no excess
+    prop = math.sqrt(lines["recovery"].relative_sd ** 2 + lines["time-point activities and kinetic fit"].relative_sd ** 2)
+    d = resample_dose(t, a, HALF_LIFE_S, "mono", 1.0, s, n=600, seed=3)
+    assert float(np.std(d, ddof=1) / np.mean(d)) == pytest.approx(prop, rel=TOLERANCE)
+    # one coefficient for all time points instead: the full 8 %, not averaged by the fit
+    s1 = UncertaintySettings(activity=0.04, recovery=0.08)
+    u1 = organ_uncertainties(rows, np.ones((2, 2, 2), dtype=int), None, kin, HALF_LIFE_S, s1)["kidney"]
+    assert {c.name: c.relative_sd for c in u1.components}["recovery"] == 0.08
+
+
+def _one_organ_inputs(t, a):
+    from types import SimpleNamespace
+
+    from persodose.kinetics.fit import fit_tac
+
+    row = SimpleNamespace(name="kidney", label=1, method="test", n_voxels=8, mass_weighted_mean_gy=1.0, mean_gy=1.0)
+    kin = {"kidney": SimpleNamespace(times_s=t, activities_bq=a, chosen_model="mono",
+                                     fit=fit_tac(t, a, "mono", HALF_LIFE_S))}
+    return [row], kin
+
+
 def test_trapezoid_and_single_point_are_linear_in_the_activities():
     t, a = _mono()
     noise, excess, _ = tia_relative_sd(t, a, HALF_LIFE_S, "trapezoid", 0.1)
@@ -99,7 +129,8 @@ def test_method_statistics_combine_voxels_as_independent():
     assert math.isnan(method_rel_sd(np.zeros(4), np.ones(4)))
 
 
-@pytest.mark.parametrize("bad", [{"calibration": -0.1}, {"calibration": 1.5}, {"activity": "x"}, {"volume": 0.1}])
+@pytest.mark.parametrize("bad", [{"calibration": -0.1}, {"calibration": 1.5}, {"activity": "x"}, {"volume": 0.1},
+                                 {"recovery_per_time_point": "maybe"}])
 def test_bad_settings_are_input_errors(bad):
     with pytest.raises(InputError):
         UncertaintySettings.of(bad)

@@ -158,3 +158,13 @@ def test_dynamic_pet_frames_integrate_to_the_true_tia():
     bad = [TimePoint(f.mid_time_s, truth, "x") for f, truth in zip(vp.frames[:2], vp.truth_activity[:2])]
     with pytest.raises(InputError, match="duration"):
         run_internal(vp.ct, bad, InternalSettings("F-18", methods=("led",), tia_method="dynamic", dose_voxel_mm=12.0))
+
+
+def test_uncertainty_options_of_the_command_line():
+    from persodose.cli.internal import uncertainty_options
+
+    got = uncertainty_options(["calibration=5,recovery-per-time-point", "recovery=4%"])
+    assert got == {"calibration": 0.05, "recovery_per_time_point": True, "recovery": 0.04}
+    for bad in (["calibration"], ["calibration=x"], ["volume=3"], ["mass=120"]):
+        with pytest.raises(InputError):
+            uncertainty_options(bad)

@@ -46,13 +46,17 @@ def _hours(times_h: str | None, n_images: int) -> list[float] | None:
 
 
 def uncertainty_options(items: list[str] | None) -> dict:
-    """``--uncertainty NAME=PERCENT`` (repeat or comma-separate) as fractions ``{name: value}``."""
+    """``--uncertainty NAME=PERCENT`` (repeat or comma-separate) as fractions ``{name: value}``; the bare word
+    ``recovery-per-time-point`` makes the recovery coefficients independent between time points."""
     from persodose.dose.uncertainty import UncertaintySettings
     from persodose.errors import InputError
 
     out: dict = {}
     for item in items or []:
         for part in (p.strip() for p in item.split(",") if p.strip()):
+            if part.lower().replace("_", "-") == "recovery-per-time-point":
+                out["recovery_per_time_point"] = True
+                continue
             name, sep, value = part.partition("=")
             try:
                 out[name.strip().lower()] = float(value.strip().rstrip("%")) / 100.0
@@ -111,8 +115,8 @@ def internal(
         help="Monte Carlo photon energy deposition: analog (default) or tle (track-length estimator)."),
     dose_rate: bool = typer.Option(False, "--dose-rate", help="Also write dose-rate maps at each time point."),
     uncertainty: Optional[List[str]] = typer.Option(
-        None, "--uncertainty", help="Relative standard uncertainty of an input, NAME=PERCENT (repeat): calibration, "
-                                    "activity (each time point), recovery, mass; every organ dose gets a budget."),
+        None, "--uncertainty", help="An input's relative uncertainty, NAME=PERCENT (repeat): calibration, activity, "
+                                    "recovery, mass (or recovery-per-time-point); every organ dose gets a budget."),
     seed: int = typer.Option(12345, "--seed", callback=count(0, MAX_SEED), help="Random seed."),
     mc_backend: str = typer.Option("cpu", "--mc-backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo "
                                                                "method and kernels not yet cached."),

@@ -13,8 +13,11 @@ For one structure the relative variance of the dose is the sum of
 
 * **calibration**: ``u(Q)/Q`` of the camera calibration factor. The same factor divides every
   time point, so the TIA (and the dose) scale with ``1/Q``: fully correlated over time.
-* **recovery**: ``u(RC)/RC`` of the partial-volume recovery coefficient; one coefficient per VOI,
-  applied to every time point (fully correlated over time, like the calibration).
+* **recovery**: ``u(RC)/RC`` of the partial-volume recovery coefficient; by default one coefficient
+  per VOI, applied to every time point (fully correlated over time, like the calibration). With
+  ``recovery_per_time_point`` (a VOI delineated anew at each time point) the coefficients are
+  independent between time points and the line is propagated through the fit like the noise (the
+  fit covariance scales with the square of a relative noise, so its share is exact to first order).
 * **time-point activities and kinetic fit**: the activity noise at each time point propagated
   through the fit of the chosen model, ``var(TIA) = g^T C g`` with ``C`` the covariance of the
   fit weighted with the stated noise ``sigma_i = u_rel A_i`` (for weighted least squares this is
@@ -92,16 +95,25 @@ class UncertaintySettings:
         activity: ``u(A_i)/A_i`` of each time point's activity (counting noise, reconstruction).
         recovery: ``u(RC)/RC`` of each VOI's recovery coefficient.
         mass: ``u(m)/m`` of every VOI's mass; default from the delineation (module docstring).
+        recovery_per_time_point: the recovery coefficients of the time points are independent (a VOI
+            per time point) rather than one coefficient for all (default).
     """
 
     calibration: float | None = None
     activity: float | None = None
     recovery: float | None = None
     mass: float | None = None
+    recovery_per_time_point: bool = False
 
     def __post_init__(self) -> None:
         for name in ("calibration", "activity", "recovery", "mass"):
             object.__setattr__(self, name, _fraction(getattr(self, name), f"uncertainty.{name}"))
+        flag = self.recovery_per_time_point
+        if isinstance(flag, str):
+            if flag.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise InputError(f"uncertainty.recovery_per_time_point must be true or false, got {flag!r}")
+            flag = flag.strip().lower() in ("true", "1", "yes")
+        object.__setattr__(self, "recovery_per_time_point", bool(flag))
 
     @classmethod
     def of(cls, value) -> "UncertaintySettings":
@@ -112,10 +124,10 @@ class UncertaintySettings:
             return cls()
         if not isinstance(value, Mapping):
             raise InputError(f"uncertainty settings must be a mapping, got {type(value).__name__}")
-        unknown = set(value) - {"calibration", "activity", "recovery", "mass"}
+        unknown = set(value) - {"calibration", "activity", "recovery", "mass", "recovery_per_time_point"}
         if unknown:
             raise InputError(f"unknown uncertainty setting(s) {sorted(unknown)}: use calibration, activity, "
-                             "recovery, mass")
+                             "recovery, mass, recovery_per_time_point")
         return cls(**dict(value))
 
     def to_dict(self) -> dict:
@@ -172,7 +184,8 @@ class DoseUncertainty:
 
 # --------------------------------------------------------------------------- the TIA's share
 def tia_relative_sd(times_s: Sequence[float], activities_bq: Sequence[float], half_life_s: float,
-                    model: str, activity_rel_sd: float | None, fit=None) -> tuple[float | None, float | None, str]:
+                    model: str, activity_rel_sd: float | None, fit=None, scatter_rel_sd: float | None = None
+                    ) -> tuple[float | None, float | None, str]:
     """Relative standard uncertainty of a TIA from the time-point activities and the fit.
 
     Args:
@@ -183,6 +196,9 @@ def tia_relative_sd(times_s: Sequence[float], activities_bq: Sequence[float], ha
         activity_rel_sd: stated relative noise of each activity, or None.
         fit: the :class:`~persodose.kinetics.fit.FitResult` of the TIA (its covariance stands for the
             noise when none is stated).
+        scatter_rel_sd: the whole independent scatter expected between time points (default the
+            activity noise; larger when per-time-point recovery is stated), against which residuals
+            count as "beyond the stated noise".
 
     Returns:
         ``(noise, excess, note)``: relative sd from the activities through the fit, relative sd of
@@ -206,9 +222,9 @@ def tia_relative_sd(times_s: Sequence[float], activities_bq: Sequence[float], ha
             return None, None, f"{model} fit with the stated noise gave no covariance"
         noise = f.tia_sd_bq_s / f.tia_bq_s
         dof = f.n_points - f.n_params
-        excess = None
-        if dof > 0 and f.ssr / dof > 1.0:
-            excess = noise * math.sqrt(f.ssr / dof - 1.0)
+        scale = (scatter_rel_sd or activity_rel_sd) / activity_rel_sd  # the expected scatter over the noise
+        chi2 = f.ssr / dof / scale ** 2 if dof > 0 else 0.0
+        excess = noise * scale * math.sqrt(chi2 - 1.0) if chi2 > 1.0 else None
         return noise, excess, f"{model} fit weighted with the stated noise"
     if activity_rel_sd is None:
         return None, None, f"{model}: no fit covariance; state the activity noise"
@@ -272,7 +288,7 @@ def method_rel_sd(dose: np.ndarray, rel_unc: np.ndarray, weights: np.ndarray | N
 def dose_uncertainty(name: str, method: str, dose_gy: float, settings: UncertaintySettings, *,
                      tia: tuple[float | None, float | None, str] | None = None,
                      mass_rel_sd: float | None = None, method_rel: float | None = None,
-                     method_note: str = "") -> DoseUncertainty:
+                     method_note: str = "", recovery_rel: float | None = None) -> DoseUncertainty:
     """The budget of one structure's dose from the relative uncertainties of its inputs.
 
     Args:
@@ -281,10 +297,15 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
         tia: :func:`tia_relative_sd`'s result, or None (no kinetics: a given TIA).
         mass_rel_sd: ``u(m)/m`` from the delineation, used when ``settings.mass`` is not stated.
         method_rel: the method's own statistical uncertainty (Monte Carlo, ensemble), or None.
+        recovery_rel: with ``settings.recovery_per_time_point``, the recovery line propagated through the
+            fit (:func:`tia_relative_sd` with the recovery's noise); None: the stated value itself.
     """
     s = settings
+    rc_note = "" if s.recovery is not None else "not stated"
+    if recovery_rel is not None:
+        rc_note = "independent at each time point, through the fit"
     comps = [Component("calibration", s.calibration, "" if s.calibration is not None else "not stated"),
-             Component("recovery", s.recovery, "" if s.recovery is not None else "not stated")]
+             Component("recovery", s.recovery if recovery_rel is None else recovery_rel, rc_note)]
     if tia is None:
         comps.append(Component(COMPONENTS[2], None, "no kinetics (TIA given or one image)"))
     else:
@@ -333,12 +354,20 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
             continue
         value = r.mass_weighted_mean_gy if r.mass_weighted_mean_gy is not None else r.mean_gy
         ok = organ_kinetics.get(r.name)
-        tia = None
+        tia, rc = None, None
         if ok is not None:
+            per_tp_rc = settings.recovery if settings.recovery_per_time_point and settings.recovery else 0.0
             if r.name not in tia_cache:
+                scatter = math.hypot(settings.activity, per_tp_rc) if settings.activity else None
                 tia_cache[r.name] = tia_relative_sd(ok.times_s, ok.activities_bq, half_life_s, ok.chosen_model,
-                                                    settings.activity, ok.fit)
+                                                    settings.activity, ok.fit, scatter_rel_sd=scatter)
             tia = tia_cache[r.name]
+            if settings.recovery_per_time_point and settings.recovery:
+                key = ("recovery", r.name)
+                if key not in tia_cache:
+                    tia_cache[key] = tia_relative_sd(ok.times_s, ok.activities_bq, half_life_s, ok.chosen_model,
+                                                     settings.recovery, ok.fit)[0]
+                rc = tia_cache[key]
         n_faces = int(faces[r.label]) if 0 <= r.label < faces.size else 0
         m_rel = delineation_volume_rel_sd(n_faces, r.n_voxels)
         meth = None
@@ -349,7 +378,7 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
         elif method_rel_by_name is not None:
             meth = method_rel_by_name.get(r.name)
         out[r.name] = dose_uncertainty(r.name, r.method, value, settings, tia=tia, mass_rel_sd=m_rel,
-                                       method_rel=meth, method_note=method_note)
+                                       method_rel=meth, method_note=method_note, recovery_rel=rc)
     return out
 
 
@@ -360,7 +389,8 @@ def resample_dose(times_s, true_activities_bq, half_life_s: float, model: str, m
     """Monte Carlo resampling of the chain: draw every input, redo the fit and the dose.
 
     Each draw: a calibration factor ``Q ~ N(1, u_Q)`` and a recovery coefficient ``RC ~ N(1,
-    u_RC)`` shared by all time points, independent noise ``A_i (1 + u_A e_i)``, measured activities
+    u_RC)`` shared by all time points (one per time point with ``settings.recovery_per_time_point``),
+    independent noise ``A_i (1 + u_A e_i)``, measured activities
     ``A_i' = A_i (1 + u_A e_i) / (Q RC)``; the TIA by the fit of ``model`` weighted with the stated
     noise; the mass ``m ~ N(m, u_m m)``; a method factor ``N(1, u_method)``; the dose
     ``TIA * dose_per_bq_s_g / m``.
@@ -379,7 +409,7 @@ def resample_dose(times_s, true_activities_bq, half_life_s: float, model: str, m
     doses = []
     for _ in range(int(n)):
         q = 1.0 + u_q * rng.standard_normal()
-        rc = 1.0 + u_rc * rng.standard_normal()
+        rc = 1.0 + u_rc * rng.standard_normal(t.size if s.recovery_per_time_point else 1)
         a = a0 * (1.0 + u_a * rng.standard_normal(t.size)) / (q * rc)
         if model == "trapezoid":
             tia = float(Trapezoid(half_life_s).integral(t, a))

@@ -43,9 +43,11 @@ def _uncertainty_section(rep, result, method: str) -> None:
     if not budgets:
         return
     rep.heading(f"Uncertainty of the organ doses ({method.upper()})")
-    stated = {k: v for k, v in (result.settings.uncertainty or {}).items() if v is not None}
+    given = result.settings.uncertainty or {}
+    stated = {k: v for k, v in given.items() if v is not None and not isinstance(v, bool)}
+    per_tp = " (recovery independent at each time point)" if given.get("recovery_per_time_point") else ""
     rep.text("Stated relative standard uncertainties: " + (", ".join(f"{k} {100 * v:g} %" for k, v in stated.items())
-                                                          or "none (lines without a value are 'not stated')")
+                                                          or "none (lines without a value are 'not stated')") + per_tp
              + f". Propagation after the EANM guidance (Gear et al., EJNMMI 45 (2018) 2456); {LIMITATIONS}.",
              "small")
     for name in budget_focus(budgets):

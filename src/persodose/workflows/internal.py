@@ -87,7 +87,7 @@ class InternalSettings:
         from persodose.dose.uncertainty import UncertaintySettings
 
         self.uncertainty = {k: v for k, v in UncertaintySettings.of(self.uncertainty).to_dict().items()
-                            if v is not None}
+                            if v is not None and v is not False}
 
 
 @dataclass
