@@ -100,7 +100,9 @@ def internal(
     injection_time: Optional[str] = typer.Option(None, "--injection-time", help="ISO date-time of the injection if the images lack it."),
     calibration_cps_per_mbq: Optional[float] = typer.Option(None, "--calibration-cps-per-mbq", callback=positive(),
                                                             help="SPECT sensitivity for images in counts."),
-    times_h: Optional[str] = typer.Option(None, "--times-h", help="Comma-separated hours after injection (image files)."),
+    times_h: Optional[str] = typer.Option(None, "--times-h",
+                                          help="Comma-separated hours after injection, one per --emission: needed "
+                                               "for image files; for DICOM it overrides their own times."),
     units: Optional[str] = typer.Option(None, "--units", help="Unit of image files, e.g. Bq/mL."),
     tia_method: str = typer.Option("auto", "--tia-method", help="auto, mono, biexp, trapezoid, hanscheid, ..."),
     dose_voxel_mm: Optional[float] = typer.Option(None, "--dose-voxel-mm", callback=positive(50.0), help="Cubic dose voxel (default: the emission image's)."),
