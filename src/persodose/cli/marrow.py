@@ -18,8 +18,25 @@ def register(app: typer.Typer) -> None:
     app.command("marrow")(marrow)
 
 
-def _pct(value: float | None) -> float:
-    return 0.0 if value is None else float(value) / 100.0
+def _pct(value: float | None) -> float | None:
+    return None if value is None else float(value) / 100.0
+
+
+def _refuse_unused(blood, rmblr, rmblr_sd_percent, haematocrit_sd, rmecff_sd, marrow_mass_sd_percent, s_rm_rm):
+    """A stated uncertainty that the chosen model does not use is a user's mistake, not something to drop
+    silently: one-line error."""
+    from persodose.errors import InputError
+
+    if rmblr_sd_percent is not None and rmblr is None:
+        raise InputError("--rmblr-sd-percent is the uncertainty of --rmblr: give --rmblr, or --haematocrit-sd and "
+                         "--rmecff-sd for the ratio from the haematocrit")
+    if rmblr is not None and (haematocrit_sd is not None or rmecff_sd is not None):
+        raise InputError("--haematocrit-sd and --rmecff-sd are not used with --rmblr (the ratio is given): state "
+                         "its uncertainty with --rmblr-sd-percent")
+    if marrow_mass_sd_percent is not None and (blood is not None or s_rm_rm is not None):
+        raise InputError("--marrow-mass-sd-percent is used only by the image-based method's default self-dose "
+                         "factor E/m: the blood-based self-dose needs no mass, and --s-rm-rm is already scaled to "
+                         "the patient")
 
 
 def _fraction(value):
@@ -41,17 +58,20 @@ def marrow(
     nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide, e.g. Lu-177."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     blood: Optional[Path] = typer.Option(None, "--blood", help="Blood samples CSV: time_h, kbq_per_ml (or bq_/mbq_), "
-                                                              "optional sd_kbq_per_ml and haematocrit: blood-based method."),
+                                                              "optional sd_kbq_per_ml and haematocrit: blood-based method. "
+                                                              "Concentrations at the sampling time, not decay corrected; "
+                                                              "at least 2 samples."),
     l2l4: Optional[Path] = typer.Option(None, "--l2l4", help="L2-L4 VOI activity CSV: time_h, mbq (or bq/kbq), optional "
                                                             "sd_mbq: image-based method."),
     haematocrit: Optional[float] = typer.Option(None, "--haematocrit", callback=_fraction,
                                                 help="Haematocrit (fraction); default the CSV's column."),
-    haematocrit_sd: float = typer.Option(0.0, "--haematocrit-sd", min=0.0, help="Its standard uncertainty."),
+    haematocrit_sd: Optional[float] = typer.Option(None, "--haematocrit-sd", min=0.0,
+                                                   help="Its standard uncertainty."),
     rmblr: Optional[float] = typer.Option(None, "--rmblr", callback=positive(), help="Red-marrow-to-blood ratio "
                                           "(e.g. 1 for 177Lu-DOTATATE); default RMECFF/(1-HCT) (Sgouros 1993)."),
     rmblr_sd_percent: Optional[float] = typer.Option(None, "--rmblr-sd-percent", **_PCT,
         help="Relative uncertainty of --rmblr (%)."),
-    rmecff_sd: float = typer.Option(0.0, "--rmecff-sd", min=0.0, help="Uncertainty of RMECFF = 0.19."),
+    rmecff_sd: Optional[float] = typer.Option(None, "--rmecff-sd", min=0.0, help="Uncertainty of RMECFF = 0.19."),
     calibration_sd_percent: Optional[float] = typer.Option(None, "--calibration-sd-percent", **_PCT,
                                                            help="Well counter (blood) or camera (L2-L4) calibration."),
     recovery_sd_percent: Optional[float] = typer.Option(None, "--recovery-sd-percent", **_PCT,
@@ -96,17 +116,21 @@ def marrow(
         raise InputError("give one of --blood (blood-based method) or --l2l4 (image-based method)")
     if whole_body is not None and whole_body_tia_mbq_h is not None:
         raise InputError("give --whole-body or --whole-body-tia-mbq-h, not both")
+    _refuse_unused(blood, rmblr, rmblr_sd_percent, haematocrit_sd, rmecff_sd, marrow_mass_sd_percent, s_rm_rm)
     check_output_paths(inputs={"--blood": blood, "--l2l4": l2l4, "--whole-body": whole_body, "--organs": organs},
                        output_dirs={"--out": out})
     from persodose.physics.radionuclides import get_nuclide
 
     nuclide = get_nuclide(nuclide).name
-    wb_tia, wb_rel = None, _pct(whole_body_sd_percent)
+    wb_tia, wb_rel, wb_note = None, _pct(whole_body_sd_percent), ""
     if whole_body is not None:
         with about("--whole-body", whole_body):
             wb_tia, fit_rel, _ = m.time_integral(m.read_samples_csv(whole_body, per_ml=False),
                                                  get_nuclide(nuclide).half_life_s, "whole body")
-        wb_rel = float(np.hypot(wb_rel, fit_rel or 0.0))  # stated (calibration) and the fit's, independent
+        if wb_rel is not None and fit_rel is not None:  # stated (calibration) and the fit's, independent
+            wb_rel, wb_note = float(np.hypot(wb_rel, fit_rel)), "stated and the fit's"
+        elif fit_rel is not None:
+            wb_rel, wb_note = fit_rel, "the fit's only (calibration not stated)"
     elif whole_body_tia_mbq_h is not None:
         wb_tia = whole_body_tia_mbq_h * 3.6e9
     organ_rows = ()
@@ -115,13 +139,14 @@ def marrow(
             organ_rows = tuple(m.read_organs_csv(organs))
     cross = m.CrossDose(wb_tia, wb_rel, None if body_mass_kg is None else 1e3 * body_mass_kg,
                         None if s_rm_rb is None else s_rm_rb * m.GY_PER_BQ_S_PER_MGY_PER_MBQ_S,
-                        _pct(s_rm_rb_sd_percent), organ_rows)
+                        _pct(s_rm_rb_sd_percent), organ_rows, wb_note)
     s_rm = None if s_rm_rm is None else s_rm_rm * m.GY_PER_BQ_S_PER_MGY_PER_MBQ_S
     if blood is not None:
         with about("--blood", blood):
             samples = m.read_samples_csv(blood, per_ml=True)
         result = m.blood_based_marrow_dose(
-            samples, nuclide, rmblr=rmblr, rmblr_sd=(rmblr or 0.0) * _pct(rmblr_sd_percent), haematocrit=haematocrit,
+            samples, nuclide, rmblr=rmblr, rmblr_sd=None if rmblr_sd_percent is None else rmblr * _pct(rmblr_sd_percent),
+            haematocrit=haematocrit,
             haematocrit_sd=haematocrit_sd, rmecff_sd=rmecff_sd, calibration_rel_sd=_pct(calibration_sd_percent),
             marrow_mass_g=marrow_mass_g, s_rm_rm_gy_per_bq_s=s_rm, s_rm_rm_rel_sd=_pct(s_rm_rm_sd_percent), cross=cross)
     else:
@@ -137,8 +162,19 @@ def marrow(
     inputs = {k: str(v) for k, v in (("blood", blood), ("l2l4", l2l4), ("whole_body", whole_body),
                                      ("organs", organs)) if v is not None}
     write_marrow(result, out, inputs)
-    typer.echo(f"red marrow ({result.method}): {result.total_gy:.4g} ± {result.uncertainty.sd_gy:.2g} Gy (k=1); "
-               f"report: {out / 'report.html'}")
+    typer.echo(summary_line(result) + f"; report: {out / 'report.html'}")
+
+
+def summary_line(result) -> str:
+    """``red marrow (method): D ± u Gy (k=1)``; "± -" when no line has a value, and "uncertainty incomplete
+    (lower bound)" with the lines that have none."""
+    u = result.uncertainty
+    sd = f"{u.sd_gy:.2g}" if u.relative_sd > 0 else "-"
+    text = f"red marrow ({result.method}): {result.total_gy:.4g} ± {sd} Gy (k=1)"
+    if not u.complete:
+        text += "; uncertainty incomplete (lower bound): no value for " + ", ".join(
+            c.name for c in u.components if c.relative_sd is None)
+    return text
 
 
 def write_marrow(result, out: Path, inputs: dict) -> None:
@@ -157,11 +193,13 @@ def write_marrow(result, out: Path, inputs: dict) -> None:
         rep = Report(f"persodose red-marrow dose ({result.method})")
         rep.table(["part", "Gy"], [["self-dose", result.self_gy], ["remainder of body", result.remainder_gy]]
                   + [[f"organ {k}", v] for k, v in result.organs_gy.items()]
-                  + [["total", result.total_gy], ["standard uncertainty (k=1)", result.uncertainty.sd_gy]])
+                  + [["total", result.total_gy], ["standard uncertainty (k=1)", result.uncertainty.sd_gy
+                                                   if result.uncertainty_complete else
+                                                   f"{result.uncertainty.sd_gy:.3g} (incomplete: a lower bound)"]])
         rep.heading("Uncertainty budget")
         rep.table(["component", "relative sd (%)", "share of variance (%)", "note"],
-                  [[b["component"], b["relative_sd_percent"], b["share_percent"] if b["share_percent"] is not None
-                    else "-", b["note"]] for b in doc["budget"]])
+                  [[b["component"], b["relative_sd_percent"] if b["relative_sd_percent"] is not None else "-",
+                    b["share_percent"] if b["share_percent"] is not None else "-", b["note"]] for b in doc["budget"]])
         rep.heading("Quantities and notes")
         rep.table(["quantity", "value"], [[k, v if v is not None else "-"] for k, v in doc["quantities"].items()])
         for note in doc["notes"]:

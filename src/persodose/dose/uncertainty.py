@@ -158,6 +158,11 @@ class DoseUncertainty:
     components: tuple[Component, ...] = field(default_factory=tuple)
 
     @property
+    def complete(self) -> bool:
+        """False when a line has no value (not stated, not available): :attr:`relative_sd` is then a lower bound."""
+        return all(c.relative_sd is not None for c in self.components)
+
+    @property
     def relative_sd(self) -> float:
         """Combined relative standard uncertainty (k = 1), the root sum of squares of the lines."""
         return math.sqrt(sum(c.relative_sd ** 2 for c in self.components if c.relative_sd is not None))
