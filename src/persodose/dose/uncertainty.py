@@ -293,7 +293,8 @@ def method_rel_sd(dose: np.ndarray, rel_unc: np.ndarray, weights: np.ndarray | N
 def dose_uncertainty(name: str, method: str, dose_gy: float, settings: UncertaintySettings, *,
                      tia: tuple[float | None, float | None, str] | None = None,
                      mass_rel_sd: float | None = None, method_rel: float | None = None,
-                     method_note: str = "", recovery_rel: float | None = None) -> DoseUncertainty:
+                     method_note: str = "", recovery_rel: float | None = None,
+                     recovery_in_fit: bool = False) -> DoseUncertainty:
     """The budget of one structure's dose from the relative uncertainties of its inputs.
 
     Args:
@@ -304,13 +305,20 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
         method_rel: the method's own statistical uncertainty (Monte Carlo, ensemble), or None.
         recovery_rel: with ``settings.recovery_per_time_point``, the recovery line propagated through the
             fit (:func:`tia_relative_sd` with the recovery's noise); None: the stated value itself.
+        recovery_in_fit: per-time-point recovery with no activity noise stated: the fit covariance scaled by its
+            residuals already holds that scatter, so the recovery line has no value of its own (a note says where
+            it is) and is not counted twice.
     """
     s = settings
     rc_note = "" if s.recovery is not None else "not stated"
+    rc_value = s.recovery if recovery_rel is None else recovery_rel
     if recovery_rel is not None:
         rc_note = "independent at each time point, through the fit"
+    if recovery_in_fit:
+        rc_value, rc_note = None, (f"included in '{COMPONENTS[2]}' (independent at each time point, no activity "
+                                   "noise stated: the residual-scaled fit covariance holds this scatter; not added twice)")
     comps = [Component("calibration", s.calibration, "" if s.calibration is not None else "not stated"),
-             Component("recovery", s.recovery if recovery_rel is None else recovery_rel, rc_note)]
+             Component("recovery", rc_value, rc_note)]
     if tia is None:
         comps.append(Component(COMPONENTS[2], None, "no kinetics (TIA given or one image)"))
     else:
@@ -359,7 +367,7 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
             continue
         value = r.mass_weighted_mean_gy if r.mass_weighted_mean_gy is not None else r.mean_gy
         ok = organ_kinetics.get(r.name)
-        tia, rc = None, None
+        tia, rc, rc_in_fit = None, None, False
         if ok is not None:
             per_tp_rc = settings.recovery if settings.recovery_per_time_point and settings.recovery else 0.0
             if r.name not in tia_cache:
@@ -367,7 +375,9 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
                 tia_cache[r.name] = tia_relative_sd(ok.times_s, ok.activities_bq, half_life_s, ok.chosen_model,
                                                     settings.activity, ok.fit, scatter_rel_sd=scatter)
             tia = tia_cache[r.name]
-            if settings.recovery_per_time_point and settings.recovery:
+            rc_in_fit = bool(per_tp_rc) and not settings.activity and tia[0] is not None \
+                and tia[2].endswith("(scaled by its residuals)")
+            if settings.recovery_per_time_point and settings.recovery and not rc_in_fit:
                 key = ("recovery", r.name)
                 if key not in tia_cache:
                     tia_cache[key] = tia_relative_sd(ok.times_s, ok.activities_bq, half_life_s, ok.chosen_model,
@@ -383,7 +393,8 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
         elif method_rel_by_name is not None:
             meth = method_rel_by_name.get(r.name)
         out[r.name] = dose_uncertainty(r.name, r.method, value, settings, tia=tia, mass_rel_sd=m_rel,
-                                       method_rel=meth, method_note=method_note, recovery_rel=rc)
+                                       method_rel=meth, method_note=method_note, recovery_rel=rc,
+                                       recovery_in_fit=rc_in_fit)
     return out
 
 
