@@ -159,3 +159,28 @@ def test_per_time_point_recovery_is_not_counted_twice_without_stated_noise():
     spread = float(np.std(tias, ddof=1) / np.mean(tias))
     # 300 data sets: the SD's own sampling error is about 4 %; 12 % leaves room for the fits' non-linearity
     assert math.sqrt(float(np.mean(var))) == pytest.approx(spread, rel=0.12)
+
+
+def test_delineation_line_of_a_voxel_dose_map_comes_from_the_map():
+    """The mean of a voxel dose map over a VOI does not scale as 1/m: it changes only by the dose of the voxels
+    gained or lost at the boundary. For d = r^2 in a sphere of radius R the mean is 3R^2/5 and dD/dR = 6R/5; a
+    boundary uniform within +-1/2 voxel gives u(D)/D = (6R/5)(1/2)/sqrt(3) / (3R^2/5) = 1/(sqrt(3) R). A uniform
+    map gives 0 (the 1/m rule would give about 3/(2 sqrt(3) R))."""
+    from persodose.dose.uncertainty import delineation_dose_rel_sd, organ_uncertainties
+
+    r = 12.0
+    z, y, x = np.mgrid[-16:17, -16:17, -16:17].astype(float)
+    rr = x * x + y * y + z * z
+    lab = (rr <= r * r).astype(np.int64)
+    assert delineation_dose_rel_sd(rr, lab == 1) == pytest.approx(1 / (math.sqrt(3) * r), rel=0.1)
+    from types import SimpleNamespace
+
+    row = SimpleNamespace(name="kidney", label=1, method="led", n_voxels=int(lab.sum()), mass_weighted_mean_gy=1.0,
+                          mean_gy=1.0)
+    s = UncertaintySettings()
+    u = organ_uncertainties([row], lab, None, {}, HALF_LIFE_S, s, dose_map=np.ones(lab.shape))["kidney"]
+    mass = {c.name: c for c in u.components}["mass"]
+    assert mass.relative_sd == pytest.approx(0.0, abs=1e-12) and "dose map" in mass.note
+    u_mird = organ_uncertainties([row], lab, None, {}, HALF_LIFE_S, s)["kidney"]  # organ level: 1/m
+    assert {c.name: c.relative_sd for c in u_mird.components}["mass"] == pytest.approx(
+        3 * 0.5 / (math.sqrt(3) * r), rel=0.1)

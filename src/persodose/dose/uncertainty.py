@@ -18,6 +18,8 @@ For one structure the relative variance of the dose is the sum of
   ``recovery_per_time_point`` (a VOI delineated anew at each time point) the coefficients are
   independent between time points and the line is propagated through the fit like the noise (the
   fit covariance scales with the square of a relative noise, so its share is exact to first order).
+  Without a stated activity noise the fit's covariance, scaled by its residuals, already holds
+  that scatter: the recovery line is then a note pointing to the fit line, not counted twice.
 * **time-point activities and kinetic fit**: the activity noise at each time point propagated
   through the fit of the chosen model, ``var(TIA) = g^T C g`` with ``C`` the covariance of the
   fit weighted with the stated noise ``sigma_i = u_rel A_i`` (for weighted least squares this is
@@ -26,9 +28,14 @@ For one structure the relative variance of the dose is the sum of
   residuals larger than it (reduced chi-square above 1), the excess is a separate line, "fit
   residuals beyond the stated noise". A trapezoid or single-time-point TIA is linear in the
   activities: the noise is propagated through its gradient.
-* **mass**: ``u(m)/m``; the self-dose factor scales as ``1/m`` (absorbed fraction 1 for the
-  non-penetrating emissions, which carry most of the dose of a beta emitter). Without a stated
-  value it comes from the delineation: the boundary may sit anywhere within half a voxel of where
+* **mass**: ``u(m)/m``; for organ-level MIRD the self-dose factor scales as ``1/m`` (absorbed
+  fraction 1 for the non-penetrating emissions, which carry most of the dose of a beta emitter).
+  The mean of a voxel method's dose map does not: the map stays, only the voxels averaged
+  change, so with the dose map (:func:`organ_uncertainties` ``dose_map``, what the internal
+  workflow passes for every voxel method) the delineation line is the change of the
+  mass-weighted mean dose when the mask is eroded and dilated by one voxel
+  (:func:`delineation_dose_rel_sd`). A stated ``mass`` is still applied as ``1/m``. Without a
+  stated value (and without a dose map) it comes from the delineation: the boundary may sit anywhere within half a voxel of where
   it is drawn (the same shift everywhere), a rectangular distribution of half-width
   ``S * s / 2`` (surface area ``S``, voxel size ``s``), hence ``u(V) = S s / (2 sqrt 3)`` (GUM
   section 4.3.7). ``S`` is 2/3 of the voxel faces on the boundary: a surface element of normal
@@ -65,7 +72,9 @@ COMPONENTS = ("calibration", "recovery", "time-point activities and kinetic fit"
               "fit residuals beyond the stated noise", "mass", "method statistics")
 
 LIMITATIONS = ("first-order propagation (GUM 5.1.2), indicative only where a line reaches tens of percent (small "
-               "VOIs at coarse voxels: the 1/m dependence is then far from linear); recovery-volume covariance not included; "
+               "VOIs at coarse voxels: the 1/m dependence is then far from linear); a stated mass uncertainty is applied "
+               "as 1/m for every method (right for organ-level MIRD, an overstatement for voxel dose maps, whose "
+               "delineation line is estimated from the map when not stated); recovery-volume covariance not included; "
                "cross-dose and model-selection uncertainty not included; method statistics combine voxels "
                "as independent (a lower bound)")
 
@@ -274,6 +283,52 @@ def delineation_volume_rel_sd(n_faces: int, n_voxels: int, voxel_mm: float = 1.0
     return float(n_faces) / (3.0 * math.sqrt(3.0) * float(n_voxels))
 
 
+def delineation_dose_rel_sd(dose: np.ndarray, mask: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """``u(D)/D`` of a voxel dose map's mass-weighted mean dose in a VOI from the VOI's delineation.
+
+    The dose map does not change when the VOI is drawn differently; only the voxels averaged do.
+    The mean dose is computed over the mask eroded and dilated by one voxel (6-connected). Such an
+    erosion moves a boundary of normal ``n`` by ``max |n_i|`` voxel, not 1, so the mean shift
+    ``delta`` (voxels) is measured: the volume between the eroded and dilated masks over twice the
+    surface (``S`` = 2/3 of the boundary's voxel faces, :func:`delineation_volume_rel_sd`). The
+    boundary is taken to lie anywhere within half a voxel of where it is drawn (as for the volume),
+    so, linear in the shift, the mean lies within ``+-|D_dilated - D_eroded| / (2 delta) / 2`` of
+    ``D``: a rectangular distribution of that half-width, divided by ``sqrt 3`` (GUM JCGM 100:2008
+    section 4.3.7). Where erosion leaves nothing, the mask itself stands for the eroded one.
+
+    Args:
+        dose: dose map (z, y, x); mask: the VOI (same shape); weights: voxel masses or densities
+            (same shape) for a mass-weighted mean, or None.
+
+    Returns:
+        The relative standard uncertainty; NaN where the VOI's dose is not positive.
+    """
+    from scipy import ndimage
+
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return float("nan")
+    box = tuple(slice(max(int(i.min()) - 2, 0), int(i.max()) + 3) for i in np.nonzero(m))
+    m, d = m[box], np.asarray(dose, dtype=np.float64)[box]
+    w = np.ones_like(d) if weights is None else np.asarray(weights, dtype=np.float64)[box]
+    st = ndimage.generate_binary_structure(m.ndim, 1)
+
+    def mean(k):
+        tot = float(np.sum(w[k]))
+        return float(np.sum(w[k] * d[k]) / tot) if tot > 0 else float("nan")
+
+    d0 = mean(m)
+    if not (d0 > 0):
+        return float("nan")
+    ero, dil = ndimage.binary_erosion(m, st), ndimage.binary_dilation(m, st)
+    if not ero.any():
+        ero = m
+    surface = 2.0 / 3.0 * float(boundary_faces(m.astype(np.int64))[1])
+    delta = float(dil.sum() - ero.sum()) / (2.0 * surface)  # mean boundary shift of erosion/dilation, voxels
+    slope = abs(mean(dil) - mean(ero)) / (2.0 * delta)  # dD per voxel of boundary shift
+    return slope * 0.5 / math.sqrt(3.0) / d0
+
+
 def method_rel_sd(dose: np.ndarray, rel_unc: np.ndarray, weights: np.ndarray | None = None) -> float:
     """A structure's relative statistical uncertainty from per-voxel relative uncertainties.
 
@@ -294,7 +349,8 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
                      tia: tuple[float | None, float | None, str] | None = None,
                      mass_rel_sd: float | None = None, method_rel: float | None = None,
                      method_note: str = "", recovery_rel: float | None = None,
-                     recovery_in_fit: bool = False) -> DoseUncertainty:
+                     recovery_in_fit: bool = False, mass_note: str = "delineation within half a voxel"
+                     ) -> DoseUncertainty:
     """The budget of one structure's dose from the relative uncertainties of its inputs.
 
     Args:
@@ -327,11 +383,10 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
         if excess is not None:
             comps.append(Component(COMPONENTS[3], excess, "residuals larger than the stated noise"))
     if s.mass is not None:
-        comps.append(Component("mass", s.mass, "stated"))
+        comps.append(Component("mass", s.mass, "stated (dose taken as 1/m)"))
     else:
         ok = mass_rel_sd is not None and math.isfinite(mass_rel_sd)
-        comps.append(Component("mass", mass_rel_sd if ok else None,
-                               "delineation within half a voxel" if ok else "not available"))
+        comps.append(Component("mass", mass_rel_sd if ok else None, mass_note if ok else "not available"))
     if method_rel is not None and math.isfinite(method_rel):
         comps.append(Component("method statistics", method_rel, method_note))
     return DoseUncertainty(name, method, float(dose_gy), tuple(comps))
@@ -340,8 +395,8 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
 def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, organ_kinetics: Mapping,
                         half_life_s: float, settings: UncertaintySettings, *, dose: np.ndarray | None = None,
                         rel_unc: np.ndarray | None = None, method_note: str = "",
-                        tia_cache: dict | None = None, method_rel_by_name: Mapping[str, float] | None = None
-                        ) -> dict[str, DoseUncertainty]:
+                        tia_cache: dict | None = None, method_rel_by_name: Mapping[str, float] | None = None,
+                        dose_map: np.ndarray | None = None) -> dict[str, DoseUncertainty]:
     """Budgets of every structure of one method's organ table.
 
     Args:
@@ -354,6 +409,9 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
         tia_cache: a dict shared between the calls for several methods (the fits are the same).
         method_rel_by_name: a method's relative uncertainty per structure from elsewhere (used where
             ``dose``/``rel_unc`` are not given; e.g. its difference from Monte Carlo in the same run).
+        dose_map: the method's voxel dose map (Gy, on the label grid): the delineation line of the mass-weighted
+            mean then comes from the map (:func:`delineation_dose_rel_sd`) instead of ``1/m``, which holds for
+            organ-level MIRD only.
 
     Returns:
         structure name -> :class:`DoseUncertainty` (structures without voxels left out).
@@ -383,8 +441,13 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
                     tia_cache[key] = tia_relative_sd(ok.times_s, ok.activities_bq, half_life_s, ok.chosen_model,
                                                      settings.recovery, ok.fit)[0]
                 rc = tia_cache[key]
-        n_faces = int(faces[r.label]) if 0 <= r.label < faces.size else 0
-        m_rel = delineation_volume_rel_sd(n_faces, r.n_voxels)
+        if dose_map is not None:
+            m_rel = delineation_dose_rel_sd(dose_map, lab == r.label, density)
+            m_note = "delineation within half a voxel, from the dose map (mask eroded/dilated by one voxel)"
+        else:
+            n_faces = int(faces[r.label]) if 0 <= r.label < faces.size else 0
+            m_rel = delineation_volume_rel_sd(n_faces, r.n_voxels)
+            m_note = "delineation within half a voxel (dose taken as 1/m)"
         meth = None
         if dose is not None and rel_unc is not None:
             mask = lab == r.label
@@ -394,7 +457,7 @@ def organ_uncertainties(rows, labels: np.ndarray, density: np.ndarray | None, or
             meth = method_rel_by_name.get(r.name)
         out[r.name] = dose_uncertainty(r.name, r.method, value, settings, tia=tia, mass_rel_sd=m_rel,
                                        method_rel=meth, method_note=method_note, recovery_rel=rc,
-                                       recovery_in_fit=rc_in_fit)
+                                       recovery_in_fit=rc_in_fit, mass_note=m_note)
     return out
 
 

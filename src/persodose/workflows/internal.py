@@ -376,7 +376,8 @@ def _uncertainty_step(result: InternalResult) -> None:
         budgets = organ_uncertainties(rows, lab, result.density.array, result.organ_kinetics, half_life_s, settings,
                                       dose=result.doses[method].array if unc is not None else None,
                                       rel_unc=unc.array if unc is not None else None, method_note=note,
-                                      tia_cache=cache, method_rel_by_name=against_mc)
+                                      tia_cache=cache, method_rel_by_name=against_mc,
+                                      dose_map=result.doses[method].array)  # voxel methods: delineation from the map
         result.organ_uncertainty[method] = budgets
         result.organ_tables[method] = [
             dataclasses.replace(r, uncertainty_percent=100.0 * budgets[r.name].relative_sd) if r.name in budgets else r
