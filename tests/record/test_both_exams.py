@@ -4,8 +4,11 @@ it: ``internal`` on each emission study, ``ct`` on the PET/CT's CT, ``record add
 results and ``record report``, which must show internal and CT organ doses, their sum with
 uncertainties, and risk (ICRP 103 detriment; LAR needs the BEIR VII table, which is not shipped).
 
-Coarse (10 mm, LED, few CT photons) so that it runs in tier 1; the figures are not the point,
-the chain is.
+Coarse (10 mm, LED, few CT photons); the figures are not the point, the chain is. The whole
+chain (two internal runs and a CT run, about 50 s, most of it the photon tables of the CT run's
+materials) is in tier 2 (``validate``); tier 1 keeps the same checks of the record on one real
+internal run (the SPECT/CT therapy) with the PET/CT's internal and CT results written in code
+(tests/record/fixtures.py).
 """
 
 import json
@@ -20,31 +23,32 @@ def patient_dirs(tmp_path_factory):
     from persodose.phantoms import make_virtual_patient, write_virtual_patient
 
     root = tmp_path_factory.mktemp("vp2")
-    for tracer in ("lu177-dotatate", "fdg"):
-        write_virtual_patient(make_virtual_patient(tracer, voxel_mm=10.0, seed=3), root / tracer)
+    write_virtual_patient(make_virtual_patient("lu177-dotatate", voxel_mm=10.0, seed=3), root / "lu177-dotatate")
     return root
 
 
-@pytest.mark.slow
-def test_record_report_sums_internal_and_ct_with_uncertainties_and_risk(cli, patient_dirs, tmp_path, monkeypatch):
-    monkeypatch.setenv("PERSODOSE_CACHE", str(tmp_path / "cache"))
-    lu, fdg = patient_dirs / "lu177-dotatate", patient_dirs / "fdg"
-    labels = ["--labels", lu / "nifti" / "labels.nii.gz"]
-    args = ["internal", "--ct", lu / "ct", "--nuclide", "Lu-177", *labels, "--calibration-cps-per-mbq", "10",
-            "--method", "led", "--uncertainty", "calibration=5,activity=8,recovery=3", "--out", tmp_path / "lu"]
+def _fdg_dir(patient_dirs):
+    from persodose.phantoms import make_virtual_patient, write_virtual_patient
+
+    fdg = patient_dirs / "fdg"
+    if not fdg.exists():
+        write_virtual_patient(make_virtual_patient("fdg", voxel_mm=10.0, seed=3), fdg)
+    return fdg
+
+
+def _lu_internal(cli, patient_dirs, tmp_path):
+    lu = patient_dirs / "lu177-dotatate"
+    args = ["internal", "--ct", lu / "ct", "--nuclide", "Lu-177", "--labels", lu / "nifti" / "labels.nii.gz",
+            "--calibration-cps-per-mbq", "10", "--method", "led",
+            "--uncertainty", "calibration=5,activity=8,recovery=3", "--out", tmp_path / "lu"]
     for e in sorted((lu / "spect").iterdir()):
         args += ["--emission", e]
     r = cli(*args)
     assert r.returncode == 0, r.stderr
-    args = ["internal", "--ct", fdg / "ct", "--nuclide", "F-18", "--labels", fdg / "nifti" / "labels.nii.gz",
-            "--method", "led", "--tia-method", "dynamic", "--uncertainty", "calibration=5", "--out", tmp_path / "pet"]
-    for e in sorted((fdg / "pet").iterdir()):
-        args += ["--emission", e]
-    r = cli(*args)
-    assert r.returncode == 0, r.stderr
-    r = cli("ct", "--ct", fdg / "ct", "--labels", fdg / "nifti" / "labels.nii.gz", "--photons", "20000",
-            "--ctdi-photons", "6000", "--batches", "4", "--dose-voxel-mm", "20", "--out", tmp_path / "ctdose")
-    assert r.returncode == 0, r.stderr
+
+
+def _record_and_check(cli, tmp_path):
+    """``record add`` of lu, pet and ctdose under tmp_path, ``record report``, and the done-when checks."""
     db = tmp_path / "record.sqlite"
     for res in ("lu", "pet", "ctdose"):
         r = cli("record", "add", tmp_path / res, "--db", db, "--patient", "VP1", "--sex", "F",
@@ -72,6 +76,39 @@ def test_record_report_sums_internal_and_ct_with_uncertainties_and_risk(cli, pat
         100 / 1e5 * liver["total_gy"] / 0.1, rel=1e-6)
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "liver" in html and "population" in html.lower()
+    return liver
+
+
+def test_record_report_of_a_real_internal_run_and_written_pet_ct_results(cli, patient_dirs, tmp_path, monkeypatch):
+    """Tier 1: the SPECT/CT therapy through ``persodose internal``; the PET/CT's internal and CT results written
+    in code, so that the record's sums, uncertainties and risk are checked in seconds."""
+    from tests.record.fixtures import write_result
+
+    monkeypatch.setenv("PERSODOSE_CACHE", str(tmp_path / "cache"))
+    _lu_internal(cli, patient_dirs, tmp_path)
+    write_result(tmp_path / "pet", "internal", {"liver": (0.01, 10.0), "lungs": (0.005, 10.0)}, created="2026-04-01")
+    write_result(tmp_path / "ctdose", "ct", {"liver": (0.005, 5.0), "lungs": (0.006, 5.0)}, created="2026-04-01")
+    liver = _record_and_check(cli, tmp_path)
+    lu_liver = [r_ for r_ in json.loads((tmp_path / "lu" / "organs.json").read_text())["rows"]
+                if r_["name"] == "liver"][0]["mass_weighted_mean_Gy"]
+    assert liver["internal_gy"] == pytest.approx(lu_liver + 0.01) and liver["ct_gy"] == pytest.approx(0.005)
+
+
+@pytest.mark.validate
+def test_record_report_sums_internal_and_ct_with_uncertainties_and_risk(cli, patient_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSODOSE_CACHE", str(tmp_path / "cache"))
+    fdg = _fdg_dir(patient_dirs)
+    _lu_internal(cli, patient_dirs, tmp_path)
+    args = ["internal", "--ct", fdg / "ct", "--nuclide", "F-18", "--labels", fdg / "nifti" / "labels.nii.gz",
+            "--method", "led", "--tia-method", "dynamic", "--uncertainty", "calibration=5", "--out", tmp_path / "pet"]
+    for e in sorted((fdg / "pet").iterdir()):
+        args += ["--emission", e]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    r = cli("ct", "--ct", fdg / "ct", "--labels", fdg / "nifti" / "labels.nii.gz", "--photons", "20000",
+            "--ctdi-photons", "6000", "--batches", "4", "--dose-voxel-mm", "20", "--out", tmp_path / "ctdose")
+    assert r.returncode == 0, r.stderr
+    _record_and_check(cli, tmp_path)
 
 
 def test_demo_record_step_puts_both_exams_in_one_record(tmp_path):
