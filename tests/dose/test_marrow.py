@@ -201,7 +201,8 @@ def test_propagated_budget_with_remainder_and_organs_matches_resampling(wb, u_wb
     for _ in range(600):
         c = blood.values * (1 + 0.05 * rng.standard_normal(blood.values.size)) * g(0.04)
         hct = 0.42 + 0.03 * rng.standard_normal()
-        tia_rm = fit_tac(blood.times_s, c, "mono", half_life_s, sigma=0.05 * c).tia_bq_s * g(0.02) * 0.19 / (1 - hct) * mass
+        tiac = fit_tac(blood.times_s, c, "mono", half_life_s, sigma=0.05 * c).tia_bq_s
+        tia_rm = tiac * g(0.02) * 0.19 / (1 - hct) * mass
         th = tia_h * g(u_th)
         assert wb - th - tia_rm > 0  # the remainder stays positive (no clipping in the draws)
         doses.append(tia_rm * s_rm * g(u_srm) + (wb * g(u_wb) - th - tia_rm) * s_rb * g(u_srb) + th * s_h * g(u_sh))

@@ -57,10 +57,10 @@ _PCT = dict(callback=_percent)
 def marrow(
     nuclide: str = typer.Option(..., "--nuclide", help="Radionuclide, e.g. Lu-177."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
-    blood: Optional[Path] = typer.Option(None, "--blood", help="Blood samples CSV: time_h, kbq_per_ml (or bq_/mbq_), "
-                                                              "optional sd_kbq_per_ml and haematocrit: blood-based method. "
-                                                              "Concentrations at the sampling time, not decay corrected; "
-                                                              "at least 2 samples."),
+    blood: Optional[Path] = typer.Option(
+        None, "--blood", help="Blood samples CSV: time_h, kbq_per_ml (or bq_/mbq_), optional sd_kbq_per_ml and "
+                              "haematocrit: blood-based method. Concentrations at the sampling time, not decay "
+                              "corrected; at least 2 samples."),
     l2l4: Optional[Path] = typer.Option(None, "--l2l4", help="L2-L4 VOI activity CSV: time_h, mbq (or bq/kbq), optional "
                                                             "sd_mbq: image-based method."),
     haematocrit: Optional[float] = typer.Option(None, "--haematocrit", callback=_fraction,
@@ -145,8 +145,8 @@ def marrow(
         with about("--blood", blood):
             samples = m.read_samples_csv(blood, per_ml=True)
         result = m.blood_based_marrow_dose(
-            samples, nuclide, rmblr=rmblr, rmblr_sd=None if rmblr_sd_percent is None else rmblr * _pct(rmblr_sd_percent),
-            haematocrit=haematocrit,
+            samples, nuclide, rmblr=rmblr, haematocrit=haematocrit,
+            rmblr_sd=None if rmblr_sd_percent is None else rmblr * _pct(rmblr_sd_percent),
             haematocrit_sd=haematocrit_sd, rmecff_sd=rmecff_sd, calibration_rel_sd=_pct(calibration_sd_percent),
             marrow_mass_g=marrow_mass_g, s_rm_rm_gy_per_bq_s=s_rm, s_rm_rm_rel_sd=_pct(s_rm_rm_sd_percent), cross=cross)
     else:

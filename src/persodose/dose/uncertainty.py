@@ -35,8 +35,9 @@ For one structure the relative variance of the dose is the sum of
   workflow passes for every voxel method) the delineation line is the change of the
   mass-weighted mean dose when the mask is eroded and dilated by one voxel
   (:func:`delineation_dose_rel_sd`). A stated ``mass`` is still applied as ``1/m``. Without a
-  stated value (and without a dose map) it comes from the delineation: the boundary may sit anywhere within half a voxel of where
-  it is drawn (the same shift everywhere), a rectangular distribution of half-width
+  stated value (and without a dose map) it comes from the delineation (``1/m``): the boundary
+  may sit anywhere within half a voxel of where it is drawn (the same shift everywhere), a
+  rectangular distribution of half-width
   ``S * s / 2`` (surface area ``S``, voxel size ``s``), hence ``u(V) = S s / (2 sqrt 3)`` (GUM
   section 4.3.7). ``S`` is 2/3 of the voxel faces on the boundary: a surface element of normal
   ``n`` shows ``|n_x| + |n_y| + |n_z|`` times its area as voxel faces, 3/2 on average over
@@ -72,8 +73,9 @@ COMPONENTS = ("calibration", "recovery", "time-point activities and kinetic fit"
               "fit residuals beyond the stated noise", "mass", "method statistics")
 
 LIMITATIONS = ("first-order propagation (GUM 5.1.2), indicative only where a line reaches tens of percent (small "
-               "VOIs at coarse voxels: the 1/m dependence is then far from linear); a stated mass uncertainty is applied "
-               "as 1/m for every method (right for organ-level MIRD, an overstatement for voxel dose maps, whose "
+               "VOIs at coarse voxels: the 1/m dependence is then far from linear); a stated mass uncertainty is "
+               "applied as 1/m for every method (right for organ-level MIRD, an overstatement for voxel dose maps, "
+               "whose "
                "delineation line is estimated from the map when not stated); recovery-volume covariance not included; "
                "cross-dose and model-selection uncertainty not included; method statistics combine voxels "
                "as independent (a lower bound)")
@@ -371,8 +373,9 @@ def dose_uncertainty(name: str, method: str, dose_gy: float, settings: Uncertain
     if recovery_rel is not None:
         rc_note = "independent at each time point, through the fit"
     if recovery_in_fit:
-        rc_value, rc_note = None, (f"included in '{COMPONENTS[2]}' (independent at each time point, no activity "
-                                   "noise stated: the residual-scaled fit covariance holds this scatter; not added twice)")
+        rc_value, rc_note = None, (f"included in '{COMPONENTS[2]}' (independent at each time point, no "
+                                   "activity noise stated: the residual-scaled fit covariance holds this "
+                                   "scatter; not added twice)")
     comps = [Component("calibration", s.calibration, "" if s.calibration is not None else "not stated"),
              Component("recovery", rc_value, rc_note)]
     if tia is None:
