@@ -72,6 +72,20 @@ def register(app: typer.Typer) -> None:
     app.command("internal")(internal)
 
 
+def _injection(injection_time: str | None):
+    """The --injection-time as a datetime (None when not given)."""
+    import datetime as dt
+
+    from persodose.errors import InputError
+
+    if not injection_time:
+        return None
+    try:
+        return dt.datetime.fromisoformat(injection_time)
+    except ValueError:
+        raise InputError(f"--injection-time {injection_time!r} is not an ISO date-time") from None
+
+
 def internal(
     ct: Optional[Path] = typer.Option(None, "--ct", help="CT: DICOM series (or image in HU); or --pacs."),
     emission: Optional[List[Path]] = typer.Option(None, "--emission",
@@ -132,7 +146,6 @@ def internal(
         from persodose.cli.pacs import run_with_pacs
 
         return run_with_pacs(internal, params, emission=True)
-    import datetime as dt
     import json
 
     from persodose.errors import InputError
@@ -158,12 +171,7 @@ def internal(
     check_output_paths(inputs={"--ct": ct, "--emission": list(emission), "--emission-ct": list(emission_ct or []),
                                "--labels": label_sidecars(labels, label_names), "--method-options": method_options_file},
                        output_dirs={"--out": out})
-    injection = None
-    if injection_time:
-        try:
-            injection = dt.datetime.fromisoformat(injection_time)
-        except ValueError:
-            raise InputError(f"--injection-time {injection_time!r} is not an ISO date-time") from None
+    injection = _injection(injection_time)
     hours = _hours(times_h, len(emission))
     with about("--ct", ct):
         ct_grid, ct_info = load_ct(ct)
