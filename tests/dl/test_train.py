@@ -273,6 +273,7 @@ def test_fine_tuning_starts_from_the_given_weights(data, tmp_path, capsys):
     assert _train(other, t2, "--epochs", "2", "--resume") == 0
     side2 = json.loads(Path(f"{t2}.json").read_text())
     assert side2["input_scale"] == base_side["input_scale"] and side2["initialised_from"]["sha256"] == init["sha256"]
+    assert side2["training_command"].endswith(f"--init-weights {base}")  # the resumed run's command says it too
     fresh = tmp_path / "fresh.pt"
     assert _train(other, fresh, "--epochs", "1") == 0
     assert json.loads(Path(f"{fresh}.json").read_text())["input_scale"] != base_side["input_scale"]

@@ -627,6 +627,8 @@ def _write_outputs(torch, paths, spec, net_settings, settings, data, history, be
                    command, threads, device, init: dict | None = None) -> TrainResult:
     from persodose.dl.weights_registry import sha256_file
 
+    if init and command and "--init-weights" not in command:  # a resumed fine-tuning run: say where it started
+        command = f"{command} --init-weights {init['file']}"
     state = {k: v.contiguous() for k, v in best["model"].items()}
     _save(torch, state, paths["weights"])
     _write_curves(paths, history, spec.loss)
