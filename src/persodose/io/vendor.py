@@ -27,6 +27,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from persodose.io.dicom import _float as _number  # a DICOM number or None (empty, malformed, not finite)
+
 #: UCUM activity-concentration units of a Real World Value Mapping, to Bq/mL
 #: (UCUM: the prefixes k = 1e3, M = 1e6; ``ml`` and ``mL`` are the same unit).
 _RWVM_BQML_FACTORS = {"bq/ml": 1.0, "kbq/ml": 1e3, "mbq/ml": 1e6}
@@ -139,15 +141,3 @@ def _items(ds: Any, keyword: str) -> list:
         return list(seq) if seq else []
     except TypeError:
         return []
-
-
-def _number(value: Any) -> float | None:
-    import math
-
-    if value is None or value == "":
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
