@@ -257,4 +257,6 @@ def test_marrow_cli_bad_csvs_and_unused_options(cli, tmp_path):
     assert_clean_error(cli(*base, "--blood", blood, "--rmblr", "1", "--rmecff-sd", "0.02"), "--rmecff-sd")
     assert_clean_error(cli(*base, "--blood", blood, "--rmblr", "1", "--marrow-mass-g", "1000",
                            "--marrow-mass-sd-percent", "10"), "--marrow-mass-sd-percent")
+    for opt, val in (("--recovery-sd-percent", "5"), ("--l2l4-fraction", "0.2"), ("--l2l4-fraction-sd-percent", "5")):
+        assert_clean_error(cli(*base, "--blood", blood, "--rmblr", "1", opt, val), opt, "image-based")
     assert not out.exists()

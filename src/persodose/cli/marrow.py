@@ -117,6 +117,11 @@ def marrow(
     if whole_body is not None and whole_body_tia_mbq_h is not None:
         raise InputError("give --whole-body or --whole-body-tia-mbq-h, not both")
     _refuse_unused(blood, rmblr, rmblr_sd_percent, haematocrit_sd, rmecff_sd, marrow_mass_sd_percent, s_rm_rm)
+    if blood is not None:  # the image-based method's inputs mean nothing to blood samples
+        given = [o for o, v in (("--recovery-sd-percent", recovery_sd_percent), ("--l2l4-fraction", l2l4_fraction),
+                                ("--l2l4-fraction-sd-percent", l2l4_fraction_sd_percent)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} belong to the image-based method (--l2l4), not to --blood")
     check_output_paths(inputs={"--blood": blood, "--l2l4": l2l4, "--whole-body": whole_body, "--organs": organs},
                        output_dirs={"--out": out})
     from persodose.physics.radionuclides import get_nuclide
