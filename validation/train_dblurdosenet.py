@@ -160,6 +160,19 @@ def grow(exe: str, args, w: Path, pop: Path, train: list[str], common: list[str]
     return out, merged
 
 
+#: How the shipped file stores the trained weights, and what it was measured to change.
+HALF_NOTE = ("float16 for tensors of more than 1024 elements (convolution weights), float32 for the rest (the "
+             "input/target scales, of order 1e-9, would underflow in float16; normalisation statistics); loaded "
+             "into the float32 network. Against the float32 weights on the 36 validation slabs: voxels above 10 % "
+             "of the maximum at most 0.52 % apart (median 0.21 %), hot-region sums at most 0.011 % "
+             "(validation/check_half_weights.py)")
+
+
+def half_precision(state: dict) -> dict:
+    """The state dict as shipped: float16 for floating tensors of more than 1024 elements, the rest as they are."""
+    return {k: (v.half() if v.is_floating_point() and v.numel() > 1024 else v) for k, v in state.items()}
+
+
 def register(weights: Path, data: Path, recipe: str) -> None:
     """Copy the main weights, their sidecar and the training data's manifest into the package's
     weights folder and add (or replace) the ``dblurdosenet-lu177`` entry of its manifest."""
@@ -169,11 +182,19 @@ def register(weights: Path, data: Path, recipe: str) -> None:
     from persodose.dl.train import weights_entry
     from persodose.dl.weights_registry import MANIFEST_PATH, WEIGHTS_DIR
 
+    import torch
+
+    from persodose.dl.train import _save
+    from persodose.dl.weights_registry import sha256_file
+
     name = "dblurdosenet-lu177"
-    shutil.copyfile(weights, WEIGHTS_DIR / f"{name}.pt")
+    shipped = WEIGHTS_DIR / f"{name}.pt"
+    _save(torch, half_precision(torch.load(weights, map_location="cpu", weights_only=True)), shipped)
     side = json.loads(Path(f"{weights}.json").read_text())
     data_file = f"{name}.data-manifest.json"
     shutil.copyfile(data / "manifest.json", WEIGHTS_DIR / data_file)
+    side.update(trained_weights_sha256=side["sha256"], sha256=sha256_file(shipped), size_bytes=shipped.stat().st_size,
+                stored_as=HALF_NOTE)
     side.update(file=f"{name}.pt", name=name, data_manifest_file=data_file,
                 training_command=f"python validation/{recipe}  (which ran: {side['training_command']})")
     (WEIGHTS_DIR / f"{name}.pt.json").write_text(json.dumps(side, indent=1) + "\n")
