@@ -153,8 +153,8 @@ def grow(exe: str, args, w: Path, pop: Path, train: list[str], common: list[str]
     if not (merged / "manifest.json").exists():
         run([exe, "dataset", "merge", str(w / f"ds_train{n0}"), str(ds_extra), "--out", str(merged)], log)
     if not Path(f"{out}.json").exists():
-        tune = [c if c != "1e-3" else f"{args.grow_lr:g}" for c in common]
-        tune[tune.index("--epochs") + 1] = str(args.grow_epochs)
+        tune = list(common)
+        tune[tune.index("--epochs") + 1], tune[tune.index("--lr") + 1] = str(args.grow_epochs), f"{args.grow_lr:g}"
         resume = ["--resume"] if Path(f"{out}.ckpt").exists() else ["--init-weights", str(w / "dblurdosenet-lu177.pt")]
         run([exe, "train", "dblurdosenet", "--data", str(merged), "--out", str(out), *tune, *resume], log)
     return out, merged
