@@ -324,6 +324,7 @@ def test_registering_a_kind(population, tmp_path):
     class Cfg:
         n: int = 2
 
+    KINDS.load()  # the built-in kinds, so that "density-led" is taken even in a fresh worker
     saved = KINDS.snapshot()
     try:
         @register_kind("test-ones", settings=Cfg, needs=("labels",))
