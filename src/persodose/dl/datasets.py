@@ -146,7 +146,8 @@ class DatasetKind:
 
 #: The dataset kinds; the built-ins register themselves when their modules are imported.
 KINDS: Registry[DatasetKind] = Registry("dataset kind", builtins=["persodose.dl.dataset_kinds.density_led",
-                                                                   "persodose.dl.dataset_kinds.spect_doserate"],
+                                                                   "persodose.dl.dataset_kinds.spect_doserate",
+                                                                   "persodose.dl.dataset_kinds.kernels"],
                                         identity=lambda k: k.make_examples)
 
 
@@ -348,9 +349,9 @@ def _check_examples(examples: list, who: str) -> tuple[np.ndarray, np.ndarray, l
     for i, ex in enumerate(examples):
         x, y, meta = ex
         x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
-        if x.ndim != 4 or y.ndim != 4 or x.shape[1:] != y.shape[1:]:
+        if x.ndim != 4 or y.ndim != 4:  # the grids may differ (a network of valid convolutions); networks check the fit
             raise InputError(f"{who}: example {i} has inputs {x.shape} and targets {y.shape}; "
-                             "both must be (C, D, H, W) with the same D, H, W")
+                             "both must be (C, D, H, W)")
         if ins and (x.shape != ins[0].shape or y.shape != tgs[0].shape):
             raise InputError(f"{who}: example {i} has shapes {x.shape}/{y.shape}, example 0 {ins[0].shape}/"
                              f"{tgs[0].shape}")

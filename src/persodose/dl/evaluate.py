@@ -393,6 +393,9 @@ def evaluate(network: str, test_dir: str | Path, weights: str | Path, *, expecte
     check_dataset_for(spec, data, "test")
     inputs, targets, ids = data.load_split("test")
     preds = predict(model, inputs, batch_size, device, spec.channels_last_cpu)
+    if spec.channel_window:  # each sample's channels are the voxels of one window: score it as an image
+        targets = targets.reshape(len(targets), 1, *spec.channel_window)
+        preds = preds.reshape(len(preds), 1, *spec.channel_window)
     per_channel: list[list[VoxelScores]] = [[] for _ in range(targets.shape[1])]
     rows = []
     metas = data.opened.metas("test")

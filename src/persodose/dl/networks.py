@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -69,6 +70,13 @@ class NetworkSpec:
             applied to the training split's RMS scales before they are stored (for example to
             give an input channel that the network adds to its output the target's scale, or
             to keep a channel in physical units); None: the RMS scales as they are.
+        output_crop: voxels the network's output grid loses on each side of each axis (a network
+            of unpadded, "valid" convolutions: input ``(C, D, H, W)``, output
+            ``(C', D - 2k, H - 2k, W - 2k)``); 0: the output keeps the input grid.
+        channel_window: the output channels are the voxels of a window of this shape (z, y, x),
+            flattened in C order (a network predicting a small map per voxel, like a dose kernel);
+            ``persodose evaluate`` scores each sample's window as one image. ``()``: channels are
+            channels.
     """
 
     name: str
@@ -84,13 +92,15 @@ class NetworkSpec:
     channels_last_cpu: bool = False
     depth_margin: int = 0
     scale_rule: Callable[[Any, Any], tuple] | None = None
+    output_crop: int = 0
+    channel_window: tuple = ()
 
     def settings(self, values: Any = None) -> Any:
         """Its settings from ``None`` (defaults), an instance or a mapping (strings parsed)."""
         return resolve_settings(values, self.settings_type, owner=self.name, what="network")
 
 
-NETWORKS: Registry[NetworkSpec] = Registry("network", builtins=["persodose.dl.dblurdosenet"],
+NETWORKS: Registry[NetworkSpec] = Registry("network", builtins=["persodose.dl.dblurdosenet", "persodose.dl.kernel_dnn"],
                                            identity=lambda spec: spec.builder)
 
 
@@ -98,7 +108,8 @@ def register_network(name: str, builder: Callable[[Any], Any] | None = None, *, 
                      in_channels: int, out_channels: int, settings: type = NoNetworkSettings, loss: str = "mse",
                      spatial_multiple: int = 1, min_spatial: int = 1, summary: str = "",
                      channels_last_cpu: bool = False, depth_margin: int = 0,
-                     scale_rule: Callable[[Any, Any], tuple] | None = None) -> Any:
+                     scale_rule: Callable[[Any, Any], tuple] | None = None, output_crop: int = 0,
+                     channel_window: tuple = ()) -> Any:
     """Register a network under ``name``; usable directly or as a decorator of the builder.
 
     Raises:
@@ -109,20 +120,24 @@ def register_network(name: str, builder: Callable[[Any], Any] | None = None, *, 
                                            out_channels=out_channels, settings=settings, loss=loss,
                                            spatial_multiple=spatial_multiple, min_spatial=min_spatial,
                                            summary=summary, channels_last_cpu=channels_last_cpu,
-                                           depth_margin=depth_margin, scale_rule=scale_rule)
+                                           depth_margin=depth_margin, scale_rule=scale_rule,
+                                           output_crop=output_crop, channel_window=channel_window)
     if loss not in LOSSES:
         raise ValueError(f"network {name!r}: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if not (isinstance(settings, type) and dataclasses.is_dataclass(settings)):
         raise ValueError(f"network {name!r}: settings must be a dataclass type")
-    if int(depth_margin) < 0 or (scale_rule is not None and not callable(scale_rule)):
-        raise ValueError(f"network {name!r}: depth_margin must be >= 0 and scale_rule callable")
+    if int(depth_margin) < 0 or int(output_crop) < 0 or (scale_rule is not None and not callable(scale_rule)):
+        raise ValueError(f"network {name!r}: depth_margin and output_crop must be >= 0 and scale_rule callable")
+    if channel_window and (len(channel_window) != 3 or math.prod(channel_window) != out_channels):
+        raise ValueError(f"network {name!r}: channel_window must be 3 sizes whose product is out_channels")
     if min(in_channels, out_channels, spatial_multiple, min_spatial) < 1 or not str(dataset_kind).strip():
         raise ValueError(f"network {name!r}: channels, spatial_multiple and min_spatial must be >= 1 and "
                          "dataset_kind given")
     doc = (builder.__doc__ or "").strip().splitlines()
     spec = NetworkSpec(Registry.key(name), builder, settings, str(dataset_kind), int(in_channels),
                        int(out_channels), loss, int(spatial_multiple), int(min_spatial),
-                       summary or (doc[0] if doc else ""), bool(channels_last_cpu), int(depth_margin), scale_rule)
+                       summary or (doc[0] if doc else ""), bool(channels_last_cpu), int(depth_margin), scale_rule,
+                       int(output_crop), tuple(int(v) for v in channel_window))
     NETWORKS.add(name, spec)
     return builder
 
@@ -252,9 +267,11 @@ def check_shapes(spec: NetworkSpec, input_shape, target_shape, where: str = "dat
     if ins[0] != spec.in_channels or tgt[0] != spec.out_channels:
         raise InputError(f"{where}: network {spec.name!r} takes {spec.in_channels} input and gives "
                          f"{spec.out_channels} target channel(s); the data have {ins[0]} and {tgt[0]}")
-    if ins[1:] != tgt[1:]:
-        raise InputError(f"{where}: input grid {list(ins[1:])} differs from target grid {list(tgt[1:])}; "
-                         f"network {spec.name!r} keeps the grid")
+    k = spec.output_crop
+    if tuple(v - 2 * k for v in ins[1:]) != tgt[1:]:
+        keeps = "keeps the grid" if k == 0 else f"gives the input grid less {k} voxel(s) on each side"
+        raise InputError(f"{where}: input grid {list(ins[1:])} and target grid {list(tgt[1:])} do not fit; "
+                         f"network {spec.name!r} {keeps}")
     if ins[1] <= 2 * spec.depth_margin:
         raise InputError(f"{where}: network {spec.name!r} leaves {spec.depth_margin} slices at each end out of "
                          f"the loss; samples of {ins[1]} slices leave none")
