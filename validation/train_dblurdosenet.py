@@ -173,9 +173,11 @@ def half_precision(state: dict) -> dict:
     return {k: (v.half() if v.is_floating_point() and v.numel() > 1024 else v) for k, v in state.items()}
 
 
-def register(weights: Path, data: Path, recipe: str) -> None:
-    """Copy the main weights, their sidecar and the training data's manifest into the package's
-    weights folder and add (or replace) the ``dblurdosenet-lu177`` entry of its manifest."""
+def register(weights: Path, data: Path, recipe: str, name: str = "dblurdosenet-lu177", what: str | None = None,
+             half: bool = True) -> None:
+    """Copy the main weights (in half precision with ``half``), their sidecar and the training data's
+    manifest into the package's weights folder and add (or replace) the entry ``name`` of its
+    manifest, described as ``what`` and the number of training patients."""
     import dataclasses
     import shutil
 
@@ -187,19 +189,20 @@ def register(weights: Path, data: Path, recipe: str) -> None:
     from persodose.dl.train import _save
     from persodose.dl.weights_registry import sha256_file
 
-    name = "dblurdosenet-lu177"
     shipped = WEIGHTS_DIR / f"{name}.pt"
-    _save(torch, half_precision(torch.load(weights, map_location="cpu", weights_only=True)), shipped)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    _save(torch, half_precision(state) if half else state, shipped)
     side = json.loads(Path(f"{weights}.json").read_text())
     data_file = f"{name}.data-manifest.json"
     shutil.copyfile(data / "manifest.json", WEIGHTS_DIR / data_file)
     side.update(trained_weights_sha256=side["sha256"], sha256=sha256_file(shipped), size_bytes=shipped.stat().st_size,
-                stored_as=HALF_NOTE)
+                stored_as=HALF_NOTE if half else "float32, as trained")
     side.update(file=f"{name}.pt", name=name, data_manifest_file=data_file,
                 training_command=f"python validation/{recipe}  (which ran: {side['training_command']})")
     (WEIGHTS_DIR / f"{name}.pt.json").write_text(json.dumps(side, indent=1) + "\n")
     entry = weights_entry(WEIGHTS_DIR / f"{name}.pt.json")
-    entry = dataclasses.replace(entry, description="DblurDoseNet, 177Lu SPECT + density -> dose rate (4.8 mm); trained on "
+    what = what or "DblurDoseNet, 177Lu SPECT + density -> dose rate (4.8 mm)"
+    entry = dataclasses.replace(entry, description=f"{what}; trained on "
                                 f"{sum(p['split'] == 'train' for p in side['data']['patients'])} virtual patients")
     doc = [e for e in json.loads(MANIFEST_PATH.read_text()) if e.get("name") != name]
     doc.append(dataclasses.asdict(entry))

@@ -203,6 +203,8 @@ def _internal_step(res: TracerResult, vp, points, settings: DemoSettings, ct_inf
     # the reference: stopped at a target uncertainty; F-18's photon part by track length
     limit = dict(settings.mc_reference_decays).get(res.tracer, settings.mc_decays)
     isettings.methods = tuple(m for m in isettings.methods if m != "dblurdosenet")  # no images in this run
+    if _dnn_available(vp.nuclide):  # predicted patient-specific kernels, beside the classical methods and MC
+        isettings.methods = (*isettings.methods, "dnn")
     isettings.method_options = {"mc": {"decays": int(limit), "target_uncertainty": settings.mc_reference_target,
                                        "photon_estimator": "tle" if vp.nuclide == "F-18" else "analog"}}
     res.internal_truth = run_internal(res.ct, [], isettings, labels=res.labels, label_names=res.label_names,
@@ -230,6 +232,12 @@ def _dblurdosenet_available() -> bool:
     from persodose.dose.dblurdosenet import DEFAULT_WEIGHTS
 
     return _shipped_network_available(DEFAULT_WEIGHTS, ("torch",))
+
+
+def _dnn_available(nuclide: str) -> bool:
+    from persodose.dose.dnn import DEFAULT_WEIGHTS
+
+    return nuclide in DEFAULT_WEIGHTS and _shipped_network_available(DEFAULT_WEIGHTS[nuclide], ("torch",))
 
 
 def _builtin_segmenter_available() -> bool:

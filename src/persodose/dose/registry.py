@@ -211,7 +211,7 @@ def parse_method_options(items: Iterable[str], source: str = "--method-option") 
 #: The dose methods: the built-ins are registered by importing their modules.
 METHODS: Registry[MethodSpec] = Registry(
     "dose method", builtins=[f"persodose.dose.{m}" for m in ("led", "svalue", "density_scaling", "msv", "monte_carlo",
-                                                                       "dblurdosenet")],
+                                                                       "dblurdosenet", "dnn")],
     identity=lambda spec: spec.function)
 
 
