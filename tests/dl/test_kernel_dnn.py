@@ -91,9 +91,9 @@ def test_symmetric_copies_transform_context_and_window_alike(dataset):
 
 def test_apply_symmetry_moves_a_marked_voxel():
     a = np.zeros((3, 4, 5))
-    a[0, 1, 2] = 1
+    a[0, 1, 3] = 1
     b = apply_symmetry(a, ((2, 0, 1), (True, False, False)))
-    assert b.shape == (5, 3, 4) and b[4 - 2, 0, 1] == 1  # new axes (x, z, y), the first reflected
+    assert b.shape == (5, 3, 4) and b[4 - 3, 0, 1] == 1 and b.sum() == 1  # new axes (x, z, y), the first reflected
 
 
 def test_source_classes():
@@ -246,6 +246,25 @@ def test_trained_weights_run_as_the_dnn_method(dataset, tmp_path, monkeypatch):
     assert r8.info["resampled"] and r8.info["network_voxel_mm"] == 12.0
     d8 = np.asarray(r8.dose.array)
     assert np.all(np.isfinite(d8)) and d8.min() >= 0 and d8.max() > 0
+    # weights whose energy ratios are 1 everywhere: in 1.04 g/cm3 the whole method (window, far
+    # field, mu_en weights, energy-to-dose factor) must give SSV's dose
+    state = torch.load(res.weights, weights_only=True)
+    state["core.basis.weight"].zero_()
+    state["core.basis.bias"].copy_(1.0 / state["target_scale"].reshape(-1))
+    unit = tmp_path / "unit.pt"
+    torch.save(state, unit)
+    (tmp_path / "unit.pt.json").write_text(json.dumps({k: v for k, v in side.items() if k != "sha256"}))
+    soft = g.with_array(np.full(rho.shape, 1.04, np.float32), Kind.DENSITY)
+    tia = g.with_array(a, Kind.TIA)
+    got = spec.run(DoseInputs(tia=tia, nuclide="F-18", density=soft, kernels=kern), {"weights": str(unit)})
+    ssv = get_spec("ssv").run(DoseInputs(tia=tia, nuclide="F-18", density=soft, kernels=kern), None)
+    np.testing.assert_allclose(np.asarray(got.dose.array), np.asarray(ssv.dose.array), rtol=1e-4,
+                               atol=1e-6 * float(np.max(ssv.dose.array)))
+    bare = {k: v for k, v in side.items() if k != "sha256"}
+    bare["dataset_settings"] = {**bare["dataset_settings"], "nuclide": ""}
+    (tmp_path / "unit.pt.json").write_text(json.dumps(bare))
+    with pytest.raises(InputError, match="do not say the nuclide"):
+        spec.run(DoseInputs(tia=tia, nuclide="F-18", density=soft, kernels=kern), {"weights": str(unit)})
     with pytest.raises(InputError, match="trained for F-18, not Lu-177"):
         spec.run(DoseInputs(tia=g.with_array(a, Kind.TIA), nuclide="Lu-177", density=g.with_array(rho, Kind.DENSITY),
                             kernels=kern), {"weights": str(res.weights)})

@@ -393,12 +393,14 @@ def evaluate(network: str, test_dir: str | Path, weights: str | Path, *, expecte
     check_dataset_for(spec, data, "test")
     inputs, targets, ids = data.load_split("test")
     preds = predict(model, inputs, batch_size, device, spec.channels_last_cpu)
-    if spec.channel_window:  # each sample's channels are the voxels of one window: score it as an image
-        targets = targets.reshape(len(targets), 1, *spec.channel_window)
-        preds = preds.reshape(len(preds), 1, *spec.channel_window)
+    metas = data.opened.metas("test")
+    if spec.channel_window:  # each output voxel's channels are the voxels of one window: score each window
+        per_sample = int(np.prod(targets.shape[2:]))
+        targets, preds = (np.moveaxis(a, 1, -1).reshape(-1, 1, *spec.channel_window) for a in (targets, preds))
+        ids = [i for i in ids for _ in range(per_sample)]
+        metas = [m for m in metas for _ in range(per_sample)]
     per_channel: list[list[VoxelScores]] = [[] for _ in range(targets.shape[1])]
     rows = []
-    metas = data.opened.metas("test")
     for i in range(targets.shape[0]):
         spacing = (metas[i] if i < len(metas) else {}).get("spacing_zyx_mm")
         for c in range(targets.shape[1]):

@@ -10,7 +10,9 @@ weighted by the target medium's mass energy-absorption coefficient. On the TIA g
    there (totals kept, density interpolated) when the grid has another voxel, and the dose
    interpolated back;
 2. near field: the network in chunks of ``chunk_slices`` slices over the in-plane box of the
-   voxels with activity, each source's window scattered onto its targets;
+   voxels with activity; each voxel's window is ``rank`` coefficients of learned kernel shapes,
+   so the windows reach their targets by ``rank + 1`` convolutions with 7^3 kernels
+   (:func:`near_field_dose`);
 3. far field: the TIA convolved (FFT) with the soft-tissue kernel outside the window, times
    the target's weight (:func:`persodose.dl.kernel_dnn.far_field_weights`);
 4. zero below 0.1 g/cm3 (with the :class:`ActivityInAirWarning` of the other methods), and
@@ -49,7 +51,8 @@ class DNNMethodSettings:
             the shipped weights of the nuclide (:data:`DEFAULT_WEIGHTS`).
         device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
         chunk_slices: source slices per network pass (memory: about 0.5 kB per voxel of a chunk).
-        threads: CPU threads for the network (0: PyTorch's default).
+        threads: CPU threads for the network (0: PyTorch's default; any other number stays set for
+            the rest of the process, ``torch.set_num_threads``).
     """
 
     weights: str = ""
@@ -137,7 +140,8 @@ def near_field_dose(model, tia_bq_s: np.ndarray, density_g_cm3: np.ndarray, wind
 
 
 def _far_kernel(kernel: np.ndarray) -> np.ndarray:
-    """The kernel with its central 7^3 voxels set to 0 (padded to 7 voxels if smaller)."""
+    """``(kernel, far)``: the kernel (padded to 7 voxels where smaller) and a copy with its central
+    7^3 voxels set to 0."""
     from persodose.dl.kernel_dnn import WINDOW
 
     k = np.asarray(kernel, np.float32)
@@ -185,10 +189,14 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     if int(settings.threads):
         torch.set_num_threads(int(settings.threads))
     model, side, loaded = _load(_weights_for(settings, nuclide), settings.device)
-    trained = get_nuclide(str((side.get("dataset_settings") or {}).get("nuclide") or nuclide)).name
+    named = str((side.get("dataset_settings") or {}).get("nuclide") or "")
+    if not named or not side.get("voxel_mm"):
+        raise InputError(f"dose method 'dnn': weights {loaded.path.name} do not say the nuclide and voxel they were "
+                         "trained for (their sidecar FILE.json; make the dataset with --option nuclide=NAME)")
+    trained = get_nuclide(named).name
     if trained != nuclide:
         raise InputError(f"dose method 'dnn': weights {loaded.path.name} are trained for {trained}, not {nuclide}")
-    want = float(side.get("voxel_mm") or 3.0)
+    want = float(side["voxel_mm"])
     grid = inputs.tia
     native = all(abs(v - want) <= 0.01 * want for v in grid.spacing_zyx_mm)
     net_grid = grid if native else cubic_grid_over(grid, want)
@@ -209,7 +217,7 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     if float(np.min(an)) >= 0:
         clip_roundoff(far)
     dose = near + far * far_field_weights(nuclide, r)
-    air = air_mask(r, an, 0.1, "dnn") | (r <= 0)
+    air = (r < 0.1) | (r <= 0) if not native else air_mask(r, an, 0.1, "dnn") | (r <= 0)
     dose[air] = 0.0
     np.maximum(dose, 0.0, out=dose)  # a network's energy ratio may dip below 0 where it is poorly trained
     if not native:

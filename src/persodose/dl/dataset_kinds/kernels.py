@@ -234,6 +234,9 @@ def make_kernel_examples(patient: PatientData, settings: KernelSettings, seed: i
     sources = _draw_sources(cls, settings, rng)
     anchor_pool = [np.argwhere(cls == i) for i in (1, 3, 0)]  # lung, soft tissue, bone in turn
     anchor_pool = [p for p in anchor_pool if len(p)]
+    if settings.anchors_per_patient and not anchor_pool:
+        raise InputError(f"{who}: no lung, soft-tissue or bone voxel away from an interface to fill a homogeneous "
+                         "anchor with")
     for j in range(int(settings.anchors_per_patient)):
         pool = anchor_pool[j % len(anchor_pool)]
         sources.append(("homogeneous", tuple(int(v) for v in pool[rng.integers(len(pool))])))
