@@ -20,7 +20,7 @@ exists, so an interrupted run continues. The same commands scale up unchanged: m
 
 Usage::
 
-    python validation/train_kernel_dnn.py --work /work/dnn --epochs 40
+    python validation/train_kernel_dnn.py --work /work/dnn
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels-per-patient", type=int, default=80)
     ap.add_argument("--decays", type=int, default=300_000, help="MC decays per kernel")
     ap.add_argument("--symmetries", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--curve", type=int, nargs="*", default=[2, 4], help="training-set sizes of the learning curve")
     ap.add_argument("--lu-patients", type=int, default=3, help="training patients of the 177Lu fine-tuning (0: none)")
-    ap.add_argument("--lu-epochs", type=int, default=20)
+    ap.add_argument("--lu-epochs", type=int, default=60)
     ap.add_argument("--lu-lr", type=float, default=3e-4)
     ap.add_argument("--only", choices=["data", "main", "curve", "lu177", "register"], nargs="*", default=None)
     args = ap.parse_args(argv)
