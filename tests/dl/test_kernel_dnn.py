@@ -241,7 +241,8 @@ def test_trained_weights_run_as_the_dnn_method(dataset, tmp_path, monkeypatch):
     a8 = np.zeros(g8.shape, np.float32)
     a8[5:10, 5:10, 5:10] = 1e6
     r8 = spec.run(DoseInputs(tia=g8.with_array(a8, Kind.TIA), nuclide="F-18",
-                             density=g8.with_array(np.full(g8.shape, 1.04, np.float32), Kind.DENSITY), kernels=None),
+                             density=g8.with_array(np.full(g8.shape, 1.04, np.float32), Kind.DENSITY),
+                             kernels=KernelSet.of([cached_kernel("F-18", 8.0, "soft_tissue", 9, 20_000)])),
                   {"weights": str(res.weights)})
     assert r8.info["resampled"] and r8.info["network_voxel_mm"] == 12.0
     d8 = np.asarray(r8.dose.array)

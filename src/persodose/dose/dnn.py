@@ -6,9 +6,13 @@ the 7x7x7 near field of that voxel's kernel as a ratio to the soft-tissue kernel
 density in the 11x11x11 voxels around it; the far photon field is the soft-tissue kernel's,
 weighted by the target medium's mass energy-absorption coefficient. On the TIA grid:
 
-1. at the voxel the weights were trained at (their sidecar's ``voxel_mm``): the TIA is brought
-   there (totals kept, density interpolated) when the grid has another voxel, and the dose
-   interpolated back;
+1. at the voxel the weights were trained at (their sidecar's ``voxel_mm``). On a grid of another
+   voxel the TIA is brought there (totals kept, density interpolated), and what comes back is
+   the network's *correction*: the soft-tissue convolution (SSV) on the grid's own voxel times
+   ``dnn / SSV`` on the network's voxel, interpolated. Interpolating the dose itself would add
+   the resampling's partial-volume blur twice: the mean dose of a 24 mm cube of Lu-177 in soft
+   tissue at 4 mm came out 13 % below the same cube's at 3 mm that way, and within 0.1 % of it
+   with the correction;
 2. near field: the network in chunks of ``chunk_slices`` slices over the in-plane box of the
    voxels with activity; each voxel's window is ``rank`` coefficients of learned kernel shapes,
    so the windows reach their targets by ``rank + 1`` convolutions with 7^3 kernels
@@ -153,6 +157,23 @@ def _far_kernel(kernel: np.ndarray) -> np.ndarray:
     return k, far
 
 
+def _transfer(dose_net: np.ndarray, tia_net: np.ndarray, kernel_net: np.ndarray, net_grid, tia: np.ndarray,
+              kernel, grid) -> np.ndarray:
+    """The dose on the TIA's own grid from the dose on the network's: the soft-tissue convolution
+    on the own grid times the network's correction to it, ``dnn / ssv`` on the network's grid
+    (both of the same resampled TIA, so that the resampling's partial-volume blur cancels)
+    interpolated back. Where the network's SSV is below 1e-6 of its maximum, the factor is 1."""
+    from persodose.dose.convolution import fft_convolve_many
+
+    ssv_net = fft_convolve_many(tia_net, [kernel_net])[0]
+    factor = np.ones_like(ssv_net)
+    ok = ssv_net > 1e-6 * float(np.max(ssv_net)) if np.any(ssv_net > 0) else np.zeros(ssv_net.shape, bool)
+    factor[ok] = dose_net[ok] / ssv_net[ok]
+    factor = np.asarray(net_grid.with_array(factor, Kind.SCALAR).resample_to(grid).array, np.float32)
+    ssv = fft_convolve_many(tia, [np.asarray(kernel.gy_per_bq_s, np.float32)])[0]
+    return np.maximum(ssv, 0.0) * factor
+
+
 @functools.lru_cache(maxsize=4)
 def _kernel_at(nuclide: str, voxel_mm: float):
     from persodose.mc.kernels import cached_kernel
@@ -202,11 +223,9 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     net_grid = grid if native else cubic_grid_over(grid, want)
     r = rho if native else np.asarray(inputs.density.resample_to(net_grid).array, np.float32)
     an = a if native else resample_sum(inputs.tia, net_grid).astype(np.float32)
-    if native:
-        kern = as_kernel_set(inputs.kernels, "dnn")["soft_tissue"]
-        kern.check_voxel_size(grid.spacing_zyx_mm, "the time-integrated activity grid")
-    else:
-        kern = _kernel_at(nuclide, want)
+    own = as_kernel_set(inputs.kernels, "dnn")["soft_tissue"]
+    own.check_voxel_size(grid.spacing_zyx_mm, "the time-integrated activity grid")
+    kern = own if native else _kernel_at(nuclide, want)
     full, far_k = _far_kernel(kern.gy_per_bq_s)
     cz, cy, cx, h = full.shape[0] // 2, full.shape[1] // 2, full.shape[2] // 2, WINDOW // 2
     window = full[cz - h:cz + h + 1, cy - h:cy + h + 1, cx - h:cx + h + 1]
@@ -221,7 +240,7 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     dose[air] = 0.0
     np.maximum(dose, 0.0, out=dose)  # a network's energy ratio may dip below 0 where it is poorly trained
     if not native:
-        dose = np.asarray(net_grid.with_array(dose, Kind.DOSE).resample_to(grid).array, np.float32)
+        dose = _transfer(dose, an, full, net_grid, a, own, grid)
         dose[air_mask(rho, a, 0.1, "dnn") | (rho <= 0)] = 0.0
     info = {"weights": str(loaded.path), "weights_sha256": loaded.sha256, "network_voxel_mm": want,
             "resampled": not native, "near_field_s": round(t1 - t0, 2),
