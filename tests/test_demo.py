@@ -40,7 +40,7 @@ def test_demo_runs_end_to_end_and_its_checks_hold(tmp_path):
     eff = json.loads((out / "fdg" / "ct_dose" / "effective_dose.json").read_text())
     assert "partial" in json.dumps(eff)  # the phantom lacks colon, breast, gonads...: never a full E
     comp = json.loads((out / "lu177-dotatate" / "internal_true_tia" / "comparison.json").read_text())
-    assert set(comp) == {"led", "ssv", "dsv", "msv"}
+    assert set(comp) == {"led", "ssv", "dsv", "msv", "dnn"}  # dnn: the shipped predicted-kernel weights
 
 
 def _resampling_and_hu_checks(checks):

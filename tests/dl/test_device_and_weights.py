@@ -152,7 +152,7 @@ def test_missing_file_or_unknown_name_is_refused(tmp_path):
     with pytest.raises(InputError, match="no such file, and not a registered name") as exc:
         load_weights(tmp_path / "absent.pt")
     _one_line(exc)
-    with pytest.raises(InputError, match=r"registered: dblurdosenet-lu177, segmenter-virtual-3mm\)"):
+    with pytest.raises(InputError, match=r"registered: dblurdosenet-lu177, kernel-dnn-f18, kernel-dnn-lu177, segmenter-virtual-3mm\)"):
         verify_weights("dblurdosenet-v1")
 
 
