@@ -174,11 +174,18 @@ def _transfer(dose_net: np.ndarray, tia_net: np.ndarray, kernel_net: np.ndarray,
     return np.maximum(ssv, 0.0) * factor
 
 
-@functools.lru_cache(maxsize=4)
 def _kernel_at(nuclide: str, voxel_mm: float):
+    """The soft-tissue kernel at the network's voxel, from the kernel cache in force now."""
+    import os
+
+    return _cached_kernel_at(nuclide, voxel_mm, os.environ.get("PERSODOSE_CACHE", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_kernel_at(nuclide: str, voxel_mm: float, cache: str):
     from persodose.mc.kernels import cached_kernel
 
-    return cached_kernel(nuclide, voxel_mm, "soft_tissue")
+    return cached_kernel(nuclide, voxel_mm, "soft_tissue", cache_dir=cache or None)
 
 
 @register_method("dnn", settings=DNNMethodSettings, needs=("density", "kernels", "device"),
