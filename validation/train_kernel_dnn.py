@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels-per-patient", type=int, default=80)
     ap.add_argument("--decays", type=int, default=300_000, help="MC decays per kernel")
     ap.add_argument("--symmetries", type=int, default=8)
+    ap.add_argument("--border-fraction", type=float, default=0.0,
+                    help="share of kernels drawn among soft-tissue voxels beside bone or lung (dataset option)")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -92,24 +94,26 @@ def main(argv=None) -> int:
     link_folder(pop, w / f"train{n}", train_f + val_f)
     link_folder(pop, w / "test", test_f)
     opts = [f"kernels_per_patient={args.kernels_per_patient}", f"decays={args.decays}",
-            f"symmetries={args.symmetries}"]
-    ds, ds_test = w / f"ds_train{n}", w / "ds_test"
+            f"symmetries={args.symmetries}"] + ([f"border_fraction={args.border_fraction:g}"]
+                                                 if args.border_fraction > 0 else [])
+    tag = f"_border{args.border_fraction:g}" if args.border_fraction > 0 else ""
+    ds, ds_test = w / f"ds_train{n}{tag}", w / "ds_test"
     if "data" in steps:
         make_data(exe, w / f"train{n}", ds, 1, ["nuclide=F-18", *opts], log)
-        make_data(exe, w / "test", ds_test, 2, ["nuclide=F-18", *opts], log)
+        make_data(exe, w / "test", ds_test, 2, ["nuclide=F-18", *opts[:3]], log)  # the test set: no border share
     common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}",
               "--plateau-factor", "0.5", "--plateau-patience", "3", "--patience", "8", "--seed", str(args.seed),
               "--device", args.device, "--threads", str(args.threads)]
-    main_w = w / "kernel-dnn-f18.pt"
+    main_w = w / f"kernel-dnn-f18{tag}.pt"
     if "main" in steps:
         train(exe, ds, main_w, common, log)
     if "curve" in steps:
         for k in args.curve:
-            sub = w / f"ds_train{k}"
+            sub = w / f"ds_train{k}{tag}"
             if not (sub / "manifest.json").exists():
                 ids = [json.loads((pop / f / "manifest.json").read_text()).get("id", f) for f in train_f[:k]]
                 subset_dataset(ds, sub, ids)
-            train(exe, sub, w / f"curve_n{k}.pt", common, log)
+            train(exe, sub, w / f"curve_n{k}{tag}.pt", common, log)
     lu_w, ds_lu = w / "kernel-dnn-lu177.pt", w / f"ds_lu_train{args.lu_patients}"
     if args.lu_patients and "lu177" in steps:
         link_folder(pop, w / f"lu_train{args.lu_patients}", train_f[: args.lu_patients] + val_f[:1])

@@ -290,3 +290,20 @@ def test_dataset_shapes_must_fit_the_crop():
     check_shapes(spec, (2, 15, 13, 11), (343, 5, 3, 1))
     with pytest.raises(InputError, match="less 5 voxel"):
         check_shapes(spec, (2, 11, 11, 11), (343, 11, 11, 11))
+
+
+def test_border_sources_are_soft_tissue_beside_bone_or_lung(population, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSODOSE_CACHE", str(tmp_path / "cache"))
+    opts = {**TINY, "border_fraction": "1", "anchors_per_patient": "0", "symmetries": "1"}
+    ds = open_dataset(make_dataset("kernels", sorted(p for p in population.iterdir() if p.is_dir()),
+                                   tmp_path / "ds", opts, seed=5).path)
+    exs = _examples(ds)
+    assert len(exs) == 2 * 4 and {m["class"] for _, _, m in exs} == {"border"}
+    for x, _, m in exs:
+        ctx = x[0, 4:7, 4:7, 4:7]  # the source's 3x3x3 neighbourhood
+        assert 0.65 <= m["density_g_cm3"] < 1.2
+        assert ctx.max() >= 1.2 or ((ctx >= 0.1) & (ctx < 0.65)).any()
+    with pytest.raises(InputError, match="border_fraction"):
+        from persodose.dl.dataset_kinds.kernels import KernelSettings
+
+        KernelSettings(border_fraction=1.5)

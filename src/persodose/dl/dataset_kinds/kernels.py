@@ -10,7 +10,8 @@ SINFONIA deliverable D2.2, sections 1.2.2 and 2.1.1). For each patient (a folder
    over-represented where heterogeneity changes the kernel: ``bone`` (>= 1.2 g/cm3), ``lung``
    (0.1-0.65 g/cm3), ``interface`` (a 3x3x3 neighbourhood spanning at least 0.25 g/cm3: lung
    and bone borders, skin against air) and ``soft`` (the rest above 0.65 g/cm3), in the
-   proportions of ``fractions``; and ``anchors_per_patient`` homogeneous media: the phantom
+   proportions of ``fractions``, after an optional share ``border_fraction`` of soft-tissue
+   voxels beside bone or lung (class ``border``); and ``anchors_per_patient`` homogeneous media: the phantom
    filled with one sampled voxel's material and density (lung, soft tissue, bone in turn);
 3. for each source voxel, the patient's density and materials in a cube of
    :data:`~persodose.dl.kernel_dnn.PHANTOM` voxels around it (air beyond the CT) become a Monte
@@ -69,6 +70,10 @@ class KernelSettings:
             patient lacks gives its share to soft tissue).
         reference_decays: decays of the soft-tissue reference kernel (symmetrised, once per
             nuclide and voxel, cached on disk).
+        border_fraction: share of ``kernels_per_patient`` drawn, before the classes, among
+            soft-tissue voxels with bone or lung in their 3x3x3 neighbourhood (class ``border``:
+            the cross-dose into bone and lung that the ``interface`` class mixes with skin against
+            air); 0 (the default): none, and the draw is the one made before this setting existed.
         symmetries: copies of every kernel stored, each under another of the 48 symmetries of the
             cubic lattice (axis permutations and reflections, applied to the context and the window
             alike; the identity first): the transport is invariant under them, so each Monte Carlo
@@ -81,6 +86,7 @@ class KernelSettings:
     anchors_per_patient: int = 6
     fractions: tuple = (0.3, 0.25, 0.25, 0.2)
     reference_decays: int = 20_000_000
+    border_fraction: float = 0.0
     symmetries: int = 8
 
     def __post_init__(self) -> None:
@@ -94,6 +100,8 @@ class KernelSettings:
                              f"got {self.decays}, {self.reference_decays}")
         if not 0 <= int(self.kernels_per_patient) <= 100_000 or not 0 <= int(self.anchors_per_patient) <= 1000:
             raise InputError("kernels.kernels_per_patient must be 0..100000 and anchors_per_patient 0..1000")
+        if not (np.isfinite(self.border_fraction) and 0.0 <= float(self.border_fraction) <= 1.0):
+            raise InputError(f"kernels.border_fraction must be 0..1, got {self.border_fraction}")
         if not 1 <= int(self.symmetries) <= 48:
             raise InputError(f"kernels.symmetries must be 1..48, got {self.symmetries}")
         if int(self.kernels_per_patient) + int(self.anchors_per_patient) < 1:
@@ -113,9 +121,30 @@ def source_classes(rho: np.ndarray) -> np.ndarray:
     return cls
 
 
-def _draw_sources(cls: np.ndarray, settings: KernelSettings, rng: np.random.Generator) -> list[tuple]:
-    """``(class name, (z, y, x))`` of the source voxels: counts by class, soft tissue taking missing shares."""
+def _border_mask(rho: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """Soft-tissue voxels (0.65-1.2 g/cm3) with a bone or lung voxel in their 3x3x3 neighbourhood."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    soft = (rho >= LUNG_MAX) & (rho < BONE_MIN)
+    near_bone = maximum_filter(rho, size=3, mode="nearest") >= BONE_MIN
+    lungish = np.where(rho >= AIR_MAX, rho, np.float32(10.0))  # air is not lung
+    near_lung = minimum_filter(lungish, size=3, mode="nearest") < LUNG_MAX
+    return soft & (near_bone | near_lung) & (cls >= 0)
+
+
+def _draw_sources(cls: np.ndarray, rho: np.ndarray, settings: KernelSettings,
+                  rng: np.random.Generator) -> list[tuple]:
+    """``(class name, (z, y, x))`` of the source voxels: the ``border`` share first (when asked for
+    and present), then counts by class, soft tissue taking missing shares."""
     n = int(settings.kernels_per_patient)
+    out = []
+    if settings.border_fraction > 0:
+        border = np.argwhere(_border_mask(rho, cls))
+        k = min(int(round(settings.border_fraction * n)), n) if len(border) else 0
+        if k:
+            for p in border[rng.choice(len(border), size=k, replace=len(border) < k)]:
+                out.append(("border", tuple(int(v) for v in p)))
+        n -= k
     fr = np.asarray(settings.fractions, float) / sum(settings.fractions)
     counts = np.floor(fr * n).astype(int)
     counts[3] += n - counts.sum()
@@ -126,7 +155,6 @@ def _draw_sources(cls: np.ndarray, settings: KernelSettings, rng: np.random.Gene
             counts[i] = 0
     if counts[3] and len(pools[3]) == 0:
         raise InputError("kernels: the patient has no soft-tissue voxel to draw sources from")
-    out = []
     for i, k in enumerate(counts):
         if k:
             for p in pools[i][rng.choice(len(pools[i]), size=int(k), replace=len(pools[i]) < k)]:
@@ -231,7 +259,7 @@ def make_kernel_examples(patient: PatientData, settings: KernelSettings, seed: i
     tables = build_tables(tuple(mats), MCSettings().transport)
     rng = np.random.default_rng(seed)
     cls = source_classes(rho)
-    sources = _draw_sources(cls, settings, rng)
+    sources = _draw_sources(cls, rho, settings, rng)
     anchor_pool = [np.argwhere(cls == i) for i in (1, 3, 0)]  # lung, soft tissue, bone in turn
     anchor_pool = [p for p in anchor_pool if len(p)]
     if settings.anchors_per_patient and not anchor_pool:
