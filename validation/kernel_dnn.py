@@ -42,6 +42,8 @@ BONE = ("skull", "spine", "pelvis", "femoral_head_left", "femoral_head_right", "
         "shoulder_girdle", "arm_bones")
 LUNG = ("lung_left", "lung_right")
 METHODS = ("dnn", "ssv", "dsv", "msv")
+#: settings of the dnn method in the sphere and whole-body runs (``--dnn-option KEY=VALUE``)
+DNN_OPTIONS: dict = {}
 
 
 def _kernels(nuclide: str, voxel_mm: float):
@@ -54,6 +56,23 @@ def _kernels(nuclide: str, voxel_mm: float):
 def _window(k, h=3):
     c = [s // 2 for s in k.shape]
     return k[c[0] - h:c[0] + h + 1, c[1] - h:c[1] + h + 1, c[2] - h:c[2] + h + 1]
+
+
+def _tissue(rho: float) -> str | None:
+    return None if rho < 0.1 else "lung" if rho < 0.65 else "soft" if rho < 1.2 else "bone"
+
+
+def _pairs(acc: dict, rho_source: float, rho_w: np.ndarray, mc_energy: np.ndarray, dnn_energy: np.ndarray) -> None:
+    """Collect (MC, network) energy ratios of the source's 26 nearest neighbours by (source tissue,
+    target tissue): where the network's near field is biased, e.g. soft tissue -> bone."""
+    src = _tissue(float(rho_source))
+    for dz, dy, dx in np.ndindex(3, 3, 3):
+        if (dz, dy, dx) == (1, 1, 1):
+            continue
+        t = (2 + dz, 2 + dy, 2 + dx)
+        tgt = _tissue(float(rho_w[t]))
+        if src and tgt and mc_energy[t] > 0:
+            acc.setdefault(f"{src}->{tgt}", []).append((float(mc_energy[t]), float(dnn_energy[t])))
 
 
 def kernel_level(model, ds_path: Path, nuclide: str, voxel_mm: float, split: str = "test") -> dict:
@@ -70,7 +89,7 @@ def kernel_level(model, ds_path: Path, nuclide: str, voxel_mm: float, split: str
     soft_big = _window(ks["soft_tissue"].s_mgy_per_mbq_s).astype(np.float64)
     med_ratio = [_window(ks[m].s_mgy_per_mbq_s) / soft_big for m in media]  # medium kernel / soft, near field
     ref = window_reference(nuclide, voxel_mm, int(ds.manifest["settings"].get("reference_decays", 20_000_000)))
-    rows = []
+    rows, pairs = [], {}
     for x, y, m in ds.iter_examples(split):
         if m.get("symmetry", 0) != 0:
             continue
@@ -98,7 +117,12 @@ def kernel_level(model, ds_path: Path, nuclide: str, voxel_mm: float, split: str
                          "mrae_all": float(np.mean(rel[ok])),
                          "rmse_rel": float(np.sqrt(np.mean((k - mc)[body] ** 2)) / np.mean(mc[body]))}
         rows.append(row)
+        _pairs(pairs, x[0, 5, 5, 5], rho_w, y.reshape(7, 7, 7), pred / to_dose)
     out = {"n": len(rows), "mc_unc_centre_median": float(np.median([r["unc_centre"] for r in rows])),
+           "neighbour_pairs": {k: {"n": len(v), "mc_energy_ratio": float(np.mean([t for t, _ in v])),
+                                   "predicted": float(np.mean([p for _, p in v])),
+                                   "mean_relative_error": float(np.mean([(p - t) / t for t, p in v]))}
+                               for k, v in pairs.items() if v},
            "mc_unc_dose_weighted_median": float(np.median([r["unc_dose_weighted"] for r in rows]))}
     for cls in ("all", "bone", "lung", "interface", "soft", "homogeneous"):
         sel = [r for r in rows if cls == "all" or r["class"] == cls]
@@ -129,7 +153,7 @@ def _methods(tia, density, nuclide, kernels, weights) -> dict:
     out, secs = {}, {}
     for name in METHODS:
         spec = get_spec(name)
-        settings = {"weights": str(weights)} if name == "dnn" else None
+        settings = {"weights": str(weights), **DNN_OPTIONS} if name == "dnn" else None
         t = time.perf_counter()
         out[name] = np.asarray(spec.run(DoseInputs(tia=tia, nuclide=nuclide, density=density, kernels=kernels),
                                         settings).dose.array, np.float64)
@@ -256,7 +280,10 @@ def main(argv=None) -> int:
     ap.add_argument("--wb-decays", type=int, default=10_000_000)
     ap.add_argument("--patients", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--dnn-option", action="append", default=[], help="dnn method setting KEY=VALUE "
+                    "(e.g. far_weights=none) for the sphere and whole-body runs")
     args = ap.parse_args(argv)
+    DNN_OPTIONS.update(o.split("=", 1) for o in args.dnn_option)
     from persodose.dose.dnn import _load
 
     model, side, _ = _load(str(args.weights), "cpu")

@@ -232,6 +232,14 @@ def test_trained_weights_run_as_the_dnn_method(dataset, tmp_path, monkeypatch):
                         {"weights": str(res.weights)})
 
     one, two = dose(1.0), dose(2.0)
+    plain = spec.run(DoseInputs(tia=g.with_array(a, Kind.TIA), nuclide="F-18", density=g.with_array(rho, Kind.DENSITY),
+                                kernels=kern), {"weights": str(res.weights), "far_weights": "none"})
+    far_bone = (slice(None), slice(None), slice(8, None))  # bone voxels: the far field of distant sources reaches them
+    w = far_field_weights("F-18", rho[far_bone])
+    assert np.all(w < 1)  # F-18 in bone: mu_en/rho below soft tissue's
+    np.testing.assert_array_less(np.asarray(one.dose.array)[far_bone], np.asarray(plain.dose.array)[far_bone])
+    with pytest.raises(InputError, match="far_weights"):
+        spec.make_settings({"far_weights": "spectrum"})
     d1 = np.asarray(one.dose.array)
     assert np.all(np.isfinite(d1)) and d1.max() > 0 and d1.min() >= 0 and np.all(d1[:, :, :2] == 0)
     np.testing.assert_allclose(np.asarray(two.dose.array), 2 * d1, rtol=1e-5, atol=1e-12)

@@ -98,6 +98,15 @@ def far_field_weights(nuclide: str, rho: np.ndarray) -> np.ndarray:
     from :func:`persodose.physics.photon_data.photon_tables`. A nuclide whose photons carry less
     than 1 % of its electron energy (a pure beta emitter: its far field is bremsstrahlung): 1.
     """
+    idx = np.digitize(np.asarray(rho, np.float32), np.asarray(FAR_EDGES_G_CM3, np.float32))
+    out = _medium_ratios(nuclide)[idx].astype(np.float32)
+    out[np.asarray(rho) < 0.1] = 0.0
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _medium_ratios(nuclide: str) -> np.ndarray:
+    """The weight of each of :data:`FAR_MEDIA` for ``nuclide`` (see :func:`far_field_weights`)."""
     from persodose.mc.kernels import kernel_material
     from persodose.physics.photon_data import photon_tables
     from persodose.physics.radionuclides import get_nuclide
@@ -121,10 +130,8 @@ def far_field_weights(nuclide: str, rho: np.ndarray) -> np.ndarray:
 
         soft = mean_mu_en("soft_tissue")
         ratios = np.array([mean_mu_en(m) / soft for m in FAR_MEDIA])
-    idx = np.digitize(np.asarray(rho, np.float32), np.asarray(FAR_EDGES_G_CM3, np.float32))
-    out = ratios[idx].astype(np.float32)
-    out[np.asarray(rho) < 0.1] = 0.0
-    return out
+    ratios.setflags(write=False)
+    return ratios
 
 
 # --------------------------------------------------------------------------- network
