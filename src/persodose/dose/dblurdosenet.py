@@ -34,7 +34,6 @@ patients its lesion mean dose-rate error is 21 % (docs/validation_dl.md).
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 
@@ -151,15 +150,6 @@ def dose_rate_map(model, activity_bq: np.ndarray, density_g_cm3: np.ndarray, dsv
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _kernels_at(nuclide: str, voxel_mm: float):
-    """The soft-tissue kernel at the network's voxel (cached Monte Carlo, :mod:`persodose.mc.kernels`)."""
-    from persodose.dose.kernels import KernelSet
-    from persodose.mc.kernels import cached_kernel
-
-    return KernelSet.of([cached_kernel(nuclide, voxel_mm, "soft_tissue")])
-
-
 def _integrate(rates: list, inputs: DoseInputs, integration: str) -> tuple[np.ndarray, str]:
     """Dose (Gy) from the dose-rate grids: voxel fits over two or more time points; for one, the
     factor the workflow's own single-time-point model gave the activity (TIA total / activity total)."""
@@ -194,6 +184,8 @@ def dblurdosenet_dose(inputs: DoseInputs, settings: DblurDoseNetMethodSettings) 
         InputError: no time points, a voxel size the weights were not trained at, missing weights.
     """
     from persodose.dose.density_scaling import dsv_dose
+    from persodose.dose.kernels import KernelSet
+    from persodose.dose.svalue import soft_tissue_kernel_at
     from persodose.dose.registry import check_density, dose_grid
     from persodose.grid import cubic_grid_over, resample_sum
 
@@ -213,7 +205,7 @@ def dblurdosenet_dose(inputs: DoseInputs, settings: DblurDoseNetMethodSettings) 
     native = all(abs(v - want) <= 0.01 * want for v in grid.spacing_zyx_mm)
     net_grid = grid if native else cubic_grid_over(grid, want)
     rho = np.asarray((inputs.density if native else inputs.density.resample_to(net_grid)).array, np.float32)
-    kernels = inputs.kernels if native else _kernels_at(inputs.nuclide, want)
+    kernels = inputs.kernels if native else KernelSet.of([soft_tissue_kernel_at(inputs.nuclide, want)])
     field = int(round(float((side.get("dataset_settings") or {}).get("fov_mm") or FIELD_MM) / want))
     rates = []
     for a in inputs.activities:

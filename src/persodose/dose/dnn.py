@@ -28,7 +28,6 @@ convolution methods' claim.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 
@@ -151,7 +150,7 @@ def near_field_dose(model, tia_bq_s: np.ndarray, density_g_cm3: np.ndarray, wind
     return out[h:h + nz, h:h + ny, h:h + nx].cpu().numpy() * feats[1, c:c + nz, c:c + ny, c:c + nx]
 
 
-def _far_kernel(kernel: np.ndarray) -> np.ndarray:
+def _far_kernel(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(kernel, far)``: the kernel (padded to 7 voxels where smaller) and a copy with its central
     7^3 voxels set to 0."""
     from persodose.dl.kernel_dnn import WINDOW
@@ -176,22 +175,12 @@ def _transfer(dose_net: np.ndarray, ssv_net: np.ndarray, net_grid, tia: np.ndarr
     ok = ssv_net > 1e-6 * float(np.max(ssv_net)) if np.any(ssv_net > 0) else np.zeros(ssv_net.shape, bool)
     factor[ok] = dose_net[ok] / ssv_net[ok]
     factor = np.asarray(net_grid.with_array(factor, Kind.SCALAR).resample_to(grid).array, np.float32)
+    from persodose.dose.svalue import clip_roundoff
+
     ssv = fft_convolve_many(tia, [np.asarray(kernel.gy_per_bq_s, np.float32)])[0]
-    return np.maximum(ssv, 0.0) * factor
-
-
-def _kernel_at(nuclide: str, voxel_mm: float):
-    """The soft-tissue kernel at the network's voxel, from the kernel cache in force now."""
-    import os
-
-    return _cached_kernel_at(nuclide, voxel_mm, os.environ.get("PERSODOSE_CACHE", ""))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_kernel_at(nuclide: str, voxel_mm: float, cache: str):
-    from persodose.mc.kernels import cached_kernel
-
-    return cached_kernel(nuclide, voxel_mm, "soft_tissue", cache_dir=cache or None)
+    if float(np.min(tia)) >= 0:
+        clip_roundoff(ssv)
+    return ssv * factor
 
 
 @register_method("dnn", settings=DNNMethodSettings, needs=("density", "kernels", "device"),
@@ -212,7 +201,7 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     from persodose.dl.kernel_dnn import WINDOW, far_field_weights
     from persodose.dose.convolution import fft_convolve_many
     from persodose.dose.registry import air_mask, check_density, check_tia, dose_grid
-    from persodose.dose.svalue import as_kernel_set, clip_roundoff
+    from persodose.dose.svalue import as_kernel_set, clip_roundoff, soft_tissue_kernel_at
     from persodose.grid import cubic_grid_over, resample_sum
     from persodose.physics.radionuclides import get_nuclide
 
@@ -238,7 +227,7 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     an = a if native else resample_sum(inputs.tia, net_grid).astype(np.float32)
     own = as_kernel_set(inputs.kernels, "dnn")["soft_tissue"]
     own.check_voxel_size(grid.spacing_zyx_mm, "the time-integrated activity grid")
-    kern = own if native else _kernel_at(nuclide, want)
+    kern = own if native else soft_tissue_kernel_at(nuclide, want)
     full, far_k = _far_kernel(kern.gy_per_bq_s)
     cz, cy, cx, h = full.shape[0] // 2, full.shape[1] // 2, full.shape[2] // 2, WINDOW // 2
     window = full[cz - h:cz + h + 1, cy - h:cy + h + 1, cx - h:cx + h + 1]

@@ -11,6 +11,7 @@ soft-tissue medium. Convolution by FFT (:func:`persodose.dose.convolution.fft_co
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from persodose.dose.registry import check_tia, dose_grid, register_method, resol
 from persodose.errors import InputError
 from persodose.grid import Grid
 
-__all__ = ["ssv_dose", "convolve_kernel", "as_kernel_set", "select_kernel", "clip_roundoff",
+__all__ = ["ssv_dose", "convolve_kernel", "as_kernel_set", "select_kernel", "clip_roundoff", "soft_tissue_kernel_at",
            "ConvolutionSettings", "SSVSettings"]
 
 
@@ -137,3 +138,19 @@ def ssv_dose(tia: Grid, *, nuclide: str, density: Grid | None = None, kernels=No
     a = check_tia(tia)
     k = select_kernel(kernels, s.medium, tia, nuclide, "ssv")
     return dose_grid(tia, convolve_kernel(a, k, s))
+
+
+def soft_tissue_kernel_at(nuclide: str, voxel_mm: float) -> VoxelKernel:
+    """The soft-tissue kernel of ``nuclide`` at ``voxel_mm`` from the kernel cache in force now
+    (``$PERSODOSE_CACHE`` or ``~/.cache/persodose``; computed by Monte Carlo on first use), kept
+    in memory: for methods whose network runs at its own voxel (``dnn``, ``dblurdosenet``)."""
+    import os
+
+    return _soft_tissue_kernel_at(nuclide, float(voxel_mm), os.environ.get("PERSODOSE_CACHE", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _soft_tissue_kernel_at(nuclide: str, voxel_mm: float, cache: str) -> VoxelKernel:
+    from persodose.mc.kernels import cached_kernel
+
+    return cached_kernel(nuclide, voxel_mm, "soft_tissue", cache_dir=cache or None)
