@@ -43,7 +43,7 @@ from persodose.dl.networks import register_network
 from persodose.errors import InputError
 
 __all__ = ["KernelDNNSettings", "kernel_dnn", "kernel_features", "window_reference", "far_field_weights",
-           "predict_ratios", "factors", "WINDOW", "CONTEXT", "PHANTOM", "RHO_REF"]
+           "factors", "WINDOW", "CONTEXT", "PHANTOM", "RHO_REF"]
 
 #: Edge of the predicted window, voxels (the near field).
 WINDOW = 7
@@ -208,13 +208,3 @@ def factors(model):
     b = core.basis.bias * ts
     shapes = torch.cat([w.T, b[None]], 0).reshape(-1, WINDOW, WINDOW, WINDOW)
     return (lambda x: core.coefficients(x / model.input_scale)), shapes
-
-
-def predict_ratios(model, features, device="cpu"):
-    """The network's ratios for every voxel of ``features`` less 5 on each side: a torch tensor
-    ``(343, D - 10, H - 10, W - 10)`` (clipped at 0)."""
-    import torch
-
-    with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(features[None])).to(device)
-        return torch.clamp(model(x)[0], min=0.0)

@@ -41,7 +41,8 @@ __all__ = ["DNNMethodSettings", "dnn_dose", "near_field_dose", "DEFAULT_WEIGHTS"
 
 #: The shipped weights for each nuclide (the method picks the nuclide's unless told otherwise).
 DEFAULT_WEIGHTS = {"F-18": "kernel-dnn-f18", "Lu-177": "kernel-dnn-lu177"}
-#: Density outside the map, for the network's context at the grid's faces (air), g/cm3.
+#: Density outside the map, for the network's context at the grid's faces: dry air at sea level,
+#: 1.205e-3 g/cm3 (NIST/ICRU 37 "Air, dry"), rounded.
 AIR_G_CM3 = 0.0012
 
 

@@ -53,7 +53,10 @@ __all__ = ["KernelSettings", "make_kernel_examples", "source_classes", "apply_sy
 
 #: Source-voxel classes, in the order of :attr:`KernelSettings.fractions`.
 CLASSES = ("bone", "lung", "interface", "soft")
-#: Density limits of the classes, g/cm3 (ICRU 44 inflated lung 0.26, cortical bone 1.92).
+#: Density limits of the classes, g/cm3: lung below 0.65 and bone from 1.2 (near the MSV edges of
+#: persodose.dose.msv between ICRU 44 inflated lung 0.26, soft tissue 1.04 and bone); air below 0.1
+#: (the dose methods' air threshold); an interface where a 3x3x3 neighbourhood spans 0.25 g/cm3
+#: (a choice made here, no published value: it separates fat/muscle texture from tissue borders).
 LUNG_MAX, BONE_MIN, AIR_MAX, INTERFACE_SPAN = 0.65, 1.2, 0.1, 0.25
 
 
