@@ -373,7 +373,7 @@ def test_cli_bad_inputs_exit_2_one_line(cli, population, tmp_path, case):
     make = ["dataset", "make", "density-led", "--phantoms", population, "--out", tmp_path / "o"]
     args, match = {
         "unknown-kind": (["dataset", "make", "nope", "--phantoms", population, "--out", tmp_path / "o"],
-                         "unknown dataset kind 'nope'; known: density-led"),
+                         "unknown dataset kind 'nope'; known: ct-sp, density-led"),
         "no-patient": (["dataset", "make", "density-led", "--phantoms", empty, "--out", tmp_path / "o"],
                        "holds no patient folder"),
         "out-is-input": (["dataset", "make", "density-led", "--phantoms", population, "--out", population],

@@ -56,6 +56,11 @@ def ct(
                                                       "(patient and 400 mm water cylinder; evenly spaced positions)."),
     sp_photons: int = typer.Option(200_000, "--sp-photons", callback=count(), help="Photons per single-position map."),
     backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU) for the Monte Carlo runs."),
+    method: str = typer.Option("mc", "--method", help="mc (Monte Carlo, the reference) or dl (the ct-deepdose network, "
+                                                      "SINFONIA; needs --weights: none are shipped yet)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="dl: ct-deepdose weights (registered name or file; "
+                                                                  "default: shipped ones of the scan's kVp, if any)."),
+    device: str = typer.Option("cpu", "--device", help="dl: where the network runs (cpu, auto, cuda)."),
     pacs: Optional[str] = typer.Option(None, "--pacs", help="Read the CT from this PACS and store the RT Dose back; "
                                                             "needs --study."),
     study: Optional[str] = typer.Option(None, "--study", help="StudyInstanceUID on --pacs."),
@@ -80,6 +85,16 @@ def ct(
     if ctdi_phantom is not None and ctdi_phantom not in (16, 32):
         raise InputError(f"--ctdi-phantom must be 16 or 32 (cm), got {ctdi_phantom}")
     check_backend(backend)
+    method = method.strip().lower()
+    if method not in ("mc", "dl"):
+        raise InputError(f"--method must be mc or dl, got {method!r}")
+    if method == "dl" and target_uncertainty is not None:
+        raise InputError("--target-uncertainty applies to --method mc only")
+    if method != "dl" and weights is not None:
+        raise InputError("--weights applies to --method dl only")
+    from persodose.dl.device import parse_device
+
+    parse_device(device)
     if batches is None:
         batches = TARGET_BATCHES if target_uncertainty is not None else BATCHES
     if target_region is not None and target_uncertainty is None:
@@ -106,7 +121,7 @@ def ct(
         result = ct_dose(ct_grid, info, lab, names, scanner=scanner, overrides=overrides, n_photons=photons,
                          dose_voxel_mm=dose_voxel_mm, settings=settings, ctdi_photons=ctdi_photons,
                          target_uncertainty=target_uncertainty, target_above=target_above,
-                         target_region=target_region,
+                         target_region=target_region, method=method, dl_weights=weights, device=device,
                          ctdi_diameter_mm=None if ctdi_phantom is None else 10.0 * ctdi_phantom)
     sp = None
     if sp_maps > 0:
@@ -128,7 +143,8 @@ def ct(
                                       "target_uncertainty": target_uncertainty,
                                       "target_above": target_above if target_uncertainty else None,
                                       "target_region": target_region, "photon_estimator": photon_estimator,
-                                      "ctdi_phantom_cm": ctdi_phantom})
+                                      "ctdi_phantom_cm": ctdi_phantom, "method": method,
+                                      "weights": weights, "device": device if method == "dl" else None})
     _echo_summary(result, report)
 
 

@@ -147,7 +147,8 @@ class DatasetKind:
 #: The dataset kinds; the built-ins register themselves when their modules are imported.
 KINDS: Registry[DatasetKind] = Registry("dataset kind", builtins=["persodose.dl.dataset_kinds.density_led",
                                                                    "persodose.dl.dataset_kinds.spect_doserate",
-                                                                   "persodose.dl.dataset_kinds.kernels"],
+                                                                   "persodose.dl.dataset_kinds.kernels",
+                                                                   "persodose.dl.dataset_kinds.ct_sp"],
                                         identity=lambda k: k.make_examples)
 
 

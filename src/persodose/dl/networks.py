@@ -100,7 +100,8 @@ class NetworkSpec:
         return resolve_settings(values, self.settings_type, owner=self.name, what="network")
 
 
-NETWORKS: Registry[NetworkSpec] = Registry("network", builtins=["persodose.dl.dblurdosenet", "persodose.dl.kernel_dnn"],
+NETWORKS: Registry[NetworkSpec] = Registry("network", builtins=["persodose.dl.dblurdosenet", "persodose.dl.kernel_dnn",
+                                                               "persodose.dl.ct_deepdose"],
                                            identity=lambda spec: spec.builder)
 
 

@@ -23,6 +23,14 @@ Steps:
 6. Organ doses (mass-weighted means over the labels, uncertainty from the batches) and the
    ICRP 103 effective dose (partial when tissues are missing).
 
+``method="dl"`` (``persodose ct --method dl``) replaces step 4 by the ``ct-deepdose`` network
+(SINFONIA D2.2 section 2.3; :mod:`persodose.dl.ct_deepdose`): every focal-spot position of the
+scan (8 per rotation, one start angle) predicted from the patient's density and the cylinder map
+rotated to it, summed with each position's share of the tube current; the other steps are the
+same. Weights carry the beam they were trained for (kVp, bowtie, dose voxel); other beams are
+refused in one line. None are shipped yet: those trained so far are far from this module's MC
+on held-out patients (docs/validation_dl.md).
+
 What is approximate: the generic bowtie and tube filtration of the scanner preset (not the
 vendor's), a point focal spot without heel effect, no tissue outside the reconstructed
 field of view (truncated arms or the over-ranged ends scatter nothing back), the start angle
@@ -56,6 +64,8 @@ DEFAULT_PHOTONS = 20_000_000
 AIR_DENSITY_G_CM3 = 0.05
 #: Photons of the CTDI calibration run by default.
 DEFAULT_CTDI_PHOTONS = 2_000_000
+#: Focal-spot positions per rotation of the ``dl`` method (those of its training data, ``ct-sp``).
+DL_N_PER_ROTATION = 8
 #: Transport of the CT dose by default: the track-length estimator, which scores the collision
 #: kerma the CT dose already is (secondary electrons at CT energies travel < 0.1 mm) along every
 #: track; measured 2.4x the efficiency of analog for organ means and 5.6x for the map's voxels
@@ -141,7 +151,8 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
             dose_voxel_mm: float = 5.0, settings=None, ctdi_photons: int = DEFAULT_CTDI_PHOTONS,
             ctdi_voxel_mm: float = 5.0, ctdi_diameter_mm: float | None = None, log=None,
             target_uncertainty: float | str | None = None, target_above: float = 0.1,
-            target_region: str | None = None) -> CTDoseResult:
+            target_region: str | None = None, method: str = "mc", dl_weights: str | None = None,
+            device: str = "cpu") -> CTDoseResult:
     """Whole-body dose of a CT scan, calibrated to CTDIvol (module docstring).
 
     Args:
@@ -165,6 +176,14 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
             keeps its photons).
         target_above: the voxel criterion's dose threshold, fraction of the maximum dose.
         target_region: the criterion is this organ's mean-dose uncertainty (a label name).
+        method: ``"mc"`` (Monte Carlo, the reference) or ``"dl"``: the ``ct-deepdose`` network
+            (SINFONIA D2.2 section 2.3) predicts each of :data:`DL_N_PER_ROTATION` positions per
+            rotation (one start angle, 0) from the density and the cylinder map, summed with
+            the tube current; same CTDI calibration, organ and effective doses, no voxel
+            uncertainty (``n_photons`` and the targets do not apply).
+        dl_weights: ``ct-deepdose`` weights (registered name or file) for ``"dl"``; default the
+            shipped weights of the scan's kVp (none are shipped yet: then refused in one line).
+        device: where the network runs (``cpu``, ``auto``, ``cuda``).
 
     Returns:
         :class:`CTDoseResult`; ``statistics["target"]`` says how a run with a target ended.
@@ -181,9 +200,20 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
                                       transport=CT_TRANSPORT)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
+    method = str(method).strip().lower()
+    if method not in ("mc", "dl"):
+        raise InputError(f"CT dose method must be 'mc' or 'dl', got {method!r}")
+    if method == "dl" and target_uncertainty is not None:
+        raise InputError("a target uncertainty applies to the Monte Carlo method only (--method mc)")
     _check_inputs(ct, n_photons, settings)
     protocol, size = _protocol_step(ct, info, overrides, ctdi_diameter_mm, log)
-    acq, acq_warnings, scanner, positions = _acquisition_step(ct, info, overrides, scanner, log, protocol)
+    acq, acq_warnings, scanner, positions = _acquisition_step(ct, info, overrides, scanner, log, protocol,
+                                                              dl=method == "dl")
+    if method == "dl":
+        from persodose.dl.ct_deepdose import select_weights
+
+        net = select_weights(acq, float(dose_voxel_mm), dl_weights, device)
+        acq_warnings = acq_warnings + net.warnings
     t0 = time.perf_counter()
     phantom, ct_d, lab, label_names = _phantom_step(ct, labels, names, dose_voxel_mm)
     target = _target(target_uncertainty, target_above, target_region, lab, label_names, settings)
@@ -194,6 +224,16 @@ def ct_dose(ct: Grid, info=None, labels: Grid | None = None, names: Mapping[int,
     size_dose = _size_dose_step(size, cal, protocol, log)
     timings["ctdi calibration"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if method == "dl":
+        dose, dl_stats = _dl_step(phantom, positions, acq, cal, net, log, timings)
+        organs, eff = _organ_step(None, dose, cal, lab, label_names, phantom, scanner.spectrum(acq.kvp))
+        timings["total"] = time.perf_counter() - t_all
+        stats_doc = {**dl_stats, "timings_s": timings, "dose_voxel_mm": float(dose_voxel_mm),
+                     "dose_grid_shape_zyx": list(dose.shape), "n_positions": len(positions),
+                     "n_per_rotation": positions.n_per_rotation, "n_start_angles": positions.n_start_angles,
+                     "start_angle": "one start angle, 0 degrees (not recorded in DICOM)", "ctdi_seed": int(settings.seed) + 1}
+        return CTDoseResult(dose, None, ct_d, phantom.density, lab, label_names, organs, eff, acq, scanner, positions,
+                            ctdi, cal, acq_warnings, stats_doc, phantom, protocol, size_dose)
     run, dose, unc = _transport_step(phantom, positions, lab, n_photons, settings, cal, log, target)
     timings["transport"] = time.perf_counter() - t0
     organs, eff = _organ_step(run, dose, cal, lab, label_names, phantom, scanner.spectrum(acq.kvp))
@@ -273,8 +313,10 @@ def _size_dose_step(size, cal, protocol, log):
     return sd
 
 
-def _acquisition_step(ct: Grid, info, overrides, scanner, log, protocol=None):
-    """Step 1: the acquisition from the headers (warnings kept), the scanner, the focal-spot positions."""
+def _acquisition_step(ct: Grid, info, overrides, scanner, log, protocol=None, dl: bool = False):
+    """Step 1: the acquisition from the headers (warnings kept), the scanner, the focal-spot
+    positions (64 per rotation, 4 start angles; with ``dl`` the network's
+    :data:`DL_N_PER_ROTATION` and one start angle)."""
     from persodose.ct.acquisition import CTAcquisitionWarning, acquisition_from_dicom
     from persodose.ct.scanner import Scanner, get_scanner, guess_scanner
     from persodose.ct.spectrum import tube_spectrum
@@ -299,8 +341,11 @@ def _acquisition_step(ct: Grid, info, overrides, scanner, log, protocol=None):
     log(f"acquisition: {acq.kvp:g} kV, {acq.mode}, pitch {acq.pitch:g}, {acq.total_collimation_mm:g} mm, "
         f"{acq.rotation_time_s:g} s, bowtie {acq.bowtie}, tube current from {acq.tube_current_source}; "
         f"scanner {scanner.name}")
-    positions = helical_positions(acq, scanner, n_per_rotation=64, start_angle_rad="average",
-                                  n_start_angles=DEFAULT_N_START_ANGLES)
+    if dl:
+        positions = helical_positions(acq, scanner, n_per_rotation=DL_N_PER_ROTATION, start_angle_rad=0.0)
+    else:
+        positions = helical_positions(acq, scanner, n_per_rotation=64, start_angle_rad="average",
+                                      n_start_angles=DEFAULT_N_START_ANGLES)
     return acq, acq_warnings, scanner, positions
 
 
@@ -367,8 +412,9 @@ def _transport_step(phantom, positions, lab, n_photons, settings, cal, log, targ
 
 
 def _organ_step(run, dose: Grid, cal, lab, label_names, phantom, spectrum):
-    """Step 5: organ doses (energy over mass, uncertainty from the batches), red marrow as dose
-    to marrow, and the ICRP 103 effective dose."""
+    """Step 5: organ doses (energy over mass, uncertainty from the batches; without a run, the
+    ``dl`` map's means and no uncertainty), red marrow as dose to marrow, and the ICRP 103
+    effective dose."""
     if lab is None or not label_names:
         return [], None
     import dataclasses
@@ -376,15 +422,20 @@ def _organ_step(run, dose: Grid, cal, lab, label_names, phantom, spectrum):
     from persodose.metrics.organ import organ_dose_rows
     from persodose.risk.effective_dose import effective_dose, tissue_for_label
 
-    per_batch = np.asarray(run.reduced) * cal.mgy_per_gy_per_simulated_photon * 1e-3  # (batches, labels) Gy
-    mean = per_batch.mean(axis=0)
-    sd = per_batch.std(axis=0, ddof=1) / math.sqrt(per_batch.shape[0])
+    if run is not None:
+        per_batch = np.asarray(run.reduced) * cal.mgy_per_gy_per_simulated_photon * 1e-3  # (batches, labels) Gy
+        mean = per_batch.mean(axis=0)
+        sd = per_batch.std(axis=0, ddof=1) / math.sqrt(per_batch.shape[0])
     organs = []
     for row in organ_dose_rows(dose, lab.with_array(np.asarray(lab.array).astype(np.int32)), label_names,
                                phantom.density, method="ct"):
         v = row.label
-        row = dataclasses.replace(row, mass_weighted_mean_gy=float(mean[v]),
-                          uncertainty_percent=float(100 * sd[v] / mean[v]) if mean[v] > 0 else None)
+        if run is None:
+            row = dataclasses.replace(row, mass_weighted_mean_gy=1e-3 * float(row.mass_weighted_mean_gy),
+                                      uncertainty_percent=None)
+        else:
+            row = dataclasses.replace(row, mass_weighted_mean_gy=float(mean[v]),
+                                      uncertainty_percent=float(100 * sd[v] / mean[v]) if mean[v] > 0 else None)
         if tissue_for_label(row.name) == "red_marrow" and row.n_voxels:
             row = _marrow_row(row, dose, lab, phantom, spectrum)
         organs.append(row)
@@ -407,6 +458,35 @@ def _marrow_row(row, dose: Grid, lab: Grid, phantom, spectrum):
                            "marrow / voxel medium, over the beam spectrum)")
 
 
+def _dl_step(phantom, positions, acq, cal, net, log, timings):
+    """Step 4 of ``dl``: the cylinder map (cached), every position predicted and summed with its
+    source photons (:func:`persodose.dl.ct_deepdose.whole_body_dose`), mGy, air set to 0."""
+    from persodose.ct.deepdose import uniform_map
+    from persodose.dl.ct_deepdose import source_photons_per_position, whole_body_dose
+    from persodose.progress import progress
+
+    t0 = time.perf_counter()
+    umap = uniform_map(positions, net.voxel_mm, net.uniform_depth, net.uniform_photons, log=log)
+    timings["cylinder map"] = time.perf_counter() - t0
+    w = source_photons_per_position(cal, acq, positions)
+    t0 = time.perf_counter()
+    with progress("CT scan: ct-deepdose", len(positions), unit="positions") as update:
+        gy = whole_body_dose(net.model, phantom.density, positions, umap, w, net.depth, net.uniform_depth,
+                             batch=net.batch, device=net.device, progress=update)
+    timings["network"] = time.perf_counter() - t0
+    air = np.asarray(phantom.density.array) < AIR_DENSITY_G_CM3
+    dose = phantom.density.with_array(np.where(air, 0.0, gy * 1e3).astype(np.float32), Kind.DOSE, "mGy")
+    log(f"ct-deepdose: {len(positions)} positions in {timings['network']:.1f} s ({net.name})")
+    return dose, {"method": "dl", "network": "ct-deepdose", "weights": net.provenance, "device": net.device,
+                  "cylinder_map": {"photons": umap.n_photons, "median_relative_noise": umap.relative_noise,
+                                   "slices": int(umap.dose.shape[0])},
+                  "slab_slices": net.depth, "tail_slices": net.uniform_depth}
+
+
+def _method_words(result) -> str:
+    return "ct-deepdose network" if (result.statistics or {}).get("method") == "dl" else "Monte Carlo"
+
+
 # --------------------------------------------------------------------------- outputs
 def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict | None = None,
                      title: str = "persodose CT dosimetry", sp_maps=None) -> Path:
@@ -421,13 +501,14 @@ def write_ct_outputs(result: CTDoseResult, out, *, ct_files=None, inputs: dict |
 
     with atomic_dir(out) as work:
         write_image(result.dose_mgy, work / "dose_mgy.nii.gz")
-        write_image(result.uncertainty, work / "uncertainty.nii.gz")
+        if result.uncertainty is not None:
+            write_image(result.uncertainty, work / "uncertainty.nii.gz")
         if ct_files:
             from persodose.io.rtdose import write_rtdose
 
             gy = result.dose_mgy.with_array(result.dose_mgy.array.astype(np.float64) * 1e-3, Kind.DOSE, "Gy")
             write_rtdose(gy, work / "dose_rtdose.dcm", reference_ct_files=[str(f) for f in ct_files],
-                         description="persodose CT scan dose (Monte Carlo, CTDIvol-calibrated)",
+                         description=f"persodose CT scan dose ({_method_words(result)}, CTDIvol-calibrated)",
                          summation_type="RECORD")
         if result.organs:
             _write_organ_tables(result, work)
