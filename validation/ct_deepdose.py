@@ -174,11 +174,11 @@ def evaluate(args) -> int:
                 noise = np.sqrt(z["var"][k])
                 high = body & (ref >= 0.1 * ref.max())
                 ref_org = organ_means(ref, lab, s["names"], mass)
-                org_noise = {o: float(np.sqrt(sum(((z["var"][k] * mass ** 2)[np.isin(lab, [kk for kk, n in s["names"].items()
-                                                                                      if n in ORGANS[o]])]).ravel()))
-                                      / (ref_org[o] * mass[np.isin(lab, [kk for kk, n in s["names"].items()
-                                                                          if n in ORGANS[o]])].sum())) * 100
-                             for o in ref_org}
+                org_noise = {}
+                for o in ref_org:
+                    m = np.isin(lab, [kk for kk, n in s["names"].items() if n in ORGANS[o]])
+                    org_noise[o] = 100 * float(np.sqrt((z["var"][k][m] * mass[m] ** 2).sum())
+                                               / (ref_org[o] * mass[m].sum()))
                 row = {"patient": patient.name, "kvp": kvp, "mode": mode, "weights": net.name,
                        "n_positions": len(pos), "network_seconds": sec, "ref_photons_per_position": int(z["photons"]),
                        "ref_voxel_noise_median_pct": float(100 * np.median(noise[high] / ref[high])),

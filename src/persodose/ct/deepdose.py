@@ -56,8 +56,9 @@ CYLINDER_DIAMETER_MM = 715.0
 BODY_DENSITY_G_CM3 = 0.05
 #: Slices of a per-position map (5 mm: 165 mm, the beam and its scatter tails).
 DEFAULT_DEPTH = 33
-#: Slices covered by the cylinder map (5 mm: 485 mm; it also gives the tails of the whole-body
-#: map beyond a slab, about 10 % of a position's energy at 33 slices, under 1 % beyond 97).
+#: Slices covered by the cylinder map (5 mm: 485 mm); it also gives the tails of the whole-body
+#: map beyond a slab (about 10 % of a position's energy lies outside 33 slices, measured on the
+#: ct-sp data; how much lies beyond 97 was not measured: a choice).
 UNIFORM_DEPTH = 97
 #: In-plane voxels of a training map (the patient's slice padded or cropped about its centre).
 DEFAULT_PLANE = 104
@@ -175,7 +176,6 @@ def uniform_map(positions, voxel_mm: float = 5.0, depth: int = UNIFORM_DEPTH, n_
     from persodose.mc.engine import MCSettings
     from persodose.mc.tables import TransportSettings
 
-    one = single_position(positions, 0)
     key = {"version": _UNIFORM_VERSION, "kvp": float(positions.spectrum.kvp), "bowtie": positions.bowtie.name,
            "collimation_mm": round(float(positions.collimation_mm[0]), 3),
            "source_to_isocentre_mm": float(positions.source_to_isocentre_mm),
@@ -188,7 +188,7 @@ def uniform_map(positions, voxel_mm: float = 5.0, depth: int = UNIFORM_DEPTH, n_
         z = np.load(path)
         return UniformMap(z["dose"], float(voxel_mm), int(n_photons), float(z["noise"]), key)
     grid = _cylinder_grid(float(voxel_mm), depth, (0.0, 0.0))
-    one = dataclasses.replace(one, position_xyz_mm=np.array([[0.0, -positions.source_to_isocentre_mm, 0.0]]),
+    one = dataclasses.replace(single_position(positions, 0), position_xyz_mm=np.array([[0.0, -positions.source_to_isocentre_mm, 0.0]]),
                               isocentre_xy_mm=(0.0, 0.0), _tables={})
     phantom = water_cylinder_phantom(grid, CYLINDER_DIAMETER_MM, (0.0, 0.0))
     if log:
