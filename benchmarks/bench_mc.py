@@ -9,6 +9,8 @@ never fails on time.
     python benchmarks/bench_mc.py [--quick] [--decays N] [--repeats R]
     python benchmarks/bench_mc.py --backend cuda [--chunks 16384 65536 ...]
     python benchmarks/bench_mc.py --breakdown   # Lu-177 by emission type: where the time goes
+    python benchmarks/bench_mc.py --run-sizes 4000 400000 2000000   # a run's fixed cost, marginal rate
+    python benchmarks/bench_mc.py --eloss-fractions 0.04 0.08 0.16  # Lu-177 against the step length
 
 With ``--backend cuda`` (an NVIDIA GPU) every nuclide is run at each number of chunks per
 batch given (one CUDA thread per chunk), so one command also finds the best launch size;
@@ -58,6 +60,10 @@ def main() -> None:
                     help="chunks per batch to try (default 32 CPU; 16384 65536 131072 262144 CUDA)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time Lu-177 with one emission type at a time (MCSettings.emissions)")
+    ap.add_argument("--run-sizes", type=int, nargs="+", default=None,
+                    help="also time Lu-177 runs of these sizes and fit time = fixed + decays / rate")
+    ap.add_argument("--eloss-fractions", type=float, nargs="+", default=None,
+                    help="also time Lu-177 at these TransportSettings.max_eloss_fraction (0.04 is validated)")
     args = ap.parse_args()
     n = 64 if args.quick else 128
     decays = args.decays or (50_000_000 if args.backend == "cuda" else 400_000)
@@ -97,6 +103,58 @@ def main() -> None:
         print(f"  baseline: 208 keV photons from a point, {statistics.median(base):.3e} photons/s (same run)")
         if args.breakdown:
             _breakdown(ph, src, decays, chunks, args, tables)
+        if args.run_sizes:
+            _run_sizes(ph, src, chunks, args, tables)
+        if args.eloss_fractions:
+            _eloss_fractions(ph, src, decays, chunks, args)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    secs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        secs.append(time.perf_counter() - t0)
+    return statistics.median(secs)
+
+
+def _run_sizes(ph, src, chunks, args, tables) -> None:
+    """Lu-177 wall time against the run's size, and the straight line through it: the fixed
+    cost of a run (tables, source CDF, tallies, uncertainty map) and the rate of the decays."""
+    from persodose.mc import MCSettings, simulate_decays
+
+    settings = MCSettings(n_batches=4, chunks_per_batch=chunks, backend=args.backend)
+    sizes = sorted(set(args.run_sizes))
+    secs = [_median_seconds(lambda n=n: simulate_decays(ph, src, "Lu-177", n, settings, tables=tables),
+                            args.repeats) for n in sizes]
+    print("  Lu-177 by run size (4 batches):")
+    for n, s in zip(sizes, secs):
+        print(f"    {n:10d} decays {s:8.3f} s  {n / s:.3e} decays/s")
+    if len(sizes) >= 2:
+        slope, fixed = np.polyfit(np.asarray(sizes, float), np.asarray(secs), 1)
+        print(f"    fit: fixed {fixed:.3f} s per run, {1.0 / slope:.3e} decays/s beyond it")
+
+
+def _eloss_fractions(ph, src, decays, chunks, args) -> None:
+    """Lu-177 throughput and electron steps per decay against the electron step length
+    (only 0.04, the default, passes the electron validation: docs/validation_electrons.md)."""
+    from persodose.mc import MCSettings, build_tables, simulate_decays
+    from persodose.mc.tables import TransportSettings
+
+    print("  Lu-177 by max_eloss_fraction:")
+    for f in args.eloss_fractions:
+        settings = MCSettings(n_batches=4, chunks_per_batch=chunks, backend=args.backend,
+                              transport=TransportSettings(max_eloss_fraction=f))
+        tables = build_tables(ph.material_list, settings.transport)
+        simulate_decays(ph, src, "Lu-177", max(1000, 4 * chunks), settings, tables=tables)
+        out = {}
+
+        def run():
+            out["r"] = simulate_decays(ph, src, "Lu-177", decays, settings, tables=tables)
+
+        s = _median_seconds(run, args.repeats)
+        print(f"    {f:5.3f}  {decays / s:.3e} decays/s  {1e6 * s / decays:5.2f} us/decay  "
+              f"{out['r'].energy_balance['electron_steps']:.2f} electron steps per decay")
 
 
 def _breakdown(ph, src, decays, chunks, args, tables) -> None:
@@ -108,14 +166,14 @@ def _breakdown(ph, src, decays, chunks, args, tables) -> None:
     for em in (None, "beta", "gamma,xray", "ic,auger"):
         settings = MCSettings(n_batches=4, chunks_per_batch=chunks, backend=args.backend, emissions=em)
         simulate_decays(ph, src, "Lu-177", max(1000, 4 * chunks), settings, tables=tables)
-        secs = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            r = simulate_decays(ph, src, "Lu-177", decays, settings, tables=tables)
-            secs.append(time.perf_counter() - t0)
-        s = statistics.median(secs)
+        out = {}
+
+        def run(settings=settings):
+            out["r"] = simulate_decays(ph, src, "Lu-177", decays, settings, tables=tables)
+
+        s = _median_seconds(run, args.repeats)
         print(f"    {em or 'all':12s} {1e6 * s / decays:6.2f} us/decay  ({decays / s:.3e} decays/s, "
-              f"{r.energy_balance['electron_steps']:.2f} electron steps per decay)")
+              f"{out['r'].energy_balance['electron_steps']:.2f} electron steps per decay)")
 
 
 if __name__ == "__main__":
