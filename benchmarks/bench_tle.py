@@ -19,8 +19,11 @@ Problems, all on the built-in virtual patient (seed 0):
   non-collinearity neglected), at 4 mm voxels, default transport settings.
 * ``f18``, ``lu177``: whole decays (all ICRP-107 emissions) from the true TIA at 4 mm.
   The estimator only changes the photon part, so these gains are smaller.
-* ``lu177-sampling`` (not run by default): Lu-177 decays, analog, with random against
-  stratified decay positions (``TransportSettings.source_sampling``).
+* ``lu177-sampling``, ``f18-sampling`` (not run by default): Lu-177 decays (analog photons)
+  and F-18 decays (track-length photons, as the demo's reference runs them), two ways of
+  sampling the decays against each other (``TransportSettings.source_sampling``, the two
+  given by ``--samplings``: random, stratified positions, or
+  stratified positions with the decays' control variate, ``TransportSettings.control_variate``).
 
 Prints the machine, each problem's time, sigmas, efficiencies and gain, and the organ
 agreement. No assertion on time.
@@ -129,9 +132,11 @@ def _compare(name, make_problem, masks, n, repeats=2, variants=("analog", "tle")
     names = [k for k, g in zip(masks, ok) if g]
     worst = int(np.argmax(np.abs(z)))
     print(f"\n{name}: {n:.3g} primaries per run, {len(names)} organs, {int(hot.sum())} voxels >= 10 % of max")
-    print(f"  {'':8s} {'time s':>8s} {'sigma organs':>13s} {'sigma vox>10%':>14s} {'eps organs':>11s} {'eps vox':>10s}")
+    print(f"  {'':10s} {'time s':>8s} {'sigma organs':>13s} {'sigma vox>10%':>14s} {'eps organs':>11s} "
+          f"{'eps vox':>10s} {'voxels < 0':>11s}")
     for est, (s, so, sv, eo, ev) in out.items():
-        print(f"  {est:8s} {s:8.1f} {100 * so:12.2f}% {100 * sv:13.2f}% {eo:11.3g} {ev:10.3g}")
+        neg = int((runs[est]["voxel_mean"] < 0).sum())
+        print(f"  {est:10s} {s:8.1f} {100 * so:12.2f}% {100 * sv:13.2f}% {eo:11.3g} {ev:10.3g} {neg:11d}")
     go = out[variants[1]][3] / out[variants[0]][3]
     gv = out[variants[1]][4] / out[variants[0]][4]
     print(f"  gain ({variants[1]} / {variants[0]}): organs x{go:.1f}, voxels above 10 % x{gv:.1f}")
@@ -154,6 +159,11 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's primaries")
     ap.add_argument("--repeats", type=int, default=2, help="alternated analog/TLE repeats (shortest time counts)")
     ap.add_argument("--seed", type=int, default=1, help="master seed of the runs")
+    ap.add_argument("--batches", type=int, default=10,
+                    help="batches of the *-sampling problems (the others use 10)")
+    ap.add_argument("--samplings", nargs=2, default=["random", "stratified"],
+                    help="the two decay samplings the *-sampling problems compare: random, stratified "
+                         "(positions) or control (stratified positions with the control variate)")
     args = ap.parse_args()
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"numba threads {numba.get_num_threads()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -171,7 +181,8 @@ def main() -> None:
                  lambda est, n: beam_problem(ph, beam, n, settings(est, **ct_kw), tabs[est]),
                  organ_masks(vp.labels, vp.label_names), int(1e6 * args.scale), args.repeats)
 
-    need = {"f18-photons": "fdg", "f18": "fdg", "lu177": "lu177-dotatate", "lu177-sampling": "lu177-dotatate"}
+    need = {"f18-photons": "fdg", "f18": "fdg", "lu177": "lu177-dotatate", "lu177-sampling": "lu177-dotatate",
+            "f18-sampling": "fdg"}
     for key in [p for p in args.problems if p in need]:
         vp = make_virtual_patient(tracer=need[key], voxel_mm=4.0)
         ph = VoxelPhantom.from_ct(vp.ct)
@@ -183,15 +194,19 @@ def main() -> None:
             _compare("f18-photons (511 keV pairs from the FDG TIA, 4 mm)",
                      lambda est, n: beam_problem(ph, sampler, n, settings(est), tabs[est]), masks,
                      int(2e6 * args.scale), args.repeats)
-        elif key == "lu177-sampling":
+        elif key.endswith("-sampling"):
             src = ph.density.with_array(tia.array)
+            est = "tle" if key == "f18-sampling" else "analog"
 
-            def sampled(samp, n):
-                return decay_problem(ph, src, vp.nuclide, n, MCSettings(
-                    n_batches=10, chunks_per_batch=16, seed=args.seed,
-                    transport=TransportSettings(source_sampling=samp)))
-            _compare("lu177-sampling (Lu-177 decays, random against stratified positions, analog, 4 mm)",
-                     sampled, masks, int(2e6 * args.scale), args.repeats, ("random", "stratified"))
+            def sampled(samp, n, est=est, src=src, nuc=vp.nuclide):
+                return decay_problem(ph, src, nuc, n, MCSettings(
+                    n_batches=args.batches, chunks_per_batch=16, seed=args.seed,
+                    transport=TransportSettings(source_sampling="stratified" if samp == "control" else samp,
+                                                control_variate=samp == "control", photon_estimator=est)))
+            a, b = args.samplings
+            _compare(f"{key} ({vp.nuclide} decays, {a} against {b} sampling, {est} photons, 4 mm)",
+                     sampled, masks, int((1e6 if key == "f18-sampling" else 2e6) * args.scale), args.repeats,
+                     (a, b))
         else:
             nuc = vp.nuclide
             src = ph.density.with_array(tia.array)

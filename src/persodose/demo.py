@@ -35,9 +35,10 @@ class DemoSettings:
     #: the reference Monte Carlo (on the true TIA, the yardstick of every method) stops when the
     #: median voxel uncertainty above 10 % of the maximum reaches this, or at the tracer's limit
     mc_reference_target: float = 0.05
-    #: decays at most of the reference per tracer (the demo's time budget: about 25 s each on
-    #: 2 cores); tracers not listed use ``mc_decays``
-    mc_reference_decays: tuple = (("lu177-dotatate", 12_000_000), ("fdg", 4_000_000))
+    #: decays at most of the reference per tracer; tracers not listed use ``mc_decays``. With
+    #: the decays' control variate (physics version 2) Lu-177 meets 5 % after about 3e6 decays and
+    #: F-18 after about 1e7 (7.7 % at 4e6, docs/benchmarks.md): about 100 s on 2 cores
+    mc_reference_decays: tuple = (("lu177-dotatate", 12_000_000), ("fdg", 12_000_000))
     kernel_decays: int = 1_000_000  #: decays per voxel S-value kernel (cached on disk)
     kernel_cache: str | None = None  #: kernel cache directory (default ~/.cache/persodose)
     ct_photons: int = 2_000_000  #: photons of the CT-dose simulation of the FDG patient's CT scan

@@ -116,7 +116,7 @@ def _arr(a, dtype=np.float64):
 def _legacy_static_args(p):
     """The geometry and physics groups as MCProblem._kernel_args built them before the split."""
     t, ts = p.tables, p.tables.settings
-    settings_f = settings_array(ts, np.asarray(p.density_g_cm3).reshape(p.shape_zyx))
+    settings_f = settings_array(ts, np.asarray(p.density_g_cm3).reshape(p.shape_zyx), p.control_thresholds())
     geometry = (*(int(v) for v in p.shape_zyx), *(float(v) for v in p.spacing_zyx_mm), _arr(p.density_g_cm3),
                 _arr(p.material_index, np.int64))
     physics = (float(t.log_emin), float(t.inv_dlog), int(t.energy_mev.size), _arr(t.photon), _arr(p.majorant_per_mm),

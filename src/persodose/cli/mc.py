@@ -26,12 +26,13 @@ def register(app: typer.Typer) -> None:
     app.command("mc")(mc)
 
 
-def run_settings(nuclide: str, emissions: str, photon_estimator: str, **fields):
+def run_settings(nuclide: str, emissions: str, photon_estimator: str, control_variate: bool = True, **fields):
     """The run's :class:`~persodose.mc.MCSettings` and its decay tables, checked before any input is read.
 
     Args:
         nuclide: canonical nuclide name.
-        emissions: the ``--emissions`` value; photon_estimator: the ``--photon-estimator`` value.
+        emissions: the ``--emissions`` value; photon_estimator: the ``--photon-estimator`` value;
+        control_variate: ``--control-variate`` / ``--no-control-variate``.
         fields: other MCSettings fields (seed, backend, n_batches).
 
     Returns:
@@ -48,7 +49,8 @@ def run_settings(nuclide: str, emissions: str, photon_estimator: str, **fields):
     from persodose.errors import InputError
 
     try:
-        transport = TransportSettings(photon_estimator=photon_estimator.strip().lower())
+        transport = TransportSettings(photon_estimator=photon_estimator.strip().lower(),
+                                      control_variate=bool(control_variate))
     except InputError as exc:
         raise InputError(f"--photon-estimator {photon_estimator}: {exc}") from None
     try:
@@ -174,6 +176,10 @@ def mc(
     backend: str = typer.Option("cpu", "--backend", help="cpu, or cuda (an NVIDIA GPU, one thread per chunk: 131072 chunks per batch)."),
     emissions: str = typer.Option("all", "--emissions", help=EMISSIONS_HELP),
     photon_estimator: str = typer.Option("analog", "--photon-estimator", help=ESTIMATOR_HELP),
+    control_variate: bool = typer.Option(
+        True, "--control-variate/--no-control-variate",
+        help="Tally each decay's locally left and charged-particle energy at its expectation and sample only "
+             "what leaves the birth voxel (lower voxel noise, same mean); off: every deposit as sampled."),
 ) -> None:
     """Absorbed dose (Gy) and its uncertainty by Monte Carlo transport of every emission."""
     import json
@@ -206,8 +212,8 @@ def mc(
         raise InputError("--resume needs --checkpoint")
     if resume and not checkpoint.is_file():
         raise InputError(f"--checkpoint {checkpoint} does not exist: nothing to --resume")
-    settings, decay = run_settings(nuc.name, emissions, photon_estimator, n_batches=batches, seed=seed,
-                                   backend=backend)
+    settings, decay = run_settings(nuc.name, emissions, photon_estimator, control_variate, n_batches=batches,
+                                   seed=seed, backend=backend)
     check_output_paths(
         inputs={"--tia": tia, "--density": density, "--materials": materials,
                 "--materials table": Path(str(materials) + ".json") if materials else None, "--ct": ct},

@@ -43,6 +43,8 @@ class MCMethodSettings:
         target_region: the criterion is the uncertainty of this labelled region's mean dose.
         photon_estimator: ``"analog"`` or ``"tle"`` (track-length estimator of photon energy
             deposition; :class:`persodose.mc.tables.TransportSettings`).
+        control_variate: the decays' control variate (on by default; ``False`` tallies every
+            deposit as sampled; :class:`persodose.mc.tables.TransportSettings`).
     """
 
     decays: int = 2_000_000
@@ -51,6 +53,7 @@ class MCMethodSettings:
     target_above: float = 0.1
     target_region: str | None = None
     photon_estimator: str = "analog"
+    control_variate: bool = True
 
     def __post_init__(self) -> None:
         from persodose.mc.tables import PHOTON_ESTIMATORS
@@ -78,6 +81,8 @@ class MCMethodSettings:
         if self.photon_estimator not in PHOTON_ESTIMATORS:
             raise InputError(f"mc.photon_estimator must be {' or '.join(PHOTON_ESTIMATORS)}, "
                              f"got {self.photon_estimator!r}")
+        if not isinstance(self.control_variate, bool):
+            raise InputError(f"mc.control_variate must be true or false, got {self.control_variate!r}")
 
     def target(self, region_mask=None):
         """The :class:`~persodose.mc.tally.UncertaintyTarget` of these settings (None without one).
@@ -131,12 +136,15 @@ def mc_dose(inputs: DoseInputs, settings: MCMethodSettings, *, region_mask=None)
                             {"decays": 0, "seed": inputs.seed})
     phantom = VoxelPhantom(inputs.density, inputs.materials, tuple(inputs.material_list))
     mc_settings = MCSettings(n_batches=int(settings.batches), seed=inputs.seed, backend=inputs.backend,
-                             transport=TransportSettings(photon_estimator=settings.photon_estimator))
+                             transport=TransportSettings(photon_estimator=settings.photon_estimator,
+                                                         control_variate=settings.control_variate))
     res = simulate_decays(phantom, inputs.tia, inputs.nuclide, int(settings.decays), mc_settings,
                           progress=inputs.progress, target=target)
     info = {"decays": res.tally.n_primaries, "decays_per_second": res.primaries_per_second,
             "energy_balance_mev_per_decay": res.energy_balance, "seed": inputs.seed, "backend": res.info["backend"],
-            "batches": res.tally.n_batches, "photon_estimator": mc_settings.transport.photon_estimator}
+            "batches": res.tally.n_batches, "photon_estimator": mc_settings.transport.photon_estimator,
+            "control_variate": mc_settings.transport.control_variate,
+            "negative_voxels_set_to_zero": int(res.info.get("negative_voxels_set_to_zero", 0))}
     if "target" in res.info:
         info["target"] = res.info["target"]
     return MethodOutput(res.dose_gy, res.relative_uncertainty, info)

@@ -193,8 +193,14 @@ def run_batch(problem: MCProblem, batch_index: int, *, n_threads: int | None = N
             seconds = time.perf_counter() - t0
         finally:
             numba.set_num_threads(previous)
-    return BatchResult(problem.batch_id(batch.index), ws.edep.sum(axis=0) / n, ws.ctr.sum(axis=0) / n, n, used,
-                       seconds, socket.gethostname())
+    edep = ws.edep.sum(axis=0) / n
+    ctr = ws.ctr.sum(axis=0) / n
+    if problem.control_variate:  # the control variate's expectation (transport.decay_chunk)
+        part = problem.control_part()
+        edep += part
+        ctr[tr.C_DEPOSITED] += float(part.sum())
+        ctr[tr.C_EMITTED] += float(part.sum())
+    return BatchResult(problem.batch_id(batch.index), edep, ctr, n, used, seconds, socket.gethostname())
 
 
 def warm_up(problem: MCProblem) -> float:
@@ -331,6 +337,13 @@ def _finish(phantom: VoxelPhantom, tally: Tally, settings: MCSettings, seconds: 
             total_decays: float | None, info: dict) -> MCResult:
     shape = phantom.density.shape
     e_mev = tally.mean_mev().reshape(shape)
+    negative = e_mev < 0
+    if negative.any():
+        # only the decays' control variate gives a negative mean: a voxel whose own decays sent
+        # more energy out than its expectation returned, its uncertainty beyond 100 % (inf in the
+        # uncertainty map). A dose map is not negative: such voxels are set to 0 and counted.
+        e_mev = np.where(negative, 0.0, e_mev)
+        info = {**info, "negative_voxels_set_to_zero": int(negative.sum())}
     dose_pp = e_mev * MEV_TO_J / phantom.mass_kg
     geo = phantom.density
     e_grid = geo.with_array(e_mev.astype(np.float32), Kind.SCALAR, unit="MeV per primary")

@@ -76,6 +76,11 @@ class TransportSettings:
     #: as it has decays: every voxel gets its expected count to within one; see
     #: :func:`persodose.mc.transport.decay_chunk`)
     source_sampling: str = "stratified"
+    #: decays: tally the energy each decay leaves in place and the kinetic energy of its
+    #: electrons and positrons at their expectation, spread over the voxels by activity, and let
+    #: the sampling move only what those particles carry out of their birth voxel (a control
+    #: variate, :func:`persodose.mc.transport.decay_chunk`); no effect on other sources
+    control_variate: bool = True
 
     def __post_init__(self) -> None:
         for name in ("electron_cut_mev", "photon_cut_mev", "hard_collision_cut_mev", "brems_cut_mev",
@@ -124,18 +129,22 @@ def tle_box(density: np.ndarray | None) -> tuple[int, int, int, int, int, int]:
     return (x0, x1, y0, y1, z0, z1)
 
 
-def settings_array(settings: TransportSettings, density: np.ndarray | None = None) -> np.ndarray:
+def settings_array(settings: TransportSettings, density: np.ndarray | None = None,
+                   control: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """The transport settings as the kernels read them (``settings_f``).
 
     ``[photon cut, electron cut, hard-collision cut, bremsstrahlung cut, max energy-loss
     fraction, max step in lambda1, track-length estimator on (1) or off (0), its range
     fraction, then the estimator's box (:func:`tle_box` of ``density``) ix0, ix1, iy0, iy1, iz0,
-    iz1, then stratified decay positions (1) or not (0)]``.
+    iz1, then stratified decay positions (1) or not (0), then the decays' control variate on (1)
+    or off (0), the density (g/cm3) and the share of the activity from which it applies
+    (``control``, from :meth:`persodose.mc.problem.MCProblem.control_thresholds`)]``.
     """
     return np.array([settings.photon_cut_mev, settings.electron_cut_mev, settings.hard_collision_cut_mev,
                      settings.brems_cut_mev, settings.max_eloss_fraction, settings.max_step_lambda1,
                      1.0 if settings.photon_estimator == "tle" else 0.0, settings.tle_range_fraction,
-                     *tle_box(density), 1.0 if settings.source_sampling == "stratified" else 0.0],
+                     *tle_box(density), 1.0 if settings.source_sampling == "stratified" else 0.0,
+                     1.0 if settings.control_variate else 0.0, *control],
                     dtype=np.float64)
 
 

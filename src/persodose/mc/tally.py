@@ -362,7 +362,9 @@ class Tally:
         return self.sum_mev / max(self.n_batches, 1)
 
     def relative_uncertainty(self) -> np.ndarray:
-        """Relative standard uncertainty of the mean, per voxel (0 where nothing was deposited)."""
+        """Relative standard uncertainty of the mean, per voxel (0 where nothing was deposited;
+        ``inf`` where the mean is not positive but the batches differ, which only the decays'
+        control variate can give, :func:`persodose.mc.transport.decay_chunk`)."""
         b = self.n_batches
         if b < 2:
             return np.full(self.sum_mev.shape, np.inf)
@@ -370,7 +372,7 @@ class Tally:
         var = np.clip(self.sum2_mev2 / b - mean * mean, 0.0, None) * b / (b - 1)
         se = np.sqrt(var / b)
         with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.where(mean > 0, se / mean, 0.0)
+            rel = np.where(mean > 0, se / mean, np.where(se > 0, np.inf, 0.0))
         return rel
 
     def energy_balance(self) -> dict[str, float]:

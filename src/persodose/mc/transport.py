@@ -870,8 +870,22 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
     one instead of a multinomial count (stratified sampling, e.g. M. H. Kalos, P. A. Whitlock,
     Monte Carlo Methods, 2nd ed., Wiley 2008, section 4.3). Each batch stays an independent
     replicate, so the batch method still estimates the uncertainty.
+
+    With the control variate (``settings_f[15]`` = 1), for a decay in a voxel of density at
+    least ``settings_f[16]`` and of at least ``settings_f[17]`` of the activity, nothing is tallied for the energy it leaves in place
+    (``local_mev``), and the kinetic energy of every electron and positron it emits is taken
+    back from its birth voxel (a negative deposit) while the particle itself is transported as
+    always. The caller adds the expectation of the two, spread over those voxels by their
+    activity, with no noise (:meth:`persodose.mc.problem.MCProblem.control_part`). The mean is
+    unchanged (the emitted energies do not depend on where the decay is); what is left to the
+    sampling is what the charged particles carry out of their voxel and the photons' energy,
+    not the spread of the beta spectrum nor how many decays a voxel happened to get (control
+    variates: M. H. Kalos, P. A. Whitlock, Monte Carlo Methods, 2nd ed., Wiley 2008, chapter 4).
+    The emitted and deposited counters take the same energies back and get the same expectation,
+    so the voxel tally still sums to the deposited energy and the balance stays exact.
     """
     stratified = settings_f[14] > 0.5 and n_strata > 0
+    control_on = settings_f[15] > 0.5
     for j in range(n_decays):
         # decay position: a voxel by its activity, uniform inside it
         if stratified:
@@ -893,10 +907,15 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
         x = (ix + uniform(rng)) * sx
         y = (iy + uniform(rng)) * sy
         z = (iz + uniform(rng)) * sz
-        deposit(edep, vox, local_mev)
-        ctr[C_DEPOSITED] += local_mev
+        control = False
+        if control_on and dens[vox] >= settings_f[16]:
+            share = src_cdf[lo] - src_cdf[lo - 1] if lo > 0 else src_cdf[lo]
+            control = share >= settings_f[17] * src_cdf[src_cdf.shape[0] - 1]
+        if not control:  # with it, the energy left in place is in the expectation (the counters too)
+            deposit(edep, vox, local_mev)
+            ctr[C_DEPOSITED] += local_mev
+            ctr[C_EMITTED] += local_mev
         ctr[C_BELOW_CUT] += local_mev
-        ctr[C_EMITTED] += local_mev
         sp = 0
         for b in range(2):
             yb = beta_yields[b]
@@ -912,6 +931,10 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
                     eb = _sample_cdf(beta_plus_e, beta_plus_cdf, rng)
                 du, dv, dw = _isotropic(rng)
                 ctr[C_EMITTED] += eb
+                if control:
+                    deposit(edep, vox, -eb)
+                    ctr[C_DEPOSITED] -= eb
+                    ctr[C_EMITTED] -= eb
                 sp = _push(stk, sp, ELECTRON if b == 0 else POSITRON, eb, x, y, z, du, dv, dw, ctr, edep, vox)
         if line_total > 0.0:
             nl = int(line_total)
@@ -922,6 +945,10 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
                 el = line_e[j]
                 du, dv, dw = _isotropic(rng)
                 ctr[C_EMITTED] += el
+                if control and line_kind[j] != PHOTON:
+                    deposit(edep, vox, -el)
+                    ctr[C_DEPOSITED] -= el
+                    ctr[C_EMITTED] -= el
                 sp = _push(stk, sp, line_kind[j], el, x, y, z, du, dv, dw, ctr, edep, vox)
         _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
                        compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 #: Version of the transport physics (bump on any change of what a seed computes).
-PHYSICS_VERSION = 1
+PHYSICS_VERSION = 2
 
 #: The data packages whose versions are part of the physics tag (distribution names).
 DATA_PACKAGES = ("icrp107-database", "xraylib")
