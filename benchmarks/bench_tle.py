@@ -150,6 +150,7 @@ def main() -> None:
     import numba
 
     from bench_ct import CT_TRANSPORT_KW, organ_masks, whole_body_scan
+    import persodose.mc.problem as mc_problem
     from persodose.mc.engine import MCSettings, VoxelPhantom, beam_problem, decay_problem
     from persodose.mc.tables import TransportSettings, build_tables
     from persodose.phantoms import make_virtual_patient
@@ -161,10 +162,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="master seed of the runs")
     ap.add_argument("--batches", type=int, default=10,
                     help="batches of the *-sampling problems (the others use 10)")
+    ap.add_argument("--control-min-decays", type=float, default=None,
+                    help="the control variate's decay-count rule (persodose.mc.problem.CONTROL_MIN_DECAYS) "
+                         "for this run, to measure its effect")
     ap.add_argument("--samplings", nargs=2, default=["random", "stratified"],
                     help="the two decay samplings the *-sampling problems compare: random, stratified "
                          "(positions) or control (stratified positions with the control variate)")
     args = ap.parse_args()
+    if args.control_min_decays is not None:
+        mc_problem.CONTROL_MIN_DECAYS = float(args.control_min_decays)
+    print(f"control variate decay-count rule: {mc_problem.CONTROL_MIN_DECAYS:g} decays per voxel")
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"numba threads {numba.get_num_threads()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 

@@ -17,6 +17,10 @@ exists, so an interrupted run continues. The same commands scale up unchanged: m
    (``persodose dataset merge``), and the main network fine-tuned on the merge from its own
    weights (``--init-weights``) for ``--grow-epochs`` epochs at ``--grow-lr``; ``register``
    then ships the grown network (the shards already made are never remade).
+6. Continuing (``--continue-from W``, step ``continue``): instead of 4-5's training, the
+   weights ``W`` (the shipped network, by its registered name) fine-tuned on the training
+   data (the grown merge with ``--grow-to``) for ``--continue-epochs`` at ``--continue-lr``;
+   ``register`` then ships it.
 
 Usage::
 
@@ -83,20 +87,28 @@ def main(argv=None) -> int:
     ap.add_argument("--grow-to", type=int, default=0, help="fine-tune on this many training patients (0: no)")
     ap.add_argument("--grow-epochs", type=int, default=10)
     ap.add_argument("--grow-lr", type=float, default=5e-4)
-    ap.add_argument("--only", choices=["data", "main", "curve", "ablations", "grow", "register"], nargs="*",
-                    default=None)
+    ap.add_argument("--continue-from", default=None,
+                    help="fine-tune these weights (a registered name, e.g. the shipped dblurdosenet-lu177, or a "
+                         "file) on the training data (the grown merge with --grow-to) instead of training the "
+                         "main or grown network: step 'continue', which then ships")
+    ap.add_argument("--continue-epochs", type=int, default=10)
+    ap.add_argument("--continue-lr", type=float, default=2.5e-4)
+    ap.add_argument("--only", choices=["data", "main", "curve", "ablations", "grow", "continue", "register"],
+                    nargs="*", default=None)
     args = ap.parse_args(argv)
     exe = str(Path(sys.executable).with_name("persodose"))
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
     log = w / "recipe.log"
-    steps = set(args.only or ["data", "main", "curve", "ablations", "grow", "register"])
+    steps = set(args.only or (["data", "grow", "continue", "register"] if args.continue_from else
+                              ["data", "main", "curve", "ablations", "grow", "register"]))
     pop = w / "pop_lu"
     if not (pop / "population.json").exists():
         run([exe, "phantom", "--out", str(pop), "--tracer", "lu177-dotatate", "--voxel-mm", "4.8",
              "--population", str(args.population), "--seed", str(args.population_seed)], log)
     doc = json.loads((pop / "population.json").read_text())
-    train = [p["folder"] for p in doc["patients"] if p["split"] == "training"][: args.train_patients]
+    all_train = [p["folder"] for p in doc["patients"] if p["split"] == "training"]
+    train = all_train[: args.train_patients]
     val = [p["folder"] for p in doc["patients"] if p["split"] == "validation"]
     test = [p["folder"] for p in doc["patients"] if p["split"] == "test"]
     link_folder(pop, w / f"train{args.train_patients}", train + val)
@@ -129,15 +141,27 @@ def main(argv=None) -> int:
         run([exe, "train", "dblurdosenet", "--data", str(data), "--out", str(out), *common, *extra, *resume], log)
     shipped, shipped_data = w / "dblurdosenet-lu177.pt", ds
     if args.grow_to > args.train_patients:
-        shipped, shipped_data = grow(exe, args, w, pop, train, common, log, steps)
+        shipped, shipped_data = grow(exe, args, w, pop, all_train, common, log, steps,
+                                     fine_tune=not args.continue_from)
+    if args.continue_from:
+        shipped = w / f"dblurdosenet-lu177-continued-n{max(args.grow_to, args.train_patients)}.pt"
+        if "continue" in steps and not Path(f"{shipped}.json").exists():
+            tune = list(common)
+            tune[tune.index("--epochs") + 1] = str(args.continue_epochs)
+            tune[tune.index("--lr") + 1] = f"{args.continue_lr:g}"
+            resume = ["--resume"] if Path(f"{shipped}.ckpt").exists() else ["--init-weights", args.continue_from]
+            run([exe, "train", "dblurdosenet", "--data", str(shipped_data), "--out", str(shipped), *tune, *resume],
+                log)
     if "register" in steps:
         register(shipped, shipped_data, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     return 0
 
 
-def grow(exe: str, args, w: Path, pop: Path, train: list[str], common: list[str], log: Path, steps: set):
-    """Step 5: the dataset of training patients ``train_patients .. grow_to``, merged with the
-    first one, and the main network fine-tuned on the merge. Returns (weights, dataset)."""
+def grow(exe: str, args, w: Path, pop: Path, train: list[str], common: list[str], log: Path, steps: set,
+         fine_tune: bool = True):
+    """Step 5: the dataset of training patients ``train_patients .. grow_to`` (``train``: all the
+    population's training patients, in order), merged with the first one, and (``fine_tune``) the
+    main network fine-tuned on the merge. Returns (weights, dataset)."""
     n0, n = args.train_patients, args.grow_to
     extra = w / f"train_extra{n0}_{n}"
     link_folder(pop, extra, train[n0:n])
@@ -152,7 +176,7 @@ def grow(exe: str, args, w: Path, pop: Path, train: list[str], common: list[str]
              "--option", f"decays={args.decays}"], log)
     if not (merged / "manifest.json").exists():
         run([exe, "dataset", "merge", str(w / f"ds_train{n0}"), str(ds_extra), "--out", str(merged)], log)
-    if not Path(f"{out}.json").exists():
+    if fine_tune and not Path(f"{out}.json").exists():
         tune = list(common)
         tune[tune.index("--epochs") + 1], tune[tune.index("--lr") + 1] = str(args.grow_epochs), f"{args.grow_lr:g}"
         resume = ["--resume"] if Path(f"{out}.ckpt").exists() else ["--init-weights", str(w / "dblurdosenet-lu177.pt")]

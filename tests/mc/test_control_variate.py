@@ -18,6 +18,7 @@ from numba import njit
 
 from persodose.mc import transport as tr
 from persodose.mc.engine import MCSettings, VoxelPhantom, decay_problem, run_batch
+from persodose.mc.problem import CONTROL_MIN_DECAYS
 from persodose.mc.rng import seed_state
 from persodose.mc.tables import TransportSettings
 from persodose.mc.tally import Tally
@@ -69,7 +70,7 @@ def test_expectation_is_the_mean_of_what_the_kernel_samples(nuclide):
 
 def test_rules_of_where_it_applies():
     """Density from which it applies: the CSDA range of the energy-weighted mean energy over half the
-    voxel side (F-18 at 4 mm: between lung and soft tissue; at 8 mm, half of that); share: 4 decays."""
+    voxel side (F-18 at 4 mm: between lung and soft tissue; at 8 mm, half of that); share: CONTROL_MIN_DECAYS decays."""
     ph4 = _water_block(8, 4.0)
     ph8 = _water_block(8, 8.0)
     on = MCSettings(n_batches=2)
@@ -79,13 +80,16 @@ def test_rules_of_where_it_applies():
     p8 = decay_problem(ph8, src8, "F-18", 4000, on)
     assert 0.26 < p4.control_density_min() < 0.9
     assert p8.control_density_min() == pytest.approx(0.5 * p4.control_density_min(), rel=1e-9)
-    assert p4.control_share_min() == pytest.approx(4.0 / 4000)
+    assert p4.control_share_min() == pytest.approx(CONTROL_MIN_DECAYS / 4000)
     off = decay_problem(ph4, src4, "F-18", 4000, MCSettings(n_batches=2, transport=TransportSettings(
         control_variate=False)))
     assert not off.control_variate and math.isinf(off.control_density_min())
-    # the noiseless part covers exactly the voxels that pass both rules
-    part = p4.control_part()
-    assert part.sum() == pytest.approx(p4.source.control_expectation_mev(), rel=1e-12)
+    # the noiseless part covers exactly the voxels that pass both rules: 512 voxels expect 7.8
+    # decays each of 4000 (below the rule: none), 15.6 of 8000 (all)
+    assert 4000 / 512 < CONTROL_MIN_DECAYS < 8000 / 512
+    assert p4.control_part().sum() == 0.0
+    p4_more = decay_problem(ph4, src4, "F-18", 8000, on)
+    assert p4_more.control_part().sum() == pytest.approx(p4.source.control_expectation_mev(), rel=1e-12)
 
 
 def _regions(shape):
@@ -134,14 +138,15 @@ def test_no_mean_moves(nuclide):
 
 @pytest.mark.parametrize("nuclide, at_most", [("F-18", 0.75), ("Lu-177", 0.5)])
 def test_the_hot_voxels_get_quieter(nuclide, at_most):
-    """Where a voxel gets about one decay per batch (the regime of whole-body references: 3000
-    decays, about 7 per hot voxel over 10 batches), the median voxel uncertainty of the hot block
-    falls: measured 0.30 -> 0.16 (F-18) and 0.36 -> 0.08 (Lu-177). With many decays per voxel
-    and batch the strata already fix the counts and only the beta spectrum's spread goes."""
+    """Where a voxel gets about one decay per batch (the regime of whole-body references: 4800
+    decays, about 12 per hot voxel over 10 batches, above the decay-count rule), the median voxel
+    uncertainty of the hot block falls: measured 0.20 -> 0.14 (F-18) and 0.25 -> 0.10 (Lu-177).
+    With many decays per voxel and batch the strata already fix the counts and only the beta
+    spectrum's spread goes."""
     ph = _water_block(16, 4.0, slab_density=1.85)
     src = _hot_block_source(ph)
-    _, _, t0, regs = _run(ph, src, nuclide, 3000, False, 11)
-    _, _, t1, _ = _run(ph, src, nuclide, 3000, True, 12)
+    _, _, t0, regs = _run(ph, src, nuclide, 4800, False, 11)
+    _, _, t1, _ = _run(ph, src, nuclide, 4800, True, 12)
     u0 = np.median(t0.relative_uncertainty()[regs["hot"]])
     u1 = np.median(t1.relative_uncertainty()[regs["hot"]])
     assert u1 < at_most * u0, (u0, u1)
@@ -181,3 +186,54 @@ def test_a_negative_voxel_mean_becomes_zero_dose_with_infinite_uncertainty():
     assert math.isinf(float(res.relative_uncertainty.array.ravel()[0]))
     assert res.info["negative_voxels_set_to_zero"] == 1
     np.testing.assert_array_equal(res.relative_uncertainty.array.ravel()[1:], 0.0)
+
+
+def test_a_run_that_may_stop_early_takes_the_decay_rule_from_its_fewest_decays():
+    """With a target uncertainty a run may stop after ``min_batches``: the decay-count rule is
+    then taken from the decays of those batches, not from the limit, so that a voxel passes it
+    only where even the shortest run expects enough decays (negative means otherwise)."""
+    ph = _water_block(4)
+    src = ph.density.with_array(np.ones(ph.density.shape))
+    s = MCSettings(n_batches=50)
+    full = decay_problem(ph, src, "Lu-177", 50_000, s)
+    early = decay_problem(ph, src, "Lu-177", 50_000, s, min_batches=5)
+    assert full.fewest_primaries() == 50_000 and early.fewest_primaries() == 5_000
+    assert early.control_share_min() == pytest.approx(CONTROL_MIN_DECAYS / 5_000)
+    assert early.control_share_min() == pytest.approx(10 * full.control_share_min())
+    # the threshold travels to the kernel (settings_f[17]) and sets which voxels the expectation covers
+    assert early.static_args()[1][9][17] == pytest.approx(early.control_share_min())
+    act = np.ones(ph.density.shape)
+    act.ravel()[0] = 5e-4 * (act.size - 1) / (1 - 5e-4)  # voxel 0: 5e-4 of the activity
+    src2 = ph.density.with_array(act)
+    f2 = decay_problem(ph, src2, "Lu-177", 50_000, s)
+    e2 = decay_problem(ph, src2, "Lu-177", 50_000, s, min_batches=5)
+    share = act.ravel() / act.sum()
+    assert share[0] == pytest.approx(5e-4)
+    assert share[0] * 50_000 >= CONTROL_MIN_DECAYS > share[0] * 5_000  # enough decays for the limit, not for 5 batches
+    assert share[1] * 5_000 >= CONTROL_MIN_DECAYS  # a plain voxel: enough for both
+    assert f2.control_part()[0] > 0 and e2.control_part()[0] == 0.0
+    assert f2.control_part()[1] > 0 and e2.control_part()[1] == pytest.approx(f2.control_part()[1], rel=1e-12)
+
+
+def test_simulate_decays_passes_the_target_min_batches(monkeypatch):
+    """``simulate_decays`` with a target builds its problem with the target's ``min_batches``
+    (without one, 0: the run does all its batches); the rule is reported in the run's info."""
+    from persodose.mc import run as mc_run
+    from persodose.mc.tally import UncertaintyTarget
+
+    seen = []
+    real = mc_run.decay_problem
+
+    def spy(*a, **kw):
+        seen.append(kw.get("min_batches"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mc_run, "decay_problem", spy)
+    ph = _water_block(4)
+    src = ph.density.with_array(np.ones(ph.density.shape))
+    res = mc_run.simulate_decays(ph, src, "Lu-177", 1_800, MCSettings(n_batches=6),
+                                 target=UncertaintyTarget(relative=0.5, min_batches=3))
+    plain = mc_run.simulate_decays(ph, src, "Lu-177", 1_800, MCSettings(n_batches=6))
+    assert seen == [3, None]
+    assert res.info["control_variate"]["fewest_decays"] == 900
+    assert plain.info["control_variate"]["fewest_decays"] == 1_800

@@ -229,8 +229,9 @@ def test_uncertainty_falls_with_more_decays_and_resume_merges():
     src = ph.density.with_array(np.ones(ph.density.shape), Kind.ACTIVITY)
     # random decay positions: the 1/sqrt(N) law of independent decays (stratified positions make
     # the count of a voxel nearly exact, and at 1.4 decays per voxel and batch their spread is
-    # not yet in that regime; tests/mc/test_tle.py tests them)
-    rnd = TransportSettings(source_sampling="random")
+    # not yet in that regime; tests/mc/test_tle.py tests them); without the control variate, which
+    # applies from CONTROL_MIN_DECAYS decays per voxel on, so in the large run only
+    rnd = TransportSettings(source_sampling="random", control_variate=False)
     small = simulate_decays(ph, src, "F-18", 4000, MCSettings(n_batches=4, seed=2, transport=rnd))
     large = simulate_decays(ph, src, "F-18", 64000, MCSettings(n_batches=4, seed=2, transport=rnd))
     centre = (4, 4, 4)

@@ -124,32 +124,14 @@ class DecaySource(_Primaries):
                  arr(d.line_cum), float(d.line_total))
         return source, decay
 
-    def control_expectation_mev(self) -> float:
-        """Expected energy per decay that the control variate tallies without sampling, MeV.
-
-        The energy left in place (``local_mev``) plus the mean kinetic energy of the emitted
-        electrons and positrons, each term the exact mean of what the kernel samples: a beta
-        branch of yield ``y`` emits ``int(y)`` or ``int(y) + 1`` particles (mean ``y``) whose
-        energy is uniform within each bin of the tabulated cumulative spectrum (mean
-        ``sum dC (e_j + e_j+1) / 2 / C``), and a discrete electron line of yield ``y_j`` is
-        emitted ``y_j`` times per decay on average.
-        """
-        d = self.decay
-        e = float(d.local_mev)
-        for yb, grid, cdf in ((d.beta_yields[0], d.beta_minus_e, d.beta_minus_cdf),
-                              (d.beta_yields[1], d.beta_plus_e, d.beta_plus_cdf)):
-            if yb > 0:
-                grid, cdf = np.asarray(grid, float), np.asarray(cdf, float)
-                e += float(yb) * float(np.sum(np.diff(cdf) * 0.5 * (grid[1:] + grid[:-1])) / cdf[-1])
-        w = np.diff(np.asarray(d.line_cum, float))
-        charged = np.asarray(d.line_kind) != tr.PHOTON
-        if d.line_total > 0 and charged.any():
-            e += float(np.sum(w[charged] * np.asarray(d.line_e, float)[charged]))
-        return e
-
-    def charged_weighted_energy_mev(self) -> float:
-        """Energy-weighted mean kinetic energy of the emitted electrons and positrons,
-        ``E[T^2] / E[T]`` over all of them, MeV (0 when none): where their energy goes."""
+    def charged_moments_mev(self) -> tuple[float, float]:
+        """``(E[T], E[T^2])`` per decay of the emitted electrons' and positrons' kinetic energy
+        ``T`` summed over them (MeV, MeV^2), each the exact moment of what the kernel samples:
+        a beta branch of yield ``y`` emits ``int(y)`` or ``int(y) + 1`` particles (mean ``y``)
+        whose energy is uniform within each bin ``[a, b]`` of the tabulated cumulative
+        spectrum (moments ``(a + b) / 2`` and ``(a^2 + ab + b^2) / 3`` weighted by the bin's
+        ``dC / C``), and a discrete electron line of yield ``y_j`` is emitted ``y_j`` times per
+        decay on average."""
         d = self.decay
         s1 = s2 = 0.0
         for yb, grid, cdf in ((d.beta_yields[0], d.beta_minus_e, d.beta_minus_cdf),
@@ -166,6 +148,18 @@ class DecaySource(_Primaries):
             e = np.asarray(d.line_e, float)[charged]
             s1 += float(np.sum(w[charged] * e))
             s2 += float(np.sum(w[charged] * e * e))
+        return s1, s2
+
+    def control_expectation_mev(self) -> float:
+        """Expected energy per decay that the control variate tallies without sampling, MeV:
+        the energy left in place (``local_mev``) plus the electrons' and positrons' mean
+        kinetic energy (:meth:`charged_moments_mev`)."""
+        return float(self.decay.local_mev) + self.charged_moments_mev()[0]
+
+    def charged_weighted_energy_mev(self) -> float:
+        """Energy-weighted mean kinetic energy of the emitted electrons and positrons,
+        ``E[T^2] / E[T]`` over all of them, MeV (0 when none): where their energy goes."""
+        s1, s2 = self.charged_moments_mev()
         return s2 / s1 if s1 > 0 else 0.0
 
     def describe(self, n_primaries: int) -> dict:

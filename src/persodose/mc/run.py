@@ -367,6 +367,10 @@ def result_of(phantom: VoxelPhantom, problem: MCProblem, tally: Tally, run: dict
     """The :class:`MCResult` of a run of ``problem`` (``run`` from :func:`run_batches` or the Dask loop)."""
     info = problem.source.describe(tally.n_primaries)
     info.update(backend=run["backend"], batches=run["records"])
+    if problem.control_variate:
+        dens, share = problem.control_thresholds()
+        info["control_variate"] = {"density_min_g_cm3": float(dens), "activity_share_min": float(share),
+                                   "fewest_decays": problem.fewest_primaries()}
     if run.get("target") is not None:
         info["target"] = run["target"]
     return _finish(phantom, tally, problem.settings, run["seconds"], run["n_new"], problem.source.total_decays, info)
@@ -420,7 +424,8 @@ def simulate_decays(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays:
     Raises:
         InputError, GeometryError, MaterialError, NuclideError for bad input.
     """
-    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables)
+    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables,
+                            min_batches=target.min_batches if target is not None else None)
     return _simulate(phantom, problem, resume, checkpoint, progress, on_batch, target)
 
 

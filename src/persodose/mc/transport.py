@@ -930,11 +930,11 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
                 else:
                     eb = _sample_cdf(beta_plus_e, beta_plus_cdf, rng)
                 du, dv, dw = _isotropic(rng)
-                ctr[C_EMITTED] += eb
-                if control:
+                if control:  # taken back from the birth voxel: in the expectation (the counters too)
                     deposit(edep, vox, -eb)
                     ctr[C_DEPOSITED] -= eb
-                    ctr[C_EMITTED] -= eb
+                else:
+                    ctr[C_EMITTED] += eb
                 sp = _push(stk, sp, ELECTRON if b == 0 else POSITRON, eb, x, y, z, du, dv, dw, ctr, edep, vox)
         if line_total > 0.0:
             nl = int(line_total)
@@ -944,11 +944,11 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
                 j = _search(line_cum, uniform(rng) * line_cum[line_cum.shape[0] - 1])
                 el = line_e[j]
                 du, dv, dw = _isotropic(rng)
-                ctr[C_EMITTED] += el
                 if control and line_kind[j] != PHOTON:
                     deposit(edep, vox, -el)
                     ctr[C_DEPOSITED] -= el
-                    ctr[C_EMITTED] -= el
+                else:
+                    ctr[C_EMITTED] += el
                 sp = _push(stk, sp, line_kind[j], el, x, y, z, du, dv, dw, ctr, edep, vox)
         _process_stack(stk, sp, dens, mat, nz, ny, nx, sz, sy, sx, log_emin, inv_dlog, n_e, photon, majorant,
                        compton_sf, rayleigh_cum, x_nodes, electron, settings_f, range_rejection, edep, ctr, rng)
