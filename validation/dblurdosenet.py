@@ -116,11 +116,20 @@ def _cnn_rate(model, spect: np.ndarray, rho: np.ndarray, dsv: np.ndarray) -> np.
 
 
 def _recovery(args):
-    if not args.recovery:
-        return None
-    from persodose.dose.recovery import RecoveryCurve
+    """The recovery curve: read from ``--recovery``, or, with ``--calibrate-recovery``, calibrated
+    on hot spheres through this run's SPECT model (``persodose.dose.recovery.calibrate_recovery``,
+    its defaults) and written to ``OUT/recovery.json``."""
+    from persodose.dose.recovery import RecoveryCurve, calibrate_recovery
 
-    return RecoveryCurve.from_json(args.recovery)
+    if args.recovery:
+        return RecoveryCurve.from_json(args.recovery)
+    if not args.calibrate_recovery:
+        return None
+    camera = SpectDoseRateSettings(camera=args.camera, views=args.views, iterations=args.iterations,
+                                   subsets=args.subsets).spect_camera()
+    curve = calibrate_recovery(camera)
+    curve.to_json(Path(args.out) / "recovery.json")
+    return curve
 
 
 def evaluate_patient(folder: Path, args, models: dict, recovery) -> dict:
@@ -289,13 +298,15 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=0)
     ap.add_argument("--subsets", type=int, default=0)
     ap.add_argument("--recovery", default=None, help="recovery curve JSON (persodose.dose.recovery)")
+    ap.add_argument("--calibrate-recovery", action="store_true",
+                    help="without --recovery: calibrate the curve through this run's SPECT model (OUT/recovery.json)")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--limit", type=int, default=0, help="first N patients only")
     args = ap.parse_args(argv)
     models = _load_models(args.weights)
-    recovery = _recovery(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    recovery = _recovery(args)
     patients = find_patients(args.phantoms)[: args.limit or None]
     results = []
     for folder in patients:
