@@ -188,52 +188,20 @@ def test_a_negative_voxel_mean_becomes_zero_dose_with_infinite_uncertainty():
     np.testing.assert_array_equal(res.relative_uncertainty.array.ravel()[1:], 0.0)
 
 
-def test_a_run_that_may_stop_early_takes_the_decay_rule_from_its_fewest_decays():
-    """With a target uncertainty a run may stop after ``min_batches``: the decay-count rule is
-    then taken from the decays of those batches, not from the limit, so that a voxel passes it
-    only where even the shortest run expects enough decays (negative means otherwise)."""
-    ph = _water_block(4)
-    src = ph.density.with_array(np.ones(ph.density.shape))
-    s = MCSettings(n_batches=50)
-    full = decay_problem(ph, src, "Lu-177", 50_000, s)
-    early = decay_problem(ph, src, "Lu-177", 50_000, s, min_batches=5)
-    assert full.fewest_primaries() == 50_000 and early.fewest_primaries() == 5_000
-    assert early.control_share_min() == pytest.approx(CONTROL_MIN_DECAYS / 5_000)
-    assert early.control_share_min() == pytest.approx(10 * full.control_share_min())
-    # the threshold travels to the kernel (settings_f[17]) and sets which voxels the expectation covers
-    assert early.static_args()[1][9][17] == pytest.approx(early.control_share_min())
-    act = np.ones(ph.density.shape)
-    act.ravel()[0] = 5e-4 * (act.size - 1) / (1 - 5e-4)  # voxel 0: 5e-4 of the activity
-    src2 = ph.density.with_array(act)
-    f2 = decay_problem(ph, src2, "Lu-177", 50_000, s)
-    e2 = decay_problem(ph, src2, "Lu-177", 50_000, s, min_batches=5)
-    share = act.ravel() / act.sum()
-    assert share[0] == pytest.approx(5e-4)
-    assert share[0] * 50_000 >= CONTROL_MIN_DECAYS > share[0] * 5_000  # enough decays for the limit, not for 5 batches
-    assert share[1] * 5_000 >= CONTROL_MIN_DECAYS  # a plain voxel: enough for both
-    assert f2.control_part()[0] > 0 and e2.control_part()[0] == 0.0
-    assert f2.control_part()[1] > 0 and e2.control_part()[1] == pytest.approx(f2.control_part()[1], rel=1e-12)
-
-
-def test_simulate_decays_passes_the_target_min_batches(monkeypatch):
-    """``simulate_decays`` with a target builds its problem with the target's ``min_batches``
-    (without one, 0: the run does all its batches); the rule is reported in the run's info."""
+def test_the_rule_and_its_thresholds_are_in_the_run_info():
+    """The run's info records where the control applied: the density and activity-share
+    thresholds and the decays the share rule was taken from (the limit, with a target too)."""
     from persodose.mc import run as mc_run
     from persodose.mc.tally import UncertaintyTarget
 
-    seen = []
-    real = mc_run.decay_problem
-
-    def spy(*a, **kw):
-        seen.append(kw.get("min_batches"))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(mc_run, "decay_problem", spy)
     ph = _water_block(4)
     src = ph.density.with_array(np.ones(ph.density.shape))
     res = mc_run.simulate_decays(ph, src, "Lu-177", 1_800, MCSettings(n_batches=6),
                                  target=UncertaintyTarget(relative=0.5, min_batches=3))
-    plain = mc_run.simulate_decays(ph, src, "Lu-177", 1_800, MCSettings(n_batches=6))
-    assert seen == [3, None]
-    assert res.info["control_variate"]["fewest_decays"] == 900
-    assert plain.info["control_variate"]["fewest_decays"] == 1_800
+    cv = res.info["control_variate"]
+    assert cv["decays_of_the_rule"] == 1_800
+    assert cv["activity_share_min"] == pytest.approx(CONTROL_MIN_DECAYS / 1_800)
+    assert 0 < cv["density_min_g_cm3"] < 1.0
+    off = mc_run.simulate_decays(ph, src, "Lu-177", 600, MCSettings(n_batches=2, transport=TransportSettings(
+        control_variate=False)))
+    assert "control_variate" not in off.info

@@ -300,8 +300,7 @@ def simulate_decays_dask(phantom: VoxelPhantom, source: Grid, nuclide: str, n_de
         InputError, GeometryError, MaterialError, NuclideError for bad input; InputError
         when dask[distributed] is not installed; a worker's exception as raised there.
     """
-    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables,
-                            min_batches=target.min_batches if target is not None else None)
+    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables)
     tally, run = run_problem_dask(problem, resume, client=client, n_workers=n_workers,
                                   threads_per_worker=threads_per_worker, checkpoint=checkpoint, progress=progress,
                                   on_batch=on_batch, target=target)

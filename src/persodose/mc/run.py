@@ -370,7 +370,7 @@ def result_of(phantom: VoxelPhantom, problem: MCProblem, tally: Tally, run: dict
     if problem.control_variate:
         dens, share = problem.control_thresholds()
         info["control_variate"] = {"density_min_g_cm3": float(dens), "activity_share_min": float(share),
-                                   "fewest_decays": problem.fewest_primaries()}
+                                   "decays_of_the_rule": problem.n_primaries}
     if run.get("target") is not None:
         info["target"] = run["target"]
     return _finish(phantom, tally, problem.settings, run["seconds"], run["n_new"], problem.source.total_decays, info)
@@ -424,8 +424,7 @@ def simulate_decays(phantom: VoxelPhantom, source: Grid, nuclide: str, n_decays:
     Raises:
         InputError, GeometryError, MaterialError, NuclideError for bad input.
     """
-    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables,
-                            min_batches=target.min_batches if target is not None else None)
+    problem = decay_problem(phantom, source, nuclide, n_decays, default_settings(settings, target), tables)
     return _simulate(phantom, problem, resume, checkpoint, progress, on_batch, target)
 
 
