@@ -76,19 +76,19 @@ def test_rules_of_where_it_applies():
     on = MCSettings(n_batches=2)
     src4 = ph4.density.with_array(np.ones(ph4.density.shape))
     src8 = ph8.density.with_array(np.ones(ph8.density.shape))
-    p4 = decay_problem(ph4, src4, "F-18", 4000, on)
-    p8 = decay_problem(ph8, src8, "F-18", 4000, on)
+    n_low, n_high = int(0.5 * CONTROL_MIN_DECAYS * 512), int(2 * CONTROL_MIN_DECAYS * 512)
+    p4 = decay_problem(ph4, src4, "F-18", n_low, on)
+    p8 = decay_problem(ph8, src8, "F-18", n_low, on)
     assert 0.26 < p4.control_density_min() < 0.9
     assert p8.control_density_min() == pytest.approx(0.5 * p4.control_density_min(), rel=1e-9)
-    assert p4.control_share_min() == pytest.approx(CONTROL_MIN_DECAYS / 4000)
-    off = decay_problem(ph4, src4, "F-18", 4000, MCSettings(n_batches=2, transport=TransportSettings(
+    assert p4.control_share_min() == pytest.approx(CONTROL_MIN_DECAYS / n_low)
+    off = decay_problem(ph4, src4, "F-18", n_low, MCSettings(n_batches=2, transport=TransportSettings(
         control_variate=False)))
     assert not off.control_variate and math.isinf(off.control_density_min())
-    # the noiseless part covers exactly the voxels that pass both rules: 512 voxels expect 7.8
-    # decays each of 4000 (below the rule: none), 15.6 of 8000 (all)
-    assert 4000 / 512 < CONTROL_MIN_DECAYS < 8000 / 512
+    # the noiseless part covers exactly the voxels that pass both rules: the 512 voxels expect half
+    # the rule's decays each (none passes), then twice them (all pass)
     assert p4.control_part().sum() == 0.0
-    p4_more = decay_problem(ph4, src4, "F-18", 8000, on)
+    p4_more = decay_problem(ph4, src4, "F-18", n_high, on)
     assert p4_more.control_part().sum() == pytest.approx(p4.source.control_expectation_mev(), rel=1e-12)
 
 

@@ -33,11 +33,12 @@ if TYPE_CHECKING:
 CONTROL_RANGE_FRACTION = 0.5
 #: ... and where the run's expected decays in the voxel are at least this many
 #: (:meth:`MCProblem.control_share_min`). Chosen by measurement (``benchmarks/bench_tle.py
-#: --problems lu177-sampling --samplings stratified control --scale 4 --batches 50
-#: --control-min-decays N``, 2026-12-03): 4 left 93 voxels with a negative mean, 8 and more
-#: none; the organs' median uncertainty rises with it (0.08, 0.12, 0.13, 0.16 % for 4, 8, 16,
-#: 64 against 0.18 % without the control), the hot voxels' does not move (2.94 %).
-CONTROL_MIN_DECAYS = 8.0
+#: --problems f18-sampling lu177-sampling --samplings stratified control --scale 4 --batches 50
+#: --control-min-decays N``, 2026-12-03, docs/benchmarks.md): with 4, Lu-177 (8e6 decays) left
+#: 93 of 7.1e5 voxels with a negative mean and 8 none, but 8 took the F-18 voxels above 10 % of
+#: the maximum (4e6 decays, about 10 per voxel) from 7.7 to 12.7 %; the negatives are low-dose
+#: voxels, set to 0 and counted, so the noise of the references weighs more.
+CONTROL_MIN_DECAYS = 4.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,9 +180,10 @@ class MCProblem:
         their neighbours' anyway). Like the density rule, it depends on nothing sampled. A run
         that stops early at a target has done fewer decays than the rule assumed, and its
         low-dose voxels can come out negative (set to 0 and counted, :func:`persodose.mc.run.result_of`);
-        taking the rule from the target's ``min_batches`` instead was measured to switch the
-        control off in 26,070 of the 31,022 voxels above 10 % of the maximum TIA of the demo's
-        F-18 reference (a tenth of 1.2e7 decays), which then cannot reach its target.
+        taking the rule from the target's ``min_batches`` instead (a tenth of the demo's 1.2e7
+        decays) would switch the control off in 3846 of the 31,022 voxels above 10 % of the
+        maximum TIA of the demo's F-18 reference (26,070 with a rule of 8 decays), so it was
+        not kept (docs/benchmarks.md).
         """
         return CONTROL_MIN_DECAYS / max(self.n_primaries, 1)
 
