@@ -130,3 +130,16 @@ def test_energy_is_conserved(world, name):
     all_j = electrons_j + decays * nuc.photon_energy_per_decay_mev() * MEV_TO_J
     noise = 0.01 if get_spec(name).stochastic else 1e-4
     assert electrons_j * (1 - 0.02 - noise) <= deposited_j <= all_j * (1 + noise), (name, deposited_j / all_j)
+
+
+def test_the_reference_records_where_the_control_variate_applied(world):
+    """The ``mc`` method's info carries the control variate's rule (density and activity-share
+    thresholds, and the decays the share was taken from) and the count of voxels set to 0."""
+    from persodose.mc.problem import CONTROL_MIN_DECAYS
+
+    info = world["reference"].info
+    rule = info["control_variate_rule"]
+    assert info["control_variate"] is True and info["negative_voxels_set_to_zero"] >= 0
+    assert rule["decays_of_the_rule"] == REFERENCE_DECAYS
+    assert rule["activity_share_min"] == pytest.approx(CONTROL_MIN_DECAYS / REFERENCE_DECAYS)
+    assert 0 < rule["density_min_g_cm3"] < 1.0

@@ -165,9 +165,18 @@ def _integrate(rates: list, inputs: DoseInputs, integration: str) -> tuple[np.nd
     return np.asarray(dose.array, np.float64), f"voxel-wise {report.get('method_used')}"
 
 
+#: The accuracy the method claims in the registry's homogeneous case (tests/dose/test_contract.py: a
+#: 24 mm cube of activity in an 88 mm cube of soft tissue, imaged by the blur model at 1e9 counts),
+#: far from the patients it was trained on. Measured as that test measures it
+#: (``python validation/contract_dblurdosenet.py WEIGHTS``):
+#: -25.4 % with the 2026-12-02 weights, -27.4 % with the 2026-12-03 ones (the held-out patients'
+#: lesions: 14.0 % mean error, 64 % at most, docs/validation_dl.md); 0.25 until 2026-12-03.
+CONTRACT_ACCURACY = 0.30
+
+
 @register_method("dblurdosenet", settings=DblurDoseNetMethodSettings,
                  needs=("density", "kernels", "time_points", "device"), media=lambda s: ("soft_tissue",),
-                 linear=False, accuracy=0.25, takes_inputs=True, images="spect",
+                 linear=False, accuracy=CONTRACT_ACCURACY, takes_inputs=True, images="spect",
                  summary="DblurDoseNet: residual CNN, SPECT + CT -> dose rate per time point, integrated voxel-wise")
 def dblurdosenet_dose(inputs: DoseInputs, settings: DblurDoseNetMethodSettings) -> MethodOutput:
     """Absorbed dose (Gy) from the dose rates DblurDoseNet gives at each time point.

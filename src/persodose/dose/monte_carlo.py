@@ -147,4 +147,6 @@ def mc_dose(inputs: DoseInputs, settings: MCMethodSettings, *, region_mask=None)
             "negative_voxels_set_to_zero": int(res.info.get("negative_voxels_set_to_zero", 0))}
     if "target" in res.info:
         info["target"] = res.info["target"]
+    if "control_variate" in res.info:  # where it applied: its density and activity-share thresholds
+        info["control_variate_rule"] = res.info["control_variate"]
     return MethodOutput(res.dose_gy, res.relative_uncertainty, info)
