@@ -182,8 +182,8 @@ class MCProblem:
         low-dose voxels can come out negative (set to 0 and counted, :func:`persodose.mc.run.result_of`);
         taking the rule from the target's ``min_batches`` instead (a tenth of the demo's 1.2e7
         decays) would switch the control off in 3846 of the 31,022 voxels above 10 % of the
-        maximum TIA of the demo's F-18 reference (26,070 with a rule of 8 decays), so it was
-        not kept (docs/benchmarks.md).
+        maximum TIA of the demo's F-18 reference (26,070 with a rule of 8 decays;
+        ``python validation/control_rule_coverage.py``), so it was not kept (docs/benchmarks.md).
         """
         return CONTROL_MIN_DECAYS / max(self.n_primaries, 1)
 
