@@ -8,7 +8,11 @@ Steps (``--only STEP``; default: all, in order):
   a function of the patient seed, :mod:`persodose.phantoms.population`).
 * ``train``: ``persodose train segmenter`` on the training patients (validation patients
   for the best epoch), with the recipe below.
-* ``register``: the weights, their sidecar and the data manifest into ``persodose/dl/weights``
+* ``continue`` (with ``--continue-from W``): train further from weights ``W`` for
+  ``--continue-steps`` at ``--continue-lr`` (how the shipped weights of 2026-12-03 were made:
+  from the 1000-step weights, 2000 steps at 1e-3); writes ``WORK/segmenter-continued.pt`` and
+  ``WORK/continue.json`` (the validation Dice before and after, and whether to keep them).
+* ``register``: the weights (``--weights FILE``, default the ``train`` step's), their sidecar and the data manifest into ``persodose/dl/weights``
   (registry name ``segmenter-virtual-3mm``).
 * ``evaluate``: the trained model on the test patients (never seen in training): Dice,
   Jaccard, precision, recall, HD95 per organ beside the deliverable's Table 1; timing.
@@ -88,20 +92,59 @@ def split_dirs(work: Path) -> dict[str, Path]:
 def train(work: Path, steps: int | None) -> None:
     import logging
 
-    from persodose.segmentation.training import SegmenterTrainSettings, train_segmenter
+    from persodose.segmentation.training import SegmenterTrainSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     d = split_dirs(work)
     recipe = {**RECIPE, **({"steps": steps} if steps else {})}
     s = SegmenterTrainSettings(**recipe)
-    out = work / "segmenter-virtual-3mm.pt"
+    r = _train(d, work / "segmenter-virtual-3mm.pt", s)
+    print(json.dumps(r["history"], indent=1))
+
+
+def _train(d: dict, out: Path, s) -> dict:
+    """``train_segmenter`` on the split's training and validation pairs, with the CLI command it equals."""
+    from persodose.segmentation.training import train_segmenter
+
     command = (f"persodose train segmenter --images {d['train']}/images --labels {d['train']}/labels "
                f"--val-images {d['val']}/images --val-labels {d['val']}/labels --out {out} "
                f"--steps {s.steps} --batch-size {s.batch_size} --lr {s.lr:g} --val-every {s.val_every} "
-               f"--seed {s.seed} --threads {s.threads}")
-    r = train_segmenter(d["train"] / "images", d["train"] / "labels", out, s, val_images=d["val"] / "images",
-                        val_labels=d["val"] / "labels", command=command)
-    print(json.dumps(r["history"], indent=1))
+               f"--seed {s.seed} --threads {s.threads}"
+               + (f" --init-weights {s.init_weights}" if s.init_weights else ""))
+    return train_segmenter(d["train"] / "images", d["train"] / "labels", out, s, val_images=d["val"] / "images",
+                           val_labels=d["val"] / "labels", command=command)
+
+
+def continue_training(work: Path, init: str, steps: int, lr: float) -> Path:
+    """Train further from ``init`` (registered name or file) for ``steps`` at ``lr`` (a fresh Adam and
+    polynomial decay), the recipe's other settings unchanged; writes ``work/segmenter-continued.pt``.
+
+    Before training, the validation Dice of ``init`` on the same validation cases is measured, so
+    that the selection rule (keep the continued weights only if their best validation mean Dice
+    beats it) is judged on figures of the same code and data."""
+    import logging
+
+    from persodose.segmentation.builtin import load_model
+    from persodose.segmentation.training import SegmenterTrainSettings, _validate, find_pairs, load_case
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    d = split_dirs(work)
+    model, config, prov = load_model(init)
+    val = [load_case(*p, config) for p in find_pairs(d["val"] / "images", d["val"] / "labels")]
+    t = time.time()
+    base = _validate(model.eval(), config, val, "cpu")
+    print(f"initial weights {init} (sha256 {prov['sha256'][:12]}): validation mean Dice {base:.4f} "
+          f"({time.time() - t:.0f} s)", flush=True)
+    s = SegmenterTrainSettings(**{**RECIPE, "steps": steps, "lr": lr, "init_weights": str(init)})
+    out = work / "segmenter-continued.pt"
+    r = _train(d, out, s)
+    best = 1.0 - r["final_validation_loss"]
+    (work / "continue.json").write_text(json.dumps({"init": str(init), "init_sha256": prov["sha256"],
+                                                    "init_val_mean_dice": base, "best_val_mean_dice": best,
+                                                    "keep": best > base, "history": r["history"]}, indent=1))
+    print(f"continued: best validation mean Dice {best:.4f} against {base:.4f} before: "
+          f"{'keep' if best > base else 'do not keep'}", flush=True)
+    return out
 
 
 #: SINFONIA D2.2 Table 1: Dice (%, mean and SD) of the deliverable's residual U-Net, per organ,
@@ -228,9 +271,10 @@ def summarise_doses(out: dict) -> str:
     return "\n".join(lines)
 
 
-def register(work: Path) -> None:
-    """Copy the trained weights, their sidecar and a data manifest into the package's weights
-    folder and add (or replace) the ``segmenter-virtual-3mm`` entry of its manifest."""
+def register(work: Path, weights: Path | None = None) -> None:
+    """Copy the trained weights (default ``work/segmenter-virtual-3mm.pt``), their sidecar and a
+    data manifest into the package's weights folder and add (or replace) the
+    ``segmenter-virtual-3mm`` entry of its manifest."""
     import dataclasses
     import shutil
 
@@ -238,15 +282,19 @@ def register(work: Path) -> None:
     from persodose.dl.weights_registry import MANIFEST_PATH, WEIGHTS_DIR
 
     name = "segmenter-virtual-3mm"
-    weights = work / f"{name}.pt"
-    shutil.copyfile(weights, WEIGHTS_DIR / f"{name}.pt")
+    weights = weights or work / f"{name}.pt"
     side = json.loads(Path(f"{weights}.json").read_text())
+    shutil.copyfile(weights, WEIGHTS_DIR / f"{name}.pt")
     data_file = f"{name}.data-manifest.json"
     manifest = {"population": json.loads((work / "split.json").read_text()), "pairs": side["data"],
                 "made_by": "python validation/train_segmenter.py --work WORK --only population"}
     (WEIGHTS_DIR / data_file).write_text(json.dumps(manifest, indent=1) + "\n")
+    init = side.get("init_weights")
+    step = "" if not init else (f" --only continue --continue-from {init['weights']} (sha256 {init['sha256']}) "
+                                f"--continue-steps {side['train_settings']['steps']} "
+                                f"--continue-lr {side['train_settings']['lr']:g}")
     side.update(file=f"{name}.pt", name=name, data_manifest_file=data_file,
-                training_command=f"python validation/train_segmenter.py --work WORK  (which ran: "
+                training_command=f"python validation/train_segmenter.py --work WORK{step}  (which ran: "
                                  f"{side['training_command']})")
     (WEIGHTS_DIR / f"{name}.pt.json").write_text(json.dumps(side, indent=1) + "\n")
     entry = weights_entry(WEIGHTS_DIR / f"{name}.pt.json")
@@ -292,16 +340,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--only", choices=("population", "train", "register", "evaluate", "doses"))
+    ap.add_argument("--only", choices=("population", "train", "continue", "register", "evaluate", "doses"))
     ap.add_argument("--weights", type=Path, default=None, help="evaluate these weights (default: the trained ones)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    ap.add_argument("--continue-from", default=None,
+                    help="step 'continue': train further from these weights (registered name or file)")
+    ap.add_argument("--continue-steps", type=int, default=2000)
+    ap.add_argument("--continue-lr", type=float, default=1e-3)
     a = ap.parse_args()
     if a.only in (None, "population"):
         population(a.work, a.n)
     if a.only in (None, "train"):
         train(a.work, a.steps)
+    if a.only == "continue" or (a.only is None and a.continue_from):
+        if not a.continue_from:
+            ap.error("--only continue needs --continue-from WEIGHTS")
+        continued = continue_training(a.work, a.continue_from, a.continue_steps, a.continue_lr)
+        if a.only is None and a.weights is None:
+            a.weights = continued
     if a.only in (None, "register"):
-        register(a.work)
+        register(a.work, a.weights)
     if a.only in (None, "evaluate"):
         evaluate(a.work, a.weights)
     if a.only in (None, "doses"):

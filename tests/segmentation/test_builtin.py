@@ -128,6 +128,35 @@ def test_resume_gives_the_uninterrupted_result(trained, tmp_path):
                         resume=True)
 
 
+def test_fine_tuning_starts_from_the_given_weights_and_keeps_their_unet(trained, tmp_path):
+    from persodose.dl.datasets import sha256_file
+    from persodose.errors import InputError
+
+    root, out, side = trained
+    few = {**TINY, "steps": 2, "val_every": 2, "lr": 1e-6}
+    fresh = train_segmenter(root / "images", root / "labels", tmp_path / "fresh.pt", SegmenterTrainSettings(**few))
+    # the architecture left at the defaults: taken from the weights (8-16 channels, 16^3 patch, 6 mm)
+    arch = {k: v for k, v in few.items() if k not in ("channels", "res_units", "patch_voxels", "voxel_mm")}
+    tuned = train_segmenter(root / "images", root / "labels", tmp_path / "tuned.pt",
+                            SegmenterTrainSettings(**arch, init_weights=str(out)))
+    assert tuned["unet"] == side["unet"] and tuned["train_settings"]["channels"] == [8, 16]
+    assert tuned["init_weights"]["sha256"] == sha256_file(out)
+    assert tuned["init_weights"]["training_command"] == side["training_command"]
+    # 2 steps at 1e-6 leave the trained weights' Dice; from a random start they reach nothing like it
+    trained_dice = 1 - side["final_validation_loss"]
+    assert abs((1 - tuned["final_validation_loss"]) - trained_dice) < 0.02
+    assert 1 - fresh["final_validation_loss"] < trained_dice - 0.2, (fresh["history"], side["history"])
+    with pytest.raises(InputError, match="their channels is"):
+        train_segmenter(root / "images", root / "labels", tmp_path / "x.pt",
+                        SegmenterTrainSettings(**{**few, "channels": (4, 8)}, init_weights=str(out)))
+    with pytest.raises(InputError, match="their classes are liver, bone"):
+        train_segmenter(root / "images", root / "labels", tmp_path / "x.pt",
+                        SegmenterTrainSettings(**few, classes=("liver",), init_weights=str(out)))
+    with pytest.raises(InputError, match="no such file"):
+        train_segmenter(root / "images", root / "labels", tmp_path / "x.pt",
+                        SegmenterTrainSettings(**few, init_weights=str(tmp_path / "none.pt")))
+
+
 def test_segment_through_the_registry_on_the_ct_grid(trained):
     from persodose.segmentation import segment
     from persodose.io.image import read_image
@@ -170,6 +199,15 @@ def test_cli_train_segmenter(trained, tmp_path):
                "--out", str(out), "--steps", "2", "--val-every", "2", "--voxel-mm", "6", "--threads", "1"])
     assert rc == 0 and out.is_file() and json.loads(open(f"{out}.json").read())["epochs"] == 1
     assert {p: p.read_bytes() for p in (root / "images").iterdir()} == before
+    tuned = tmp_path / "tuned.pt"
+    rc = main(["train", "segmenter", "--images", str(root / "images"), "--labels", str(root / "labels"),
+               "--out", str(tuned), "--steps", "2", "--val-every", "2", "--threads", "1", "--init-weights", str(out)])
+    doc = json.loads(open(f"{tuned}.json").read())
+    assert rc == 0 and doc["init_weights"]["weights"] == str(out) and f"--init-weights {out}" in doc["training_command"]
+    before_w = out.read_bytes()
+    assert main(["train", "segmenter", "--images", str(root / "images"), "--labels", str(root / "labels"),
+                 "--out", str(out), "--steps", "2", "--init-weights", str(out)]) == 2  # --out would overwrite it
+    assert out.read_bytes() == before_w
     assert main(["train", "segmenter", "--labels", str(root / "labels"), "--out", str(tmp_path / "x.pt")]) == 2
     assert main(["train", "segmenter", "--images", str(root / "images"), "--labels", str(root / "labels"),
                  "--out", str(tmp_path / "y.pt"), "--resume"]) == 2

@@ -41,7 +41,7 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint OUT.ckpt up to --epochs (same result as an uninterrupted run); options not given come from the checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default OUT.ckpt)."),
-    init_weights: Optional[str] = typer.Option(None, "--init-weights", help="Fine-tune: start from these weights (registered name or file, checksum verified) with their own scales; a fresh optimiser."),
+    init_weights: Optional[str] = typer.Option(None, "--init-weights", help="Fine-tune: start from these weights (registered name or file, checksum verified) with their own scales (segmenter: their classes and U-Net); a fresh optimiser."),
     seed: Optional[int] = typer.Option(None, "--seed", callback=count(0, 2**63 - 1), help="Random seed (default 0)."),
     patience: Optional[int] = typer.Option(None, "--patience", callback=count(1, 100000), help="Stop after this many epochs without a better validation loss."),
     plateau_factor: Optional[float] = typer.Option(None, "--plateau-factor", help="Reduce the learning rate by this factor (0..1) on a plateau."),
@@ -64,6 +64,7 @@ def train(
         return _train_segmenter(images, labels, val_images, val_labels, out, resume,
                                 {"steps": steps, "val_every": val_every, "voxel_mm": voxel_mm, "batch_size": batch_size,
                                  "lr": lr, "seed": seed, "threads": threads, "device": device,
+                                 "init_weights": init_weights,
                                  "classes": tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None})
     if data is None:
         from persodose.errors import InputError
@@ -110,6 +111,8 @@ def _train_segmenter(images, labels, val_images, val_labels, out: Path, resume: 
     if images is None or labels is None:
         raise InputError("train segmenter needs --images DIR and --labels DIR")
     inputs = {"--images": images, "--labels": labels, "--val-images": val_images, "--val-labels": val_labels}
+    if options.get("init_weights") and Path(options["init_weights"]).exists():
+        inputs["--init-weights"] = Path(options["init_weights"])
     check_output_paths(inputs={k: v for k, v in inputs.items() if v is not None},
                        output_files={"--out": [out, Path(f"{out}.json"), Path(f"{out}.loss.csv")]})
     settings = SegmenterTrainSettings(**{k: v for k, v in options.items() if v is not None})
@@ -117,7 +120,8 @@ def _train_segmenter(images, labels, val_images, val_labels, out: Path, resume: 
                        + ([f"--val-images {val_images} --val-labels {val_labels}"] if val_images else [])
                        + [f"--out {out}", f"--steps {settings.steps}", f"--batch-size {settings.batch_size}",
                           f"--lr {settings.lr:g}", f"--val-every {settings.val_every}", f"--seed {settings.seed}"]
-                       + ([f"--threads {settings.threads}"] if settings.threads else []))
+                       + ([f"--threads {settings.threads}"] if settings.threads else [])
+                       + ([f"--init-weights {settings.init_weights}"] if settings.init_weights else []))
     r = train_segmenter(images, labels, out, settings, val_images=val_images, val_labels=val_labels, resume=resume,
                         command=command)
     typer.echo(f"trained segmenter: {len(r['unet']['classes'])} classes, {r['epochs']} validation(s), best mean "

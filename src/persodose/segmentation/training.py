@@ -16,6 +16,10 @@ Recipe (each a setting of :class:`SegmenterTrainSettings`):
 * MONAI's Dice + cross-entropy loss (batch Dice: a class missing from one patch does not
   count), Adam, learning rate decayed polynomially to 0 over ``steps`` (exponent 0.9, as
   nnU-Net does: Isensee et al., Nat. Methods 18 (2021) 203);
+* ``init_weights`` (fine-tuning): start from trained weights (a registered name or a ``.pt``
+  file, checksum verified) instead of a random initialisation; the architecture and classes
+  are theirs, the optimiser and the learning-rate schedule start afresh. This is how the
+  shipped weights were trained further, and how a user adapts them to labelled real CTs;
 * every ``val_every`` steps (one "epoch" here) the validation cases are segmented whole
   (sliding window, as at use) and the weights with the best mean Dice are kept; a checkpoint
   is written then, from which ``resume`` continues to the same result as an uninterrupted run
@@ -71,6 +75,9 @@ class SegmenterTrainSettings:
         patch_voxels, channels, res_units, voxel_mm: the architecture (:class:`UNetConfig`).
         classes: organ names to learn; None: :data:`DEFAULT_CLASSES` found in the labels.
         samples_per_class: voxels kept per class and case to draw patch centres from.
+        init_weights: fine-tune from these weights (registered name or ``.pt`` file); None: a
+            random start. Their architecture must be this one (``channels``, ``res_units``,
+            ``patch_voxels``, ``voxel_mm``) and ``classes``, when given, theirs.
     """
 
     steps: int = 2000
@@ -86,6 +93,7 @@ class SegmenterTrainSettings:
     voxel_mm: float = 3.0
     classes: tuple[str, ...] | None = None
     samples_per_class: int = 20000
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.val_every < 1 or self.batch_size < 2 or self.samples_per_class < 1:
@@ -274,7 +282,10 @@ def train_segmenter(images: str | Path, labels: str | Path, out: str | Path,
         if len(pairs) < 2:
             raise InputError("training needs at least 2 pairs (the last one validates), or --val-images/--val-labels")
         pairs, val_pairs = pairs[:-1], pairs[-1:]
-    config = _config(s, _label_names_seen(pairs))
+    init = _init_model(s) if s.init_weights else None
+    if init:
+        s = init[3]
+    config = init[1] if init else _config(s, _label_names_seen(pairs))
     device = select_device(s.device)
     t0 = time.time()
     cases = [load_case(*p, config) for p in pairs]
@@ -283,17 +294,52 @@ def train_segmenter(images: str | Path, labels: str | Path, out: str | Path,
              len(val_cases), time.time() - t0)
     with _deterministic(torch, s.threads) as threads:
         return _run(torch, s, config, cases, val_cases, device, out, threads, resume, command, progress,
-                    _seed_everything, _save)
+                    _seed_everything, _save, init)
+
+
+_ARCHITECTURE = ("channels", "res_units", "patch_voxels", "voxel_mm")
+
+
+def _init_model(s: SegmenterTrainSettings):
+    """``(state, config, provenance, settings)`` of ``s.init_weights``.
+
+    The architecture is the weights' own: a setting of it left at its default takes their
+    value (the returned settings say so); one set to something else is refused."""
+    import dataclasses
+
+    from persodose.segmentation.builtin import _sidecar as _sidecar_of
+    from persodose.segmentation.builtin import load_model
+
+    model, config, prov = load_model(s.init_weights, "cpu")
+    theirs = {"channels": tuple(config.channels), "res_units": config.res_units,
+              "patch_voxels": config.patch_voxels, "voxel_mm": float(config.voxel_mm)}
+    default = SegmenterTrainSettings()
+    for k, v in theirs.items():
+        ours = tuple(getattr(s, k)) if k == "channels" else getattr(s, k)
+        if ours != getattr(default, k) and ours != v:
+            raise InputError(f"--init-weights {s.init_weights}: their {k} is {v}, the settings ask for {ours} "
+                             f"(fine-tuning keeps the U-Net of the weights)")
+    if s.classes is not None and tuple(s.classes) != tuple(config.classes):
+        raise InputError(f"--init-weights {s.init_weights}: their classes are {', '.join(config.classes)}; "
+                         f"fine-tuning keeps them (leave --classes out)")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    made_by = _sidecar_of(Path(prov["weights_file"])).get("training_command")
+    return state, config, {"weights": str(s.init_weights), "sha256": prov["sha256"], "training_command": made_by,
+                           "init_weights": _sidecar_of(Path(prov["weights_file"])).get("init_weights")}, \
+        dataclasses.replace(s, **theirs)
 
 
 def _run(torch, s, config, cases, val_cases, device, out: Path, threads, resume, command, progress,
-         seed_everything, save) -> dict:
+         seed_everything, save, init=None) -> dict:
     from monai.losses import DiceCELoss
 
     seed_everything(torch, s.seed)
     rng = np.random.default_rng(s.seed)
     centres = [_centres(c, len(config.classes), s.samples_per_class, rng) for c in cases]
-    model = build_unet(config).to(device)
+    model = build_unet(config)
+    if init is not None:
+        model.load_state_dict(init[0])
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / s.steps) ** 0.9)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -341,6 +387,8 @@ def _run(torch, s, config, cases, val_cases, device, out: Path, threads, resume,
             if progress:
                 progress(row)
     sidecar = _sidecar(s, config, cases, val_cases, history, best, threads, command, out)
+    if init is not None:
+        sidecar["init_weights"] = init[2]
     _write_outputs(torch, out, best["state"], sidecar, history)
     return json.loads(Path(f"{out}.json").read_text())
 
