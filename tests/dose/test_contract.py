@@ -134,7 +134,7 @@ def test_energy_is_conserved(world, name):
 
 def test_the_reference_records_where_the_control_variate_applied(world):
     """The ``mc`` method's info carries the control variate's rule (density and activity-share
-    thresholds, and the decays the share was taken from) and the count of voxels set to 0."""
+    thresholds, and the decays the share was judged on: those done) and the count of voxels set to 0."""
     from persodose.mc.problem import CONTROL_MIN_DECAYS
 
     info = world["reference"].info

@@ -82,14 +82,22 @@ def test_rules_of_where_it_applies():
     assert 0.26 < p4.control_density_min() < 0.9
     assert p8.control_density_min() == pytest.approx(0.5 * p4.control_density_min(), rel=1e-9)
     assert p4.control_share_min() == pytest.approx(CONTROL_MIN_DECAYS / n_low)
+    assert p4.control_share_min(n_high) == pytest.approx(CONTROL_MIN_DECAYS / n_high)
     off = decay_problem(ph4, src4, "F-18", n_low, MCSettings(n_batches=2, transport=TransportSettings(
         control_variate=False)))
     assert not off.control_variate and math.isinf(off.control_density_min())
-    # the noiseless part covers exactly the voxels that pass both rules: the 512 voxels expect half
-    # the rule's decays each (none passes), then twice them (all pass)
-    assert p4.control_part().sum() == 0.0
-    p4_more = decay_problem(ph4, src4, "F-18", n_high, on)
-    assert p4_more.control_part().sum() == pytest.approx(p4.source.control_expectation_mev(), rel=1e-12)
+    assert off.tally_width() == 512 and p4.tally_width() == 1024  # the second tally of what is taken back
+    # the kernels apply it in every dense active voxel; the noiseless part covers them all
+    assert p4.control_thresholds()[1] == 0.0
+    assert p4.control_part().sum() == pytest.approx(p4.source.control_expectation_mev(), rel=1e-12)
+    # the activity rule is the tally's: the 512 voxels expect half the rule's decays each (all plain),
+    # then twice them (none)
+    t = p4.empty_tally()
+    t.control_sum_mev = np.zeros(512)
+    t.n_primaries = n_low
+    assert t.plain_voxels().all()
+    t.n_primaries = n_high
+    assert not t.plain_voxels().any()
 
 
 def _regions(shape):
@@ -106,7 +114,7 @@ def _run(ph, src, nuclide, n, control, seed):
     prob = decay_problem(ph, src, nuclide, n, s)
     regs = _regions(ph.density.shape)
     per_batch = []
-    tally = Tally.empty(prob.n_voxels)
+    tally = prob.empty_tally()
     for b in range(prob.n_batches):
         r = run_batch(prob, b)
         tally.add(r)
@@ -190,18 +198,104 @@ def test_a_negative_voxel_mean_becomes_zero_dose_with_infinite_uncertainty():
 
 def test_the_rule_and_its_thresholds_are_in_the_run_info():
     """The run's info records where the control applied: the density and activity-share
-    thresholds and the decays the share rule was taken from (the limit, with a target too)."""
+    thresholds and the decays the share rule was judged on (those done, with a target too)."""
     from persodose.mc import run as mc_run
     from persodose.mc.tally import UncertaintyTarget
 
     ph = _water_block(4)
     src = ph.density.with_array(np.ones(ph.density.shape))
-    res = mc_run.simulate_decays(ph, src, "Lu-177", 1_800, MCSettings(n_batches=6),
+    res = mc_run.simulate_decays(ph, src, "Lu-177", 18_000, MCSettings(n_batches=6),
                                  target=UncertaintyTarget(relative=0.5, min_batches=3))
     cv = res.info["control_variate"]
-    assert cv["decays_of_the_rule"] == 1_800
-    assert cv["activity_share_min"] == pytest.approx(CONTROL_MIN_DECAYS / 1_800)
+    assert res.info["n_decays"] == 9_000  # stopped at the target's 3 batches of 6
+    assert cv["decays_of_the_rule"] == 9_000 and cv["min_decays"] == CONTROL_MIN_DECAYS
+    assert cv["activity_share_min"] == pytest.approx(CONTROL_MIN_DECAYS / 9_000)
+    assert cv["plain_voxels"] == 0  # 64 voxels of 140 decays each
     assert 0 < cv["density_min_g_cm3"] < 1.0
     off = mc_run.simulate_decays(ph, src, "Lu-177", 600, MCSettings(n_batches=2, transport=TransportSettings(
         control_variate=False)))
     assert "control_variate" not in off.info
+
+
+def _cold_corner_run(control: bool, n: int, target=None, seed: int = 5):
+    """A hot block in a cube with a cold row that expects about 1.5 decays per voxel at 2e5 decays
+    (and 15 at 2e6): one thread, so a run with and one without the control draw the same histories."""
+    import numba
+
+    from persodose.mc import run as mc_run
+
+    ph = _water_block(16, 4.0, slab_density=1.85)
+    act = np.full(ph.density.shape, 0.05)
+    act[5:11, 5:11, 5:11] = 1.0
+    act[15, :, 4:] = 0.003
+    src = ph.density.with_array(act)
+    s = MCSettings(n_batches=20, seed=seed, transport=TransportSettings(control_variate=control))
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return mc_run.simulate_decays(ph, src, "Lu-177", n, s, target=target), act
+    finally:
+        numba.set_num_threads(previous)
+
+
+def test_voxels_below_the_rule_report_the_plain_estimate_of_the_same_histories():
+    """The control draws no random number, so with and without it the same seed transports the same
+    particles. In the voxels that expect fewer than CONTROL_MIN_DECAYS of the decays done, the
+    tally reports C + D: the analog run's value and uncertainty, to rounding; elsewhere the
+    controlled one. The energy balance stays exact and the map sums to the deposited energy."""
+    on, act = _cold_corner_run(True, 200_000)
+    off, _ = _cold_corner_run(False, 200_000)
+    plain = on.tally.plain_voxels().reshape(act.shape)
+    cold = np.zeros(act.shape, bool)
+    cold[15, :, 4:] = True
+    assert (plain & (act > 0.01)).sum() == 0 and plain[cold].all()
+    assert on.info["control_variate"]["plain_voxels"] == int(cold.sum())
+    a, b = on.energy_per_primary_mev.array, off.energy_per_primary_mev.array
+    np.testing.assert_allclose(a[plain], b[plain], rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(on.relative_uncertainty.array[plain], off.relative_uncertainty.array[plain],
+                               rtol=1e-6)
+    hot = act == 1.0
+    assert np.median(on.relative_uncertainty.array[hot]) < 0.8 * np.median(off.relative_uncertainty.array[hot])
+    eb = on.energy_balance
+    assert eb["emitted_mev"] == pytest.approx(eb["deposited_mev"] + eb["escaped_mev"], rel=1e-9)
+    assert float(on.tally.mean_mev().sum()) == pytest.approx(eb["deposited_mev"], rel=1e-9)
+    assert "negative_voxels_set_to_zero" not in on.info
+
+
+def test_a_run_stopped_early_judges_the_rule_on_the_decays_done():
+    """A limit of 2e6 decays stopped by its target after 2 of 20 batches (2e5 decays): the cold row
+    expects 15 decays per voxel at the limit but 1.5 at the decays done, so it reports the plain
+    estimate (the analog run of the same 2 batches), not a controlled one that can go negative."""
+    from persodose.mc.tally import UncertaintyTarget
+
+    target = UncertaintyTarget(relative=0.9, min_batches=2)
+    on, act = _cold_corner_run(True, 2_000_000, target=target)
+    off, _ = _cold_corner_run(False, 2_000_000, target=target)
+    assert on.info["n_decays"] == off.info["n_decays"] == 200_000  # the same 2 batches of 1e5
+    plain = on.tally.plain_voxels().reshape(act.shape)
+    assert plain[15, :, 4:].all() and on.info["control_variate"]["decays_of_the_rule"] == 200_000
+    np.testing.assert_allclose(on.energy_per_primary_mev.array[plain], off.energy_per_primary_mev.array[plain],
+                               rtol=1e-9, atol=1e-15)
+    assert (on.energy_per_primary_mev.array >= 0).all() and "negative_voxels_set_to_zero" not in on.info
+
+
+def test_the_second_tally_is_saved_merged_and_required_on_resume(tmp_path):
+    """The control's sums survive a checkpoint and a merge; a checkpoint without them (an older
+    persodose) is refused in one line for a run with the control."""
+    from persodose.errors import InputError
+    from persodose.mc import run as mc_run
+
+    ph = _water_block(4)
+    src = ph.density.with_array(np.ones(ph.density.shape))
+    a = mc_run.simulate_decays(ph, src, "Lu-177", 2_000, MCSettings(n_batches=2, seed=1))
+    b = mc_run.simulate_decays(ph, src, "Lu-177", 2_000, MCSettings(n_batches=2, seed=2))
+    a.tally.save(tmp_path / "a.npz")
+    back = Tally.load(tmp_path / "a.npz")
+    for k in ("control_sum_mev", "control_sum2_mev2", "control_cross_mev2"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(a.tally, k))
+    m = a.tally.merge(b.tally)
+    np.testing.assert_allclose(m.control_sum_mev, a.tally.control_sum_mev + b.tally.control_sum_mev)
+    old = Tally(back.sum_mev, back.sum2_mev2, back.n_batches, back.n_primaries, back.batch_ids, back.counters,
+                {}, back.batch_sizes, back.problem)
+    with pytest.raises(InputError, match="no second tally of the control variate"):
+        mc_run.simulate_decays(ph, src, "Lu-177", 4_000, MCSettings(n_batches=4, seed=1), resume=old)

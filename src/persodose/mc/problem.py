@@ -31,13 +31,15 @@ if TYPE_CHECKING:
 #: energy-weighted mean energy is at most this fraction of the smallest voxel side
 #: (:meth:`MCProblem.control_density_min`).
 CONTROL_RANGE_FRACTION = 0.5
-#: ... and where the run's expected decays in the voxel are at least this many
-#: (:meth:`MCProblem.control_share_min`). Chosen by measurement (``benchmarks/bench_tle.py
-#: --problems f18-sampling lu177-sampling --samplings stratified control --scale 4 --batches 50
-#: --control-min-decays N``, 2026-12-03, docs/benchmarks.md): with 4, Lu-177 (8e6 decays) left
-#: 93 of 7.1e5 voxels with a negative mean and 8 none, but 8 took the F-18 voxels above 10 % of
-#: the maximum (4e6 decays, about 10 per voxel) from 7.7 to 12.7 %; the negatives are low-dose
-#: voxels, set to 0 and counted, so the noise of the references weighs more.
+#: ... and a voxel reports the controlled estimate where it expects at least this many of the
+#: decays done (:meth:`MCProblem.control_share_min`; the others report their plain estimate,
+#: from the second tally, :meth:`persodose.mc.tally.Tally.plain_voxels`). Chosen by measurement
+#: (``benchmarks/bench_tle.py --problems f18-sampling lu177-sampling --samplings stratified control
+#: --scale 4 --batches 50 --control-min-decays N``, 2026-12-03, docs/benchmarks.md): with 4,
+#: Lu-177 (8e6 decays) left 93 of 7.1e5 voxels with a negative mean and 8 none, but 8 took the
+#: F-18 voxels above 10 % of the maximum (4e6 decays, about 10 per voxel) from 7.7 to 12.7 %;
+#: the negatives are low-dose voxels, set to 0 and counted, so the noise of the references
+#: weighs more.
 CONTROL_MIN_DECAYS = 4.0
 
 
@@ -93,7 +95,19 @@ class MCProblem:
         return [b for b in range(self.n_batches) if self.batch_id(b) not in done]
 
     def empty_tally(self) -> Tally:
-        return Tally.empty(self.n_voxels)
+        return self._with_control(Tally.empty(self.n_voxels))
+
+    def tally_width(self) -> int:
+        """Length of a thread's tally in the kernels: the grid, and a second grid for what the
+        decays' control variate takes back (:func:`persodose.mc.transport.decay_chunk`)."""
+        return self.n_voxels * (2 if self.control_variate else 1)
+
+    def _with_control(self, tally: Tally) -> Tally:
+        """``tally`` with this problem's control shares and rule (:attr:`Tally.control_share`)."""
+        if self.control_variate:
+            tally.control_share = self.control_share()
+            tally.control_min_decays = CONTROL_MIN_DECAYS
+        return tally
 
     def signature(self) -> dict:
         """What a batch's content depends on besides its index and seed (JSON-ready): the
@@ -130,9 +144,12 @@ class MCProblem:
                     raise InputError(f"the resumed tally's batch {int(b)} has {int(n)} primaries, this run's has "
                                      f"{int(self.primaries_per_batch[int(b)])}: give the same number of primaries "
                                      f"and batches as the run that wrote it")
+        if self.control_variate and tally.n_batches and tally.control_sum_mev is None:
+            raise InputError("the resumed tally has no second tally of the control variate (written by an older "
+                             "persodose): start a new run")
         if tally.n_batches == 0:
             tally.problem = sig
-        return tally
+        return self._with_control(tally)
 
     def __getstate__(self) -> dict:
         # the per-process caches of kernel arguments and of the control part are not sent to workers
@@ -170,47 +187,48 @@ class MCProblem:
                       for m in used)
         return r_g_cm2 * 10.0 / (CONTROL_RANGE_FRACTION * min(float(v) for v in self.spacing_zyx_mm))
 
-    def control_share_min(self) -> float:
-        """Share of the activity from which the decays' control variate applies to a voxel.
+    def control_share_min(self, n_decays: int | None = None) -> float:
+        """Share of the activity from which a voxel keeps the controlled estimate after
+        ``n_decays`` decays (default: the run's limit).
 
-        :data:`CONTROL_MIN_DECAYS` over the run's decays (its limit, with a target uncertainty).
-        Where a voxel expects fewer decays than that, one decay that sends its beta out of the
-        voxel takes more back than the voxel's expectation returns, and the voxel's mean dose
-        could come out negative; those voxels are left to plain sampling (their dose is mostly
-        their neighbours' anyway). Like the density rule, it depends on nothing sampled. A run
-        that stops early at a target has done fewer decays than the rule assumed, and its
-        low-dose voxels can come out negative (set to 0 and counted, :func:`persodose.mc.run.result_of`);
-        taking the rule from the target's ``min_batches`` instead (a tenth of the demo's 1.2e7
-        decays) would switch the control off in 3846 of the 31,022 voxels above 10 % of the
-        maximum TIA of the demo's F-18 reference (26,070 with a rule of 8 decays;
-        ``python validation/control_rule_coverage.py``), so it was not kept (docs/benchmarks.md).
+        :data:`CONTROL_MIN_DECAYS` over the decays. Where a voxel expects fewer decays than that,
+        one decay that sends its beta out of the voxel takes more back than the voxel's
+        expectation returns, and the voxel's mean dose could come out negative; such a voxel
+        reports its plain estimate instead, from the second tally of what the control took back
+        (:meth:`Tally.plain_voxels <persodose.mc.tally.Tally.plain_voxels>`). The kernels apply
+        the control in every voxel of the density rule; the choice is made on the decays
+        actually done, so a run stopped early at a target uncertainty is judged as a run of
+        that many decays. Like the density rule it depends on nothing sampled.
         """
-        return CONTROL_MIN_DECAYS / max(self.n_primaries, 1)
+        return CONTROL_MIN_DECAYS / max(int(self.n_primaries if n_decays is None else n_decays), 1)
 
     def control_thresholds(self) -> tuple[float, float]:
-        """``(density, share)`` from which the decays' control variate applies (``settings_f[16:18]``);
-        ``(0, 0)`` when it is off or the source is not decays."""
+        """``(density, share)`` from which the kernels apply the decays' control variate
+        (``settings_f[16:18]``): the density rule, and share 0 (every active voxel: the
+        activity rule is applied at the tally, :meth:`control_share_min`); ``(0, 0)`` when it
+        is off or the source is not decays."""
         if not self.control_variate:
             return (0.0, 0.0)
-        return (min(self.control_density_min(), 1e30), self.control_share_min())
+        return (min(self.control_density_min(), 1e30), 0.0)
+
+    def control_share(self) -> np.ndarray:
+        """(n_voxels,) activity share of each voxel the kernels apply the control to (0 elsewhere)."""
+        src = self.source
+        cdf = np.asarray(src.voxel_cdf, float)
+        idx = np.asarray(src.voxel_index, np.int64)
+        share = np.diff(cdf, prepend=0.0) / cdf[-1]
+        out = np.zeros(self.n_voxels)
+        np.add.at(out, idx, np.where(self.density_g_cm3[idx] >= self.control_density_min(), share, 0.0))
+        return out
 
     def control_part(self) -> np.ndarray:
         """(n_voxels,) MeV per decay that the control variate tallies without sampling: the
         expectation of what the kernel takes back (:meth:`~persodose.mc.primaries.DecaySource.control_expectation_mev`),
-        spread over the voxels by activity, in the voxels at or above :meth:`control_density_min`
-        and :meth:`control_share_min`."""
+        spread over the voxels by activity (:meth:`control_share`)."""
         cached = self.__dict__.get("_control_part")
         if cached is not None:
             return cached
-        src = self.source
-        cdf = np.asarray(src.voxel_cdf, float)
-        share = np.diff(cdf, prepend=0.0) / cdf[-1]
-        idx = np.asarray(src.voxel_index, np.int64)
-        applies = (self.density_g_cm3[idx] >= self.control_density_min()) & \
-            (np.diff(cdf, prepend=0.0) >= self.control_share_min() * cdf[-1])
-        share = np.where(applies, share, 0.0)
-        out = np.zeros(self.n_voxels)
-        np.add.at(out, idx, share * src.control_expectation_mev())
+        out = self.control_share() * self.source.control_expectation_mev()
         self.__dict__["_control_part"] = out  # frozen dataclass: a per-process cache
         return out
 

@@ -185,8 +185,9 @@ def run_batch(problem: MCProblem, batch_index: int, *, n_threads: int | None = N
             numba.set_num_threads(max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS)))
         try:
             used = numba.get_num_threads()
-            ws = workspace if workspace is not None and workspace.fits(problem.n_voxels, used) else None
-            ws = ws or _Workspace(problem.n_voxels, used)
+            width = problem.tally_width()
+            ws = workspace if workspace is not None and workspace.fits(width, used) else None
+            ws = ws or _Workspace(width, used)
             ws.reset()
             t0 = time.perf_counter()
             _launch(problem, ws, batch)
@@ -195,12 +196,15 @@ def run_batch(problem: MCProblem, batch_index: int, *, n_threads: int | None = N
             numba.set_num_threads(previous)
     edep = ws.edep.sum(axis=0) / n
     ctr = ws.ctr.sum(axis=0) / n
+    control = None
     if problem.control_variate:  # the control variate's expectation (transport.decay_chunk)
         part = problem.control_part()
+        edep, taken = edep[:problem.n_voxels].copy(), edep[problem.n_voxels:]
         edep += part
+        control = taken - part  # D: what was taken back less its expectation (the plain estimate is C + D)
         ctr[tr.C_DEPOSITED] += float(part.sum())
         ctr[tr.C_EMITTED] += float(part.sum())
-    return BatchResult(problem.batch_id(batch.index), edep, ctr, n, used, seconds, socket.gethostname())
+    return BatchResult(problem.batch_id(batch.index), edep, ctr, n, used, seconds, socket.gethostname(), control)
 
 
 def warm_up(problem: MCProblem) -> float:
@@ -292,7 +296,7 @@ def run_batches(problem: MCProblem, tally: Tally | None = None, *, progress: Pro
     tally = problem.check_tally(tally if tally is not None else problem.empty_tally())
     monitor = TargetMonitor(problem, tally, target) if target is not None else None
     log = BatchLog(problem, tally, checkpoint=checkpoint, progress=progress, on_batch=on_batch)
-    ws = _Workspace(problem.n_voxels, min(int(n_threads), numba.config.NUMBA_NUM_THREADS) if n_threads else None)
+    ws = _Workspace(problem.tally_width(), min(int(n_threads), numba.config.NUMBA_NUM_THREADS) if n_threads else None)
     t0 = time.perf_counter()
     for b in problem.pending(tally):
         if monitor is not None and monitor.met():
@@ -368,9 +372,13 @@ def result_of(phantom: VoxelPhantom, problem: MCProblem, tally: Tally, run: dict
     info = problem.source.describe(tally.n_primaries)
     info.update(backend=run["backend"], batches=run["records"])
     if problem.control_variate:
-        dens, share = problem.control_thresholds()
-        info["control_variate"] = {"density_min_g_cm3": float(dens), "activity_share_min": float(share),
-                                   "decays_of_the_rule": problem.n_primaries}
+        dens, _ = problem.control_thresholds()
+        plain = tally.plain_voxels()
+        info["control_variate"] = {"density_min_g_cm3": float(dens), "min_decays": float(tally.control_min_decays),
+                                   "decays_of_the_rule": int(tally.n_primaries),
+                                   "activity_share_min": float(problem.control_share_min(tally.n_primaries)),
+                                   "plain_voxels": int(np.count_nonzero(plain & (tally.control_share > 0)))
+                                   if plain is not None else 0}
     if run.get("target") is not None:
         info["target"] = run["target"]
     return _finish(phantom, tally, problem.settings, run["seconds"], run["n_new"], problem.source.total_decays, info)

@@ -217,6 +217,9 @@ class BatchResult:
         n_threads: Numba threads that ran it.
         seconds: wall time of the transport, s.
         host: machine (and Dask worker, when one ran it).
+        control_mev: with the decays' control variate, (n_vox,) per primary what the control
+            took back from each voxel less its expectation (``D``, mean zero): the voxel's plain
+            estimate is ``energy_per_primary_mev + control_mev``; None without the control.
     """
 
     batch_id: tuple[int, int]
@@ -226,6 +229,7 @@ class BatchResult:
     n_threads: int = 1
     seconds: float = 0.0
     host: str = ""
+    control_mev: np.ndarray | None = None
 
     def record(self) -> dict:
         """A small JSON-ready summary (for provenance)."""
@@ -249,6 +253,22 @@ class Tally:
             before it was recorded).
         problem: what the batches were simulated with (:meth:`persodose.mc.problem.MCProblem.signature`:
             source, transport and emissions); a resumed run must match it.
+        control_sum_mev, control_sum2_mev2, control_cross_mev2: with the decays' control
+            variate, the sums over batches of each voxel's ``D`` (:attr:`BatchResult.control_mev`),
+            of ``D^2`` and of ``C D`` (``C`` the controlled estimate): enough for the mean and
+            the batch variance of the plain estimate ``C + D`` too. None without the control.
+        control_share: (n_vox,) the activity share of each voxel the control applies to (0
+            elsewhere), set by the run (:meth:`persodose.mc.problem.MCProblem.check_tally`);
+            not saved (the problem gives it again).
+        control_min_decays: a voxel keeps the controlled estimate when it expects at least this
+            many of the decays done (``control_share * n_primaries``), else its plain estimate
+            is reported (:meth:`plain_voxels`).
+
+    The rule of :attr:`control_min_decays` is judged on the decays actually done, after any
+    batch: a run stopped early at a target uncertainty is treated as a run of that many decays
+    would be. Both estimates are unbiased and the choice depends on no sampled value (only on
+    how many batches are in), so the mean stays unbiased. The tracked regions' sums
+    (:meth:`track_region`) are those of the controlled estimate.
     """
 
     sum_mev: np.ndarray
@@ -260,6 +280,26 @@ class Tally:
     region_sums: dict = field(default_factory=dict)
     batch_sizes: list = field(default_factory=list)
     problem: dict = field(default_factory=dict)
+    control_sum_mev: np.ndarray | None = None
+    control_sum2_mev2: np.ndarray | None = None
+    control_cross_mev2: np.ndarray | None = None
+    control_share: np.ndarray | None = None
+    control_min_decays: float = 0.0
+
+    def plain_voxels(self) -> np.ndarray | None:
+        """Boolean (n_vox,) of the voxels whose plain estimate is reported (None: none, no control)."""
+        if self.control_sum_mev is None or self.control_share is None:
+            return None
+        return self.control_share * float(self.n_primaries) < self.control_min_decays
+
+    def _sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per voxel, the sums over batches of the reported estimate and of its square."""
+        plain = self.plain_voxels()
+        if plain is None or not plain.any():
+            return self.sum_mev, self.sum2_mev2
+        d, d2, cd = self.control_sum_mev, self.control_sum2_mev2, self.control_cross_mev2
+        return (np.where(plain, self.sum_mev + d, self.sum_mev),
+                np.where(plain, self.sum2_mev2 + 2.0 * cd + d2, self.sum2_mev2))
 
     def track_region(self, key: str, mask: np.ndarray) -> None:
         """Keep, from now on, each batch's energy deposited in the voxels of ``mask`` under ``key``.
@@ -300,7 +340,21 @@ class Tally:
     def empty(cls, n_vox: int) -> "Tally":
         return cls(np.zeros(n_vox), np.zeros(n_vox))
 
-    def add_batch(self, per_primary_mev: np.ndarray, counters_per_primary: np.ndarray, n: int, batch_id) -> None:
+    def add_batch(self, per_primary_mev: np.ndarray, counters_per_primary: np.ndarray, n: int, batch_id,
+                  control_mev: np.ndarray | None = None) -> None:
+        if (control_mev is None) != (self.control_sum_mev is None) and self.n_batches:
+            raise InputError("cannot add a batch " + ("with" if control_mev is not None else "without") +
+                             " the control variate's second tally to a tally " +
+                             ("without" if control_mev is not None else "with") + " it (a checkpoint of an "
+                             "older persodose, or of other settings): start a new run")
+        if control_mev is not None:
+            if self.control_sum_mev is None:
+                self.control_sum_mev = np.zeros_like(self.sum_mev)
+                self.control_sum2_mev2 = np.zeros_like(self.sum_mev)
+                self.control_cross_mev2 = np.zeros_like(self.sum_mev)
+            self.control_sum_mev += control_mev
+            self.control_sum2_mev2 += control_mev * control_mev
+            self.control_cross_mev2 += per_primary_mev * control_mev
         tracked = self.__dict__.get("_tracked", {})
         for key in [k for k in self.region_sums if k not in tracked]:
             del self.region_sums[key]  # not followed in this run: it would no longer match the batches
@@ -333,7 +387,7 @@ class Tally:
         if self.has_batch(result.batch_id):
             raise InputError(f"batch {list(result.batch_id)} is already in the tally")
         self.add_batch(result.energy_per_primary_mev, result.counters_per_primary, result.n_primaries,
-                       result.batch_id)
+                       result.batch_id, result.control_mev)
 
     def merge(self, other: "Tally") -> "Tally":
         """Combine two tallies of the same problem with different seeds (batches must differ)."""
@@ -348,18 +402,29 @@ class Tally:
             raise InputError("cannot merge tallies of different problems (source, transport or emissions differ)")
         sizes = (self.batch_sizes + other.batch_sizes
                  if len(self.batch_sizes) == self.n_batches and len(other.batch_sizes) == other.n_batches else [])
+        if (self.control_sum_mev is None) != (other.control_sum_mev is None) and self.n_batches and other.n_batches:
+            raise InputError("cannot merge a tally with the control variate's second tally and one without")
+
+        def both(a, b):
+            return None if a is None and b is None else (b if a is None else (a if b is None else a + b))
+
         merged = Tally(self.sum_mev + other.sum_mev, self.sum2_mev2 + other.sum2_mev2,
                        self.n_batches + other.n_batches, self.n_primaries + other.n_primaries,
                        self.batch_ids + other.batch_ids, self.counters + other.counters, regions, sizes,
-                       dict(self.problem or other.problem))
+                       dict(self.problem or other.problem), both(self.control_sum_mev, other.control_sum_mev),
+                       both(self.control_sum2_mev2, other.control_sum2_mev2),
+                       both(self.control_cross_mev2, other.control_cross_mev2),
+                       self.control_share if self.control_share is not None else other.control_share,
+                       max(self.control_min_decays, other.control_min_decays))
         tracked = {k: v for k, v in self.__dict__.get("_tracked", {}).items() if k in regions}
         if tracked:
             merged.__dict__["_tracked"] = tracked  # keep following the regions both tallies have
         return merged
 
     def mean_mev(self) -> np.ndarray:
-        """Energy deposited per primary, MeV (mean over batches)."""
-        return self.sum_mev / max(self.n_batches, 1)
+        """Energy deposited per primary, MeV (mean over batches; the plain estimate in
+        :meth:`plain_voxels`)."""
+        return self._sums()[0] / max(self.n_batches, 1)
 
     def relative_uncertainty(self) -> np.ndarray:
         """Relative standard uncertainty of the mean, per voxel (0 where nothing was deposited;
@@ -368,8 +433,9 @@ class Tally:
         b = self.n_batches
         if b < 2:
             return np.full(self.sum_mev.shape, np.inf)
-        mean = self.sum_mev / b
-        var = np.clip(self.sum2_mev2 / b - mean * mean, 0.0, None) * b / (b - 1)
+        total, total2 = self._sums()
+        mean = total / b
+        var = np.clip(total2 / b - mean * mean, 0.0, None) * b / (b - 1)
         se = np.sqrt(var / b)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(mean > 0, se / mean, np.where(se > 0, np.inf, 0.0))
@@ -378,6 +444,13 @@ class Tally:
     def energy_balance(self) -> dict[str, float]:
         """Energy per primary, MeV: emitted + annihilation = deposited + escaped."""
         c = self.counters / max(self.n_batches, 1)
+        plain = self.plain_voxels()
+        if plain is not None and plain.any():
+            # the plain voxels' sampled emissions replace their expectation in both counters
+            shift = float(self.control_sum_mev[plain].sum()) / max(self.n_batches, 1)
+            c = c.copy()
+            c[tr.C_DEPOSITED] += shift
+            c[tr.C_EMITTED] += shift
         return {
             "emitted_mev": float(c[tr.C_EMITTED]),
             "annihilation_rest_energy_mev": float(c[tr.C_ANNIHILATION]),
@@ -398,11 +471,14 @@ class Tally:
         from persodose.outputs import atomic_file
 
         with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            control = {} if self.control_sum_mev is None else {
+                "control_sum_mev": self.control_sum_mev, "control_sum2_mev2": self.control_sum2_mev2,
+                "control_cross_mev2": self.control_cross_mev2}
             np.savez_compressed(fh, sum_mev=self.sum_mev, sum2_mev2=self.sum2_mev2, counters=self.counters,
                                 meta=json.dumps({"n_batches": self.n_batches, "n_primaries": self.n_primaries,
                                                  "batch_ids": self.batch_ids, "region_sums": self.region_sums,
                                                  "batch_sizes": self.batch_sizes, "problem": self.problem},
-                                                default=str))
+                                                default=str), **control)
 
     @classmethod
     def load(cls, path: str | Path) -> "Tally":
@@ -410,9 +486,12 @@ class Tally:
             with np.load(path) as f:
                 meta = json.loads(str(f["meta"]))
                 regions = {str(k): [float(x) for x in v] for k, v in (meta.get("region_sums") or {}).items()}
+                control = [f[k].copy() if k in f.files else None
+                           for k in ("control_sum_mev", "control_sum2_mev2", "control_cross_mev2")]
                 return cls(f["sum_mev"].copy(), f["sum2_mev2"].copy(), int(meta["n_batches"]),
                            int(meta["n_primaries"]), meta["batch_ids"], f["counters"].copy(), regions,
-                           [int(v) for v in meta.get("batch_sizes") or []], dict(meta.get("problem") or {}))
+                           [int(v) for v in meta.get("batch_sizes") or []], dict(meta.get("problem") or {}),
+                           *control)
         except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
             raise InputError(f"cannot read Monte Carlo checkpoint {path}: {exc}") from None
 

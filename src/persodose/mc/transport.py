@@ -883,9 +883,16 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
     variates: M. H. Kalos, P. A. Whitlock, Monte Carlo Methods, 2nd ed., Wiley 2008, chapter 4).
     The emitted and deposited counters take the same energies back and get the same expectation,
     so the voxel tally still sums to the deposited energy and the balance stays exact.
+
+    When ``edep`` is twice the grid (``2 n_vox``), what the control takes back from voxel ``v``
+    (the energy left in place and the charged particles' kinetic energy) is also added, with
+    the opposite sign, to ``edep[n_vox + v]``: the second tally from which a voxel's plain
+    estimate is restored at the end of a run (:class:`persodose.mc.tally.Tally`).
     """
     stratified = settings_f[14] > 0.5 and n_strata > 0
     control_on = settings_f[15] > 0.5
+    n_vox = nz * ny * nx
+    second = edep.shape[0] >= 2 * n_vox
     for j in range(n_decays):
         # decay position: a voxel by its activity, uniform inside it
         if stratified:
@@ -915,6 +922,8 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
             deposit(edep, vox, local_mev)
             ctr[C_DEPOSITED] += local_mev
             ctr[C_EMITTED] += local_mev
+        elif second:
+            deposit(edep, n_vox + vox, local_mev)
         ctr[C_BELOW_CUT] += local_mev
         sp = 0
         for b in range(2):
@@ -933,6 +942,8 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
                 if control:  # taken back from the birth voxel: in the expectation (the counters too)
                     deposit(edep, vox, -eb)
                     ctr[C_DEPOSITED] -= eb
+                    if second:
+                        deposit(edep, n_vox + vox, eb)
                 else:
                     ctr[C_EMITTED] += eb
                 sp = _push(stk, sp, ELECTRON if b == 0 else POSITRON, eb, x, y, z, du, dv, dw, ctr, edep, vox)
@@ -947,6 +958,8 @@ def decay_chunk(rng, n_decays, stratum0, n_strata, src_index, src_cdf, nz, ny, n
                 if control and line_kind[j] != PHOTON:
                     deposit(edep, vox, -el)
                     ctr[C_DEPOSITED] -= el
+                    if second:
+                        deposit(edep, n_vox + vox, el)
                 else:
                     ctr[C_EMITTED] += el
                 sp = _push(stk, sp, line_kind[j], el, x, y, z, du, dv, dw, ctr, edep, vox)

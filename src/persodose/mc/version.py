@@ -17,7 +17,10 @@ from __future__ import annotations
 import re
 
 #: Version of the transport physics (bump on any change of what a seed computes).
-PHYSICS_VERSION = 2
+#: 3 (2026-12-03): the decays' control variate judges its activity rule on the decays done,
+#: from a second tally (runs stopped early at a target change; fixed-count runs are bitwise
+#: the same as with 2).
+PHYSICS_VERSION = 3
 
 #: The data packages whose versions are part of the physics tag (distribution names).
 DATA_PACKAGES = ("icrp107-database", "xraylib")
