@@ -311,8 +311,7 @@ def _init_model(s: SegmenterTrainSettings):
     from persodose.segmentation.builtin import load_model
 
     model, config, prov = load_model(s.init_weights, "cpu")
-    theirs = {"channels": tuple(config.channels), "res_units": config.res_units,
-              "patch_voxels": config.patch_voxels, "voxel_mm": float(config.voxel_mm)}
+    theirs = {k: tuple(v) if k == "channels" else v for k, v in config.to_dict().items() if k in _ARCHITECTURE}
     default = SegmenterTrainSettings()
     for k, v in theirs.items():
         ours = tuple(getattr(s, k)) if k == "channels" else getattr(s, k)
@@ -323,9 +322,9 @@ def _init_model(s: SegmenterTrainSettings):
         raise InputError(f"--init-weights {s.init_weights}: their classes are {', '.join(config.classes)}; "
                          f"fine-tuning keeps them (leave --classes out)")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    made_by = _sidecar_of(Path(prov["weights_file"])).get("training_command")
-    return state, config, {"weights": str(s.init_weights), "sha256": prov["sha256"], "training_command": made_by,
-                           "init_weights": _sidecar_of(Path(prov["weights_file"])).get("init_weights")}, \
+    side = _sidecar_of(Path(prov["weights_file"]))
+    return state, config, {"weights": str(s.init_weights), "sha256": prov["sha256"],
+                           "training_command": side.get("training_command"), "init_weights": side.get("init_weights")}, \
         dataclasses.replace(s, **theirs)
 
 
