@@ -170,18 +170,13 @@ def _transfer(dose_net: np.ndarray, ssv_net: np.ndarray, net_grid, tia: np.ndarr
     on the own grid times the network's correction to it, ``dnn / ssv`` on the network's grid
     (both of the same resampled TIA, so that the resampling's partial-volume blur cancels)
     interpolated back. Where the network's SSV is below 1e-6 of its maximum, the factor is 1."""
-    from persodose.dose.convolution import fft_convolve_many
+    from persodose.dose.svalue import convolve_kernel
 
     factor = np.ones_like(ssv_net)
     ok = ssv_net > 1e-6 * float(np.max(ssv_net)) if np.any(ssv_net > 0) else np.zeros(ssv_net.shape, bool)
     factor[ok] = dose_net[ok] / ssv_net[ok]
     factor = np.asarray(net_grid.with_array(factor, Kind.SCALAR).resample_to(grid).array, np.float32)
-    from persodose.dose.svalue import clip_roundoff
-
-    ssv = fft_convolve_many(tia, [np.asarray(kernel.gy_per_bq_s, np.float32)])[0]
-    if float(np.min(tia)) >= 0:
-        clip_roundoff(ssv)
-    return ssv * factor
+    return convolve_kernel(tia, kernel) * factor
 
 
 @register_method("dnn", settings=DNNMethodSettings, needs=("density", "kernels", "device"),
@@ -237,6 +232,12 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     t1 = time.perf_counter()
     # one transform of the TIA for the far field and, off the network's voxel, its own SSV
     far, *ssv_net = fft_convolve_many(an, [far_k] if native else [far_k, full])
+    if kern.far_field is not None:  # the kernel's dose beyond its box (persodose.dose.far_field)
+        tail = kern.far_field.dose(an)
+        far += tail
+        if ssv_net:
+            ssv_net[0] += tail
+        del tail
     if float(np.min(an)) >= 0:
         clip_roundoff(far)
     dose = near + (far * far_field_weights(nuclide, r) if settings.far_weights == "mu_en" else far)

@@ -92,6 +92,9 @@ class VoxelKernel:
         density_g_cm3: density of that medium, g/cm3.
         nuclide: canonical ICRP-107 name of the radionuclide ("" if unspecified).
         source: provenance (publication, file, generator).
+        far_field: the kernel's dose beyond its own box, on a coarse grid
+            (:class:`persodose.dose.far_field.FarField`), which the convolution methods add;
+            ``None``: the kernel ends at its box. Its inner half-width must be the box's.
     """
 
     s_mgy_per_mbq_s: np.ndarray
@@ -100,6 +103,7 @@ class VoxelKernel:
     density_g_cm3: float = ICRU_SOFT_TISSUE_DENSITY_G_CM3
     nuclide: str = ""
     source: str = ""
+    far_field: object | None = None
 
     def __post_init__(self) -> None:
         s = np.array(self.s_mgy_per_mbq_s, dtype=np.float32, copy=True)
@@ -118,6 +122,12 @@ class VoxelKernel:
         object.__setattr__(self, "density_g_cm3", rho)
         if self.nuclide:
             object.__setattr__(self, "nuclide", normalise_nuclide_name(self.nuclide))
+        ff = self.far_field
+        if ff is not None:
+            box = [(n // 2 + 0.5) * v for n, v in zip(s.shape, self.voxel_mm)]
+            if len(set(s.shape)) != 1 or any(abs(b - ff.near_half_mm) > 1e-6 * b for b in box):
+                raise InputError(f"a far field from {ff.near_half_mm:g} mm does not fit a kernel whose box ends at "
+                                 f"{_fmt_mm(box)} (a cropped kernel needs its far field rebuilt)")
 
     @property
     def shape(self) -> tuple[int, int, int]:

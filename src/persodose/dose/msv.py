@@ -150,6 +150,8 @@ def msv_dose(tia: Grid, *, nuclide: str, density: Grid | None, kernels=None, set
         doses = fft_convolve_many(a, [ks[media[i]].gy_per_bq_s for i in idx], workers=s.workers,
                                   block_z=s.block_z, backend=s.backend)
         for i, d in zip(idx, doses):
+            if ks[media[i]].far_field is not None:  # the medium kernel's dose beyond its box
+                d += ks[media[i]].far_field.dose(a, workers=s.workers)
             if nonneg:
                 clip_roundoff(d)
             sel = (bin_index == i) & ~air

@@ -92,7 +92,8 @@ def select_kernel(kernels: KernelSet | VoxelKernel | None, medium: str, tia: Gri
 
 
 def convolve_kernel(tia_bq_s: np.ndarray, kernel: VoxelKernel, settings=None) -> np.ndarray:
-    """``tia (*) kernel`` in Gy, float32, shape of ``tia_bq_s``.
+    """``tia (*) kernel`` in Gy, float32, shape of ``tia_bq_s``; with the kernel's far field
+    (:class:`persodose.dose.far_field.FarField`) added where it has one.
 
     Args:
         tia_bq_s: time-integrated activity per voxel, Bq s, shape (nz, ny, nx).
@@ -103,6 +104,8 @@ def convolve_kernel(tia_bq_s: np.ndarray, kernel: VoxelKernel, settings=None) ->
     if not np.any(tia_bq_s):
         return np.zeros(np.shape(tia_bq_s), dtype=np.float32)
     out = fft_convolve(tia_bq_s, kernel.gy_per_bq_s, workers=s.workers, block_z=s.block_z, backend=s.backend)
+    if kernel.far_field is not None:
+        out += kernel.far_field.dose(tia_bq_s, workers=s.workers)
     if float(np.min(tia_bq_s)) >= 0:
         clip_roundoff(out)
     return out

@@ -133,14 +133,20 @@ def generate_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", 
     return kernel, unc
 
 
-def default_kernel_size(nuclide: str, voxel_mm: float) -> int:
-    """Kernel width (odd, voxels) that covers the nuclide's radiations usefully.
+#: Widest kernel computed on the fine grid, voxels (a 101^3 kernel plus its margin is a 1.9e6-voxel
+#: Monte Carlo phantom); a reach beyond it is carried by the far field on a coarse grid.
+MAX_KERNEL_SIZE = 101
 
-    Pure electron emitters: twice the CSDA range in soft tissue of the highest beta energy
-    (plus one voxel); nuclides with photons: 200 mm radius, capped at 101 voxels. Photons
-    carry dose tens of centimetres: on the virtual FDG patient a 100 mm radius left SSV
-    organ doses 9-20 % below Monte Carlo (photon cross-fire from distant organs lost), a
-    200 mm radius brought them within 3 % (docs/validation.md).
+
+def kernel_reach_mm(nuclide: str) -> float:
+    """How far from its source a kernel of ``nuclide`` should reach, mm.
+
+    Pure electron emitters: twice the CSDA range in soft tissue of the highest beta energy;
+    nuclides with photons: 200 mm. Photons carry dose tens of centimetres: on the virtual FDG
+    patient a 100 mm radius left SSV organ doses 9-20 % below Monte Carlo (photon cross-fire from
+    distant organs lost), a 200 mm radius brought them within 3 % (docs/validation.md), and an
+    infinite-medium kernel beyond 200 mm (to 500 mm) raised the soft-tissue organs another 2.3 %,
+    above Monte Carlo (a body is not an infinite medium; docs/validation.md, far field).
     """
     from persodose.physics.electron_data import csda_range_g_cm2
     from persodose.physics.materials import get_material
@@ -149,16 +155,26 @@ def default_kernel_size(nuclide: str, voxel_mm: float) -> int:
     nuc = get_nuclide(nuclide)
     photons = sum(nuc.lines[k].energy_per_decay_mev for k in ("gamma", "xray", "annihilation"))
     if photons > 0.01 * max(nuc.electron_energy_per_decay_mev(), 1e-12):
-        radius_mm = 200.0
-    else:
-        e_max = 0.0
-        for kind in ("beta-", "beta+"):
-            if nuc.lines[kind].total_yield > 0:
-                e, d = nuc.beta_spectrum(kind)
-                e_max = max(e_max, float(np.asarray(e)[np.asarray(d) > 0].max()))
-        radius_mm = float(csda_range_g_cm2(get_material("soft_tissue"), min(max(e_max, 0.01), 3.0))) / 1.04 * 10.0
-    half = int(math.ceil(radius_mm / voxel_mm))
-    return int(min(2 * half + 1, 101))
+        return 200.0
+    e_max = 0.0
+    for kind in ("beta-", "beta+"):
+        if nuc.lines[kind].total_yield > 0:
+            e, d = nuc.beta_spectrum(kind)
+            e_max = max(e_max, float(np.asarray(e)[np.asarray(d) > 0].max()))
+    return float(csda_range_g_cm2(get_material("soft_tissue"), min(max(e_max, 0.01), 3.0))) / 1.04 * 10.0
+
+
+def _reach_size(nuclide: str, voxel_mm: float) -> int:
+    """Kernel width (odd, voxels) that holds :func:`kernel_reach_mm`, uncapped."""
+    return 2 * int(math.ceil(kernel_reach_mm(nuclide) / voxel_mm)) + 1
+
+
+def default_kernel_size(nuclide: str, voxel_mm: float) -> int:
+    """Kernel width (odd, voxels) that covers the nuclide's radiations usefully: the reach of
+    :func:`kernel_reach_mm` (plus one voxel), capped at :data:`MAX_KERNEL_SIZE` voxels; where the
+    cap cuts it (below 4 mm voxels for nuclides with photons) :func:`cached_kernel` adds the rest
+    as a far field on a coarse grid (:mod:`persodose.dose.far_field`)."""
+    return int(min(_reach_size(nuclide, voxel_mm), MAX_KERNEL_SIZE))
 
 
 def kernel_cache_path(nuclide: str, voxel_mm: float, medium: str, size: int, n_decays: int, seed: int,
@@ -186,7 +202,7 @@ def kernel_cache_path(nuclide: str, voxel_mm: float, medium: str, size: int, n_d
 
 def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", size: int | None = None,
                   n_decays: int = 1_000_000, cache_dir=None, seed: int = 12345, log=None, backend: str = "cpu",
-                  emissions=None):
+                  emissions=None, far_field: bool = True):
     """A kernel from the on-disk cache, computed and stored on first use.
 
     Kernels are octant text tables at :func:`kernel_cache_path` (in ``cache_dir``, else
@@ -195,11 +211,23 @@ def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", si
     version, so a cached kernel is exactly the one that would be computed (on the CPU; a
     kernel computed with ``backend="cuda"`` agrees with it within statistics) by this
     physics with these data.
+
+    With ``size`` left to its default and ``far_field`` on, a kernel that the
+    :data:`MAX_KERNEL_SIZE` cap keeps short of :func:`kernel_reach_mm` gets the rest as its
+    ``far_field`` (:class:`persodose.dose.far_field.FarField`): the same medium's kernel computed
+    (and cached) the same way at an odd multiple of the voxel near 12 mm, the shell between the
+    two boxes; the fine kernel is cropped to the largest box that ends on the coarse voxels'
+    faces (99 voxels at 3 mm, the far field from 148.5 to 202.5 mm). A size given explicitly is
+    taken as asked, without a far field.
     """
     from persodose.dose.kernels import read_octant_table, write_octant_table
     from persodose.physics.radionuclides import get_nuclide
 
     name = get_nuclide(nuclide).name
+    if size is None and far_field and _reach_size(name, voxel_mm) > default_kernel_size(name, voxel_mm):
+        near = cached_kernel(name, voxel_mm, medium, None, n_decays, cache_dir, seed, log, backend, emissions,
+                             far_field=False)
+        return _far_field(near, name, voxel_mm, medium, n_decays, cache_dir, seed, log, backend, emissions)
     size = int(size or default_kernel_size(name, voxel_mm))
     settings = MCSettings(seed=seed, backend=backend, emissions=emissions)  # checks the selection first
     path = kernel_cache_path(name, voxel_mm, medium, size, n_decays, seed, cache_dir, settings.emissions)
@@ -212,3 +240,23 @@ def cached_kernel(nuclide: str, voxel_mm: float, medium: str = "soft_tissue", si
     path.parent.mkdir(parents=True, exist_ok=True)
     write_octant_table(kernel, path)
     return kernel
+
+
+def _far_field(near, nuclide: str, voxel_mm: float, medium: str, n_decays: int, cache_dir, seed: int, log,
+               backend: str, emissions):
+    """``near`` (the capped kernel) cropped to a box that ends on coarse faces, with the far field
+    (:class:`persodose.dose.far_field.FarField`) out to :func:`kernel_reach_mm`'s box."""
+    from persodose.dose.far_field import FarField, aligned_half, coarse_factor, coarse_size
+
+    f = coarse_factor(voxel_mm)
+    h = aligned_half(near.shape[0] // 2, f, up=False)
+    c = near.shape[0] // 2
+    inner = near.s_mgy_per_mbq_s[c - h:c + h + 1, c - h:c + h + 1, c - h:c + h + 1]
+    near_half = (h + 0.5) * voxel_mm
+    far_half = (aligned_half(_reach_size(nuclide, voxel_mm) // 2, f, up=True) + 0.5) * voxel_mm
+    coarse = cached_kernel(nuclide, f * voxel_mm, medium, coarse_size(voxel_mm, far_half), n_decays, cache_dir, seed,
+                           log, backend, emissions, far_field=False)
+    ff = FarField.from_coarse_kernel(coarse.gy_per_bq_s, f, voxel_mm, near_half, far_half,
+                                     source=f"{coarse.source} at {f * voxel_mm:g} mm, {near_half:g}-{far_half:g} mm")
+    return dataclasses.replace(near, s_mgy_per_mbq_s=inner, far_field=ff,
+                               source=f"{near.source}, cropped to {2 * h + 1} voxels; far field to {far_half:g} mm")
