@@ -18,7 +18,13 @@ Three levels, each against our Monte Carlo and beside SSV, DSV and MSV:
 3. **Whole body** (``--whole-body``): the patient's true FDG TIA (with the weights' nuclide: Lu-177
    weights are evaluated on the same TIA maps with Lu-177 physics), MC with ``--wb-decays``
    decays in two independent halves (their mean the reference, their difference its organ
-   uncertainty); organ mean doses (soft tissue, lung and bone reported apart).
+   uncertainty); organ mean doses (soft tissue, lung and bone reported apart). With
+   ``--far-field-compare`` every method also runs with kernels that end at their 101-voxel box
+   (``METHOD@box``: no far field, :mod:`persodose.dose.far_field`), on the same reference.
+
+``--make-test-patients`` first writes the test patients of the population (``--population-seed``,
+``--population-n``, at the weights' voxel, FDG) to ``WORK/test/patient_NNN`` (CT, labels, true
+TIA, manifest), as ``persodose phantom --population`` would, without their emission frames.
 
 Writes ``results.json`` and prints the tables of docs/validation_dl.md.
 
@@ -46,11 +52,12 @@ METHODS = ("dnn", "ssv", "dsv", "msv")
 DNN_OPTIONS: dict = {}
 
 
-def _kernels(nuclide: str, voxel_mm: float):
+def _kernels(nuclide: str, voxel_mm: float, far_field: bool = True):
     from persodose.dose.kernels import KernelSet
     from persodose.mc.kernels import cached_kernel
 
-    return KernelSet.of([cached_kernel(nuclide, voxel_mm, m) for m in ("soft_tissue", "lung", "bone_low", "bone")])
+    return KernelSet.of([cached_kernel(nuclide, voxel_mm, m, far_field=far_field)
+                         for m in ("soft_tissue", "lung", "bone_low", "bone")])
 
 
 def _window(k, h=3):
@@ -238,7 +245,8 @@ def sphere_level(folder: Path, weights: Path, radius_mm: float, decays: int, see
     return out
 
 
-def whole_body(folder: Path, weights: Path, decays: int, seed: int, nuclide: str = "") -> dict:
+def whole_body(folder: Path, weights: Path, decays: int, seed: int, nuclide: str = "",
+               far_field_compare: bool = False) -> dict:
     """Level 3 for one patient: organ means of the true TIA's dose, MC and each method."""
     man, ct, density, materials, mats, labels, tia, names = _patient(folder)
     nuc = nuclide or man["nuclide"]
@@ -250,6 +258,10 @@ def whole_body(folder: Path, weights: Path, decays: int, seed: int, nuclide: str
     mc2, _, s2 = _mc(density, materials, mats, tia, nuc, decays // 2, seed + 1000)
     mc, secs = 0.5 * (mc1 + mc2), s1 + s2
     doses, msecs = _methods(tia, density, nuc, _kernels(nuc, float(ct.spacing_zyx_mm[0])), weights)
+    if far_field_compare:
+        box, bsecs = _methods(tia, density, nuc, _kernels(nuc, float(ct.spacing_zyx_mm[0]), False), weights)
+        doses.update({f"{k}@box": v for k, v in box.items()})
+        msecs.update({f"{k}@box": v for k, v in bsecs.items()})
     lab = np.asarray(labels.array)
     organs = {}
     for v, name in names.items():
@@ -268,6 +280,46 @@ def whole_body(folder: Path, weights: Path, decays: int, seed: int, nuclide: str
     return {"mc_seconds": secs, "method_seconds": msecs, "organs": organs}
 
 
+def make_test_patients(work: Path, population_seed: int, n: int, voxel_mm: float) -> None:
+    """The population's test patients (FDG, ``voxel_mm``) as ``work/test/patient_NNN``: the NIfTI
+    files and manifest fields :func:`_patient` reads."""
+    from persodose.io.image import write_image
+    from persodose.phantoms.population import draw_population, make_population_patient, split_of
+
+    for spec in draw_population(n, population_seed):
+        if split_of(spec.seed) != "test":
+            continue
+        folder = work / "test" / f"patient_{spec.index:03d}"
+        if (folder / "manifest.json").exists():
+            continue
+        t = time.perf_counter()
+        vp = make_population_patient(spec, tracer="fdg", voxel_mm=voxel_mm)
+        (folder / "nifti").mkdir(parents=True, exist_ok=True)
+        write_image(vp.ct, folder / "nifti" / "ct.nii.gz")
+        write_image(vp.labels, folder / "nifti" / "labels.nii.gz")
+        write_image(vp.truth_tia, folder / "nifti" / "truth_tia.nii.gz")
+        (folder / "manifest.json").write_text(json.dumps(
+            {"nuclide": vp.nuclide, "label_names": {str(k): v for k, v in sorted(vp.label_names.items())},
+             "population_seed": population_seed, "patient_seed": int(spec.seed), "voxel_mm": voxel_mm}, indent=1))
+        print(f"{folder.name}: {vp.ct.shape} in {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def summarise_whole_body(wb: dict) -> str:
+    """Markdown: mean and largest absolute organ error per group and method, over the patients."""
+    rows = [o for p in wb.values() for o in p["organs"].values()]
+    methods = [k for k in rows[0] if k not in ("group", "mc_gy", "mc_unc")]
+    lines = ["| group (organs) | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for g in ("soft", "lung", "bone"):
+        sel = [r for r in rows if r["group"] == g]
+        cells = []
+        for m in methods:
+            e = np.abs([r[m] for r in sel]) * 100
+            cells.append(f"{e.mean():.1f} / {e.max():.1f} % (signed {np.mean([r[m] for r in sel]) * 100:+.1f})")
+        unc = np.median([r["mc_unc"] for r in sel]) * 100
+        lines.append(f"| {g} ({len(sel)}; MC {unc:.2f} %) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, required=True)
@@ -279,6 +331,11 @@ def main(argv=None) -> int:
     ap.add_argument("--whole-body", action="store_true")
     ap.add_argument("--wb-decays", type=int, default=10_000_000)
     ap.add_argument("--patients", type=int, default=5)
+    ap.add_argument("--far-field-compare", action="store_true",
+                    help="whole body: also every method with kernels that end at their box (METHOD@box)")
+    ap.add_argument("--make-test-patients", action="store_true")
+    ap.add_argument("--population-seed", type=int, default=4242)
+    ap.add_argument("--population-n", type=int, default=40)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--dnn-option", action="append", default=[], help="dnn method setting KEY=VALUE "
                     "(e.g. far_weights=none) for the sphere and whole-body runs")
@@ -289,6 +346,8 @@ def main(argv=None) -> int:
     model, side, _ = _load(str(args.weights), "cpu")
     nuc = (side.get("dataset_settings") or {}).get("nuclide") or "F-18"
     vox = float(side.get("voxel_mm") or 3.0)
+    if args.make_test_patients:
+        make_test_patients(args.work, args.population_seed, args.population_n, vox)
     out_path = args.out or args.work / f"eval_{args.weights.stem}.json"
     res = json.loads(out_path.read_text()) if out_path.exists() else {}
     res["weights"] = str(args.weights)
@@ -302,8 +361,10 @@ def main(argv=None) -> int:
     if args.whole_body:
         res["whole_body"] = {}
         for i, p in enumerate(test):
-            res["whole_body"][p.name] = whole_body(p, args.weights, args.wb_decays, 21 + i, nuc)
+            res["whole_body"][p.name] = whole_body(p, args.weights, args.wb_decays, 21 + i, nuc,
+                                                   args.far_field_compare)
             out_path.write_text(json.dumps(res, indent=1))
+        print(summarise_whole_body(res["whole_body"]))
     out_path.write_text(json.dumps(res, indent=1))
     print(f"-> {out_path}")
     return 0
