@@ -9,9 +9,15 @@ Steps (``--only STEP``; default: all, in order):
 * ``train``: ``persodose train segmenter`` on the training patients (validation patients
   for the best epoch), with the recipe below.
 * ``continue`` (with ``--continue-from W``): train further from weights ``W`` for
-  ``--continue-steps`` at ``--continue-lr`` (how the shipped weights of 2026-12-03 were made:
-  from the 1000-step weights, 2000 steps at 1e-3); writes ``WORK/segmenter-continued.pt`` and
+  ``--continue-steps`` at ``--continue-lr`` with patch-sampling seed ``--continue-seed`` (how
+  the shipped weights were made: see their sidecar's ``training_command`` and nested
+  ``init_weights``); writes ``WORK/segmenter-continued.pt`` and
   ``WORK/continue.json`` (the validation Dice before and after, and whether to keep them).
+* ``curve`` (with ``--train-subset K``): the learning curve's point at ``K`` training patients:
+  the ``train`` step's recipe from a random start on the first ``K`` training patients (by id;
+  the same validation patients), written to ``WORK/segmenter-n{K}.pt``; evaluate it on the
+  test patients with ``--only evaluate --weights WORK/segmenter-n{K}.pt`` beside the ``train``
+  step's weights (all training patients) evaluated the same way.
 * ``register``: the weights (``--weights FILE``, default the ``train`` step's), their sidecar and the data manifest into ``persodose/dl/weights``
   (registry name ``segmenter-virtual-3mm``).
 * ``evaluate``: the trained model on the test patients (never seen in training): Dice,
@@ -89,6 +95,37 @@ def split_dirs(work: Path) -> dict[str, Path]:
     return out
 
 
+def subset_dir(work: Path, k: int) -> Path:
+    """``work/train_n{k}/{images,labels}``: links to the first ``k`` training pairs (sorted by id)."""
+    src = split_dirs(work)["train"]
+    ids = sorted(p.name[:-7] for p in (src / "images").iterdir() if p.name.endswith(".nii.gz"))
+    if not 1 <= k <= len(ids):
+        raise SystemExit(f"--train-subset must be 1..{len(ids)} (the training patients), got {k}")
+    out = work / f"train_n{k}"
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for pid in ids[:k]:
+            for name in [f"{pid}.nii.gz"] + ([f"{pid}.nii.gz.json"] if sub == "labels" else []):
+                link = out / sub / name
+                if not link.exists():
+                    link.symlink_to((src / sub / name).resolve())
+    return out
+
+
+def curve_point(work: Path, k: int, steps: int | None) -> Path:
+    """The recipe from a random start on the first ``k`` training patients: ``work/segmenter-n{k}.pt``."""
+    import logging
+
+    from persodose.segmentation.training import SegmenterTrainSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    d = {**split_dirs(work), "train": subset_dir(work, k)}
+    out = work / f"segmenter-n{k}.pt"
+    r = _train(d, out, SegmenterTrainSettings(**{**RECIPE, **({"steps": steps} if steps else {})}))
+    print(f"{k} training patients: best validation mean Dice {1.0 - r['final_validation_loss']:.4f}", flush=True)
+    return out
+
+
 def train(work: Path, steps: int | None) -> None:
     import logging
 
@@ -115,9 +152,10 @@ def _train(d: dict, out: Path, s) -> dict:
                            val_labels=d["val"] / "labels", command=command)
 
 
-def continue_training(work: Path, init: str, steps: int, lr: float) -> Path:
+def continue_training(work: Path, init: str, steps: int, lr: float, seed: int = 0) -> Path:
     """Train further from ``init`` (registered name or file) for ``steps`` at ``lr`` (a fresh Adam and
-    polynomial decay), the recipe's other settings unchanged; writes ``work/segmenter-continued.pt``.
+    polynomial decay) and patch-sampling ``seed`` (a seed of its own per round, so that a round does
+    not replay the previous round's patches), the recipe's other settings unchanged; writes ``work/segmenter-continued.pt``.
 
     Before training, the validation Dice of ``init`` on the same validation cases is measured, so
     that the selection rule (keep the continued weights only if their best validation mean Dice
@@ -135,7 +173,7 @@ def continue_training(work: Path, init: str, steps: int, lr: float) -> Path:
     base = _validate(model.eval(), config, val, "cpu")
     print(f"initial weights {init} (sha256 {prov['sha256'][:12]}): validation mean Dice {base:.4f} "
           f"({time.time() - t:.0f} s)", flush=True)
-    s = SegmenterTrainSettings(**{**RECIPE, "steps": steps, "lr": lr, "init_weights": str(init)})
+    s = SegmenterTrainSettings(**{**RECIPE, "steps": steps, "lr": lr, "seed": seed, "init_weights": str(init)})
     out = work / "segmenter-continued.pt"
     r = _train(d, out, s)
     best = 1.0 - r["final_validation_loss"]
@@ -292,7 +330,8 @@ def register(work: Path, weights: Path | None = None) -> None:
     init = side.get("init_weights")
     step = "" if not init else (f" --only continue --continue-from {init['weights']} (sha256 {init['sha256']}) "
                                 f"--continue-steps {side['train_settings']['steps']} "
-                                f"--continue-lr {side['train_settings']['lr']:g}")
+                                f"--continue-lr {side['train_settings']['lr']:g} "
+                                f"--continue-seed {side['train_settings']['seed']}")
     side.update(file=f"{name}.pt", name=name, data_manifest_file=data_file,
                 training_command=f"python validation/train_segmenter.py --work WORK{step}  (which ran: "
                                  f"{side['training_command']})")
@@ -340,13 +379,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--only", choices=("population", "train", "continue", "register", "evaluate", "doses"))
+    ap.add_argument("--only", choices=("population", "train", "continue", "curve", "register", "evaluate",
+                                                    "doses"))
     ap.add_argument("--weights", type=Path, default=None, help="evaluate these weights (default: the trained ones)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    ap.add_argument("--train-subset", type=int, default=None,
+                    help="step 'curve': train on the first K training patients only")
     ap.add_argument("--continue-from", default=None,
                     help="step 'continue': train further from these weights (registered name or file)")
     ap.add_argument("--continue-steps", type=int, default=2000)
     ap.add_argument("--continue-lr", type=float, default=1e-3)
+    ap.add_argument("--continue-seed", type=int, default=0,
+                    help="patch-sampling seed of the continued round (give each round its own)")
     a = ap.parse_args()
     if a.only in (None, "population"):
         population(a.work, a.n)
@@ -355,9 +399,14 @@ def main() -> None:
     if a.only == "continue" or (a.only is None and a.continue_from):
         if not a.continue_from:
             ap.error("--only continue needs --continue-from WEIGHTS")
-        continued = continue_training(a.work, a.continue_from, a.continue_steps, a.continue_lr)
+        continued = continue_training(a.work, a.continue_from, a.continue_steps, a.continue_lr, a.continue_seed)
         if a.only is None and a.weights is None:
             a.weights = continued
+    if a.only == "curve":
+        if a.train_subset is None:
+            ap.error("--only curve needs --train-subset K")
+        curve_point(a.work, a.train_subset, a.steps)
+        return
     if a.only in (None, "register"):
         register(a.work, a.weights)
     if a.only in (None, "evaluate"):
