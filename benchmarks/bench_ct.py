@@ -15,6 +15,7 @@ to reach 2 %, and a same-run baseline: the same beam on a water box of the same 
 assertion on time.
 
     python benchmarks/bench_ct.py [--photons N] [--repeats R] [--voxel-mm V]
+    python benchmarks/bench_ct.py --backend cuda --photons 50000000   # on an NVIDIA GPU
 """
 
 from __future__ import annotations
@@ -89,12 +90,13 @@ def organ_masks(labels, names):
     return out
 
 
-def run(phantom, beam, n, tables, masks, n_batches=10, seed=1):
+def run(phantom, beam, n, tables, masks, n_batches=10, seed=1, backend="cpu"):
     from persodose.mc.engine import MCSettings, beam_problem, run_batch
     from persodose.mc.tables import TransportSettings
 
     ts = TransportSettings(**CT_TRANSPORT_KW)
-    settings = MCSettings(n_batches=n_batches, chunks_per_batch=16, seed=seed, transport=ts)
+    chunks = 16 if backend == "cpu" else None  # None: the backend's default launch size
+    settings = MCSettings(n_batches=n_batches, chunks_per_batch=chunks, seed=seed, transport=ts, backend=backend)
     problem = beam_problem(phantom, beam, n, settings, tables)
     per = []
     t0 = time.perf_counter()
@@ -114,9 +116,10 @@ def run(phantom, beam, n, tables, masks, n_batches=10, seed=1):
 CT_TRANSPORT_KW = dict(electron_cut_mev=0.2, hard_collision_cut_mev=0.2, emax_mev=0.2)
 
 
-def whole_body_scan(voxel_mm: float):
+def whole_body_scan(voxel_mm: float, spectrum_file: str | None = None):
     """``(virtual patient, phantom, beam, z range mm)``: the benchmarks' whole-body helical scan
-    (module docstring) of the built-in patient at ``voxel_mm``."""
+    (module docstring) of the built-in patient at ``voxel_mm``. ``spectrum_file``: the 120 kVp
+    spectrum read from an ``.npz`` written by ``--write-spectrum`` (for a machine without SpekPy)."""
     from persodose.ct.bowtie import generic_bowtie
     from persodose.ct.spectrum import tube_spectrum
     from persodose.mc.engine import VoxelPhantom
@@ -130,8 +133,13 @@ def whole_body_scan(voxel_mm: float):
     centre = np.asarray(g.origin_xyz_mm) + (np.array([nx, ny, nz]) - 1) * np.array(sp[::-1]) / 2
     z_lo = g.origin_xyz_mm[2] - sp[0] / 2
     z_hi = z_lo + nz * sp[0]
-    spec = tube_spectrum(120.0, anode_angle_deg=12.0, filtration_mm={"Al": 7.0})
-    beam = HelicalBeam(spec.energy_mev, spec.probabilities, spec.bin_width_mev, centre[:2], z_lo, z_hi,
+    if spectrum_file:
+        with np.load(spectrum_file) as f:
+            energy, prob, width = f["energy_mev"], f["probabilities"], float(f["bin_width_mev"])
+    else:
+        spec = tube_spectrum(120.0, anode_angle_deg=12.0, filtration_mm={"Al": 7.0})
+        energy, prob, width = spec.energy_mev, spec.probabilities, spec.bin_width_mev
+    beam = HelicalBeam(energy, prob, width, centre[:2], z_lo, z_hi,
                        bowtie=generic_bowtie("body", 541.0))
     return vp, ph, beam, (z_lo, z_hi)
 
@@ -148,11 +156,23 @@ def main() -> None:
     ap.add_argument("--photons", type=int, default=2_000_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--voxel-mm", type=float, default=5.0)
+    ap.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--spectrum", default=None, help="the 120 kVp spectrum from an .npz (no SpekPy needed)")
+    ap.add_argument("--write-spectrum", default=None, metavar="NPZ",
+                    help="write the SpekPy 120 kVp spectrum of the scan to NPZ and stop")
     args = ap.parse_args()
+    if args.write_spectrum:
+        from persodose.ct.spectrum import tube_spectrum
+
+        spec = tube_spectrum(120.0, anode_angle_deg=12.0, filtration_mm={"Al": 7.0})
+        np.savez(args.write_spectrum, energy_mev=spec.energy_mev, probabilities=spec.probabilities,
+                 bin_width_mev=spec.bin_width_mev)
+        print(f"wrote {args.write_spectrum}")
+        return
 
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"numba threads {numba.get_num_threads()}")
-    vp, ph, beam, (z_lo, z_hi) = whole_body_scan(args.voxel_mm)
+          f"numba threads {numba.get_num_threads()}, backend {args.backend}")
+    vp, ph, beam, (z_lo, z_hi) = whole_body_scan(args.voxel_mm, args.spectrum)
     g = ph.density
     nz, ny, nx = g.shape
     sp = g.spacing_zyx_mm
@@ -163,11 +183,11 @@ def main() -> None:
     ts = TransportSettings(**CT_TRANSPORT_KW)
     tables = build_tables(ph.material_list, ts)
     masks = organ_masks(vp.labels, vp.label_names)
-    run(ph, beam, 20000, tables, masks)  # warm-up (compilation / cache load)
+    run(ph, beam, 20000, tables, masks, backend=args.backend)  # warm-up (compilation / cache load)
 
     rates, rels = [], None
     for r in range(args.repeats):
-        rate, rel, _ = run(ph, beam, args.photons, tables, masks, seed=r + 1)
+        rate, rel, _ = run(ph, beam, args.photons, tables, masks, seed=r + 1, backend=args.backend)
         rates.append(rate)
         rels = rel if rels is None else rels
     rate = statistics.median(rates)
@@ -184,8 +204,8 @@ def main() -> None:
     wph = VoxelPhantom(g.with_array(np.full(g.shape, 1.0, np.float32), Kind.DENSITY),
                        g.with_array(np.zeros(g.shape, np.uint8), Kind.MATERIAL), (water,))
     wtab = build_tables((water,), ts)
-    run(wph, beam, 20000, wtab, masks)
-    base = [run(wph, beam, args.photons, wtab, masks, seed=r + 1)[0] for r in range(args.repeats)]
+    run(wph, beam, 20000, wtab, masks, backend=args.backend)
+    base = [run(wph, beam, args.photons, wtab, masks, seed=r + 1, backend=args.backend)[0] for r in range(args.repeats)]
     print(f"baseline: same beam on a water box of the same grid, {statistics.median(base):.3e} photons/s (same run)")
 
 

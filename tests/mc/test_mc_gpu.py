@@ -343,16 +343,16 @@ _GPU_PROBLEM = (10, 2048, 20000)
 @pytest.mark.gpu
 @pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not gpu.cuda_available(),
                     reason="needs an NVIDIA GPU with CUDA")
-@pytest.mark.parametrize("case", ["electron", "photon", "Lu-177", "beam"])
+@pytest.mark.parametrize("case", ["electron", "photon", "Lu-177", "Y-90", "F-18", "I-131", "beam"])
 def test_gpu_agrees_with_cpu_within_statistics(case):
     ph = _phantom(15, 2.0)
     ts, geometry, physics = _physics_args(ph)
     n_vox = ph.density.array.size
     n_batches, chunks, n = _GPU_PROBLEM
-    if case == "Lu-177":
+    if case in ("Lu-177", "Y-90", "F-18", "I-131"):  # decays: beta-, hard beta-, beta+, beta- with gammas
         src = np.zeros(ph.density.shape)
         src[6:9, 6:9, 5:10] = 1.0
-        source, decay = _decay_args(ph, "Lu-177", src, ts)
+        source, decay = _decay_args(ph, case, src, ts)
         pairs = (tr.run_decays, gpu.run_decays_cuda)
 
         def make_args(stream0, per_chunk):
@@ -434,5 +434,49 @@ def test_engine_cuda_backend_refuses_cleanly_without_a_gpu_and_runs_in_the_simul
         "print('OK', b['annihilation_rest_energy_mev'])\n"
     )
     env = dict(__import__("os").environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_cuda_batches_keep_static_arrays_on_the_device_and_one_tally_row(tmp_path):
+    """A CUDA run copies the arrays every batch shares (geometry, physics, the source and its
+    decay tables) to the device once per problem, not at every launch; the copies are not
+    pickled with the problem; the host tally is one row, not one per CPU thread; and batches
+    run with the cache give the tallies of a problem run without it. Run through Numba's CUDA
+    simulator (a subprocess: the variable must be set before numba.cuda is imported)."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent("""
+        import pickle
+        import numpy as np
+        from persodose.grid import Grid, Kind
+        from persodose.mc import MCSettings, VoxelPhantom
+        from persodose.mc.problem import decay_problem
+        from persodose.mc.run import run_batch
+        from persodose.physics.materials import get_material
+
+        ph = VoxelPhantom.homogeneous((6, 6, 6), 3.0, get_material('water'))
+        src = ph.density.with_array(np.ones((6, 6, 6), np.float32), Kind.ACTIVITY)
+        settings = MCSettings(n_batches=3, chunks_per_batch=4, backend='cuda')
+        p = decay_problem(ph, src, 'Lu-177', 24, settings)
+        r0 = run_batch(p, 0)
+        cache = p.__dict__['_cuda_resident']
+        geometry, physics = p.static_args()
+        source, decay = p.source.arg_groups()
+        shared = [a for g in (geometry, physics, source, decay) for a in g if isinstance(a, np.ndarray)]
+        assert shared and all(id(a) in cache for a in shared), 'a shared array was not made resident'
+        copies = [cache[id(a)] for a in shared]
+        r1 = run_batch(p, 1)
+        assert p.__dict__['_cuda_resident'] is cache and all(cache[id(a)] is c for a, c in zip(shared, copies))
+        assert r0.n_threads == 1 and r1.n_threads == 1, (r0.n_threads, r1.n_threads)
+        assert '_cuda_resident' not in pickle.loads(pickle.dumps(p)).__dict__
+        fresh = pickle.loads(pickle.dumps(p))  # no cache: every array copied at the launch
+        fresh.__dict__['_cuda_resident'] = {}
+        r1b = run_batch(fresh, 1)
+        assert np.array_equal(r1.energy_per_primary_mev, r1b.energy_per_primary_mev)
+        print('OK')
+    """)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

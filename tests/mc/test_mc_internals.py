@@ -267,7 +267,14 @@ def test_cuda_backend_goes_through_the_same_loop(monkeypatch):
         args[-2][0, 0] += 1.0  # edep, row 0 as the real launcher adds into
         args[-1][0, tr.C_DEPOSITED] += 1.0
 
+    copied = []
+
+    def fake_to_device(a):  # the shared arrays go to the device once per problem, not per launch
+        copied.append(id(a))
+        return a
+
     monkeypatch.setattr(gpu, "require_cuda", lambda: None)
+    monkeypatch.setattr(gpu, "to_device", fake_to_device)
     monkeypatch.setattr(gpu, "device_info", lambda: {"name": "numba-cuda", "device": "fake"})
     for name in mcrun._CUDA_KERNELS.values():
         monkeypatch.setattr(gpu, name, fake_cuda)
@@ -277,6 +284,7 @@ def test_cuda_backend_goes_through_the_same_loop(monkeypatch):
     assert res.tally.counters[tr.C_DEPOSITED] == pytest.approx(3 / 10)
     cpu = beam_problem(ph, _Fan(), 30, _settings())
     assert all(_same(a, b) for a, b in zip(launched[1], cpu.kernel_args(1)[1]))
+    assert copied and len(copied) == len(set(copied))  # each shared array once for the 3 batches
 
 
 def test_run_batch_is_unchanged_by_the_loop(one_numba_thread):

@@ -42,6 +42,13 @@ from persodose.mc import transport as _tr
 from persodose.mc.rng import seed_state
 from persodose.mc.transport import C_N, beam_chunk, chunk_strata, decay_chunk, deposit, particle_chunk
 
+if not hasattr(np, "row_stack"):  # pragma: no cover - depends on the installed numpy
+    # numpy 2.5 has no ``row_stack`` (the deprecated alias of ``vstack``); numba-cuda releases that still
+    # overload it fail at their first kernel compilation (AttributeError in
+    # numba/cuda/np/arrayobj.py, seen with numpy 2.5.2 on the H200 image, 2026-12-04). The
+    # alias is restored (the same function) so that those releases compile.
+    np.row_stack = np.vstack
+
 try:  # numba is the [mc] extra; the built-in numba.cuda or the numba-cuda package provide `cuda`
     from numba import cuda, float64, uint64
 except ImportError:  # pragma: no cover - numba missing altogether
@@ -238,6 +245,13 @@ def _to_device(a):
     if _is_device_array(a):
         return a
     return cuda.to_device(np.ascontiguousarray(a))
+
+
+def to_device(a):
+    """A device copy of the host array ``a`` (a device array is returned as it is), for
+    arguments that stay on the GPU across launches (:func:`persodose.mc.run._launch`)."""
+    require_cuda()
+    return _to_device(a)
 
 
 def _device_stacks(stacks, n_chunks: int, depth: int):

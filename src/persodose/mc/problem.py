@@ -156,6 +156,7 @@ class MCProblem:
         state = dict(self.__dict__)
         state.pop("_kernel_args_cache", None)
         state.pop("_control_part", None)
+        state.pop("_cuda_resident", None)
         return state
 
     @property
