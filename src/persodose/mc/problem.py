@@ -156,6 +156,7 @@ class MCProblem:
         state = dict(self.__dict__)
         state.pop("_kernel_args_cache", None)
         state.pop("_control_part", None)
+        state.pop("_control_share", None)
         state.pop("_cuda_resident", None)
         return state
 
@@ -176,13 +177,21 @@ class MCProblem:
         leaves the mean unchanged, since it does not depend on what is sampled. ``inf`` when
         the control is off or nothing is charged.
         """
+        cached = self.__dict__.get("_control_density_min")
+        if cached is not None:
+            return cached
+        out = self._control_density_min()
+        self.__dict__["_control_density_min"] = out  # frozen dataclass: a per-process cache
+        return out
+
+    def _control_density_min(self) -> float:
         if not self.control_variate:
             return math.inf
         e = self.source.charged_weighted_energy_mev()
         if e <= 0:
             return math.inf
         t = self.tables
-        used = np.unique(np.asarray(self.material_index, np.int64))
+        used = np.flatnonzero(np.bincount(np.asarray(self.material_index, np.int64)))  # the materials present
         log_e = np.log(np.asarray(t.energy_mev, float))
         r_g_cm2 = max(float(np.interp(math.log(max(e, float(t.energy_mev[0]))), log_e, t.electron[0, m, EL_RANGE]))
                       for m in used)
@@ -213,14 +222,20 @@ class MCProblem:
         return (min(self.control_density_min(), 1e30), 0.0)
 
     def control_share(self) -> np.ndarray:
-        """(n_voxels,) activity share of each voxel the kernels apply the control to (0 elsewhere)."""
-        src = self.source
-        cdf = np.asarray(src.voxel_cdf, float)
-        idx = np.asarray(src.voxel_index, np.int64)
-        share = np.diff(cdf, prepend=0.0) / cdf[-1]
-        out = np.zeros(self.n_voxels)
-        np.add.at(out, idx, np.where(self.density_g_cm3[idx] >= self.control_density_min(), share, 0.0))
-        return out
+        """(n_voxels,) activity share of each voxel the kernels apply the control to (0 elsewhere).
+
+        Computed once per problem and process (a run asks for it for its tally, every resumed or
+        checked tally and the control part); each call returns a copy, the caller's to keep."""
+        cached = self.__dict__.get("_control_share")
+        if cached is None:
+            src = self.source
+            cdf = np.asarray(src.voxel_cdf, float)
+            idx = np.asarray(src.voxel_index, np.int64)
+            share = np.diff(cdf, prepend=0.0) / cdf[-1]
+            cached = np.zeros(self.n_voxels)
+            np.add.at(cached, idx, np.where(self.density_g_cm3[idx] >= self.control_density_min(), share, 0.0))
+            self.__dict__["_control_share"] = cached  # frozen dataclass: a per-process cache
+        return cached.copy()
 
     def control_part(self) -> np.ndarray:
         """(n_voxels,) MeV per decay that the control variate tallies without sampling: the
