@@ -240,6 +240,36 @@ def test_trained_weights_run_as_the_dnn_method(dataset, tmp_path, monkeypatch):
     np.testing.assert_array_less(np.asarray(one.dose.array)[far_bone], np.asarray(plain.dose.array)[far_bone])
     with pytest.raises(InputError, match="far_weights"):
         spec.make_settings({"far_weights": "spectrum"})
+    # lung voxels take their far field (beyond the 7^3 window) from the lung kernel, unweighted;
+    # every other voxel is the same with either choice
+    rl = rho.copy()
+    rl[:, :, 2:4] = 0.26
+    lungs = KernelSet.of([kern["soft_tissue"], cached_kernel("F-18", 12.0, "lung", 9, 20_000)])
+    tia1 = g.with_array(a, Kind.TIA)
+    by = {lf: np.asarray(spec.run(DoseInputs(tia=tia1, nuclide="F-18", density=g.with_array(rl, Kind.DENSITY),
+                                             kernels=lungs), {"weights": str(res.weights), "lung_far": lf}).dose.array)
+          for lf in ("lung", "soft_tissue")}
+    from persodose.dose.convolution import fft_convolve_many
+    from persodose.dose.dnn import _far_kernel
+
+    def far_of(k):
+        return fft_convolve_many(a, [_far_kernel(k.gy_per_bq_s)[1]])[0]
+
+    lung_vox = (rl >= 0.1) & (rl < 0.65)
+    want = far_of(lungs["lung"]) - far_of(lungs["soft_tissue"]) * far_field_weights("F-18", rl)
+    pos = lung_vox & (by["lung"] > 0) & (by["soft_tissue"] > 0)  # the untrained net's dose, clipped at 0, aside
+    assert pos.sum() > 0.5 * lung_vox.sum()
+    np.testing.assert_allclose((by["lung"] - by["soft_tissue"])[pos], want[pos], rtol=1e-4,
+                               atol=1e-6 * float(by["lung"].max()))
+    assert np.array_equal(by["lung"][~lung_vox], by["soft_tissue"][~lung_vox])
+    assert np.abs(want[lung_vox]).max() > 0  # the test would see a lung kernel that changed nothing
+    assert spec.media(spec.make_settings({})) == ("soft_tissue", "lung")
+    assert spec.media(spec.make_settings({"lung_far": "soft_tissue"})) == ("soft_tissue",)
+    with pytest.raises(InputError, match="lung_far=lung needs the lung kernel"):
+        spec.run(DoseInputs(tia=tia1, nuclide="F-18", density=g.with_array(rl, Kind.DENSITY), kernels=kern),
+                 {"weights": str(res.weights)})
+    with pytest.raises(InputError, match="lung_far"):
+        spec.make_settings({"lung_far": "bone"})
     d1 = np.asarray(one.dose.array)
     assert np.all(np.isfinite(d1)) and d1.max() > 0 and d1.min() >= 0 and np.all(d1[:, :, :2] == 0)
     np.testing.assert_allclose(np.asarray(two.dose.array), 2 * d1, rtol=1e-5, atol=1e-12)

@@ -62,6 +62,13 @@ class DNNMethodSettings:
             the deliverable's correction); ``none``: the soft-tissue kernel's far field as it is
             (measured on held-out patients: bone organs 8.7 % off instead of 10.3 %, see
             docs/validation_dl.md).
+        lung_far: the far field (beyond the 7^3 window) of lung voxels (density below the
+            first of :data:`persodose.dl.kernel_dnn.FAR_EDGES_G_CM3`). ``lung``: from the lung
+            kernel, unweighted, as MSV does there: a lung's own photon cross-fire travels
+            through lung, about four times less attenuating than the soft tissue the
+            soft-tissue kernel assumes (measured on the F-18 held-out patients, docs/
+            validation_dl.md). ``soft_tissue``: the soft-tissue kernel's, times ``far_weights``,
+            as in every other voxel (the method before 2026-12-04).
     """
 
     weights: str = ""
@@ -69,6 +76,7 @@ class DNNMethodSettings:
     chunk_slices: int = 16
     threads: int = 0
     far_weights: str = "mu_en"
+    lung_far: str = "lung"
 
     def __post_init__(self) -> None:
         from persodose.dl.device import parse_device
@@ -76,6 +84,8 @@ class DNNMethodSettings:
         parse_device(self.device)
         if self.far_weights not in ("mu_en", "none"):
             raise InputError(f"dnn.far_weights must be 'mu_en' or 'none', got {self.far_weights!r}")
+        if self.lung_far not in ("lung", "soft_tissue"):
+            raise InputError(f"dnn.lung_far must be 'lung' or 'soft_tissue', got {self.lung_far!r}")
         if not 1 <= int(self.chunk_slices) <= 4096 or not 0 <= int(self.threads) <= 1024:
             raise InputError(f"dnn.chunk_slices must be 1..4096 and dnn.threads 0..1024, got "
                              f"{self.chunk_slices}, {self.threads}")
@@ -179,8 +189,38 @@ def _transfer(dose_net: np.ndarray, ssv_net: np.ndarray, net_grid, tia: np.ndarr
     return convolve_kernel(tia, kernel) * factor
 
 
+def _lung_kernel(kernels, nuclide: str, grid, native: bool, voxel_mm: float):
+    """The lung kernel at the network's voxel: the given set's on the TIA's own grid, else the cache's."""
+    from persodose.dose.svalue import as_kernel_set, kernel_at
+
+    if native:
+        given = as_kernel_set(kernels, "dnn")
+        if "lung" not in given:
+            raise InputError("dose method 'dnn' with lung_far=lung needs the lung kernel too "
+                             "(or dnn.lung_far=soft_tissue)")
+        k = given["lung"]
+        k.check_voxel_size(grid.spacing_zyx_mm, "the time-integrated activity grid")
+        return k
+    return kernel_at(nuclide, voxel_mm, "lung")
+
+
+def _far_field(tia: np.ndarray, kernel) -> np.ndarray:
+    """``kernel``'s dose beyond its central 7^3 voxels (its far field beyond the box included)."""
+    from persodose.dose.convolution import fft_convolve_many
+    from persodose.dose.svalue import clip_roundoff
+
+    _, far_k = _far_kernel(kernel.gy_per_bq_s)
+    out = fft_convolve_many(tia, [far_k])[0]
+    if kernel.far_field is not None:
+        out += kernel.far_field.dose(tia)
+    if float(np.min(tia)) >= 0:
+        clip_roundoff(out)
+    return out
+
+
 @register_method("dnn", settings=DNNMethodSettings, needs=("density", "kernels", "device"),
-                 media=lambda s: ("soft_tissue",), linear=True, accuracy=0.05, takes_inputs=True,
+                 media=lambda s: ("soft_tissue", "lung") if s.lung_far == "lung" else ("soft_tissue",),
+                 linear=True, accuracy=0.05, takes_inputs=True,
                  summary="patient-specific kernels: a CNN predicts each voxel's near-field kernel from the CT density")
 def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     """Absorbed dose (Gy) by convolution with network-predicted patient-specific kernels.
@@ -194,7 +234,7 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
     """
     import torch
 
-    from persodose.dl.kernel_dnn import WINDOW, far_field_weights
+    from persodose.dl.kernel_dnn import FAR_EDGES_G_CM3, WINDOW, far_field_weights
     from persodose.dose.convolution import fft_convolve_many
     from persodose.dose.registry import air_mask, check_density, check_tia, dose_grid
     from persodose.dose.svalue import as_kernel_set, clip_roundoff, soft_tissue_kernel_at
@@ -240,7 +280,13 @@ def dnn_dose(inputs: DoseInputs, settings: DNNMethodSettings) -> MethodOutput:
         del tail
     if float(np.min(an)) >= 0:
         clip_roundoff(far)
-    dose = near + (far * far_field_weights(nuclide, r) if settings.far_weights == "mu_en" else far)
+    if settings.far_weights == "mu_en":
+        far *= far_field_weights(nuclide, r)
+    if settings.lung_far == "lung":
+        lung = (r >= 0.1) & (r < FAR_EDGES_G_CM3[0])
+        if np.any(lung):
+            far[lung] = _far_field(an, _lung_kernel(inputs.kernels, nuclide, grid, native, want))[lung]
+    dose = near + far
     dose[(r < 0.1) if not native else air_mask(r, an, 0.1, "dnn") | (r <= 0)] = 0.0
     np.maximum(dose, 0.0, out=dose)  # a network's energy ratio may dip below 0 where it is poorly trained
     if not native:

@@ -147,13 +147,18 @@ def soft_tissue_kernel_at(nuclide: str, voxel_mm: float) -> VoxelKernel:
     """The soft-tissue kernel of ``nuclide`` at ``voxel_mm`` from the kernel cache in force now
     (``$PERSODOSE_CACHE`` or ``~/.cache/persodose``; computed by Monte Carlo on first use), kept
     in memory: for methods whose network runs at its own voxel (``dnn``, ``dblurdosenet``)."""
+    return kernel_at(nuclide, voxel_mm, "soft_tissue")
+
+
+def kernel_at(nuclide: str, voxel_mm: float, medium: str) -> VoxelKernel:
+    """The ``medium`` kernel of ``nuclide`` at ``voxel_mm``, as :func:`soft_tissue_kernel_at`."""
     import os
 
-    return _soft_tissue_kernel_at(nuclide, float(voxel_mm), os.environ.get("PERSODOSE_CACHE", ""))
+    return _kernel_at(nuclide, float(voxel_mm), str(medium), os.environ.get("PERSODOSE_CACHE", ""))
 
 
 @functools.lru_cache(maxsize=8)
-def _soft_tissue_kernel_at(nuclide: str, voxel_mm: float, cache: str) -> VoxelKernel:
+def _kernel_at(nuclide: str, voxel_mm: float, medium: str, cache: str) -> VoxelKernel:
     from persodose.mc.kernels import cached_kernel
 
-    return cached_kernel(nuclide, voxel_mm, "soft_tissue", cache_dir=cache or None)
+    return cached_kernel(nuclide, voxel_mm, medium, cache_dir=cache or None)
