@@ -14,7 +14,9 @@
 # the CT beam reads its 120 kVp SpekPy spectrum from .gpu/spectrum120.npz (written here by
 # `python benchmarks/bench_ct.py --write-spectrum .gpu/spectrum120.npz`). .gpu/kernels.tar.gz,
 # when there, is a persodose kernel cache (the F-18 dose kernels computed here), so that the
-# GPU's minutes are not spent on the CPU computing them again.
+# GPU's minutes are not spent on the CPU computing them again: after `python
+# benchmarks/bench_dnn.py` has filled the cache here, `tar -czf .gpu/kernels.tar.gz -C
+# ~/.cache/persodose kernels/F-18_*_3mm_* kernels/F-18_*_9mm_*` (4 MB).
 #
 # Writes, under OUTDIR (default $OUT, else ./gpu_out):
 #   device.txt            nvidia-smi, numba's and torch's view of the device
