@@ -66,8 +66,9 @@ class DNNMethodSettings:
             first of :data:`persodose.dl.kernel_dnn.FAR_EDGES_G_CM3`). ``lung``: from the lung
             kernel, unweighted, as MSV does there: a lung's own photon cross-fire travels
             through lung, about four times less attenuating than the soft tissue the
-            soft-tissue kernel assumes (measured on the F-18 held-out patients, docs/
-            validation_dl.md). ``soft_tissue``: the soft-tissue kernel's, times ``far_weights``,
+            soft-tissue kernel assumes (the kernels' media: 0.26 against 1.0 g/cm3,
+            :mod:`persodose.physics.materials`, with nearly equal mass attenuation coefficients
+            at 511 keV). Measured on the F-18 held-out patients, docs/validation_dl.md. ``soft_tissue``: the soft-tissue kernel's, times ``far_weights``,
             as in every other voxel (the method before 2026-12-04).
     """
 

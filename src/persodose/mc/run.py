@@ -160,11 +160,7 @@ def _device_resident(problem: MCProblem, gpu) -> dict:
     cached = problem.__dict__.get("_cuda_resident")
     if cached is not None:
         return cached
-    geometry, physics = problem.static_args()
-    groups = [geometry, physics]
-    arg_groups = getattr(problem.source, "arg_groups", None)
-    if callable(arg_groups):
-        groups.extend(arg_groups())
+    groups = (*problem.static_args(), *problem.source.arg_groups())
     resident = {id(a): gpu.to_device(a) for g in groups for a in g if isinstance(a, np.ndarray)}
     problem.__dict__["_cuda_resident"] = resident  # frozen dataclass: a per-process cache
     return resident
